@@ -1,0 +1,79 @@
+"""CPU smoke run: a tiny CLIP on the embedded mmjax_shapes dataset, learning in minutes.
+
+python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_smoke
+"""
+
+import os
+
+import ml_collections
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # Seeds the parameters and the data order; two runs with one seed log identical losses.
+    config.seed = 0
+    # Optimizer steps to train for.
+    config.total_steps = 1500
+    # Global batch size (over all devices and processes).
+    config.batch_size = 128
+    # Log train metrics and the progress line every this many steps.
+    config.log_every_steps = 50
+    # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the end.
+    config.eval_every_steps = 500
+    # Save a checkpoint every this many steps (and always at the end).
+    config.checkpoint_every_steps = 500
+    # Checkpoints kept in WORKDIR/checkpoints.
+    config.keep_checkpoints = 2
+
+    config.data = ml_collections.ConfigDict()
+    # Dataset specs 'tfds:NAME[:SPLIT]'; mmjax_shapes is generated locally on first use.
+    config.data.train = "tfds:mmjax_shapes:train"
+    config.data.eval = "tfds:mmjax_shapes:test"
+    # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+    config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+    # Images are resized to image_size x image_size.
+    config.data.image_size = 32
+    # Global batch size for evaluation (the last batch is padded, never dropped).
+    config.data.eval_batch_size = 250
+
+    config.tokenizer = ml_collections.ConfigDict()
+    # 'words' (a vocabulary file) or 'bytes' (no file).
+    config.tokenizer.name = "words"
+    # Tokens per text, including begin- and end-of-text; must equal the text tower's.
+    config.tokenizer.context_length = 12
+    config.tokenizer.vocabulary_file = os.path.join(REPO_ROOT, "input_pipeline",
+                                                    "shapes_vocabulary.txt")
+
+    config.model = ml_collections.ConfigDict()
+    # A name in mmjax.models.MODELS.
+    config.model.name = "clip"
+    # Width of the shared image-text embedding.
+    config.model.embed_dim = 64
+    # Compute dtype ('float32', 'bfloat16'); parameters are always float32.
+    config.model.dtype = "float32"
+    # Rematerialisation policy for transformer blocks ('none', 'minimal', 'full', 'save_dots').
+    config.model.remat = "none"
+    config.model.image_tower = ml_collections.ConfigDict(dict(
+        name="vit", variant="mu/4", pooling="gap"))
+    config.model.text_tower = ml_collections.ConfigDict(dict(
+        name="transformer", variant="mu", context_length=12, causal=True))
+
+    # Objectives and their weights, by name in mmjax.losses.LOSSES.
+    config.losses = ml_collections.ConfigDict(dict(clip=1.0))
+    # Evaluators, by name in mmjax.evaluators.EVALUATORS.
+    config.evals = ("retrieval", "zeroshot")
+
+    # Peak learning rate after linear warmup, then cosine decay to end_learning_rate_factor x it.
+    config.learning_rate = 2e-3
+    config.warmup_steps = 100
+    config.end_learning_rate_factor = 0.01
+    config.optimizer = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.05, grad_clip_norm=1.0))
+
+    # Mesh axis sizes; -1 takes the devices the others leave.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical-to-mesh axis rules: a preset name in mmjax.sharding.RULES_PRESETS or a list of pairs.
+    config.sharding_rules = "data_parallel"
+    return config

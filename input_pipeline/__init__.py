@@ -1,0 +1,1 @@
+"""Input pipelines (the only package that imports TensorFlow)."""

@@ -1,0 +1,39 @@
+"""In-graph tokenisation with the same rules as `mmjax.tokenizers` (a test keeps them equal)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from mmjax import tokenizers
+
+
+def _layout(ids: tf.Tensor, context_length: int) -> tf.Tensor:
+    ids = tf.cast(ids[: context_length - 2], tf.int32)
+    ids = tf.concat([[tokenizers.BOS_ID], ids, [tokenizers.EOT_ID]], axis=0)
+    padding = context_length - tf.shape(ids)[0]
+    return tf.ensure_shape(tf.pad(ids, [[0, padding]], constant_values=tokenizers.PAD_ID),
+                           [context_length])
+
+
+def make_tokenize_fn(tokenizer):
+    """A function from a scalar string tensor to `[context_length]` int32 ids."""
+    length = tokenizer.context_length
+    if isinstance(tokenizer, tokenizers.ByteTokenizer):
+        def tokenize_bytes(text):
+            ids = tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + tokenizers.NUM_SPECIAL_IDS
+            return _layout(ids, length)
+        return tokenize_bytes
+    if isinstance(tokenizer, tokenizers.WordTokenizer):
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(tokenizer.vocabulary),
+                tf.constant([tokenizer.word_to_id[w] for w in tokenizer.vocabulary], tf.int64)),
+            default_value=tokenizers.UNK_ID)
+
+        def tokenize_words(text):
+            text = tf.strings.regex_replace(tf.strings.lower(text), tokenizers.WORD_PATTERN, " ")
+            words = tf.strings.split(tf.strings.strip(text))
+            return _layout(table.lookup(words), length)
+        return tokenize_words
+    raise ValueError(f"No in-graph tokenizer for {type(tokenizer).__name__}; add one to "
+                     "input_pipeline/text.py.")

@@ -1,0 +1,40 @@
+"""mmjax entry point.
+
+python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_smoke [--config.total_steps=100]
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the config snapshot go here.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train (resuming from the workdir) and evaluate; eval: evaluate the "
+                  "workdir's latest checkpoint.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+    from mmjax import train
+
+    logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+                 jax.process_count())
+    if FLAGS.mode == "train":
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

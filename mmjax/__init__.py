@@ -1,0 +1,1 @@
+"""mmjax: multimodal (image + text) pretraining and fine-tuning in JAX / Flax NNX."""

@@ -1,0 +1,105 @@
+"""ViT image tower: patches -> position embeddings -> pre-LN blocks -> pooled embedding.
+
+Returns `(pooled, aux)` where aux holds `"tokens"` (the final normalised patch tokens, which
+cross-modal attention and captioning attend to) and `"pre_logits"` (the pooled vector).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax import layers, sharding
+
+# name -> (width, depth, mlp_dim, num_heads), as in big_vision's decode_variant.
+VIT_SIZES = {
+    "mu": (64, 2, 128, 4),  # the CPU smoke model
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+}
+POOLING_TYPES = ("cls", "gap", "map")
+
+
+def decode_variant(variant: str) -> dict:
+    """"B/16" -> width, depth, mlp_dim, num_heads and patch_size."""
+    match = re.fullmatch(r"(\w+)/(\d+)", variant)
+    if not match or match.group(1) not in VIT_SIZES:
+        raise ValueError(
+            f"Unknown ViT variant {variant!r}: expected SIZE/PATCH with SIZE one of "
+            f"{list(VIT_SIZES)}, for example 'B/16'."
+        )
+    width, depth, mlp_dim, num_heads = VIT_SIZES[match.group(1)]
+    return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
+                patch_size=int(match.group(2)))
+
+
+class VisionTransformer(nnx.Module):
+    def __init__(self, *, image_size: int, variant: str | None = None, width: int | None = None,
+                 depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
+                 patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
+                 remat: str = "none", dtype=jnp.float32, rngs: nnx.Rngs):
+        shape = decode_variant(variant) if variant else {}
+        explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
+                        patch_size=patch_size)
+        shape.update({k: v for k, v in explicit.items() if v is not None})
+        missing = [k for k in explicit if k not in shape]
+        if missing:
+            raise ValueError(f"ViT needs a variant or explicit {missing}.")
+        if pooling not in POOLING_TYPES:
+            raise ValueError(f"Unknown ViT pooling {pooling!r}; valid: {list(POOLING_TYPES)}.")
+        if image_size % shape["patch_size"]:
+            raise ValueError(
+                f"image_size {image_size} is not divisible by patch size {shape['patch_size']}."
+            )
+        self.patch_size = shape["patch_size"]
+        self.width = width = shape["width"]
+        num_patches = (image_size // self.patch_size) ** 2
+        patch_dim = self.patch_size * self.patch_size * 3
+        self.patch_embedding = layers.Dense(patch_dim, width, ("patch", "embed"), rngs=rngs,
+                                            dtype=dtype)
+        self.position_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (num_patches, width)) * 0.02,
+            logical_axes=("length", "embed"))
+        self.cls_token = (nnx.Param(jnp.zeros((1, width)), logical_axes=(None, "embed"))
+                          if pooling == "cls" else None)
+        self.encoder = layers.Transformer(width, shape["depth"], shape["num_heads"],
+                                          shape["mlp_dim"], rngs=rngs, dtype=dtype,
+                                          activation=activation, remat=remat)
+        self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
+                                                    rngs=rngs, dtype=dtype)
+                               if pooling == "map" else None)
+        self.pooling = pooling
+        self.dtype = dtype
+
+    def patchify(self, images: jax.Array) -> jax.Array:
+        batch, height, width, channels = images.shape
+        p = self.patch_size
+        patches = images.reshape(batch, height // p, p, width // p, p, channels)
+        patches = patches.transpose(0, 1, 3, 2, 4, 5)
+        return patches.reshape(batch, (height // p) * (width // p), p * p * channels)
+
+    def __call__(self, images: jax.Array):
+        tokens = self.patch_embedding(self.patchify(images))
+        tokens = tokens + self.position_embedding[...].astype(self.dtype)
+        if self.cls_token is not None:
+            cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype),
+                                   (tokens.shape[0], 1, self.width))
+            tokens = jnp.concatenate([cls, tokens], axis=1)
+        tokens = sharding.constrain(tokens, ("batch", "length", "embed"))
+        tokens = self.encoder(tokens)
+        if self.pooling == "cls":
+            pooled, tokens = tokens[:, 0], tokens[:, 1:]
+        elif self.pooling == "gap":
+            pooled = tokens.mean(axis=1)
+        else:
+            pooled = self.attention_pool(tokens)
+        return pooled, {"tokens": tokens, "pre_logits": pooled}

@@ -1,0 +1,194 @@
+"""Transformer building blocks shared by the image and text towers.
+
+Parameters are float32 and carry logical axis names (`logical_axes` metadata) that the sharding
+rules map to mesh axes; computation runs in `dtype` (bfloat16 on accelerators), with layer norms,
+softmax statistics and logits in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax import sharding
+
+xavier_uniform = jax.nn.initializers.xavier_uniform()
+zeros = jax.nn.initializers.zeros
+
+
+class Dense(nnx.Module):
+    """x @ kernel (+ bias), with the kernel's logical axes given by the caller."""
+
+    def __init__(self, in_features: int, out_features: int, logical_axes: tuple, *, rngs: nnx.Rngs,
+                 use_bias: bool = True, dtype=jnp.float32, kernel_init: Callable = xavier_uniform):
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32),
+                                logical_axes=logical_axes)
+        self.bias = (nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=logical_axes[-1:])
+                     if use_bias else None)
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, features: int, *, dtype=jnp.float32, epsilon: float = 1e-6):
+        self.scale = nnx.Param(jnp.ones((features,), jnp.float32), logical_axes=("norm",))
+        self.bias = nnx.Param(jnp.zeros((features,), jnp.float32), logical_axes=("norm",))
+        self.dtype = dtype
+        self.epsilon = epsilon
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        variance = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(variance + self.epsilon)
+        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
+
+    Queries come from `x`; keys and values from `context` (cross-attention) or `x` itself.
+    """
+
+    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 context_width: int | None = None):
+        if width % num_heads:
+            raise ValueError(f"Attention width {width} is not divisible by num_heads {num_heads}.")
+        head_dim = width // num_heads
+        context_width = context_width or width
+
+        def projection(in_features):
+            init = lambda key, shape, dtype: xavier_uniform(key, (in_features, width), dtype).reshape(shape)
+            return nnx.Param(init(rngs.params(), (in_features, num_heads, head_dim), jnp.float32),
+                             logical_axes=("embed", "heads", "kv"))
+
+        self.query = projection(width)
+        self.key = projection(context_width)
+        self.value = projection(context_width)
+        self.query_bias = nnx.Param(jnp.zeros((num_heads, head_dim)), logical_axes=("heads", "kv"))
+        self.value_bias = nnx.Param(jnp.zeros((num_heads, head_dim)), logical_axes=("heads", "kv"))
+        out_init = xavier_uniform(rngs.params(), (width, width), jnp.float32)
+        self.out = nnx.Param(out_init.reshape(num_heads, head_dim, width),
+                             logical_axes=("heads", "kv", "embed"))
+        self.out_bias = nnx.Param(jnp.zeros((width,)), logical_axes=("embed",))
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
+                 mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+        context = x if context is None else context
+        cast = lambda p: p[...].astype(self.dtype)
+        x, context = x.astype(self.dtype), context.astype(self.dtype)
+        q = jnp.einsum("btd,dnh->btnh", x, cast(self.query)) + cast(self.query_bias)
+        k = jnp.einsum("bsd,dnh->bsnh", context, cast(self.key))
+        v = jnp.einsum("bsd,dnh->bsnh", context, cast(self.value)) + cast(self.value_bias)
+        q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
+        attended = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        return jnp.einsum("btnh,nhd->btd", attended, cast(self.out)) + cast(self.out_bias)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, width: int, mlp_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 activation: str = "gelu"):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}; valid: {sorted(ACTIVATIONS)}.")
+        self.up = Dense(width, mlp_dim, ("embed", "mlp"), rngs=rngs, dtype=dtype)
+        self.down = Dense(mlp_dim, width, ("mlp", "embed"), rngs=rngs, dtype=dtype)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = ACTIVATIONS[self.activation](self.up(x))
+        hidden = sharding.constrain(hidden, ("batch", "length", "mlp"))
+        return self.down(hidden)
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # OpenAI CLIP's activation
+    "relu": jax.nn.relu,
+}
+
+# Remat policies by name. Blocks tag nothing yet, so "minimal" keeps every matmul output that
+# has no batch dimension (weights-only products) and recomputes the rest.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN block: x + attn(LN(x)) [+ cross_attn(LN(x), context)] + mlp(LN(x))."""
+
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, activation: str = "gelu", context_width: int | None = None):
+        self.attention_norm = LayerNorm(width, dtype=dtype)
+        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype)
+        if context_width is not None:
+            self.cross_attention_norm = LayerNorm(width, dtype=dtype)
+            self.cross_attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
+                                                      context_width=context_width)
+        else:
+            self.cross_attention_norm = self.cross_attention = None
+        self.mlp_norm = LayerNorm(width, dtype=dtype)
+        self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
+
+    def __call__(self, x, *, mask=None, is_causal=False, context=None, context_mask=None):
+        x = x + self.attention(self.attention_norm(x), mask=mask, is_causal=is_causal)
+        if self.cross_attention is not None:
+            x = x + self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask)
+        x = x + self.mlp(self.mlp_norm(x))
+        return sharding.constrain(x, ("batch", "length", "embed"))
+
+
+class Transformer(nnx.Module):
+    """A stack of blocks followed by a final layer norm; `remat` names a policy in REMAT_POLICIES."""
+
+    def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32, activation: str = "gelu", remat: str = "none",
+                 context_width: int | None = None):
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"Unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}.")
+        self.blocks = nnx.List([
+            TransformerBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
+                             activation=activation, context_width=context_width)
+            for _ in range(depth)
+        ])
+        self.final_norm = LayerNorm(width, dtype=dtype)
+        self.remat = remat
+
+    def __call__(self, x, **block_kwargs):
+        for block in self.blocks:
+            if self.remat == "none":
+                x = block(x, **block_kwargs)
+            else:
+                call = lambda blk, y: blk(y, **block_kwargs)
+                x = nnx.remat(call, policy=REMAT_POLICIES[self.remat])(block, x)
+        return self.final_norm(x)
+
+
+class AttentionPool(nnx.Module):
+    """Multi-head attention pooling from a learned probe (big_vision's MAP head)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        self.probe = nnx.Param(xavier_uniform(rngs.params(), (1, width), jnp.float32),
+                               logical_axes=(None, "embed"))
+        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype)
+        self.norm = LayerNorm(width, dtype=dtype)
+        self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        probe = jnp.broadcast_to(self.probe[...], (tokens.shape[0],) + self.probe[...].shape)
+        pooled = self.attention(probe, tokens)
+        pooled = pooled + self.mlp(self.norm(pooled))
+        return pooled[:, 0]

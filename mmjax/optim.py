@@ -1,0 +1,44 @@
+"""AdamW with warmup + cosine decay, a weight-decay mask and global-norm clipping."""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax import nnx
+
+# Parameters named like this are embeddings or scalars that weight decay would only hurt.
+NO_DECAY_NAMES = frozenset({"token_embedding", "position_embedding", "cls_token", "probe",
+                            "logit_scale", "logit_bias"})
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+    """Linear warmup to `config.learning_rate`, then cosine decay to `end_learning_rate_factor`."""
+    warmup_steps = min(config.warmup_steps, config.total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup_steps,
+        decay_steps=max(config.total_steps, warmup_steps + 1),
+        end_value=config.learning_rate * config.end_learning_rate_factor,
+    )
+
+
+def weight_decay_mask(params):
+    """True where weight decay applies: matrices, but not norms, biases or embeddings."""
+
+    def decays(path, leaf) -> bool:
+        names = {getattr(key, "key", getattr(key, "name", None)) for key in path}
+        return leaf.ndim >= 2 and not (names & NO_DECAY_NAMES)
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def build_optimizer(config) -> optax.GradientTransformation:
+    o = config.optimizer
+    adamw = optax.adamw(
+        learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
+        weight_decay=o.weight_decay, mask=weight_decay_mask,
+    )
+    if o.grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    return adamw

@@ -1,0 +1,85 @@
+"""Transformer text tower: token + position embeddings -> blocks -> pooled at the end-of-text token.
+
+With `causal=True` (CLIP's choice, and what a captioning decoder needs) each token sees only
+those before it, so padding after the end-of-text token cannot change the pooled output; with
+`causal=False` padding is masked out explicitly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax import layers, sharding
+
+# name -> (width, depth, mlp_dim, num_heads)
+TEXT_SIZES = {
+    "mu": (64, 2, 128, 4),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "clip": (512, 12, 2048, 8),  # open_clip's ViT-B text tower
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+}
+
+
+def attention_mask(tokens: jax.Array, pad_id: int, causal: bool) -> jax.Array:
+    """[batch, 1, query, key] boolean mask: keys are real tokens (and not in the future if causal)."""
+    length = tokens.shape[1]
+    key_is_token = (tokens != pad_id)[:, None, None, :]
+    if causal:
+        allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]
+        # A padding query still sees itself, so no row is all-masked (softmax stays finite).
+        return allowed & (key_is_token | jnp.eye(length, dtype=bool)[None, None])
+    return key_is_token | jnp.eye(length, dtype=bool)[None, None]
+
+
+def end_of_text_index(tokens: jax.Array, eot_id: int) -> jax.Array:
+    """Index of the first end-of-text token in each row (the last position if there is none)."""
+    is_eot = tokens == eot_id
+    return jnp.where(is_eot.any(axis=1), jnp.argmax(is_eot, axis=1), tokens.shape[1] - 1)
+
+
+class TextTransformer(nnx.Module):
+    def __init__(self, *, vocab_size: int, context_length: int, variant: str | None = None,
+                 width: int | None = None, depth: int | None = None, mlp_dim: int | None = None,
+                 num_heads: int | None = None, causal: bool = True, pad_id: int = 0,
+                 eot_id: int = 2, activation: str = "gelu", remat: str = "none",
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        if variant is not None and variant not in TEXT_SIZES:
+            raise ValueError(f"Unknown text variant {variant!r}; valid: {list(TEXT_SIZES)}.")
+        shape = dict(zip(("width", "depth", "mlp_dim", "num_heads"), TEXT_SIZES[variant])) if variant else {}
+        explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
+        shape.update({k: v for k, v in explicit.items() if v is not None})
+        missing = [k for k in explicit if k not in shape]
+        if missing:
+            raise ValueError(f"Text tower needs a variant or explicit {missing}.")
+        self.width = shape["width"]
+        self.token_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (vocab_size, self.width)) * 0.02,
+            logical_axes=("vocab", "embed"))
+        self.position_embedding = nnx.Param(
+            jax.random.normal(rngs.params(), (context_length, self.width)) * 0.01,
+            logical_axes=("length", "embed"))
+        self.encoder = layers.Transformer(self.width, shape["depth"], shape["num_heads"],
+                                          shape["mlp_dim"], rngs=rngs, dtype=dtype,
+                                          activation=activation, remat=remat)
+        self.context_length = context_length
+        self.causal, self.pad_id, self.eot_id = causal, pad_id, eot_id
+        self.dtype = dtype
+
+    def __call__(self, tokens: jax.Array):
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(f"Text of length {tokens.shape[1]} exceeds the tower's context "
+                             f"length {self.context_length}; tokenise with that context length.")
+        length = tokens.shape[1]
+        x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
+        x = x + self.position_embedding[...][:length].astype(self.dtype)
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        mask = attention_mask(tokens, self.pad_id, self.causal)
+        x = self.encoder(x, mask=mask)
+        pooled = jnp.take_along_axis(
+            x, end_of_text_index(tokens, self.eot_id)[:, None, None], axis=1)[:, 0]
+        return pooled, {"tokens": x, "pre_logits": pooled}

@@ -1,0 +1,299 @@
+"""The one trainer: state creation, the train step, evaluation and the loop.
+
+Everything model-specific comes from the registries (models, losses, evaluators); the loop only
+knows that the model maps a batch to outputs, the losses map outputs to a scalar, and the
+evaluators map embeddings to metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mmjax import checkpoint, evaluators, losses, models, optim, sharding, tokenizers
+from mmjax.metric_writers import MetricWriter
+
+MODEL_INPUTS = ("image", "tokens")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def validate_config(config) -> None:
+    """Checks that need no compilation, so a bad config fails in seconds."""
+    losses.check_loss_weights(dict(config.losses))
+    evaluators.check_evaluator_names(list(config.evals))
+    for field in ("total_steps", "batch_size", "log_every_steps"):
+        if config[field] <= 0:
+            raise ValueError(f"config.{field} must be positive, got {config[field]}.")
+    text_length = config.model.text_tower.get("context_length")
+    if text_length is not None and text_length != config.tokenizer.context_length:
+        raise ValueError(
+            f"config.tokenizer.context_length ({config.tokenizer.context_length}) differs from "
+            f"config.model.text_tower.context_length ({text_length}); set them equal."
+        )
+
+
+class Trainer:
+    """Holds the mesh, the abstract state and the compiled steps for one config."""
+
+    def __init__(self, config, mesh: Mesh | None = None):
+        validate_config(config)
+        self.config = config
+        self.mesh = mesh if mesh is not None else sharding.create_mesh(dict(config.mesh))
+        self.rules = sharding.get_rules(config.sharding_rules)
+        self.tokenizer = tokenizers.build_tokenizer(config.tokenizer)
+        self.optimizer = optim.build_optimizer(config)
+        self.schedule = optim.learning_rate_schedule(config)
+        self.loss_weights = dict(config.losses)
+        if config.batch_size % self.batch_shards():
+            raise ValueError(
+                f"config.batch_size {config.batch_size} is not divisible by the {self.batch_shards()}"
+                f" devices the batch is split over (mesh {dict(self.mesh.shape)})."
+            )
+        abstract_model = nnx.eval_shape(self._build_model)
+        self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
+        self.abstract_state = jax.eval_shape(self._init_state)
+        self.state_shardings = sharding.tree_shardings(self.abstract_state, self.mesh, self.rules)
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    # -- state -------------------------------------------------------------------------------
+    def _build_model(self) -> nnx.Module:
+        return models.build_model(self.config.model, vocab_size=self.tokenizer.vocab_size,
+                                  image_size=self.config.data.image_size, seed=self.config.seed)
+
+    def _init_state(self) -> dict[str, Any]:
+        _, params = nnx.split(self._build_model(), nnx.Param)
+        return {"step": jnp.zeros((), jnp.int32), "params": params,
+                "opt_state": self.optimizer.init(params)}
+
+    def create_state(self) -> dict[str, Any]:
+        """A fresh state, materialised directly with its shardings (never whole on one device)."""
+        with self.mesh:
+            return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+
+    def batch_shards(self) -> int:
+        spec = sharding.logical_to_spec(("batch",), self.rules)[0]
+        axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
+        return int(np.prod([self.mesh.shape[a] for a in axes]))
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        return sharding.batch_sharding(self.mesh, self.rules, ndim)
+
+    def global_batch(self, local_batch: dict[str, np.ndarray], keys=MODEL_INPUTS) -> dict:
+        """This process's rows -> global arrays sharded along the batch axes."""
+        process_count = jax.process_count()
+        return {
+            key: jax.make_array_from_process_local_data(
+                self.batch_sharding(local_batch[key].ndim), local_batch[key],
+                (local_batch[key].shape[0] * process_count,) + local_batch[key].shape[1:])
+            for key in keys
+        }
+
+    # -- steps -------------------------------------------------------------------------------
+    def model(self, params) -> nnx.Module:
+        return nnx.merge(self.graphdef, params)
+
+    def _train_step(self, state, batch):
+        with sharding.use_mesh_rules(self.mesh, self.rules):
+            def loss_fn(params):
+                outputs = self.model(params)(batch["image"], batch["tokens"])
+                return losses.total_loss(self.loss_weights, outputs, batch)
+
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
+            params = optax.apply_updates(state["params"], updates)
+        metrics.update(loss=loss, grad_norm=optax.global_norm(grads),
+                       param_norm=optax.global_norm(params),
+                       learning_rate=self.schedule(state["step"]))
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        return new_state, metrics
+
+    @functools.cached_property
+    def train_step(self) -> Callable:
+        batch_shardings = {k: self.batch_sharding(4 if k == "image" else 2) for k in MODEL_INPUTS}
+        return jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
+                       out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
+
+    def _encode(self, params, batch):
+        with sharding.use_mesh_rules(self.mesh, self.rules):
+            model = self.model(params)
+            return model.encode_image(batch["image"])[0], model.encode_text(batch["tokens"])[0]
+
+    @functools.cached_property
+    def encode_step(self) -> Callable:
+        batch_shardings = {k: self.batch_sharding(4 if k == "image" else 2) for k in MODEL_INPUTS}
+        return jax.jit(self._encode, in_shardings=(self.state_shardings["params"], batch_shardings),
+                       out_shardings=self.replicated)
+
+    @functools.cached_property
+    def encode_text_step(self) -> Callable:
+        def encode_text(params, tokens):
+            with sharding.use_mesh_rules(self.mesh, self.rules):
+                return self.model(params).encode_text(tokens)[0]
+        return jax.jit(encode_text, in_shardings=(self.state_shardings["params"], self.replicated),
+                       out_shardings=self.replicated)
+
+    def encode_texts(self, params, texts) -> np.ndarray:
+        """Embeds strings in fixed-size chunks (one compiled shape)."""
+        chunk = 256
+        tokens = self.tokenizer(texts)
+        padded = np.zeros((-(-len(tokens) // chunk) * chunk, tokens.shape[1]), np.int32)
+        padded[: len(tokens)] = tokens
+        with self.mesh:
+            outputs = [np.asarray(self.encode_text_step(params, padded[i:i + chunk]))
+                       for i in range(0, len(padded), chunk)]
+        return np.concatenate(outputs)[: len(texts)]
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, params, eval_data) -> dict[str, float]:
+        """Encodes one pass of the eval set and runs every configured evaluator on it."""
+        image_embeddings, text_embeddings, labels = [], [], []
+        with self.mesh:
+            for local_batch in eval_data.batches():
+                batch = self.global_batch(local_batch)
+                images, texts = self.encode_step(params, batch)
+                extra = self.global_batch(local_batch, keys=("valid", "label"))
+                valid = np.asarray(jax.device_put(extra["valid"], self.replicated))
+                image_embeddings.append(np.asarray(images)[valid])
+                text_embeddings.append(np.asarray(texts)[valid])
+                labels.append(np.asarray(jax.device_put(extra["label"], self.replicated))[valid])
+        context = evaluators.EvalContext(
+            image_embeddings=np.concatenate(image_embeddings),
+            text_embeddings=np.concatenate(text_embeddings),
+            labels=np.concatenate(labels),
+            class_names=eval_data.class_names,
+            prompt_templates=eval_data.prompt_templates,
+            encode_texts=lambda texts: self.encode_texts(params, texts),
+        )
+        metrics = {}
+        for name in self.config.evals:
+            for metric, value in evaluators.EVALUATORS[name](context).items():
+                metrics[f"eval/{eval_data.name}/{metric}"] = value
+        return metrics
+
+
+def _host_metrics(metrics) -> dict[str, float]:
+    return {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+    bad = [k for k in ("train/loss", "train/grad_norm", "train/param_norm")
+           if not np.isfinite(metrics.get(k, 0.0))]
+    if bad:
+        raise TrainingDiverged(
+            f"Training diverged at step {step}: {', '.join(f'{k}={metrics[k]}' for k in bad)}. The "
+            "last checkpoint before this step is kept; lower config.learning_rate or raise "
+            "config.warmup_steps and restart."
+        )
+
+
+def write_config_snapshot(config, workdir: str) -> None:
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+    """Trains from the workdir's latest checkpoint (or from scratch) to config.total_steps.
+
+    Returns the final evaluation metrics.
+    """
+    from input_pipeline import pipeline  # TensorFlow stays out of the model and trainer modules
+
+    trainer = Trainer(config)
+    write_config_snapshot(config, workdir)
+    manager = checkpoint.create_manager(workdir, save_interval_steps=config.checkpoint_every_steps,
+                                        max_to_keep=config.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is not None:
+        logging.info("Resuming from %s at step %d.", manager.directory, latest)
+        state = checkpoint.restore(manager, latest, checkpoint.abstract_with_shardings(
+            trainer.abstract_state, trainer.state_shardings))
+    else:
+        state = trainer.create_state()
+    start_step = int(jax.device_get(state["step"]))
+
+    writer = MetricWriter(workdir, config.total_steps)
+    train_batches = pipeline.train_batches(config, trainer.tokenizer, start_step=start_step)
+    eval_data = pipeline.eval_data(config, trainer.tokenizer) if config.data.eval else None
+    eval_metrics: dict[str, float] = {}
+
+    def run_eval(step: int) -> None:
+        nonlocal eval_metrics
+        eval_started = time.time()
+        eval_metrics = trainer.evaluate(state["params"], eval_data)
+        eval_metrics["eval/seconds"] = time.time() - eval_started
+        writer.write(step, eval_metrics)
+        if jax.process_index() == 0:
+            print(f"eval at step {step}: " + ", ".join(
+                f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()
+                if k.split("/")[-1] != "seconds"), flush=True)
+
+    interval_start, interval_step = time.time(), start_step
+    try:
+        with trainer.mesh:
+            for step in range(start_step + 1, config.total_steps + 1):
+                batch = trainer.global_batch(next(train_batches))
+                state, metrics = trainer.train_step(state, batch)
+                if step % config.log_every_steps == 0 or step == config.total_steps:
+                    host_metrics = _host_metrics(metrics)
+                    _check_finite(step, host_metrics)
+                    elapsed = time.time() - interval_start
+                    steps_per_sec = (step - interval_step) / max(elapsed, 1e-9)
+                    host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
+                    host_metrics["train/steps_per_sec"] = steps_per_sec
+                    writer.write(step, host_metrics)
+                    writer.progress(step, host_metrics["train/loss"], steps_per_sec)
+                    interval_start, interval_step = time.time(), step
+                checkpoint.save(manager, step, state, force=step == config.total_steps)
+                if eval_data is not None and (
+                        (config.eval_every_steps and step % config.eval_every_steps == 0)
+                        or step == config.total_steps):
+                    run_eval(step)
+                    interval_start = time.time()  # steps/s should not count evaluation
+            if start_step >= config.total_steps and eval_data is not None:
+                run_eval(start_step)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+    if jax.process_index() == 0 and eval_metrics:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump({"step": config.total_steps, **eval_metrics}, f, indent=2)
+    return eval_metrics
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
+    """`--mode=eval`: evaluates the workdir's latest checkpoint and writes eval_results.json."""
+    from input_pipeline import pipeline
+
+    trainer = Trainer(config)
+    manager = checkpoint.create_manager(workdir, save_interval_steps=1, max_to_keep=None)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
+                                "--workdir at a run that has one.")
+    state = checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
+        trainer.abstract_state, trainer.state_shardings))
+    metrics = trainer.evaluate(state["params"], pipeline.eval_data(config, trainer.tokenizer))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump({"step": step, **metrics}, f, indent=2)
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4f}")
+    manager.close()
+    return metrics
