@@ -21,6 +21,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes:

@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Seeds the parameters and the data order; two runs with one seed log identical losses.
     config.seed = 0
     # Optimizer steps to train for.
-    config.total_steps = 1500
+    config.total_steps = 1200
     # Global batch size (over all devices and processes).
     config.batch_size = 128
     # Log train metrics and the progress line every this many steps.

@@ -71,9 +71,6 @@ class RandomAccessSource:
 
     def __init__(self, spec: DatasetSpec, data_dir: str | None):
         base_name = spec.name.split("/")[0]
-        if base_name not in ADAPTERS:
-            raise ValueError(f"No adapter for dataset {base_name!r}; datasets with adapters: "
-                             f"{sorted(ADAPTERS)}. Add one in input_pipeline/datasets.py.")
         if base_name == EMBEDDED_DATASET:
             config = spec.name.split("/")[1] if "/" in spec.name else "default"
             builder = shapes.prepare(data_dir, config)
@@ -85,6 +82,9 @@ class RandomAccessSource:
                     "downloads: prepare it with `tfds build` and point config.data.tfds_data_dir "
                     "(or TFDS_DATA_DIR) at its folder."
                 )
+        if base_name not in ADAPTERS:
+            raise ValueError(f"No adapter for dataset {base_name!r}; datasets with adapters: "
+                             f"{sorted(ADAPTERS)}. Add one in input_pipeline/datasets.py.")
         if spec.split not in builder.info.splits:
             raise ValueError(f"Dataset {spec.name!r} has no split {spec.split!r}; it has "
                              f"{sorted(builder.info.splits)}.")

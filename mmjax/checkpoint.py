@@ -12,20 +12,20 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def create_manager(workdir: str, *, save_interval_steps: int, max_to_keep: int
-                   ) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, max_to_keep: int | None) -> ocp.CheckpointManager:
+    """Saves are asynchronous and atomic (written to a temporary name, then renamed)."""
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(
-            save_interval_steps=max(save_interval_steps, 1),
             max_to_keep=max_to_keep,
             create=True,
         ),
     )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:
-    return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, step: int, state) -> bool:
+    # The trainer decides when to save; force bypasses orbax's own interval logic.
+    return manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):

@@ -20,10 +20,11 @@ def normalize(x: np.ndarray) -> np.ndarray:
 def recall_at_k(similarity: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     """Fraction of rows whose matching column (the diagonal) is among the top k scores.
 
-    Ties count against the query: the match must score strictly higher than all but k-1 others.
+    Ties count against the query (a collapsed model that scores everything equal gets zero, not
+    perfect, recall): the rank is the number of other columns scoring at least as high.
     """
     matching = np.diag(similarity)[:, None]
-    rank = (similarity > matching).sum(axis=1)  # 0 when the match is the best
+    rank = (similarity >= matching).sum(axis=1) - 1  # 0 when the match is strictly the best
     return {k: float((rank < k).mean()) for k in ks}
 
 

@@ -33,7 +33,8 @@ class MetricWriter:
         self.jsonl.flush()
         if self.tensorboard is not None:
             for name, value in metrics.items():
-                self.tensorboard.add_scalar(name, float(value), int(step))
+                # TensorBoard tags may not hold '@': recall@1 -> recall_at_1.
+                self.tensorboard.add_scalar(name.replace("@", "_at_"), float(value), int(step))
             self.tensorboard.flush()
 
     def progress(self, step: int, loss: float, steps_per_sec: float) -> None:

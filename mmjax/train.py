@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import time
 from typing import Any, Callable, Iterator
@@ -29,6 +28,10 @@ MODEL_INPUTS = ("image", "tokens")
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def validate_config(config) -> None:
@@ -81,8 +84,7 @@ class Trainer:
 
     def create_state(self) -> dict[str, Any]:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
-        with self.mesh:
-            return jax.jit(self._init_state, out_shardings=self.state_shardings)()
+        return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
     def batch_shards(self) -> int:
         spec = sharding.logical_to_spec(("batch",), self.rules)[0]
@@ -115,8 +117,7 @@ class Trainer:
             (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
             updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-        metrics.update(loss=loss, grad_norm=optax.global_norm(grads),
-                       param_norm=optax.global_norm(params),
+        metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
                        learning_rate=self.schedule(state["step"]))
         new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
         return new_state, metrics
@@ -152,24 +153,22 @@ class Trainer:
         tokens = self.tokenizer(texts)
         padded = np.zeros((-(-len(tokens) // chunk) * chunk, tokens.shape[1]), np.int32)
         padded[: len(tokens)] = tokens
-        with self.mesh:
-            outputs = [np.asarray(self.encode_text_step(params, padded[i:i + chunk]))
-                       for i in range(0, len(padded), chunk)]
+        outputs = [np.asarray(self.encode_text_step(params, padded[i:i + chunk]))
+                   for i in range(0, len(padded), chunk)]
         return np.concatenate(outputs)[: len(texts)]
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, params, eval_data) -> dict[str, float]:
         """Encodes one pass of the eval set and runs every configured evaluator on it."""
         image_embeddings, text_embeddings, labels = [], [], []
-        with self.mesh:
-            for local_batch in eval_data.batches():
-                batch = self.global_batch(local_batch)
-                images, texts = self.encode_step(params, batch)
-                extra = self.global_batch(local_batch, keys=("valid", "label"))
-                valid = np.asarray(jax.device_put(extra["valid"], self.replicated))
-                image_embeddings.append(np.asarray(images)[valid])
-                text_embeddings.append(np.asarray(texts)[valid])
-                labels.append(np.asarray(jax.device_put(extra["label"], self.replicated))[valid])
+        for local_batch in eval_data.batches():
+            batch = self.global_batch(local_batch)
+            images, texts = self.encode_step(params, batch)
+            extra = self.global_batch(local_batch, keys=("valid", "label"))
+            valid = np.asarray(jax.device_put(extra["valid"], self.replicated))
+            image_embeddings.append(np.asarray(images)[valid])
+            text_embeddings.append(np.asarray(texts)[valid])
+            labels.append(np.asarray(jax.device_put(extra["label"], self.replicated))[valid])
         context = evaluators.EvalContext(
             image_embeddings=np.concatenate(image_embeddings),
             text_embeddings=np.concatenate(text_embeddings),
@@ -216,11 +215,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     trainer = Trainer(config)
     write_config_snapshot(config, workdir)
-    manager = checkpoint.create_manager(workdir, save_interval_steps=config.checkpoint_every_steps,
-                                        max_to_keep=config.keep_checkpoints)
+    manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
     latest = manager.latest_step()
     if latest is not None:
-        logging.info("Resuming from %s at step %d.", manager.directory, latest)
+        if jax.process_index() == 0:
+            print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
         state = checkpoint.restore(manager, latest, checkpoint.abstract_with_shardings(
             trainer.abstract_state, trainer.state_shardings))
     else:
@@ -245,28 +244,28 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     interval_start, interval_step = time.time(), start_step
     try:
-        with trainer.mesh:
-            for step in range(start_step + 1, config.total_steps + 1):
-                batch = trainer.global_batch(next(train_batches))
-                state, metrics = trainer.train_step(state, batch)
-                if step % config.log_every_steps == 0 or step == config.total_steps:
-                    host_metrics = _host_metrics(metrics)
-                    _check_finite(step, host_metrics)
-                    elapsed = time.time() - interval_start
-                    steps_per_sec = (step - interval_step) / max(elapsed, 1e-9)
-                    host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
-                    host_metrics["train/steps_per_sec"] = steps_per_sec
-                    writer.write(step, host_metrics)
-                    writer.progress(step, host_metrics["train/loss"], steps_per_sec)
-                    interval_start, interval_step = time.time(), step
-                checkpoint.save(manager, step, state, force=step == config.total_steps)
-                if eval_data is not None and (
-                        (config.eval_every_steps and step % config.eval_every_steps == 0)
-                        or step == config.total_steps):
-                    run_eval(step)
-                    interval_start = time.time()  # steps/s should not count evaluation
-            if start_step >= config.total_steps and eval_data is not None:
-                run_eval(start_step)
+        for step in range(start_step + 1, config.total_steps + 1):
+            batch = trainer.global_batch(next(train_batches))
+            state, metrics = trainer.train_step(state, batch)
+            if step % config.log_every_steps == 0 or step == config.total_steps:
+                host_metrics = _host_metrics(metrics)
+                _check_finite(step, host_metrics)
+                elapsed = time.time() - interval_start
+                steps_per_sec = (step - interval_step) / max(elapsed, 1e-9)
+                host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
+                host_metrics["train/steps_per_sec"] = steps_per_sec
+                writer.write(step, host_metrics)
+                writer.progress(step, host_metrics["train/loss"], steps_per_sec)
+                interval_start, interval_step = time.time(), step
+            if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+                checkpoint.save(manager, step, state)
+            if eval_data is not None and (
+                    (config.eval_every_steps and step % config.eval_every_steps == 0)
+                    or step == config.total_steps):
+                run_eval(step)
+                interval_start = time.time()  # steps/s should not count evaluation
+        if start_step >= config.total_steps and eval_data is not None:
+            run_eval(start_step)
     finally:
         manager.wait_until_finished()
         manager.close()
@@ -282,7 +281,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     from input_pipeline import pipeline
 
     trainer = Trainer(config)
-    manager = checkpoint.create_manager(workdir, save_interval_steps=1, max_to_keep=None)
+    manager = checkpoint.create_manager(workdir, max_to_keep=None)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "

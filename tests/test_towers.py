@@ -1,0 +1,85 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmjax import image_tower, text_tower
+from mmjax.tokenizers import EOT_ID, PAD_ID
+
+
+def small_vit(pooling):
+    return image_tower.VisionTransformer(image_size=16, width=32, depth=2, mlp_dim=64,
+                                         num_heads=4, patch_size=4, pooling=pooling,
+                                         rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "gap", "map"])
+def test_vit_output_shapes(pooling):
+    pooled, aux = small_vit(pooling)(jnp.zeros((3, 16, 16, 3)))
+    assert pooled.shape == (3, 32)
+    assert aux["tokens"].shape == (3, 16, 32)  # 4x4 patches; the class token is not returned
+    np.testing.assert_array_equal(aux["pre_logits"], pooled)
+
+
+def test_vit_variants_decode_like_big_vision():
+    assert image_tower.decode_variant("B/16") == dict(width=768, depth=12, mlp_dim=3072,
+                                                      num_heads=12, patch_size=16)
+    assert image_tower.decode_variant("L/14")["patch_size"] == 14
+    with pytest.raises(ValueError, match="'Q/16'.*'B'"):
+        image_tower.decode_variant("Q/16")
+
+
+def test_vit_rejects_image_size_not_divisible_by_patch():
+    with pytest.raises(ValueError, match="not divisible by patch size 4"):
+        image_tower.VisionTransformer(image_size=18, variant="mu/4", rngs=nnx.Rngs(0))
+
+
+def small_text(causal):
+    return text_tower.TextTransformer(vocab_size=20, context_length=8, width=32, depth=2,
+                                      mlp_dim=64, num_heads=4, causal=causal, rngs=nnx.Rngs(0))
+
+
+def test_text_tower_shapes_and_pools_at_end_of_text():
+    tower = small_text(causal=True)
+    tokens = jnp.array([[1, 5, 6, EOT_ID, 0, 0, 0, 0], [1, 7, EOT_ID, 0, 0, 0, 0, 0]])
+    pooled, aux = tower(tokens)
+    assert pooled.shape == (2, 32) and aux["tokens"].shape == (2, 8, 32)
+    np.testing.assert_allclose(pooled[0], aux["tokens"][0, 3], rtol=1e-6)
+    np.testing.assert_allclose(pooled[1], aux["tokens"][1, 2], rtol=1e-6)
+
+
+def test_causal_mask_hides_future_tokens():
+    tower = small_text(causal=True)
+    a = jnp.array([[1, 5, 6, 7, 8, 9, 10, EOT_ID]])
+    b = a.at[0, 5].set(11)  # change a later token
+    _, aux_a = tower(a)
+    _, aux_b = tower(b)
+    np.testing.assert_allclose(aux_a["tokens"][0, :5], aux_b["tokens"][0, :5], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(aux_a["tokens"][0, 5:], aux_b["tokens"][0, 5:])
+
+
+def test_bidirectional_mask_ignores_padding_but_sees_the_future():
+    tower = small_text(causal=False)
+    short = jnp.array([[1, 5, 6, EOT_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    pooled_short, _ = tower(short)
+    pooled_shorter, _ = tower(short[:, :5])  # less padding, same text
+    np.testing.assert_allclose(pooled_short, pooled_shorter, rtol=1e-5, atol=1e-6)
+    _, aux = tower(short)
+    _, aux_changed = tower(short.at[0, 2].set(9))
+    assert not np.allclose(aux["tokens"][0, 1], aux_changed["tokens"][0, 1])  # token 1 sees token 2
+
+
+def test_attention_mask_values():
+    tokens = jnp.array([[1, 5, EOT_ID, PAD_ID]])
+    causal = np.asarray(text_tower.attention_mask(tokens, PAD_ID, causal=True))[0, 0]
+    expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    np.testing.assert_array_equal(causal, expected)
+    full = np.asarray(text_tower.attention_mask(tokens, PAD_ID, causal=False))[0, 0]
+    expected = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    np.testing.assert_array_equal(full, expected)
+
+
+def test_text_longer_than_context_is_rejected():
+    with pytest.raises(ValueError, match="exceeds the tower's context length 8"):
+        small_text(causal=True)(jnp.ones((1, 9), jnp.int32))
