@@ -13,6 +13,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed_auto", False,
+                  "Call jax.distributed.initialize() with no arguments: the cluster (TPU pod slice, "
+                  "SLURM job) is detected by JAX.")
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -26,8 +29,12 @@ def main(argv):
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes:
+        # CPU processes exchange collectives through gloo (GPUs use NCCL, TPUs their ICI).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
+    elif FLAGS.distributed_auto:
+        jax.distributed.initialize()  # TPU pods, SLURM, GKE: JAX finds the cluster itself
     from mmjax import train
 
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),

@@ -12,6 +12,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    # A label for logs and benchmark tables.
+    config.name = "smoke"
     # Seeds the parameters and the data order; two runs with one seed log identical losses.
     config.seed = 0
     # Optimizer steps to train for.
@@ -20,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     # Log train metrics and the progress line every this many steps.
     config.log_every_steps = 50
+    # Split each batch into this many micro-batches (less memory, same update: see Trainer).
+    config.grad_accum_steps = 1
     # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the end.
     config.eval_every_steps = 500
     # Save a checkpoint every this many steps (and always at the end).
@@ -55,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     # Rematerialisation policy for transformer blocks ('none', 'minimal', 'full', 'save_dots').
     config.model.remat = "none"
+    # Attention kernel: "xla" everywhere, "cudnn" for flash attention on NVIDIA GPUs (bf16).
+    config.model.attention_implementation = "xla"
     config.model.image_tower = ml_collections.ConfigDict(dict(
         name="vit", variant="mu/4", pooling="gap"))
     config.model.text_tower = ml_collections.ConfigDict(dict(

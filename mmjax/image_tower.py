@@ -46,7 +46,8 @@ class VisionTransformer(nnx.Module):
     def __init__(self, *, image_size: int, variant: str | None = None, width: int | None = None,
                  depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
-                 remat: str = "none", dtype=jnp.float32, rngs: nnx.Rngs):
+                 remat: str = "none", attention_implementation: str | None = None,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         shape = decode_variant(variant) if variant else {}
         explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
                         patch_size=patch_size)
@@ -73,9 +74,11 @@ class VisionTransformer(nnx.Module):
                           if pooling == "cls" else None)
         self.encoder = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
-                                          activation=activation, remat=remat)
+                                          activation=activation, remat=remat,
+                                          attention_implementation=attention_implementation)
         self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
-                                                    rngs=rngs, dtype=dtype)
+                                                    rngs=rngs, dtype=dtype,
+                                                    attention_implementation=attention_implementation)
                                if pooling == "map" else None)
         self.pooling = pooling
         self.dtype = dtype

@@ -59,7 +59,10 @@ class MultiHeadAttention(nnx.Module):
     """
 
     def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 context_width: int | None = None):
+                 context_width: int | None = None, implementation: str | None = None):
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"Unknown attention implementation {implementation!r}; valid: "
+                             f"{ATTENTION_IMPLEMENTATIONS}.")
         if width % num_heads:
             raise ValueError(f"Attention width {width} is not divisible by num_heads {num_heads}.")
         head_dim = width // num_heads
@@ -80,9 +83,11 @@ class MultiHeadAttention(nnx.Module):
                              logical_axes=("heads", "kv", "embed"))
         self.out_bias = nnx.Param(jnp.zeros((width,)), logical_axes=("embed",))
         self.dtype = dtype
+        self.implementation = implementation
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
-                 mask: jax.Array | None = None, is_causal: bool = False) -> jax.Array:
+                 is_causal: bool = False, key_lengths: jax.Array | None = None) -> jax.Array:
+        """`key_lengths`: per example, how many leading keys are real (the rest is padding)."""
         context = x if context is None else context
         cast = lambda p: p[...].astype(self.dtype)
         x, context = x.astype(self.dtype), context.astype(self.dtype)
@@ -90,8 +95,15 @@ class MultiHeadAttention(nnx.Module):
         k = jnp.einsum("bsd,dnh->bsnh", context, cast(self.key))
         v = jnp.einsum("bsd,dnh->bsnh", context, cast(self.value)) + cast(self.value_bias)
         q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
-        attended = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)
+        attended = jax.nn.dot_product_attention(
+            q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths,
+            implementation=self.implementation)
         return jnp.einsum("btnh,nhd->btd", attended, cast(self.out)) + cast(self.out_bias)
+
+
+# None and "xla": XLA's fused attention everywhere; "cudnn": cuDNN flash attention (NVIDIA GPUs,
+# bfloat16 / float16 only).
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 
 
 class Mlp(nnx.Module):
@@ -130,22 +142,25 @@ class TransformerBlock(nnx.Module):
     """Pre-LN block: x + attn(LN(x)) [+ cross_attn(LN(x), context)] + mlp(LN(x))."""
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32, activation: str = "gelu", context_width: int | None = None):
+                 dtype=jnp.float32, activation: str = "gelu", context_width: int | None = None,
+                 attention_implementation: str | None = None):
         self.attention_norm = LayerNorm(width, dtype=dtype)
-        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype)
+        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
+                                            implementation=attention_implementation)
         if context_width is not None:
             self.cross_attention_norm = LayerNorm(width, dtype=dtype)
             self.cross_attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
-                                                      context_width=context_width)
+                                                      context_width=context_width,
+                                                      implementation=attention_implementation)
         else:
             self.cross_attention_norm = self.cross_attention = None
         self.mlp_norm = LayerNorm(width, dtype=dtype)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
 
-    def __call__(self, x, *, mask=None, is_causal=False, context=None, context_mask=None):
-        x = x + self.attention(self.attention_norm(x), mask=mask, is_causal=is_causal)
+    def __call__(self, x, *, is_causal=False, key_lengths=None, context=None):
+        x = x + self.attention(self.attention_norm(x), is_causal=is_causal, key_lengths=key_lengths)
         if self.cross_attention is not None:
-            x = x + self.cross_attention(self.cross_attention_norm(x), context, mask=context_mask)
+            x = x + self.cross_attention(self.cross_attention_norm(x), context)
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("batch", "length", "embed"))
 
@@ -155,12 +170,13 @@ class Transformer(nnx.Module):
 
     def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", remat: str = "none",
-                 context_width: int | None = None):
+                 context_width: int | None = None, attention_implementation: str | None = None):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}.")
         self.blocks = nnx.List([
             TransformerBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
-                             activation=activation, context_width=context_width)
+                             activation=activation, context_width=context_width,
+                             attention_implementation=attention_implementation)
             for _ in range(depth)
         ])
         self.final_norm = LayerNorm(width, dtype=dtype)
@@ -180,10 +196,11 @@ class AttentionPool(nnx.Module):
     """Multi-head attention pooling from a learned probe (big_vision's MAP head)."""
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 dtype=jnp.float32, attention_implementation: str | None = None):
         self.probe = nnx.Param(xavier_uniform(rngs.params(), (1, width), jnp.float32),
                                logical_axes=(None, "embed"))
-        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype)
+        self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
+                                            implementation=attention_implementation)
         self.norm = LayerNorm(width, dtype=dtype)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
 

@@ -39,15 +39,16 @@ def _tower_kwargs(tower_config) -> dict[str, Any]:
 class CLIP(nnx.Module):
     def __init__(self, *, image_tower, text_tower, embed_dim: int, vocab_size: int,
                  image_size: int, dtype: str = "float32", remat: str = "none",
+                 attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
                  rngs: nnx.Rngs):
         compute_dtype = _lookup(DTYPES, dtype, "dtype")
         image_cls = _lookup(IMAGE_TOWERS, image_tower["name"], "image tower")
         text_cls = _lookup(TEXT_TOWERS, text_tower["name"], "text tower")
-        self.image_tower = image_cls(image_size=image_size, dtype=compute_dtype, remat=remat,
-                                     rngs=rngs, **_tower_kwargs(image_tower))
-        self.text_tower = text_cls(vocab_size=vocab_size, dtype=compute_dtype, remat=remat,
-                                   rngs=rngs, **_tower_kwargs(text_tower))
+        shared = dict(dtype=compute_dtype, remat=remat, rngs=rngs,
+                      attention_implementation=attention_implementation)
+        self.image_tower = image_cls(image_size=image_size, **shared, **_tower_kwargs(image_tower))
+        self.text_tower = text_cls(vocab_size=vocab_size, **shared, **_tower_kwargs(text_tower))
         self.image_projection = layers.Dense(self.image_tower.width, embed_dim, ("embed", None),
                                              rngs=rngs, use_bias=False, dtype=compute_dtype)
         self.text_projection = layers.Dense(self.text_tower.width, embed_dim, ("embed", None),
@@ -68,14 +69,13 @@ class CLIP(nnx.Module):
         return jnp.minimum(jnp.exp(self.logit_scale[...]), self.logit_scale_max)
 
     def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
-        image_embedding, image_aux = self.encode_image(images)
-        text_embedding, text_aux = self.encode_text(tokens)
+        """What the losses need: per-example outputs (batch-major) and global scalars."""
+        image_embedding, _ = self.encode_image(images)
+        text_embedding, _ = self.encode_text(tokens)
         return {
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
             "logit_scale": self.temperature_scale(),
-            "image_tokens": image_aux["tokens"],
-            "text_tokens": text_aux["tokens"],
         }
 
 
@@ -86,4 +86,6 @@ def build_model(model_config, *, vocab_size: int, image_size: int, seed: int) ->
     """Builds the model the config names; its parameters come from `seed`."""
     kwargs = dict(model_config)
     model_cls = _lookup(MODELS, kwargs.pop("name"), "model")
+    # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
+    vocab_size = kwargs.pop("vocab_size", None) or vocab_size
     return model_cls(vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed), **kwargs)

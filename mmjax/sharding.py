@@ -25,16 +25,25 @@ RULES_PRESETS = {
     "data_parallel": (
         ("batch", ("data", "fsdp")),
     ),
+    # Every parameter dimension may take `fsdp`; the first that divides evenly does, so weight
+    # matrices split along `embed` and vectors (norms, biases) along their only axis.
     "fsdp": (
         ("batch", ("data", "fsdp")),
         ("embed", "fsdp"),
+        ("mlp", "fsdp"),
+        ("heads", "fsdp"),
+        ("kv", "fsdp"),
+        ("vocab", "fsdp"),
+        ("norm", "fsdp"),
     ),
     "fsdp_tensor": (
         ("batch", ("data", "fsdp")),
         ("embed", "fsdp"),
-        ("mlp", "tensor"),
-        ("heads", "tensor"),
-        ("vocab", "tensor"),
+        ("mlp", ("tensor", "fsdp")),
+        ("heads", ("tensor", "fsdp")),
+        ("kv", "fsdp"),
+        ("vocab", ("tensor", "fsdp")),
+        ("norm", "fsdp"),
     ),
 }
 
@@ -78,14 +87,17 @@ def create_mesh(mesh_config: dict[str, int], devices: Sequence[jax.Device] | Non
     sizes = resolve_mesh_shape(dict(mesh_config), len(devices))
     shape = tuple(sizes[name] for name in MESH_AXES)
     num_processes = len({d.process_index for d in devices})
-    if num_processes > 1 and sizes["data"] % num_processes == 0:
-        per_process = len(devices) // num_processes
-        inner = (sizes["data"] // num_processes, sizes["fsdp"], sizes["tensor"])
-        if math.prod(inner) == per_process:
-            device_array = mesh_utils.create_hybrid_device_mesh(
-                inner, (num_processes, 1, 1), devices=devices
-            )
-            return Mesh(device_array, MESH_AXES)
+    if num_processes == 1:
+        # Topology-aware on TPU; a plain reshape elsewhere.
+        return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
+    per_process = len(devices) // num_processes
+    if sizes["data"] % num_processes or (sizes["fsdp"] * sizes["tensor"]) > per_process:
+        raise ValueError(
+            f"config.mesh {sizes} over {num_processes} processes: the `data` axis must be divisible "
+            "by the number of processes and `fsdp` x `tensor` must fit inside one process, so "
+            "that only data-parallel traffic crosses hosts."
+        )
+    # Process-major order with `data` outermost: fsdp and tensor neighbours share a host.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(ordered, dtype=object).reshape(shape), MESH_AXES)
 
@@ -106,47 +118,46 @@ def get_rules(rules: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(table)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None] | None, rules) -> PartitionSpec:
-    """Maps logical axis names to a PartitionSpec; a mesh axis is used at most once per array."""
+def logical_to_spec(logical_axes: Sequence[str | None] | None, rules,
+                    shape: Sequence[int] | None = None, mesh: Mesh | None = None) -> PartitionSpec:
+    """Maps logical axis names to a PartitionSpec.
+
+    A mesh axis is used at most once per array. Given `shape` and `mesh`, a mesh axis that does not
+    divide its dimension is skipped (that dimension stays replicated along it), so a rule such as
+    `heads -> fsdp` shards what it can instead of failing on a model with 2 heads.
+    """
     if logical_axes is None:
         return PartitionSpec()
     rule_map = dict(rules)
     used: set[str] = set()
     spec = []
-    for name in logical_axes:
+    for dim, name in enumerate(logical_axes):
         mesh_axes = rule_map.get(name) if name is not None else None
         if mesh_axes is None:
             spec.append(None)
             continue
-        axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
-        axes = tuple(a for a in axes if a not in used)
-        used.update(axes)
-        spec.append(axes[0] if len(axes) == 1 else (axes or None))
+        candidates = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+        chosen: list[str] = []
+        for axis in candidates:
+            if axis in used:
+                continue
+            if shape is not None and mesh is not None:
+                if shape[dim] % (math.prod(mesh.shape[a] for a in chosen) * mesh.shape[axis]):
+                    continue
+            chosen.append(axis)
+        used.update(chosen)
+        spec.append(chosen[0] if len(chosen) == 1 else (tuple(chosen) or None))
     return PartitionSpec(*spec)
-
-
-def _fits(shape, spec: PartitionSpec, mesh: Mesh) -> bool:
-    for dim, axes in zip(shape, spec):
-        if axes is None:
-            continue
-        axes = (axes,) if isinstance(axes, str) else axes
-        if dim % math.prod(mesh.shape[a] for a in axes):
-            return False
-    return True
 
 
 def variable_sharding(variable: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
     """The sharding the rules give a parameter (or an optimizer slot that mirrors it)."""
     logical_axes = variable.get_metadata().get("logical_axes")
-    spec = logical_to_spec(logical_axes, rules)
     shape = np.shape(variable.get_value() if hasattr(variable, "get_value") else variable.value)
-    if not _fits(shape, spec, mesh):
-        raise ValueError(
-            f"A parameter of shape {shape} with logical axes {logical_axes} cannot be split as "
-            f"{spec} on mesh {dict(mesh.shape)}: a dimension is not divisible by its mesh axes. "
-            "Change the model width or the mesh."
-        )
-    return NamedSharding(mesh, spec)
+    if logical_axes is not None and len(logical_axes) != len(shape):
+        raise ValueError(f"A parameter of shape {shape} names {len(logical_axes)} logical axes "
+                         f"{logical_axes}; give one name per dimension.")
+    return NamedSharding(mesh, logical_to_spec(logical_axes, rules, shape, mesh))
 
 
 def tree_shardings(tree, mesh: Mesh, rules):
@@ -180,9 +191,7 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     mesh = _ACTIVE["mesh"]
     if mesh is None:
         return x
-    spec = logical_to_spec(logical_axes, _ACTIVE["rules"])
-    if not _fits(x.shape, spec, mesh):
-        return x
+    spec = logical_to_spec(logical_axes, _ACTIVE["rules"], x.shape, mesh)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 

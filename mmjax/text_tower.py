@@ -1,8 +1,9 @@
 """Transformer text tower: token + position embeddings -> blocks -> pooled at the end-of-text token.
 
 With `causal=True` (CLIP's choice, and what a captioning decoder needs) each token sees only
-those before it, so padding after the end-of-text token cannot change the pooled output; with
-`causal=False` padding is masked out explicitly.
+those before it, so padding after the end-of-text token cannot change the pooled output and
+needs no mask; with `causal=False` attention is limited to each text's real tokens through
+per-example key lengths. Both forms are ones cuDNN's flash attention accepts.
 """
 
 from __future__ import annotations
@@ -25,17 +26,6 @@ TEXT_SIZES = {
 }
 
 
-def attention_mask(tokens: jax.Array, pad_id: int, causal: bool) -> jax.Array:
-    """[batch, 1, query, key] boolean mask: keys are real tokens (and not in the future if causal)."""
-    length = tokens.shape[1]
-    key_is_token = (tokens != pad_id)[:, None, None, :]
-    if causal:
-        allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]
-        # A padding query still sees itself, so no row is all-masked (softmax stays finite).
-        return allowed & (key_is_token | jnp.eye(length, dtype=bool)[None, None])
-    return key_is_token | jnp.eye(length, dtype=bool)[None, None]
-
-
 def end_of_text_index(tokens: jax.Array, eot_id: int) -> jax.Array:
     """Index of the first end-of-text token in each row (the last position if there is none)."""
     is_eot = tokens == eot_id
@@ -47,7 +37,8 @@ class TextTransformer(nnx.Module):
                  width: int | None = None, depth: int | None = None, mlp_dim: int | None = None,
                  num_heads: int | None = None, causal: bool = True, pad_id: int = 0,
                  eot_id: int = 2, activation: str = "gelu", remat: str = "none",
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 attention_implementation: str | None = None, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         if variant is not None and variant not in TEXT_SIZES:
             raise ValueError(f"Unknown text variant {variant!r}; valid: {list(TEXT_SIZES)}.")
         shape = dict(zip(("width", "depth", "mlp_dim", "num_heads"), TEXT_SIZES[variant])) if variant else {}
@@ -65,7 +56,8 @@ class TextTransformer(nnx.Module):
             logical_axes=("length", "embed"))
         self.encoder = layers.Transformer(self.width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
-                                          activation=activation, remat=remat)
+                                          activation=activation, remat=remat,
+                                          attention_implementation=attention_implementation)
         self.context_length = context_length
         self.causal, self.pad_id, self.eot_id = causal, pad_id, eot_id
         self.dtype = dtype
@@ -78,8 +70,10 @@ class TextTransformer(nnx.Module):
         x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
         x = x + self.position_embedding[...][:length].astype(self.dtype)
         x = sharding.constrain(x, ("batch", "length", "embed"))
-        mask = attention_mask(tokens, self.pad_id, self.causal)
-        x = self.encoder(x, mask=mask)
+        if self.causal:
+            x = self.encoder(x, is_causal=True)
+        else:  # texts are laid out [bos, ..., eot, pad, ...]: real tokens lead
+            x = self.encoder(x, key_lengths=(tokens != self.pad_id).sum(axis=1).astype(jnp.int32))
         pooled = jnp.take_along_axis(
             x, end_of_text_index(tokens, self.eot_id)[:, None, None], axis=1)[:, 0]
         return pooled, {"tokens": x, "pre_logits": pooled}

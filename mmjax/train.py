@@ -24,6 +24,7 @@ from mmjax import checkpoint, evaluators, losses, models, optim, sharding, token
 from mmjax.metric_writers import MetricWriter
 
 MODEL_INPUTS = ("image", "tokens")
+EVAL_INPUTS = {"image": 4, "tokens": 2, "label": 1, "valid": 1}  # name -> ndim
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,11 +62,17 @@ class Trainer:
         self.optimizer = optim.build_optimizer(config)
         self.schedule = optim.learning_rate_schedule(config)
         self.loss_weights = dict(config.losses)
-        if config.batch_size % self.batch_shards():
+        accum_steps = config.get("grad_accum_steps", 1)
+        if accum_steps < 1 or config.batch_size % (accum_steps * self.batch_shards()):
             raise ValueError(
-                f"config.batch_size {config.batch_size} is not divisible by the {self.batch_shards()}"
-                f" devices the batch is split over (mesh {dict(self.mesh.shape)})."
+                f"config.batch_size {config.batch_size} must split into config.grad_accum_steps "
+                f"({accum_steps}) micro-batches that each divide over the {self.batch_shards()} "
+                "devices of the batch axes."
             )
+        model_vocab = config.model.get("vocab_size")
+        if model_vocab and self.tokenizer.vocab_size > model_vocab:
+            raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids but "
+                             f"config.model.vocab_size is {model_vocab}; raise it or unset it.")
         abstract_model = nnx.eval_shape(self._build_model)
         self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
         self.abstract_state = jax.eval_shape(self._init_state)
@@ -108,13 +115,48 @@ class Trainer:
     def model(self, params) -> nnx.Module:
         return nnx.merge(self.graphdef, params)
 
+    def _forward(self, params, batch):
+        return self.model(params)(batch["image"], batch["tokens"])
+
+    def loss_and_grads(self, params, batch):
+        """((loss, metrics), grads) over the whole batch, in config.grad_accum_steps micro-batches.
+
+        With micro-batches the losses still see the whole batch's outputs (GradCache): a first
+        pass computes every micro-batch's outputs without keeping activations, the losses and
+        their gradients with respect to those outputs are computed once over the whole batch,
+        and a second pass backpropagates each micro-batch's share. The update equals the
+        one-batch update (the contrastive loss needs every pair), at the cost of a second forward.
+        """
+        accum_steps = self.config.get("grad_accum_steps", 1)
+        loss_fn = lambda outputs: losses.total_loss(self.loss_weights, outputs, batch)
+        if accum_steps == 1:
+            return jax.value_and_grad(lambda p: loss_fn(self._forward(p, batch)), has_aux=True)(params)
+
+        micro_batches = jax.tree.map(
+            lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+        stacked = jax.lax.map(lambda micro: self._forward(params, micro), micro_batches)
+        # Per-example outputs come back [accum, micro, ...]; global scalars as [accum].
+        is_per_example = jax.tree.map(lambda x: x.ndim >= 2, stacked)
+        outputs = jax.tree.map(lambda x, per_example: x.reshape((-1,) + x.shape[2:])
+                               if per_example else x[0], stacked, is_per_example)
+        (loss, metrics), output_grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
+
+        def accumulate(grads, inputs):
+            index, micro = inputs
+            _, backward = jax.vjp(lambda p: self._forward(p, micro), params)
+            cotangent = jax.tree.map(
+                lambda g, per_example: (g.reshape((accum_steps, -1) + g.shape[1:])[index]
+                                        if per_example else g * (index == 0)),
+                output_grads, is_per_example)
+            return jax.tree.map(jnp.add, grads, backward(cotangent)[0]), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        grads, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro_batches))
+        return (loss, metrics), grads
+
     def _train_step(self, state, batch):
         with sharding.use_mesh_rules(self.mesh, self.rules):
-            def loss_fn(params):
-                outputs = self.model(params)(batch["image"], batch["tokens"])
-                return losses.total_loss(self.loss_weights, outputs, batch)
-
-            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            (loss, metrics), grads = self.loss_and_grads(state["params"], batch)
             updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
         metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
@@ -129,13 +171,16 @@ class Trainer:
                        out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
     def _encode(self, params, batch):
+        """Embeddings of an eval batch, with its labels and padding marks, on every process."""
         with sharding.use_mesh_rules(self.mesh, self.rules):
             model = self.model(params)
-            return model.encode_image(batch["image"])[0], model.encode_text(batch["tokens"])[0]
+            return {"image": model.encode_image(batch["image"])[0],
+                    "text": model.encode_text(batch["tokens"])[0],
+                    "label": batch["label"], "valid": batch["valid"]}
 
     @functools.cached_property
     def encode_step(self) -> Callable:
-        batch_shardings = {k: self.batch_sharding(4 if k == "image" else 2) for k in MODEL_INPUTS}
+        batch_shardings = {k: self.batch_sharding(ndim) for k, ndim in EVAL_INPUTS.items()}
         return jax.jit(self._encode, in_shardings=(self.state_shardings["params"], batch_shardings),
                        out_shardings=self.replicated)
 
@@ -162,13 +207,12 @@ class Trainer:
         """Encodes one pass of the eval set and runs every configured evaluator on it."""
         image_embeddings, text_embeddings, labels = [], [], []
         for local_batch in eval_data.batches():
-            batch = self.global_batch(local_batch)
-            images, texts = self.encode_step(params, batch)
-            extra = self.global_batch(local_batch, keys=("valid", "label"))
-            valid = np.asarray(jax.device_put(extra["valid"], self.replicated))
-            image_embeddings.append(np.asarray(images)[valid])
-            text_embeddings.append(np.asarray(texts)[valid])
-            labels.append(np.asarray(jax.device_put(extra["label"], self.replicated))[valid])
+            encoded = jax.device_get(self.encode_step(
+                params, self.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
+            valid = encoded["valid"]
+            image_embeddings.append(encoded["image"][valid])
+            text_embeddings.append(encoded["text"][valid])
+            labels.append(encoded["label"][valid])
         context = evaluators.EvalContext(
             image_embeddings=np.concatenate(image_embeddings),
             text_embeddings=np.concatenate(text_embeddings),

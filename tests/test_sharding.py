@@ -20,7 +20,12 @@ def test_logical_rules_map_to_partition_specs():
     rules = sharding.get_rules("fsdp_tensor")
     assert sharding.logical_to_spec(("embed", "mlp"), rules) == P("fsdp", "tensor")
     assert sharding.logical_to_spec(("embed", "heads", "kv"), rules) == P("fsdp", "tensor", None)
+    assert sharding.logical_to_spec(("mlp",), rules) == P(("tensor", "fsdp"))
     assert sharding.logical_to_spec(("batch", "length"), rules) == P(("data", "fsdp"), None)
+    # With a shape, mesh axes that do not divide a dimension are skipped.
+    mesh = sharding.create_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert sharding.logical_to_spec(("heads", "kv"), rules, (3, 8), mesh) == P(None, "fsdp")
+    assert sharding.logical_to_spec(("vocab", "embed"), rules, (6, 8), mesh) == P("tensor", "fsdp")
     with pytest.raises(ValueError, match="valid presets"):
         sharding.get_rules("zero3")
 
@@ -60,7 +65,8 @@ def test_sharded_training_matches_one_device(reference, mesh_name):
     # Every parameter (and optimizer slot) is laid out as the rules say.
     rule_table = sharding.get_rules(rules)
     def check(variable, array):
-        expected = sharding.logical_to_spec(variable.get_metadata().get("logical_axes"), rule_table)
+        expected = sharding.logical_to_spec(variable.get_metadata().get("logical_axes"), rule_table,
+                                            variable.shape, trainer.mesh)
         assert array[...].sharding.spec == expected
     jax.tree.map(check, trainer.abstract_state["params"], state["params"],
                  is_leaf=lambda x: isinstance(x, nnx.Variable))
@@ -69,3 +75,20 @@ def test_sharded_training_matches_one_device(reference, mesh_name):
         state, metrics = trainer.train_step(state, trainer.global_batch(batch))
         losses.append(float(metrics["loss"]))
     np.testing.assert_allclose(losses, reference_losses, atol=1e-4, rtol=0)
+
+
+def test_fsdp_spreads_parameters_and_optimizer_state(tfds_dir):
+    from conftest import make_tiny_config
+
+    config = make_tiny_config(tfds_dir)
+    config.sharding_rules = "fsdp"
+    trainer = train.Trainer(config, mesh=sharding.create_mesh({"data": 1, "fsdp": 8}))
+    state = trainer.create_state()
+    arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    total = sum(x.nbytes for x in arrays)
+    per_device = {}
+    for array in arrays:
+        for shard in array.addressable_shards:
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    assert len(per_device) == 8
+    assert max(per_device.values()) <= total / 8 * 1.10, (max(per_device.values()), total)

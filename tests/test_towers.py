@@ -70,16 +70,6 @@ def test_bidirectional_mask_ignores_padding_but_sees_the_future():
     assert not np.allclose(aux["tokens"][0, 1], aux_changed["tokens"][0, 1])  # token 1 sees token 2
 
 
-def test_attention_mask_values():
-    tokens = jnp.array([[1, 5, EOT_ID, PAD_ID]])
-    causal = np.asarray(text_tower.attention_mask(tokens, PAD_ID, causal=True))[0, 0]
-    expected = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
-    np.testing.assert_array_equal(causal, expected)
-    full = np.asarray(text_tower.attention_mask(tokens, PAD_ID, causal=False))[0, 0]
-    expected = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
-    np.testing.assert_array_equal(full, expected)
-
-
 def test_text_longer_than_context_is_rejected():
     with pytest.raises(ValueError, match="exceeds the tower's context length 8"):
         small_text(causal=True)(jnp.ones((1, 9), jnp.int32))

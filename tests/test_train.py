@@ -77,5 +77,27 @@ def test_config_errors_come_before_compiling(tiny_config):
         train.Trainer(tiny_config)
     tiny_config.tokenizer.context_length = 12
     tiny_config.batch_size = 12
-    with pytest.raises(ValueError, match="batch_size 12 is not divisible by the 8 devices"):
+    with pytest.raises(ValueError, match="batch_size 12 must split .* divide over the 8 devices"):
         train.Trainer(tiny_config)
+
+
+def test_gradient_accumulation_gives_the_one_batch_update(tiny_config):
+    mesh = sharding.create_mesh({"data": 1}, jax.devices()[:1])
+    one_batch = train.Trainer(tiny_config, mesh=mesh)
+    tiny_config.grad_accum_steps = 4
+    accumulated = train.Trainer(tiny_config, mesh=mesh)
+    batch = one_batch.global_batch(next(pipeline.train_batches(tiny_config, one_batch.tokenizer,
+                                                               start_step=0)))
+    state = one_batch.create_state()
+    (loss, _), grads = jax.jit(one_batch.loss_and_grads)(state["params"], batch)
+    (accum_loss, _), accum_grads = jax.jit(accumulated.loss_and_grads)(state["params"], batch)
+    assert float(accum_loss) == pytest.approx(float(loss), abs=1e-6)
+    for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(accum_grads)):
+        np.testing.assert_allclose(a, g, atol=1e-6, rtol=1e-4)
+    # Warm the schedule past step 0 so the update is not zero.
+    state["step"] = jax.numpy.asarray(3, jax.numpy.int32)
+    copy = jax.tree.map(jax.numpy.copy, state)
+    updated, _ = one_batch.train_step(state, batch)
+    accum_updated, _ = accumulated.train_step(copy, batch)
+    for p, a in zip(jax.tree.leaves(updated["params"]), jax.tree.leaves(accum_updated["params"])):
+        np.testing.assert_allclose(a, p, atol=1e-5, rtol=0)

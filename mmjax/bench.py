@@ -1,0 +1,168 @@
+"""Training-step benchmark on synthetic on-device batches; runs without TensorFlow.
+
+python -m mmjax.bench --config=configs/clip_b16.py [--config.batch_size=256] [--steps=20]
+
+Prints a table (step time, pairs/s, model TFLOP/s per device, MFU, peak memory, compile time) and
+writes it as JSON to --out. Model FLOPs are the analytic matmul FLOPs of the forward pass times 3
+(remat's recomputation is not counted), against the per-device peak in PEAK_TFLOPS.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from mmjax import image_tower, text_tower, tokenizers, train
+
+# Dense bf16 peak TFLOP/s per device, matched against jax.Device.device_kind.
+PEAK_TFLOPS = {
+    "H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "A10G": 70.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0,
+}
+
+flags.DEFINE_integer("steps", 20, "Timed steps.")
+flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation.")
+flags.DEFINE_string("out", "bench_results.json", "Where to write the results (JSON).")
+config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
+    """Forward matmul FLOPs of `depth` blocks over `tokens` tokens (per example)."""
+    projections = 2 * tokens * (4 * width * width + 2 * width * mlp_dim)
+    attention = 2 * 2 * tokens * tokens * width  # scores and weighted values
+    return depth * (projections + attention)
+
+
+def _shape(tower_config, decode):
+    shape = dict(decode(tower_config["variant"])) if tower_config.get("variant") else {}
+    shape.update({k: v for k, v in tower_config.items()
+                  if k in ("width", "depth", "mlp_dim", "num_heads", "patch_size") and v})
+    return shape
+
+
+def forward_flops_per_example(config) -> dict[str, float]:
+    """Analytic forward matmul FLOPs per image-text pair, by part."""
+    model = config.model
+    vit = _shape(model.image_tower, image_tower.decode_variant)
+    text = _shape(model.text_tower, lambda v: dict(
+        zip(("width", "depth", "mlp_dim", "num_heads"), text_tower.TEXT_SIZES[v])))
+    patches = (config.data.image_size // vit["patch_size"]) ** 2
+    image_tokens = patches + (1 if model.image_tower.get("pooling") == "cls" else 0)
+    width = vit["width"]
+    image = 2 * patches * vit["patch_size"] ** 2 * 3 * width
+    image += transformer_flops(image_tokens, width, vit["depth"], vit["mlp_dim"])
+    if model.image_tower.get("pooling", "map") == "map":
+        image += 2 * (2 * width * width + 2 * 2 * image_tokens * width * width)  # q, out; k, v
+        image += 2 * 2 * image_tokens * width + 2 * 2 * width * vit["mlp_dim"]
+    image += 2 * width * model.embed_dim
+    context = config.tokenizer.context_length
+    text_part = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
+    text_part += 2 * text["width"] * model.embed_dim
+    # The contrastive logits: 2 * B * B * D per batch, i.e. 2 * B * D per pair.
+    logits = 2 * config.batch_size * model.embed_dim
+    return {"image": image, "text": text_part, "logits": logits}
+
+
+def peak_tflops(device) -> float | None:
+    kind = device.device_kind
+    for name, peak in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return peak
+    return None
+
+
+def synthetic_batch(trainer: train.Trainer, seed: int = 0) -> dict[str, jax.Array]:
+    """Random images and token rows ending in end-of-text, made directly on the devices."""
+    config = trainer.config
+    batch, size = config.batch_size, config.data.image_size
+    context = config.tokenizer.context_length
+    vocab = config.model.get("vocab_size") or trainer.tokenizer.vocab_size
+    keys = jax.random.split(jax.random.key(seed), 3)
+
+    def make():
+        images = jax.random.normal(keys[0], (batch, size, size, 3), jnp.float32)
+        tokens = jax.random.randint(keys[1], (batch, context), tokenizers.NUM_SPECIAL_IDS, vocab)
+        lengths = jax.random.randint(keys[2], (batch, 1), 3, context)
+        positions = jnp.arange(context)[None]
+        tokens = jnp.where(positions == lengths, tokenizers.EOT_ID,
+                           jnp.where(positions > lengths, tokenizers.PAD_ID, tokens))
+        return {"image": images, "tokens": tokens.at[:, 0].set(tokenizers.BOS_ID)}
+
+    return jax.jit(make, out_shardings={"image": trainer.batch_sharding(4),
+                                        "tokens": trainer.batch_sharding(2)})()
+
+
+def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
+    trainer = train.Trainer(config)
+    state = trainer.create_state()
+    batch = synthetic_batch(trainer)
+
+    compile_start = time.perf_counter()
+    compiled = trainer.train_step.lower(state, batch).compile()
+    compile_seconds = time.perf_counter() - compile_start
+
+    for _ in range(warmup_steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    step_seconds = (time.perf_counter() - start) / steps
+
+    devices = trainer.mesh.devices.size
+    flops = forward_flops_per_example(config)
+    train_flops = 3 * sum(flops.values()) * config.batch_size
+    tflops_per_device = train_flops / step_seconds / devices / 1e12
+    peak = peak_tflops(jax.devices()[0])
+    memory = jax.devices()[0].memory_stats() or {}
+    return {
+        "config": config.get("name", ""),
+        "device": jax.devices()[0].device_kind,
+        "devices": devices,
+        "global_batch_size": config.batch_size,
+        "image_size": config.data.image_size,
+        "dtype": config.model.dtype,
+        "remat": config.model.remat,
+        "attention": config.model.get("attention_implementation") or "xla",
+        "step_seconds": step_seconds,
+        "pairs_per_second": config.batch_size / step_seconds,
+        "pairs_per_second_per_device": config.batch_size / step_seconds / devices,
+        "model_gflops_per_pair": 3 * sum(flops.values()) / 1e9,
+        "model_tflops_per_second_per_device": tflops_per_device,
+        "mfu": tflops_per_device / peak if peak else None,
+        "peak_memory_gib": (memory["peak_bytes_in_use"] / 2**30
+                            if "peak_bytes_in_use" in memory else None),
+        "compile_seconds": compile_seconds,
+        "final_loss": float(metrics["loss"]),
+    }
+
+
+def format_table(result: dict) -> str:
+    rows = []
+    for name, value in result.items():
+        if isinstance(value, float):
+            value = f"{value:.4g}" if name != "mfu" else f"{100 * value:.1f} %"
+        rows.append((name, "n/a" if value is None else str(value)))
+    width = max(len(n) for n, _ in rows)
+    return "\n".join(f"{n.ljust(width)}  {v}" for n, v in rows)
+
+
+def main(argv):
+    del argv
+    result = run(flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup_steps)
+    print(format_table(result))
+    with open(flags.FLAGS.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"results written to {flags.FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,62 @@
+"""Two processes x 4 CPU devices (jax.distributed on loopback, gloo) log the same losses as
+one process x 8 devices: the global batch at a step does not depend on the number of processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from mmjax import train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
+
+
+def test_two_processes_match_one(tiny_config, tfds_dir, tmp_path):
+    single = str(tmp_path / "single")
+    single_metrics = train.train_and_evaluate(tiny_config, single)  # 1 process x 8 devices
+
+    multi = str(tmp_path / "multi")
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, os.path.join(REPO_ROOT, "main.py"),
+               f"--config={os.path.join(REPO_ROOT, 'tests', 'tiny_config.py')}",
+               f"--workdir={multi}", f"--config.data.tfds_data_dir={tfds_dir}",
+               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    processes = [subprocess.Popen(command + [f"--process_id={i}"], env=env, cwd=REPO_ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(2)]
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=600)[0])
+        except subprocess.TimeoutExpired:
+            for p in processes:
+                p.kill()
+            pytest.fail("the two-process run did not finish in 10 minutes")
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+
+    expected, got = losses(single), losses(multi)
+    assert sorted(got) == sorted(expected) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], abs=1e-5), step
+    with open(os.path.join(multi, "eval_results.json")) as f:
+        multi_eval = json.load(f)
+    for name, value in single_metrics.items():
+        if name != "eval/seconds":
+            assert multi_eval[name] == pytest.approx(value, abs=1e-5), name
