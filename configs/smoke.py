@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 128
     # Log train metrics and the progress line every this many steps.
     config.log_every_steps = 50
+    # NaN/Inf loss or gradients: False stops the run naming the step; True skips such steps.
+    config.skip_nonfinite_steps = False
     # Split each batch into this many micro-batches (less memory, same update: see Trainer).
     config.grad_accum_steps = 1
     # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the end.
@@ -59,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
     # Rematerialisation policy for transformer blocks ('none', 'minimal', 'full', 'save_dots').
     config.model.remat = "none"
+    # Run each tower's blocks under jax.lax.scan: compile time stays flat with depth.
+    config.model.scan_layers = False
     # Attention kernel: "xla" everywhere, "cudnn" for flash attention on NVIDIA GPUs (bf16).
     config.model.attention_implementation = "xla"
     config.model.image_tower = ml_collections.ConfigDict(dict(

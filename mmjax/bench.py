@@ -110,7 +110,7 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
 
     for _ in range(warmup_steps):
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = compiled(state, batch)

@@ -46,8 +46,9 @@ class VisionTransformer(nnx.Module):
     def __init__(self, *, image_size: int, variant: str | None = None, width: int | None = None,
                  depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
-                 remat: str = "none", attention_implementation: str | None = None,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 remat: str = "none", scan_layers: bool = False,
+                 attention_implementation: str | None = None, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         shape = decode_variant(variant) if variant else {}
         explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
                         patch_size=patch_size)
@@ -75,6 +76,7 @@ class VisionTransformer(nnx.Module):
         self.encoder = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
                                           activation=activation, remat=remat,
+                                          scan_layers=scan_layers,
                                           attention_implementation=attention_implementation)
         self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
                                                     rngs=rngs, dtype=dtype,

@@ -166,11 +166,17 @@ class TransformerBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """A stack of blocks followed by a final layer norm; `remat` names a policy in REMAT_POLICIES."""
+    """A stack of blocks followed by a final layer norm; `remat` names a policy in REMAT_POLICIES.
+
+    With `scan_layers` the blocks run under `jax.lax.scan` over their stacked parameters, so one
+    block is compiled whatever the depth. Parameters stay stored per block (checkpoints and
+    sharding rules do not change); the stacking costs one copy of the blocks' parameters.
+    """
 
     def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", remat: str = "none",
-                 context_width: int | None = None, attention_implementation: str | None = None):
+                 scan_layers: bool = False, context_width: int | None = None,
+                 attention_implementation: str | None = None):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}.")
         self.blocks = nnx.List([
@@ -181,14 +187,23 @@ class Transformer(nnx.Module):
         ])
         self.final_norm = LayerNorm(width, dtype=dtype)
         self.remat = remat
+        self.scan_layers = scan_layers
 
     def __call__(self, x, **block_kwargs):
-        for block in self.blocks:
-            if self.remat == "none":
-                x = block(x, **block_kwargs)
-            else:
-                call = lambda blk, y: blk(y, **block_kwargs)
-                x = nnx.remat(call, policy=REMAT_POLICIES[self.remat])(block, x)
+        graphdef = nnx.graphdef(self.blocks[0])
+
+        def apply_block(y, block_state):
+            return nnx.merge(graphdef, block_state)(y, **block_kwargs)
+
+        if self.remat != "none":
+            apply_block = jax.checkpoint(apply_block, policy=REMAT_POLICIES[self.remat])
+        block_states = [nnx.state(block) for block in self.blocks]
+        if self.scan_layers:
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *block_states)
+            x, _ = jax.lax.scan(lambda y, state: (apply_block(y, state), None), x, stacked)
+        else:
+            for block_state in block_states:
+                x = apply_block(x, block_state)
         return self.final_norm(x)
 
 

@@ -11,14 +11,29 @@ import jax
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int):
+    def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
+        """`resume_step`: records after it (written before a crash) are dropped, so that the log
+        of a resumed run reads as if it had never stopped."""
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.tensorboard = None
         if not self.enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            kept = []
+            with open(path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line)["step"] <= resume_step:
+                            kept.append(line)
+                    except (json.JSONDecodeError, KeyError):
+                        pass  # a line cut short by a crash
+            with open(path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(path + ".tmp", path)
+        self.jsonl = open(path, "a")
         try:
             from tensorboardX import SummaryWriter  # no TensorFlow needed
             self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -39,13 +39,13 @@ def _tower_kwargs(tower_config) -> dict[str, Any]:
 class CLIP(nnx.Module):
     def __init__(self, *, image_tower, text_tower, embed_dim: int, vocab_size: int,
                  image_size: int, dtype: str = "float32", remat: str = "none",
-                 attention_implementation: str | None = None,
+                 scan_layers: bool = False, attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
                  rngs: nnx.Rngs):
         compute_dtype = _lookup(DTYPES, dtype, "dtype")
         image_cls = _lookup(IMAGE_TOWERS, image_tower["name"], "image tower")
         text_cls = _lookup(TEXT_TOWERS, text_tower["name"], "text tower")
-        shared = dict(dtype=compute_dtype, remat=remat, rngs=rngs,
+        shared = dict(dtype=compute_dtype, remat=remat, scan_layers=scan_layers, rngs=rngs,
                       attention_implementation=attention_implementation)
         self.image_tower = image_cls(image_size=image_size, **shared, **_tower_kwargs(image_tower))
         self.text_tower = text_cls(vocab_size=vocab_size, **shared, **_tower_kwargs(text_tower))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mmjax import checkpoint, evaluators, losses, models, optim, sharding, tokenizers
@@ -87,7 +90,10 @@ class Trainer:
     def _init_state(self) -> dict[str, Any]:
         _, params = nnx.split(self._build_model(), nnx.Param)
         return {"step": jnp.zeros((), jnp.int32), "params": params,
-                "opt_state": self.optimizer.init(params)}
+                "opt_state": self.optimizer.init(params),
+                # Steps whose loss or gradients were NaN/Inf, and the first of them (-1: none).
+                "nonfinite_steps": jnp.zeros((), jnp.int32),
+                "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
 
     def create_state(self) -> dict[str, Any]:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
@@ -159,9 +165,21 @@ class Trainer:
             (loss, metrics), grads = self.loss_and_grads(state["params"], batch)
             updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
-        metrics.update(loss=loss, grad_norm=global_norm(grads), param_norm=global_norm(params),
-                       learning_rate=self.schedule(state["step"]))
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        grad_norm = global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if self.config.get("skip_nonfinite_steps", False):
+            # Keep the previous parameters and optimizer state: the step did not happen.
+            keep = lambda new, old: jnp.where(finite, new, old)
+            params = jax.tree.map(keep, params, state["params"])
+            opt_state = jax.tree.map(keep, opt_state, state["opt_state"])
+        step = state["step"] + 1
+        nonfinite_steps = state["nonfinite_steps"] + (~finite).astype(jnp.int32)
+        first_nonfinite = jnp.where((state["first_nonfinite_step"] < 0) & ~finite, step,
+                                    state["first_nonfinite_step"])
+        metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params),
+                       learning_rate=self.schedule(state["step"]), nonfinite_steps=nonfinite_steps)
+        new_state = {"step": step, "params": params, "opt_state": opt_state,
+                     "nonfinite_steps": nonfinite_steps, "first_nonfinite_step": first_nonfinite}
         return new_state, metrics
 
     @functools.cached_property
@@ -232,15 +250,56 @@ def _host_metrics(metrics) -> dict[str, float]:
     return {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    bad = [k for k in ("train/loss", "train/grad_norm", "train/param_norm")
-           if not np.isfinite(metrics.get(k, 0.0))]
-    if bad:
+def check_finite(config, state) -> None:
+    """Stops a run whose loss or gradients went NaN/Inf, before anything bad is saved."""
+    if config.get("skip_nonfinite_steps", False):
+        return
+    first_bad = int(jax.device_get(state["first_nonfinite_step"]))
+    if first_bad >= 0:
         raise TrainingDiverged(
-            f"Training diverged at step {step}: {', '.join(f'{k}={metrics[k]}' for k in bad)}. The "
-            "last checkpoint before this step is kept; lower config.learning_rate or raise "
-            "config.warmup_steps and restart."
+            f"Training diverged at step {first_bad}: the loss or the gradients are NaN or Inf. "
+            "No checkpoint was written from that step on, so the last good one is kept; lower "
+            "config.learning_rate or raise config.warmup_steps and restart, or set "
+            "config.skip_nonfinite_steps=True to skip such steps."
         )
+
+
+class PreemptionHandler:
+    """SIGTERM / SIGINT: finish the current step, save and exit 0; a second signal exits at once.
+
+    TPU VMs and cloud schedulers send SIGTERM before preempting. With several processes the
+    request is shared, so every process saves the same step.
+    """
+
+    def __init__(self):
+        self._requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame):
+        del frame
+        if self._requested:
+            os._exit(128 + signum)
+        self._requested = True
+        print(f"Received {signal.Signals(signum).name}: finishing this step and saving "
+              "(send it again to exit at once).", flush=True)
+
+    def requested(self) -> bool:
+        """Whether any process was signalled (a collective: every process calls it each step)."""
+        if jax.process_count() > 1:
+            flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
+            self._requested = bool(np.any(flags))
+        return self._requested
+
+    @property
+    def stopped(self) -> bool:
+        return self._requested
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def write_config_snapshot(config, workdir: str) -> None:
@@ -270,7 +329,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state = trainer.create_state()
     start_step = int(jax.device_get(state["step"]))
 
-    writer = MetricWriter(workdir, config.total_steps)
+    writer = MetricWriter(workdir, config.total_steps, resume_step=start_step)
     train_batches = pipeline.train_batches(config, trainer.tokenizer, start_step=start_step)
     eval_data = pipeline.eval_data(config, trainer.tokenizer) if config.data.eval else None
     eval_metrics: dict[str, float] = {}
@@ -287,13 +346,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 if k.split("/")[-1] != "seconds"), flush=True)
 
     interval_start, interval_step = time.time(), start_step
+    preemption = PreemptionHandler()
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = trainer.global_batch(next(train_batches))
             state, metrics = trainer.train_step(state, batch)
             if step % config.log_every_steps == 0 or step == config.total_steps:
+                check_finite(config, state)
                 host_metrics = _host_metrics(metrics)
-                _check_finite(step, host_metrics)
                 elapsed = time.time() - interval_start
                 steps_per_sec = (step - interval_step) / max(elapsed, 1e-9)
                 host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
@@ -301,8 +361,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 writer.write(step, host_metrics)
                 writer.progress(step, host_metrics["train/loss"], steps_per_sec)
                 interval_start, interval_step = time.time(), step
-            if step % config.checkpoint_every_steps == 0 or step == config.total_steps:
+            stop = preemption.requested()
+            if step % config.checkpoint_every_steps == 0 or step == config.total_steps or stop:
+                check_finite(config, state)
                 checkpoint.save(manager, step, state)
+            if stop:
+                if jax.process_index() == 0:
+                    print(f"Stopped by a signal: saved step {step} to {manager.directory}; run the "
+                          "same command to continue.", flush=True)
+                break
             if eval_data is not None and (
                     (config.eval_every_steps and step % config.eval_every_steps == 0)
                     or step == config.total_steps):
@@ -311,9 +378,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         if start_step >= config.total_steps and eval_data is not None:
             run_eval(start_step)
     finally:
+        preemption.restore()
         manager.wait_until_finished()
         manager.close()
         writer.close()
+    if preemption.stopped:
+        return {}
     if jax.process_index() == 0 and eval_metrics:
         with open(os.path.join(workdir, "eval_results.json"), "w") as f:
             json.dump({"step": config.total_steps, **eval_metrics}, f, indent=2)

@@ -73,3 +73,24 @@ def test_bidirectional_mask_ignores_padding_but_sees_the_future():
 def test_text_longer_than_context_is_rejected():
     with pytest.raises(ValueError, match="exceeds the tower's context length 8"):
         small_text(causal=True)(jnp.ones((1, 9), jnp.int32))
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scanned_and_rematerialised_layers_match_the_loop(remat):
+    def build(scan_layers, remat):
+        return image_tower.VisionTransformer(image_size=16, width=32, depth=3, mlp_dim=64,
+                                             num_heads=4, patch_size=4, pooling="gap",
+                                             scan_layers=scan_layers, remat=remat,
+                                             rngs=nnx.Rngs(0))
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+
+    def loss_and_grads(model):
+        graphdef, params = nnx.split(model)
+        loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(images)[0] ** 2)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    loop_loss, loop_grads = loss_and_grads(build(False, "none"))
+    loss, grads = loss_and_grads(build(True, remat))
+    np.testing.assert_allclose(loss, loop_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(loop_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,40 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import clip_b16, clip_b32
+from mmjax import bench
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_analytic_flops_match_published_counts():
+    # ViT-B/16 at 224 px: 17.6 GMACs; open_clip's B/16 text tower: 2.96 GMACs (35.1 / 5.9 GFLOPs).
+    flops = bench.forward_flops_per_example(clip_b16.get_config())
+    assert flops["image"] == pytest.approx(2 * 17.58e9, rel=0.01)
+    assert flops["text"] == pytest.approx(2 * 2.96e9, rel=0.02)
+    # ViT-B/32: 4.4 GMACs.
+    assert bench.forward_flops_per_example(clip_b32.get_config())["image"] == pytest.approx(
+        2 * 4.41e9, rel=0.02)
+
+
+def test_benchmark_runs_without_tensorflow(tmp_path):
+    """The benchmark (and the trainer it uses) must run where TensorFlow is not installed."""
+    out = tmp_path / "bench.json"
+    script = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
+        "from mmjax import bench; bench.app.run(bench.main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, f"--config={REPO_ROOT}/tests/tiny_config.py", "--steps=2",
+         "--warmup_steps=1", f"--out={out}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pairs_per_second" in result.stdout and "compile_seconds" in result.stdout
+    import json
+    results = json.loads(out.read_text())
+    assert results["devices"] == 2 and results["pairs_per_second"] > 0
+    assert results["mfu"] is None  # no peak is known for a CPU

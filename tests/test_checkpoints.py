@@ -1,0 +1,131 @@
+"""Crash, preemption and divergence: a run resumes exactly and never loses or corrupts saved work."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from mmjax import sharding, train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def start(workdir, tfds_dir, *overrides):
+    command = [sys.executable, "-u", os.path.join(REPO_ROOT, "main.py"),
+               f"--config={os.path.join(REPO_ROOT, 'tests', 'tiny_config.py')}",
+               f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_dir}",
+               "--config.total_steps=12", "--config.checkpoint_every_steps=3", *overrides]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def run_until(process, marker):
+    """Reads the process's output until a line starts with `marker`."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(marker):
+            return lines
+    raise AssertionError("process ended before " + repr(marker) + ":\n" + "".join(lines[-30:]))
+
+
+def test_sigkill_at_any_moment_then_restart_matches_an_uninterrupted_run(tfds_dir, tmp_path):
+    reference = str(tmp_path / "reference")
+    process = start(reference, tfds_dir)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+
+    crashed = str(tmp_path / "crashed")
+    # Killed mid-interval, right after a save was requested (step 6 is a checkpoint step; the
+    # save is asynchronous, so this lands while it is written), and mid-way again.
+    for marker in ("step      2/", "step      6/", "step     10/"):
+        process = start(crashed, tfds_dir)
+        run_until(process, marker)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    process = start(crashed, tfds_dir)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output[-3000:]
+
+    assert train_losses(crashed) == train_losses(reference)  # bitwise
+    with open(os.path.join(reference, "eval_results.json")) as f:
+        expected = json.load(f)
+    with open(os.path.join(crashed, "eval_results.json")) as f:
+        got = json.load(f)
+    expected.pop("eval/seconds"), got.pop("eval/seconds")
+    assert got == expected
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(tfds_dir, tmp_path):
+    workdir = str(tmp_path / "preempted")
+    process = start(workdir, tfds_dir, "--config.total_steps=1000", "--config.checkpoint_every_steps=1000")
+    lines = run_until(process, "step      4/")
+    process.send_signal(signal.SIGTERM)
+    output = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-3000:]
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert len(saved) == 1 and 4 <= saved[0] < 1000, (saved, output[-2000:])
+    assert f"saved step {saved[0]}" in output
+
+
+def test_a_half_written_checkpoint_is_never_restored(tiny_config, tmp_path):
+    workdir = str(tmp_path / "run")
+    tiny_config.total_steps = 4
+    train.train_and_evaluate(tiny_config, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    # A save of step 6 cut off mid-way: orbax writes under a temporary name and renames at the end.
+    partial = os.path.join(checkpoints, "6.orbax-checkpoint-tmp-1234")
+    shutil.copytree(os.path.join(checkpoints, "4"), partial)
+    for root, _, files in os.walk(partial):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\0garbage")
+    tiny_config.total_steps = 6
+    metrics = train.train_and_evaluate(tiny_config, workdir)
+    assert sorted(train_losses(workdir)) == list(range(1, 7))
+    assert metrics["eval/mmjax_shapes/num_candidates"] == 128
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path,
+                                                                     monkeypatch):
+    from input_pipeline import pipeline
+
+    real_batches = pipeline.train_batches
+
+    def poisoned_batches(config, tokenizer, *, start_step):  # NaN images from step 4 on
+        batches = real_batches(config, tokenizer, start_step=start_step)
+        for step, batch in enumerate(batches, start=start_step + 1):
+            yield dict(batch, image=batch["image"] * np.nan) if step >= 4 else batch
+
+    monkeypatch.setattr(pipeline, "train_batches", poisoned_batches)
+    tiny_config.total_steps = 6
+    tiny_config.checkpoint_every_steps = 2
+    workdir = str(tmp_path / "diverged")
+    with pytest.raises(train.TrainingDiverged, match="diverged at step 4"):
+        train.train_and_evaluate(tiny_config, workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+
+    tiny_config.skip_nonfinite_steps = True
+    skipping = str(tmp_path / "skipping")
+    train.train_and_evaluate(tiny_config, skipping)
+    with open(os.path.join(skipping, "metrics.jsonl")) as f:
+        last = [json.loads(line) for line in f if "train/nonfinite_steps" in line][-1]
+    assert last["step"] == 6 and last["train/nonfinite_steps"] == 3
+    assert np.isfinite(last["train/param_norm"])
