@@ -82,6 +82,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.05, grad_clip_norm=1.0))
 
+    # Parameters (name prefixes such as "image_tower") that training leaves bit-identical: LiT.
+    config.frozen_params = ()
+    # Start a new run from another run's checkpoint (a workdir or checkpoints/STEP folder), loading
+    # the parameters under `params` (all if empty); the rest is initialised fresh.
+    config.init_from = ml_collections.ConfigDict(dict(
+        checkpoint=ml_collections.config_dict.placeholder(str), params=()))
+
     # Mesh axis sizes; -1 takes the devices the others leave.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Logical-to-mesh axis rules: a preset name in mmjax.sharding.RULES_PRESETS or a list of pairs.

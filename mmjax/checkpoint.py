@@ -7,9 +7,12 @@ and s, so restoring the step restores the data order.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 
 def create_manager(workdir: str, *, max_to_keep: int | None) -> ocp.CheckpointManager:
@@ -36,3 +39,80 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 def abstract_with_shardings(abstract_state, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract_state, shardings)
+
+
+def find_checkpoint(path: str) -> tuple[str, int]:
+    """(checkpoints directory, step) for a workdir, its `checkpoints/` folder or one step's folder."""
+    path = os.path.abspath(path)
+    candidates = [(os.path.join(path, "checkpoints"), None), (path, None),
+                  (os.path.dirname(path), os.path.basename(path))]
+    for directory, step in candidates:
+        if not os.path.isdir(directory):
+            continue
+        steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+        if step is not None and step.isdigit() and int(step) in steps:
+            return directory, int(step)
+        if step is None and steps:
+            return directory, steps[-1]
+    raise FileNotFoundError(
+        f"No checkpoint at {path}: give a workdir, its checkpoints/ folder or a checkpoints/STEP "
+        "folder written by mmjax."
+    )
+
+
+def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
+    """{'image_tower/encoder/blocks/0/mlp/up/kernel': array}.
+
+    A saved state holds each nnx Variable as {'value': array}: `saved_variables` drops that level.
+    """
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        flat["/".join(keys[:-1] if saved_variables else keys)] = leaf
+    return flat
+
+
+def load_params(path: str) -> dict[str, np.ndarray]:
+    """The parameters of a checkpoint as a flat {name: array} dict, on the host."""
+    directory, step = find_checkpoint(path)
+    with ocp.CheckpointManager(directory) as manager:
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    return {name: np.asarray(value)
+            for name, value in _flat(restored["params"], saved_variables=True).items()}
+
+
+def selected(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str):
+    """`params` with the entries under `prefixes` (all, if empty) replaced by `loaded`'s.
+
+    Names and shapes must match; the error lists what differs, so a user can fix the prefixes or
+    the model config.
+    """
+    pure = nnx.to_pure_dict(params)
+    flat = _flat(pure)
+    wanted = [name for name in flat if not prefixes or selected(name, prefixes)]
+    if not wanted:
+        raise ValueError(f"config.init_from.params {list(prefixes)} selects no parameter; top-level "
+                         f"names are {sorted({n.split('/')[0] for n in flat})}.")
+    missing = [n for n in wanted if n not in loaded]
+    mismatched = [f"{n}: {loaded[n].shape} in the checkpoint, {flat[n].shape} in the model"
+                  for n in wanted if n in loaded and loaded[n].shape != flat[n].shape]
+    if missing or mismatched:
+        raise ValueError(
+            f"Cannot initialise from {source}: "
+            + (f"{len(missing)} parameters are not in it (first: {missing[:3]}); " if missing else "")
+            + (f"shapes differ: {mismatched[:3]}; " if mismatched else "")
+            + "check config.init_from.params and that the model config matches the checkpoint's."
+        )
+
+    def replace(path, leaf):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if name in wanted:
+            return jax.device_put(loaded[name].astype(leaf.dtype), leaf.sharding)
+        return leaf
+
+    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(replace, pure))
+    return params

@@ -33,6 +33,23 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def parameter_names(params) -> list[str]:
+    return ["/".join(str(getattr(k, "key", k)) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def frozen_mask(params, prefixes):
+    """'frozen' for parameters under one of `prefixes` (e.g. 'image_tower'), else 'trained'."""
+
+    def label(path, leaf):
+        del leaf
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        frozen = any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
+        return "frozen" if frozen else "trained"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
 def build_optimizer(config) -> optax.GradientTransformation:
     o = config.optimizer
     adamw = optax.adamw(
@@ -40,5 +57,10 @@ def build_optimizer(config) -> optax.GradientTransformation:
         weight_decay=o.weight_decay, mask=weight_decay_mask,
     )
     if o.grad_clip_norm:
-        return optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
-    return adamw
+        adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    frozen = tuple(config.get("frozen_params", ()))
+    if not frozen:
+        return adamw
+    # Frozen parameters (LiT's locked image tower) get no update at all, not even weight decay.
+    return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
+                                 lambda params: frozen_mask(params, frozen))

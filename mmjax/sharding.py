@@ -166,6 +166,9 @@ def tree_shardings(tree, mesh: Mesh, rules):
 
     def leaf_sharding(leaf):
         if isinstance(leaf, nnx.Variable):
+            value = leaf.get_value() if hasattr(leaf, "get_value") else leaf.value
+            if not hasattr(value, "shape"):
+                return leaf  # an optimizer's empty placeholder (optax.MaskedNode): no arrays
             return leaf.replace(variable_sharding(leaf, mesh, rules))
         return replicated
 

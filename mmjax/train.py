@@ -99,6 +99,29 @@ class Trainer:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
         return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
+    def initial_state(self, manager) -> dict[str, Any]:
+        """The resume order: this workdir's latest checkpoint; else config.init_from; else fresh."""
+        latest = manager.latest_step()
+        if latest is not None:
+            if jax.process_index() == 0:
+                print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
+            return self.restore(manager, latest)
+        state = self.create_state()
+        init_from = self.config.get("init_from", {}).get("checkpoint")
+        if init_from:
+            prefixes = tuple(self.config.init_from.get("params", ()))
+            state["params"] = checkpoint.merge_params(
+                state["params"], checkpoint.load_params(init_from), prefixes, init_from)
+            if jax.process_index() == 0:
+                print(f"Initialised {list(prefixes) or 'all parameters'} from {init_from}.",
+                      flush=True)
+        return state
+
+    def restore(self, manager, step: int) -> dict[str, Any]:
+        """A checkpoint laid out for this trainer's mesh, whatever mesh saved it."""
+        return checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
+            self.abstract_state, self.state_shardings))
+
     def batch_shards(self) -> int:
         spec = sharding.logical_to_spec(("batch",), self.rules)[0]
         axes = () if spec is None else ((spec,) if isinstance(spec, str) else spec)
@@ -319,14 +342,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     trainer = Trainer(config)
     write_config_snapshot(config, workdir)
     manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-    latest = manager.latest_step()
-    if latest is not None:
-        if jax.process_index() == 0:
-            print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
-        state = checkpoint.restore(manager, latest, checkpoint.abstract_with_shardings(
-            trainer.abstract_state, trainer.state_shardings))
-    else:
-        state = trainer.create_state()
+    state = trainer.initial_state(manager)
     start_step = int(jax.device_get(state["step"]))
 
     writer = MetricWriter(workdir, config.total_steps, resume_step=start_step)
@@ -390,18 +406,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return eval_metrics
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
-    """`--mode=eval`: evaluates the workdir's latest checkpoint and writes eval_results.json."""
+def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
+    """`--mode=eval`: evaluates the workdir's latest checkpoint and writes eval_results.json.
+
+    The checkpoint may come from any mesh; it is laid out for this one (`mesh`, or config.mesh).
+    """
     from input_pipeline import pipeline
 
-    trainer = Trainer(config)
+    trainer = Trainer(config, mesh=mesh)
     manager = checkpoint.create_manager(workdir, max_to_keep=None)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
                                 "--workdir at a run that has one.")
-    state = checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
-        trainer.abstract_state, trainer.state_shardings))
+    state = trainer.restore(manager, step)
     metrics = trainer.evaluate(state["params"], pipeline.eval_data(config, trainer.tokenizer))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_results.json"), "w") as f:

@@ -129,3 +129,61 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tiny_confi
         last = [json.loads(line) for line in f if "train/nonfinite_steps" in line][-1]
     assert last["step"] == 6 and last["train/nonfinite_steps"] == 3
     assert np.isfinite(last["train/param_norm"])
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tfds_dir, tmp_path_factory):
+    """A short run saved from 8 devices under FSDP, and its final evaluation."""
+    from conftest import make_tiny_config
+
+    config = make_tiny_config(tfds_dir)
+    config.total_steps = 4
+    config.mesh.update(data=1, fsdp=8)
+    config.sharding_rules = "fsdp"
+    workdir = str(tmp_path_factory.mktemp("fsdp_run"))
+    return workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize("num_devices", [4, 1])
+def test_checkpoint_from_8_fsdp_devices_restores_on_fewer(fsdp_run, tiny_config, num_devices):
+    workdir, saved_metrics = fsdp_run
+    mesh = sharding.create_mesh({"data": num_devices}, jax.devices()[:num_devices])
+    metrics = train.evaluate_checkpoint(tiny_config, workdir, mesh=mesh)
+    for name, value in saved_metrics.items():
+        if name != "eval/seconds":
+            assert metrics[name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(fsdp_run, tiny_config, tmp_path):
+    from mmjax import checkpoint
+
+    pretrained, _ = fsdp_run
+    tiny_config.init_from.checkpoint = pretrained
+    tiny_config.init_from.params = ("image_tower", "image_projection")
+    tiny_config.frozen_params = ("image_tower", "image_projection")
+    tiny_config.seed = 7  # the text tower starts fresh, from another seed
+    workdir = str(tmp_path / "lit")
+    train.train_and_evaluate(tiny_config, workdir)
+
+    before, after = checkpoint.load_params(pretrained), checkpoint.load_params(workdir)
+    image_names = [n for n in before if n.startswith(("image_tower/", "image_projection/"))]
+    assert image_names
+    for name in image_names:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    text_names = [n for n in before if n.startswith("text_tower/")]
+    assert any(not np.array_equal(after[n], before[n]) for n in text_names)
+
+
+def test_init_from_explains_mismatches(fsdp_run, tiny_config, tmp_path):
+    pretrained, _ = fsdp_run
+    tiny_config.init_from.checkpoint = pretrained
+    tiny_config.init_from.params = ("vision_tower",)
+    with pytest.raises(ValueError, match="selects no parameter; top-level names are .*image_tower"):
+        train.train_and_evaluate(tiny_config, str(tmp_path / "a"))
+    tiny_config.init_from.params = ("text_tower",)
+    tiny_config.model.text_tower.width = 64
+    with pytest.raises(ValueError, match=r"shapes differ: .*attention/key: \(32, 2, 16\) in the checkpoint, \(64, 2, 32\) in the model"):
+        train.train_and_evaluate(tiny_config, str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="No checkpoint at"):
+        from mmjax import checkpoint
+        checkpoint.load_params(str(tmp_path / "nothing"))
