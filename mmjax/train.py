@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -326,10 +327,14 @@ class PreemptionHandler:
 
 
 def write_config_snapshot(config, workdir: str) -> None:
+    """config.json, and a copy of the tokenizer's vocabulary, so the workdir stands alone."""
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        vocabulary = config.tokenizer.get("vocabulary_file")
+        if vocabulary:
+            shutil.copyfile(vocabulary, os.path.join(workdir, "vocabulary.txt"))
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:

@@ -187,3 +187,29 @@ def test_init_from_explains_mismatches(fsdp_run, tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):
         from mmjax import checkpoint
         checkpoint.load_params(str(tmp_path / "nothing"))
+
+
+def test_inference_api_matches_the_trainer(fsdp_run, tiny_config):
+    from input_pipeline import pipeline, shapes
+    from mmjax import inference
+
+    workdir, _ = fsdp_run
+    model = inference.load(workdir)
+    trainer = train.Trainer(tiny_config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
+    state = trainer.restore(__import__("mmjax.checkpoint", fromlist=["x"]).create_manager(
+        workdir, max_to_keep=None), 4)
+    batch = next(pipeline.eval_data(tiny_config, trainer.tokenizer).batches())
+    expected = jax.device_get(trainer.encode_step(state["params"], trainer.global_batch(
+        batch, keys=tuple(train.EVAL_INPUTS))))
+    np.testing.assert_allclose(model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5)
+
+    # Strings and uint8 images of any size go through the model's own tokenizer and preprocessing.
+    examples = [shapes.render_example("test", int(i)) for i in batch["id"][:4]]  # records are shuffled
+    captions = [e["caption"] for e in examples]
+    np.testing.assert_array_equal(model.encode_text(captions),
+                                  model.encode_text(trainer.tokenizer(captions)))
+    from_uint8 = model.encode_image(np.stack([e["image"] for e in examples]))  # 64 px -> 16 px
+    np.testing.assert_allclose(from_uint8, expected["image"][:4], rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="must be 16x16"):
+        model.encode_image(np.zeros((1, 20, 20, 3), np.float32))
