@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
     # Images are resized to image_size x image_size.
     config.data.image_size = 32
+    # Pixel normalisation the model expects: "minus_one_one" or "clip" (OpenAI's mean and std).
+    config.data.normalization = "minus_one_one"
     # Global batch size for evaluation (the last batch is padded, never dropped).
     config.data.eval_batch_size = 250
 

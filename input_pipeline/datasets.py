@@ -124,7 +124,7 @@ def _fetch_and_decode(source: RandomAccessSource, dataset: tf.data.Dataset, proc
 
 def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: int,
                   image_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> tf.data.Dataset:
+                  process_count: int = 1, normalization: str = "minus_one_one") -> tf.data.Dataset:
     """Endless batches for steps start_step, start_step + 1, ...; this process's slice of each."""
     if global_batch_size % process_count:
         raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
@@ -153,7 +153,8 @@ def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: i
     def process(example, position):
         example_seed = tf.stack([tf.cast(seed, tf.int64), position])
         return {
-            "image": preprocess.train_image(example["image"], image_size, example_seed),
+            "image": preprocess.train_image(example["image"], image_size, example_seed,
+                                            normalization),
             "tokens": tokenize(preprocess.sample_caption(example["captions"], example_seed)),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
@@ -165,7 +166,8 @@ def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: i
 
 
 def eval_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: int,
-                 image_size: int, process_index: int = 0, process_count: int = 1):
+                 image_size: int, process_index: int = 0, process_count: int = 1,
+                 normalization: str = "minus_one_one"):
     """One pass in order; the last global batch is padded and marked by `valid` = False."""
     local_batch_size = global_batch_size // process_count
     num_batches = -(-source.num_examples // global_batch_size)
@@ -178,7 +180,7 @@ def eval_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: in
 
     def process(example, position):
         return {
-            "image": preprocess.eval_image(example["image"], image_size),
+            "image": preprocess.eval_image(example["image"], image_size, normalization),
             "tokens": tokenize(example["captions"][0]),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),

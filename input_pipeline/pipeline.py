@@ -25,7 +25,7 @@ def train_batches(config, tokenizer, *, start_step: int) -> Iterator[dict[str, n
     dataset = datasets.train_dataset(
         source, tokenizer, global_batch_size=config.batch_size, image_size=config.data.image_size,
         seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), normalization=config.data.normalization)
     return dataset.as_numpy_iterator()
 
 
@@ -50,6 +50,7 @@ def eval_data(config, tokenizer) -> EvalData:
                          f"{jax.process_count()} processes.")
     dataset = datasets.eval_dataset(
         source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        normalization=config.data.normalization)
     class_names, templates = datasets.zeroshot_prompts(source)
     return EvalData(spec.short_name, dataset.cache(), class_names, templates, source.num_examples)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from mmjax import models
+
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     """JPEG / PNG / GIF (first frame) / BMP bytes -> uint8 [H, W, 3]; grayscale and RGBA become RGB."""
@@ -16,9 +18,10 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
 
 
-def value_range(image: tf.Tensor, low: float = -1.0, high: float = 1.0) -> tf.Tensor:
-    """[0, 255] -> [low, high]."""
-    return image / 255.0 * (high - low) + low
+def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
+    """[0, 255] -> the model's input range: a name in mmjax.models.IMAGE_NORMALIZATIONS."""
+    mean, std = models.image_normalization(normalization)
+    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def sample_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -27,11 +30,12 @@ def sample_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return captions[index]
 
 
-def train_image(encoded: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+def train_image(encoded: tf.Tensor, size: int, seed: tf.Tensor,
+                normalization: str = "minus_one_one") -> tf.Tensor:
     # No flips or crops: captions of the embedded dataset say "left", "right" and how many.
     del seed
-    return value_range(resize(decode_rgb(encoded), size))
+    return normalize(resize(decode_rgb(encoded), size), normalization)
 
 
-def eval_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
-    return value_range(resize(decode_rgb(encoded), size))
+def eval_image(encoded: tf.Tensor, size: int, normalization: str = "minus_one_one") -> tf.Tensor:
+    return normalize(resize(decode_rgb(encoded), size), normalization)

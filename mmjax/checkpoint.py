@@ -14,6 +14,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mmjax import optim
+
 
 def create_manager(workdir: str, *, max_to_keep: int | None) -> ocp.CheckpointManager:
     """Saves are asynchronous and atomic (written to a temporary name, then renamed)."""
@@ -65,11 +67,8 @@ def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
 
     A saved state holds each nnx Variable as {'value': array}: `saved_variables` drops that level.
     """
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-        flat["/".join(keys[:-1] if saved_variables else keys)] = leaf
-    return flat
+    return {optim.parameter_name(path[:-1] if saved_variables else path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def load_params(path: str) -> dict[str, np.ndarray]:
@@ -81,23 +80,25 @@ def load_params(path: str) -> dict[str, np.ndarray]:
             for name, value in _flat(restored["params"], saved_variables=True).items()}
 
 
-def selected(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
-
-
-def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str):
+def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str,
+                 require_all_used: bool = False):
     """`params` with the entries under `prefixes` (all, if empty) replaced by `loaded`'s.
 
     Names and shapes must match; the error lists what differs, so a user can fix the prefixes or
-    the model config.
+    the model config. `require_all_used`: also fail if `loaded` has names the model lacks (a
+    converter's mapping must place every weight).
     """
     pure = nnx.to_pure_dict(params)
     flat = _flat(pure)
-    wanted = [name for name in flat if not prefixes or selected(name, prefixes)]
+    wanted = [name for name in flat if not prefixes or optim.under_prefixes(name, prefixes)]
     if not wanted:
         raise ValueError(f"config.init_from.params {list(prefixes)} selects no parameter; top-level "
                          f"names are {sorted({n.split('/')[0] for n in flat})}.")
     missing = [n for n in wanted if n not in loaded]
+    unused = sorted(set(loaded) - set(flat)) if require_all_used else []
+    if unused:
+        raise ValueError(f"{source}: {len(unused)} parameters have no place in the model "
+                         f"(first: {unused[:3]}).")
     mismatched = [f"{n}: {loaded[n].shape} in the checkpoint, {flat[n].shape} in the model"
                   for n in wanted if n in loaded and loaded[n].shape != flat[n].shape]
     if missing or mismatched:
@@ -108,9 +109,11 @@ def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str):
             + "check config.init_from.params and that the model config matches the checkpoint's."
         )
 
+    wanted_names = set(wanted)
+
     def replace(path, leaf):
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        if name in wanted:
+        name = optim.parameter_name(path)
+        if name in wanted_names:
             return jax.device_put(loaded[name].astype(leaf.dtype), leaf.sharding)
         return leaf
 

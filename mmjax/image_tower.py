@@ -47,8 +47,9 @@ class VisionTransformer(nnx.Module):
                  depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
                  remat: str = "none", scan_layers: bool = False,
-                 attention_implementation: str | None = None, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 attention_implementation: str | None = None, pre_norm: bool = False,
+                 norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
+        """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre)."""
         shape = decode_variant(variant) if variant else {}
         explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
                         patch_size=patch_size)
@@ -76,10 +77,12 @@ class VisionTransformer(nnx.Module):
         self.encoder = layers.Transformer(width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
                                           activation=activation, remat=remat,
-                                          scan_layers=scan_layers,
+                                          scan_layers=scan_layers, norm_epsilon=norm_epsilon,
                                           attention_implementation=attention_implementation)
+        self.pre_norm = (layers.LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
+                         if pre_norm else None)
         self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
-                                                    rngs=rngs, dtype=dtype,
+                                                    rngs=rngs, dtype=dtype, norm_epsilon=norm_epsilon,
                                                     attention_implementation=attention_implementation)
                                if pooling == "map" else None)
         self.pooling = pooling
@@ -99,6 +102,8 @@ class VisionTransformer(nnx.Module):
             cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype),
                                    (tokens.shape[0], 1, self.width))
             tokens = jnp.concatenate([cls, tokens], axis=1)
+        if self.pre_norm is not None:
+            tokens = self.pre_norm(tokens)
         tokens = sharding.constrain(tokens, ("batch", "length", "embed"))
         tokens = self.encoder(tokens)
         if self.pooling == "cls":

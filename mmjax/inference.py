@@ -25,8 +25,9 @@ from flax import nnx
 from mmjax import checkpoint, models, tokenizers
 
 
-def preprocess_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> float32 [N, S, S, 3] in [-1, 1]: the eval preprocessing.
+def preprocess_images(images: np.ndarray, image_size: int,
+                      normalization: str = "minus_one_one") -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 [N, S, S, 3], normalised: the eval preprocessing.
 
     Bilinear, antialiased resizing (jax.image.resize); the tf.data pipeline uses TensorFlow's
     resize, which agrees to about 1e-2 in pixel values where sizes differ.
@@ -35,7 +36,8 @@ def preprocess_images(images: np.ndarray, image_size: int) -> np.ndarray:
     if images.shape[1:3] != (image_size, image_size):
         images = jax.image.resize(images, (images.shape[0], image_size, image_size, 3),
                                   method="bilinear", antialias=True)
-    return np.asarray(images / 255.0 * 2.0 - 1.0)
+    mean, std = models.image_normalization(normalization)
+    return np.asarray((images - jnp.asarray(mean)) / jnp.asarray(std))
 
 
 class InferenceModel:
@@ -60,7 +62,8 @@ class InferenceModel:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Images must be (N, H, W, 3); got shape {images.shape}.")
         if images.dtype == np.uint8:
-            images = preprocess_images(images, self.image_size)
+            images = preprocess_images(images, self.image_size,
+                                       self.config.data.get("normalization", "minus_one_one"))
         elif images.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"Preprocessed float images must be {self.image_size}x"
                              f"{self.image_size}; got {images.shape[1:3]}. Pass uint8 images "

@@ -143,18 +143,18 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", context_width: int | None = None,
-                 attention_implementation: str | None = None):
-        self.attention_norm = LayerNorm(width, dtype=dtype)
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6):
+        self.attention_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
                                             implementation=attention_implementation)
         if context_width is not None:
-            self.cross_attention_norm = LayerNorm(width, dtype=dtype)
+            self.cross_attention_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
             self.cross_attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
                                                       context_width=context_width,
                                                       implementation=attention_implementation)
         else:
             self.cross_attention_norm = self.cross_attention = None
-        self.mlp_norm = LayerNorm(width, dtype=dtype)
+        self.mlp_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
 
     def __call__(self, x, *, is_causal=False, key_lengths=None, context=None):
@@ -176,16 +176,17 @@ class Transformer(nnx.Module):
     def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", remat: str = "none",
                  scan_layers: bool = False, context_width: int | None = None,
-                 attention_implementation: str | None = None):
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}.")
         self.blocks = nnx.List([
             TransformerBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
                              activation=activation, context_width=context_width,
-                             attention_implementation=attention_implementation)
+                             attention_implementation=attention_implementation,
+                             norm_epsilon=norm_epsilon)
             for _ in range(depth)
         ])
-        self.final_norm = LayerNorm(width, dtype=dtype)
+        self.final_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.remat = remat
         self.scan_layers = scan_layers
 
@@ -211,12 +212,13 @@ class AttentionPool(nnx.Module):
     """Multi-head attention pooling from a learned probe (big_vision's MAP head)."""
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32, attention_implementation: str | None = None):
+                 dtype=jnp.float32, attention_implementation: str | None = None,
+                 norm_epsilon: float = 1e-6):
         self.probe = nnx.Param(xavier_uniform(rngs.params(), (1, width), jnp.float32),
                                logical_axes=(None, "embed"))
         self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
                                             implementation=attention_implementation)
-        self.norm = LayerNorm(width, dtype=dtype)
+        self.norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:

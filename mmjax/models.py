@@ -23,6 +23,17 @@ TEXT_TOWERS = {"transformer": TextTransformer}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
+# How a model expects pixels: (mean, std) per channel in [0, 255] units; normalised = (x - mean) / std.
+IMAGE_NORMALIZATIONS = {
+    "minus_one_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    "clip": ((0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),  # OpenAI CLIP / open_clip
+             (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)),
+}
+
+
+def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _lookup(IMAGE_NORMALIZATIONS, name, "image normalization")
+
 
 def _lookup(registry: dict, name: str, what: str):
     if name not in registry:

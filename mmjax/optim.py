@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import optax
-from flax import nnx
 
 # Parameters named like this are embeddings or scalars that weight decay would only hurt.
 NO_DECAY_NAMES = frozenset({"token_embedding", "position_embedding", "cls_token", "probe",
@@ -33,21 +32,21 @@ def weight_decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def parameter_names(params) -> list[str]:
-    return ["/".join(str(getattr(k, "key", k)) for k in path)
-            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+def parameter_name(path) -> str:
+    """A key path -> 'image_tower/encoder/blocks/0/mlp/up/kernel'."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def under_prefixes(name: str, prefixes) -> bool:
+    """Whether a parameter name lies under one of `prefixes` ('image_tower', 'text_tower/encoder')."""
+    return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def frozen_mask(params, prefixes):
     """'frozen' for parameters under one of `prefixes` (e.g. 'image_tower'), else 'trained'."""
-
-    def label(path, leaf):
-        del leaf
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
-        frozen = any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
-        return "frozen" if frozen else "trained"
-
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if under_prefixes(parameter_name(path), prefixes) else "trained",
+        params)
 
 
 def build_optimizer(config) -> optax.GradientTransformation:

@@ -38,7 +38,7 @@ class TextTransformer(nnx.Module):
                  num_heads: int | None = None, causal: bool = True, pad_id: int = 0,
                  eot_id: int = 2, activation: str = "gelu", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
         if variant is not None and variant not in TEXT_SIZES:
             raise ValueError(f"Unknown text variant {variant!r}; valid: {list(TEXT_SIZES)}.")
         shape = dict(zip(("width", "depth", "mlp_dim", "num_heads"), TEXT_SIZES[variant])) if variant else {}
@@ -57,7 +57,7 @@ class TextTransformer(nnx.Module):
         self.encoder = layers.Transformer(self.width, shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
                                           activation=activation, remat=remat,
-                                          scan_layers=scan_layers,
+                                          scan_layers=scan_layers, norm_epsilon=norm_epsilon,
                                           attention_implementation=attention_implementation)
         self.context_length = context_length
         self.causal, self.pad_id, self.eot_id = causal, pad_id, eot_id

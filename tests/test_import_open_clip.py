@@ -1,0 +1,46 @@
+"""open_clip weights in: embeddings match open_clip's own on a tiny fixture (no PyTorch needed).
+
+The fixtures were written by scripts/make_open_clip_fixture.py with open_clip; their .npz holds
+open_clip's embeddings of fixed images and token ids.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from mmjax import inference
+from mmjax.tools import import_open_clip
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quickgelu"])
+def test_imported_model_matches_open_clip(activation, tmp_path):
+    weights = os.path.join(FIXTURES, f"open_clip_tiny_{activation}.safetensors")
+    reference = np.load(os.path.join(FIXTURES, f"open_clip_tiny_{activation}_io.npz"))
+    out = import_open_clip.import_open_clip(weights, str(tmp_path / "imported"), vision_heads=2,
+                                            text_heads=2, quick_gelu=activation == "quickgelu")
+    model = inference.load(out)
+    assert model.config.data.image_size == 32 and model.config.model.vocab_size == 200
+
+    def relative_error(got, expected):
+        return np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
+
+    images = model.encode_image(reference["images"].astype(np.float32))
+    texts = model.encode_text(reference["tokens"].astype(np.int32))
+    assert relative_error(images, reference["image_embeddings"]).max() < 1e-4
+    assert relative_error(texts, reference["text_embeddings"]).max() < 1e-4
+
+
+def test_safetensors_reader_and_clear_errors(tmp_path):
+    tensors = import_open_clip.read_safetensors(
+        os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"))
+    assert tensors["visual.conv1.weight"].shape == (32, 3, 8, 8)
+    with pytest.raises(ValueError, match="Not an open_clip .* missing"):
+        import_open_clip.convert({"foo": np.zeros(1)}, 2, 2, False)
+    with pytest.raises(ValueError, match="Unknown --arch 'ViT-X'"):
+        import_open_clip.import_open_clip("x.safetensors", str(tmp_path), arch="ViT-X")
+    with pytest.raises(ValueError, match="head counts"):
+        import_open_clip.import_open_clip(os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"),
+                                          str(tmp_path))
