@@ -9,6 +9,18 @@ import os
 import ml_collections
 
 
+def _with_placeholders(value):
+    """JSON's null loses the field's type; unset fields here are optional strings (paths, names),
+    and a placeholder keeps them overridable from the command line."""
+    if isinstance(value, dict):
+        return {k: _with_placeholders(v) for k, v in value.items()}
+    return ml_collections.config_dict.placeholder(str) if value is None else value
+
+
 def get_config(workdir: str) -> ml_collections.ConfigDict:
-    with open(os.path.join(workdir, "config.json")) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: configs/from_workdir.py reads the config "
+                                "snapshot a run (or mmjax.tools.import_open_clip) wrote there.")
+    with open(path) as f:
+        return ml_collections.ConfigDict(_with_placeholders(json.load(f)))

@@ -17,7 +17,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 
-VOCAB_SIZE, CONTEXT = 200, 12
+VOCAB_SIZE, CONTEXT = 300, 12  # above the byte tokenizer's 260 ids
 
 
 def main():

@@ -22,7 +22,7 @@ def test_imported_model_matches_open_clip(activation, tmp_path):
     out = import_open_clip.import_open_clip(weights, str(tmp_path / "imported"), vision_heads=2,
                                             text_heads=2, quick_gelu=activation == "quickgelu")
     model = inference.load(out)
-    assert model.config.data.image_size == 32 and model.config.model.vocab_size == 200
+    assert model.config.data.image_size == 32 and model.config.model.vocab_size == 300
 
     def relative_error(got, expected):
         return np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
