@@ -32,6 +32,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 500
     # Checkpoints kept in WORKDIR/checkpoints.
     config.keep_checkpoints = 2
+    # Also keep, in WORKDIR/best, the checkpoint with the best value of this eval metric (for
+    # example "eval/mmjax_shapes/i2t_recall@1"); None: do not.
+    config.keep_best_by = ml_collections.config_dict.placeholder(str)
+    # "max" or "min".
+    config.keep_best_mode = "max"
 
     config.data = ml_collections.ConfigDict()
     # Dataset specs 'tfds:NAME[:SPLIT]'; mmjax_shapes is generated locally on first use.

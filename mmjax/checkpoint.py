@@ -6,6 +6,7 @@ and s, so restoring the step restores the data order.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -17,10 +18,11 @@ from flax import nnx
 from mmjax import optim
 
 
-def create_manager(workdir: str, *, max_to_keep: int | None) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, max_to_keep: int | None, folder: str = "checkpoints"
+                   ) -> ocp.CheckpointManager:
     """Saves are asynchronous and atomic (written to a temporary name, then renamed)."""
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        os.path.abspath(os.path.join(workdir, folder)),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
@@ -31,6 +33,45 @@ def create_manager(workdir: str, *, max_to_keep: int | None) -> ocp.CheckpointMa
 def save(manager: ocp.CheckpointManager, step: int, state) -> bool:
     # The trainer decides when to save; force bypasses orbax's own interval logic.
     return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+class BestCheckpoint:
+    """Keeps, in WORKDIR/best/, the checkpoint with the best value of one eval metric so far.
+
+    The last `keep_checkpoints` stay in WORKDIR/checkpoints/ as usual; `best/best.json` records the
+    step and the value, so a resumed run keeps comparing against it.
+    """
+
+    def __init__(self, workdir: str, metric: str, mode: str):
+        if mode not in ("max", "min"):
+            raise ValueError(f"config.keep_best_mode must be 'max' or 'min', got {mode!r}.")
+        self.metric, self.mode = metric, mode
+        self.manager = create_manager(workdir, max_to_keep=1, folder="best")
+        self.record_path = os.path.join(workdir, "best", "best.json")
+        self.best = None
+        if os.path.exists(self.record_path):
+            with open(self.record_path) as f:
+                self.best = json.load(f)["value"]
+
+    def update(self, step: int, state, eval_metrics: dict[str, float]) -> bool:
+        if self.metric not in eval_metrics:
+            raise KeyError(f"config.keep_best_by names {self.metric!r}, which the evaluation does "
+                           f"not report; it reports {sorted(eval_metrics)}.")
+        value = eval_metrics[self.metric]
+        better = (self.best is None or (value > self.best if self.mode == "max"
+                                        else value < self.best))
+        if better:
+            save(self.manager, step, state)
+            self.manager.wait_until_finished()
+            self.best = value
+            if jax.process_index() == 0:
+                with open(self.record_path, "w") as f:
+                    json.dump({"step": step, "metric": self.metric, "value": value}, f)
+        return better
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):

@@ -355,12 +355,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     eval_data = pipeline.eval_data(config, trainer.tokenizer) if config.data.eval else None
     eval_metrics: dict[str, float] = {}
 
+    best = (checkpoint.BestCheckpoint(workdir, config.keep_best_by, config.keep_best_mode)
+            if config.get("keep_best_by") else None)
+
     def run_eval(step: int) -> None:
         nonlocal eval_metrics
         eval_started = time.time()
         eval_metrics = trainer.evaluate(state["params"], eval_data)
         eval_metrics["eval/seconds"] = time.time() - eval_started
         writer.write(step, eval_metrics)
+        if best is not None:
+            best.update(step, state, eval_metrics)
         if jax.process_index() == 0:
             print(f"eval at step {step}: " + ", ".join(
                 f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()
@@ -402,6 +407,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         preemption.restore()
         manager.wait_until_finished()
         manager.close()
+        if best is not None:
+            best.close()
         writer.close()
     if preemption.stopped:
         return {}

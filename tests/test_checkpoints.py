@@ -212,3 +212,20 @@ def test_inference_api_matches_the_trainer(fsdp_run, tiny_config):
     np.testing.assert_allclose(from_uint8, expected["image"][:4], rtol=0.05, atol=0.05)
     with pytest.raises(ValueError, match="must be 16x16"):
         model.encode_image(np.zeros((1, 20, 20, 3), np.float32))
+
+
+def test_best_checkpoint_by_an_eval_metric_is_kept_beside_the_last(tiny_config, tmp_path):
+    metric = "eval/mmjax_shapes/t2i_recall@5"
+    tiny_config.keep_best_by = metric
+    tiny_config.eval_every_steps = 2
+    tiny_config.keep_checkpoints = 1
+    workdir = str(tmp_path / "best")
+    train.train_and_evaluate(tiny_config, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [(r[metric], -r["step"]) for r in map(json.loads, f) if metric in r]
+    best_value, best_step = max(evals)  # the earliest step among equal values
+    with open(os.path.join(workdir, "best", "best.json")) as f:
+        record = json.load(f)
+    assert (record["step"], record["value"]) == (-best_step, best_value)
+    assert sorted(os.listdir(os.path.join(workdir, "best"))) == sorted(["best.json", str(-best_step)])
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
