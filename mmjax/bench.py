@@ -25,12 +25,6 @@ PEAK_TFLOPS = {
     "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6": 918.0,
 }
 
-flags.DEFINE_integer("steps", 20, "Timed steps.")
-flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation.")
-flags.DEFINE_string("out", "bench_results.json", "Where to write the results (JSON).")
-config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
-flags.mark_flags_as_required(["config"])
-
 
 def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
     """Forward matmul FLOPs of `depth` blocks over `tokens` tokens (per example)."""
@@ -154,6 +148,16 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{n.ljust(width)}  {v}" for n, v in rows)
 
 
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (importing defines none)."""
+    flags.DEFINE_integer("steps", 20, "Timed steps.")
+    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation.")
+    flags.DEFINE_string("out", "bench_results.json", "Where to write the results (JSON).")
+    config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
+                                    lock_config=True)
+    flags.mark_flags_as_required(["config"])
+
+
 def main(argv):
     del argv
     result = run(flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup_steps)
@@ -164,4 +168,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

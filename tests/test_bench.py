@@ -25,7 +25,7 @@ def test_benchmark_runs_without_tensorflow(tmp_path):
     out = tmp_path / "bench.json"
     script = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-        "from mmjax import bench; bench.app.run(bench.main)\n"
+        "from mmjax import bench; bench.define_flags(); bench.app.run(bench.main)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, f"--config={REPO_ROOT}/tests/tiny_config.py", "--steps=2",

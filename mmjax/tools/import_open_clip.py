@@ -205,12 +205,15 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     return out_dir
 
 
-flags.DEFINE_string("arch", None, f"One of {sorted(ARCHITECTURES)}.")
-flags.DEFINE_string("weights", None, ".safetensors or PyTorch state dict file.")
-flags.DEFINE_string("out", None, "The workdir to write.")
-flags.DEFINE_integer("vision_heads", None, "Overrides the architecture table.")
-flags.DEFINE_integer("text_heads", None, "Overrides the architecture table.")
-flags.DEFINE_bool("quick_gelu", None, "Overrides the architecture table.")
+def define_flags() -> None:
+    """Command-line flags, defined only when run as a program (importing defines none)."""
+    flags.DEFINE_string("arch", None, f"One of {sorted(ARCHITECTURES)}.")
+    flags.DEFINE_string("weights", None, ".safetensors or PyTorch state dict file.")
+    flags.DEFINE_string("out", None, "The workdir to write.")
+    flags.DEFINE_integer("vision_heads", None, "Overrides the architecture table.")
+    flags.DEFINE_integer("text_heads", None, "Overrides the architecture table.")
+    flags.DEFINE_bool("quick_gelu", None, "Overrides the architecture table.")
+    flags.mark_flags_as_required(["weights", "out"])
 
 
 def main(argv):
@@ -222,5 +225,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["weights", "out"])
+    define_flags()
     app.run(main)
