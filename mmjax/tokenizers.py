@@ -1,13 +1,16 @@
 """Tokenizers in pure Python, for inference and evaluation prompts.
 
 The input pipeline tokenises inside the tf.data graph with the same rules
-(`input_pipeline/text.py`); a test keeps the two equal. Every tokenizer reserves the same special
-ids and lays a text out as `[bos, tokens..., eot, pad, ...]`; truncation keeps the end-of-text
-token, which the text tower pools at.
+(`input_pipeline/text.py`); a test keeps the two equal. Every tokenizer lays a text out as
+`[bos, tokens..., eot, pad, ...]`; truncation keeps the end-of-text token, which the text tower
+pools at. `bytes` and `words` reserve ids 0-3 (pad, bos, eot, unk); `clip_bpe` uses CLIP's own
+(pad 0, start 49406, end 49407).
 """
 
 from __future__ import annotations
 
+import gzip
+import html
 import re
 from typing import Sequence
 
@@ -18,8 +21,9 @@ NUM_SPECIAL_IDS = 4
 WORD_PATTERN = r"[^a-z0-9]+"
 
 
-def _layout(ids: list[int], context_length: int) -> list[int]:
-    ids = [BOS_ID] + ids[: context_length - 2] + [EOT_ID]
+def _layout(ids: list[int], context_length: int, bos_id: int = BOS_ID,
+            eot_id: int = EOT_ID) -> list[int]:
+    ids = [bos_id] + ids[: context_length - 2] + [eot_id]
     return ids + [PAD_ID] * (context_length - len(ids))
 
 
@@ -27,6 +31,7 @@ class ByteTokenizer:
     """UTF-8 bytes shifted past the special ids: needs no vocabulary file."""
 
     name = "bytes"
+    bos_id, eot_id, pad_id = BOS_ID, EOT_ID, PAD_ID
 
     def __init__(self, context_length: int):
         self.context_length = context_length
@@ -41,6 +46,7 @@ class WordTokenizer:
     """Lower-cased ASCII words from a vocabulary file (one word per line); others map to UNK."""
 
     name = "words"
+    bos_id, eot_id, pad_id = BOS_ID, EOT_ID, PAD_ID
 
     def __init__(self, context_length: int, vocabulary_file: str):
         with open(vocabulary_file) as f:
@@ -60,7 +66,96 @@ class WordTokenizer:
                                    self.context_length) for text in texts], np.int32)
 
 
-TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer}
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible map from bytes to printable characters."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))
+
+
+class ClipBpeTokenizer:
+    """OpenAI CLIP's byte-level BPE (open_clip's SimpleTokenizer with its default 'lower' cleaning),
+    from CLIP's merges file (bpe_simple_vocab_16e6.txt.gz, gzipped or not).
+
+    Needs the `ftfy` and `regex` packages, as open_clip does.
+    """
+
+    name = "clip_bpe"
+    pad_id = PAD_ID
+
+    def __init__(self, context_length: int, vocabulary_file: str):
+        try:
+            import ftfy
+            import regex
+        except ImportError as e:
+            raise ImportError("The clip_bpe tokenizer needs the ftfy and regex packages "
+                              "(pip install -r requirements.txt).") from e
+        self._fix_text = ftfy.fix_text
+        with open(vocabulary_file, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        merges = [tuple(m.split()) for m in data.decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
+        self.byte_encoder = _bytes_to_unicode()
+        vocabulary = list(self.byte_encoder.values())
+        vocabulary += [v + "</w>" for v in vocabulary] + ["".join(m) for m in merges]
+        vocabulary += ["<start_of_text>", "<end_of_text>"]
+        self.encoder = {token: i for i, token in enumerate(vocabulary)}
+        self.bpe_ranks = {merge: i for i, merge in enumerate(merges)}
+        self.bos_id = self.encoder["<start_of_text>"]
+        self.eot_id = self.encoder["<end_of_text>"]
+        self.vocab_size = len(self.encoder)
+        self.context_length = context_length
+        self.pattern = regex.compile(
+            r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+            regex.IGNORECASE)
+        self._findall = regex.findall
+        self.cache = {"<start_of_text>": "<start_of_text>", "<end_of_text>": "<end_of_text>"}
+
+    def clean(self, text: str) -> str:
+        text = html.unescape(html.unescape(self._fix_text(text))).strip()
+        return " ".join(text.split()).strip().lower()
+
+    def bpe(self, token: str) -> str:
+        if token in self.cache:
+            return self.cache[token]
+        word = tuple(token[:-1]) + (token[-1] + "</w>",)
+        while len(word) > 1:
+            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            bigram = min(pairs, key=lambda pair: self.bpe_ranks.get(pair, float("inf")))
+            if bigram not in self.bpe_ranks:
+                break
+            merged, i = [], 0
+            while i < len(word):
+                if i < len(word) - 1 and (word[i], word[i + 1]) == bigram:
+                    merged.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = tuple(merged)
+        self.cache[token] = " ".join(word)
+        return self.cache[token]
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for token in self._findall(self.pattern, self.clean(text)):
+            token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(self.encoder[piece] for piece in self.bpe(token).split(" "))
+        return ids
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray([_layout(self.encode(text), self.context_length, self.bos_id,
+                                   self.eot_id) for text in texts], np.int32)
+
+
+TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer}
 
 
 def build_tokenizer(tokenizer_config):

@@ -73,6 +73,12 @@ class Trainer:
                 f"({accum_steps}) micro-batches that each divide over the {self.batch_shards()} "
                 "devices of the batch axes."
             )
+        tower_eot = config.model.text_tower.get("eot_id", tokenizers.EOT_ID)
+        if tower_eot != self.tokenizer.eot_id:
+            raise ValueError(
+                f"The {self.tokenizer.name} tokenizer ends texts with id {self.tokenizer.eot_id} but "
+                f"the text tower pools at id {tower_eot}; set config.model.text_tower.eot_id="
+                f"{self.tokenizer.eot_id}.")
         model_vocab = config.model.get("vocab_size")
         if model_vocab and self.tokenizer.vocab_size > model_vocab:
             raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids but "

@@ -5,11 +5,14 @@ Run once, in an environment with open_clip_torch, torch and safetensors (not nee
 
 For each activation (GELU, QuickGELU) it builds a tiny open_clip CLIP with random weights (layer
 norms perturbed too, so the test exercises them), and saves its state dict as .safetensors and
-its image and text embeddings for fixed inputs as .npz.
+its image and text embeddings for fixed inputs as .npz. It also copies CLIP's BPE merges file and
+writes open_clip's tokenisation of a set of captions (clip_bpe_captions.json).
 """
 
 import argparse
+import json
 import os
+import shutil
 
 import numpy as np
 import open_clip
@@ -55,6 +58,31 @@ def main():
                  image_embeddings=image_embeddings, text_embeddings=text_embeddings,
                  open_clip_version=open_clip.__version__)
         print(name, {k: tuple(v.shape) for k, v in list(state.items())[:4]}, "...")
+    write_tokenizer_fixture(args.out)
+
+
+# Edge cases for the tokenizer: punctuation, case, HTML entities, mojibake, accents, CJK, emoji,
+# contractions, numbers, odd whitespace, the empty string, and a text longer than the context.
+CAPTIONS = [
+    "two large red circles on the left", "A photo of a DOG!!", "naïve café — 100% “quoted”",
+    "&amp; html &lt;b&gt;bold&lt;/b&gt;", "  multiple   spaces\tand\nnewlines ", "emoji 😀 test",
+    "don't we'll they're I'M", "numbers 12345 and 3.14", "", "日本語のテキスト", "mojibake Ã©tÃ©",
+    "a photo of a " + " ".join(["very"] * 90) + " long caption",
+]
+
+
+def write_tokenizer_fixture(out_dir):
+    from open_clip.tokenizer import SimpleTokenizer, default_bpe
+
+    shutil.copyfile(default_bpe(), os.path.join(out_dir, "bpe_simple_vocab_16e6.txt.gz"))
+    tokenizer = SimpleTokenizer(context_length=77)
+    captions = CAPTIONS + [f"{n} {s} {c} {shape} {p}" for n in ("one", "three")
+                           for s in ("small", "large") for c in ("red", "cyan")
+                           for shape in ("circle", "crosses") for p in ("at the top", "in the center")]
+    tokens = tokenizer(captions).numpy().tolist()
+    with open(os.path.join(out_dir, "clip_bpe_captions.json"), "w") as f:
+        json.dump({"context_length": 77, "captions": captions, "tokens": tokens}, f,
+                  ensure_ascii=False)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -5,7 +7,8 @@ import tensorflow as tf
 from input_pipeline import datasets, preprocess, shapes, text
 from mmjax import tokenizers
 
-VOCABULARY = "input_pipeline/shapes_vocabulary.txt"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
 
 
 def test_rendered_image_shows_what_the_caption_says():
@@ -60,8 +63,13 @@ def test_vocabulary_covers_every_caption_and_prompt():
     assert not (tokenizer(texts) == tokenizers.UNK_ID).any()
 
 
+CLIP_BPE = os.path.join(REPO_ROOT, "tests", "fixtures", "bpe_simple_vocab_16e6.txt.gz")
+
+
 @pytest.mark.parametrize("tokenizer", [tokenizers.WordTokenizer(8, VOCABULARY),
-                                       tokenizers.ByteTokenizer(12)], ids=["words", "bytes"])
+                                       tokenizers.ByteTokenizer(12),
+                                       tokenizers.ClipBpeTokenizer(12, CLIP_BPE)],
+                         ids=["words", "bytes", "clip_bpe"])
 def test_in_graph_tokenizer_equals_python(tokenizer):
     texts = ["two large red circles on the left", "One SMALL Cyan square, in the center!",
              "an unknown word", "", "three three three three three three three three three"]

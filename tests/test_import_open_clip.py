@@ -44,3 +44,25 @@ def test_safetensors_reader_and_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="head counts"):
         import_open_clip.import_open_clip(os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"),
                                           str(tmp_path))
+
+
+def test_clip_bpe_tokenizer_equals_open_clips():
+    import json
+
+    from mmjax import tokenizers
+
+    with open(os.path.join(FIXTURES, "clip_bpe_captions.json")) as f:
+        fixture = json.load(f)
+    tokenizer = tokenizers.build_tokenizer(dict(
+        name="clip_bpe", context_length=fixture["context_length"],
+        vocabulary_file=os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz")))
+    assert tokenizer.vocab_size == 49408 and tokenizer.eot_id == 49407
+    np.testing.assert_array_equal(tokenizer(fixture["captions"]), np.asarray(fixture["tokens"]))
+
+
+def test_import_with_a_vocabulary_checks_its_size(tmp_path):
+    with pytest.raises(ValueError, match="49408 ids but the model's vocabulary has 300"):
+        import_open_clip.import_open_clip(
+            os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"), str(tmp_path / "x"),
+            vision_heads=2, text_heads=2, quick_gelu=False,
+            vocabulary_file=os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz"))

@@ -71,11 +71,21 @@ def test_runs_are_reproducible_and_resume_exactly(tiny_config, tmp_path):
             assert evaluated[name] == pytest.approx(value, abs=1e-6), name
 
 
+def load_words_vocabulary():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "input_pipeline", "shapes_vocabulary.txt")
+
+
 def test_config_errors_come_before_compiling(tiny_config):
     tiny_config.tokenizer.context_length = 20
     with pytest.raises(ValueError, match="context_length .*set them equal"):
         train.Trainer(tiny_config)
     tiny_config.tokenizer.context_length = 12
+    tiny_config.tokenizer.update(name="clip_bpe", vocabulary_file=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "fixtures", "bpe_simple_vocab_16e6.txt.gz"))
+    with pytest.raises(ValueError, match="ends texts with id 49407 .*text_tower.eot_id=49407"):
+        train.Trainer(tiny_config)
+    tiny_config.tokenizer.update(name="words", vocabulary_file=load_words_vocabulary())
     tiny_config.batch_size = 12
     with pytest.raises(ValueError, match="batch_size 12 must split .* divide over the 8 devices"):
         train.Trainer(tiny_config)

@@ -2,6 +2,8 @@
 
 python -m mmjax.tools.import_open_clip --arch=ViT-B-32 --weights=FILE --out=DIR
 
+    [--vocab=bpe_simple_vocab_16e6.txt.gz]
+
 FILE is a `.safetensors` file (read here, no extra package) or a PyTorch state dict (`.pt`, `.bin`;
 needs torch, and is loaded with `weights_only=True`, never as arbitrary pickle). Shapes (widths,
 depths, patch size, image size, vocabulary, context) are read from the state dict; the number of
@@ -161,9 +163,13 @@ def convert(weights: dict[str, np.ndarray], vision_heads: int, text_heads: int,
 
 def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
                      vision_heads: int | None = None, text_heads: int | None = None,
-                     quick_gelu: bool | None = None) -> str:
-    """Converts the weights and writes a workdir at `out_dir`; returns its path."""
-    from mmjax import checkpoint, train
+                     quick_gelu: bool | None = None, vocabulary_file: str | None = None) -> str:
+    """Converts the weights and writes a workdir at `out_dir`; returns its path.
+
+    With `vocabulary_file` (CLIP's bpe_simple_vocab_16e6.txt.gz) the workdir gets the CLIP BPE
+    tokenizer, so strings tokenise exactly as in open_clip; it is copied into the workdir.
+    """
+    from mmjax import checkpoint, tokenizers, train
     import configs.smoke
 
     if arch is not None and arch not in ARCHITECTURES:
@@ -188,10 +194,19 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     config.model.text_tower = ml_collections.ConfigDict(model["text_tower"])
     config.data.image_size = fields["data"]["image_size"]
     config.data.normalization = fields["data"]["normalization"]
-    # Token ids go in exactly; strings need the CLIP BPE tokenizer (not yet in mmjax), so the
-    # byte tokenizer stands in with the right context length.
-    config.tokenizer = ml_collections.ConfigDict(dict(
-        name="bytes", context_length=model["text_tower"]["context_length"]))
+    context_length = model["text_tower"]["context_length"]
+    if vocabulary_file:
+        config.tokenizer = ml_collections.ConfigDict(dict(
+            name="clip_bpe", context_length=context_length,
+            vocabulary_file=os.path.abspath(vocabulary_file)))
+        tokenizer = tokenizers.build_tokenizer(config.tokenizer)
+        if tokenizer.vocab_size != model["vocab_size"]:
+            raise ValueError(f"{vocabulary_file} gives {tokenizer.vocab_size} ids but the model's "
+                             f"vocabulary has {model['vocab_size']}; give the model's own file.")
+    else:
+        # Token ids go in exactly; strings need --vocab (the byte tokenizer only stands in).
+        config.tokenizer = ml_collections.ConfigDict(dict(name="bytes",
+                                                          context_length=context_length))
     config.total_steps = 1
 
     trainer = train.Trainer(config)
@@ -213,13 +228,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("vision_heads", None, "Overrides the architecture table.")
     flags.DEFINE_integer("text_heads", None, "Overrides the architecture table.")
     flags.DEFINE_bool("quick_gelu", None, "Overrides the architecture table.")
+    flags.DEFINE_string("vocab", None, "CLIP's BPE merges file (bpe_simple_vocab_16e6.txt.gz): "
+                        "texts then tokenise exactly as in open_clip.")
     flags.mark_flags_as_required(["weights", "out"])
 
 
 def main(argv):
     del argv
     f = flags.FLAGS
-    out = import_open_clip(f.weights, f.out, f.arch, f.vision_heads, f.text_heads, f.quick_gelu)
+    out = import_open_clip(f.weights, f.out, f.arch, f.vision_heads, f.text_heads, f.quick_gelu,
+                           f.vocab)
     print(f"Wrote {out}: evaluate with python main.py --config=configs/from_workdir.py:{out} "
           f"--workdir={out} --mode=eval")
 
