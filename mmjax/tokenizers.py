@@ -155,7 +155,25 @@ class ClipBpeTokenizer:
                                    self.eot_id) for text in texts], np.int32)
 
 
-TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer}
+class IdsOnlyTokenizer:
+    """For a model whose vocabulary file is not at hand (an import without --vocab): token ids are
+    accepted as they are, strings are refused with the fix."""
+
+    name = "ids_only"
+    pad_id = PAD_ID
+
+    def __init__(self, context_length: int, vocab_size: int, bos_id: int, eot_id: int):
+        self.context_length, self.vocab_size = context_length, vocab_size
+        self.bos_id, self.eot_id = bos_id, eot_id
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        raise ValueError("This model has no tokenizer: pass token ids, or set "
+                         "config.tokenizer to one with its vocabulary (for an imported open_clip "
+                         "model, import it again with --vocab=bpe_simple_vocab_16e6.txt.gz).")
+
+
+TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer,
+              "ids_only": IdsOnlyTokenizer}
 
 
 def build_tokenizer(tokenizer_config):

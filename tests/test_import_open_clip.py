@@ -31,6 +31,8 @@ def test_imported_model_matches_open_clip(activation, tmp_path):
     texts = model.encode_text(reference["tokens"].astype(np.int32))
     assert relative_error(images, reference["image_embeddings"]).max() < 1e-4
     assert relative_error(texts, reference["text_embeddings"]).max() < 1e-4
+    with pytest.raises(ValueError, match="no tokenizer: pass token ids.*--vocab"):
+        model.encode_text(["a photo of a cat"])
 
 
 def test_safetensors_reader_and_clear_errors(tmp_path):

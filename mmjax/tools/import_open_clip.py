@@ -203,10 +203,11 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
         if tokenizer.vocab_size != model["vocab_size"]:
             raise ValueError(f"{vocabulary_file} gives {tokenizer.vocab_size} ids but the model's "
                              f"vocabulary has {model['vocab_size']}; give the model's own file.")
-    else:
-        # Token ids go in exactly; strings need --vocab (the byte tokenizer only stands in).
-        config.tokenizer = ml_collections.ConfigDict(dict(name="bytes",
-                                                          context_length=context_length))
+    else:  # token ids only; strings need --vocab
+        vocab_size = model["vocab_size"]
+        config.tokenizer = ml_collections.ConfigDict(dict(
+            name="ids_only", context_length=context_length, vocab_size=vocab_size,
+            bos_id=vocab_size - 2, eot_id=vocab_size - 1))
     config.total_steps = 1
 
     trainer = train.Trainer(config)
