@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -196,6 +196,3 @@ def zeroshot_prompts(source: RandomAccessSource) -> tuple[tuple[str, ...], tuple
     """(class names, prompt templates) for zero-shot classification, or empty if unlabelled."""
     return source.adapter.class_names, source.adapter.prompt_templates
 
-
-def as_numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, Any]]:
-    return dataset.as_numpy_iterator()

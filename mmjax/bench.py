@@ -33,19 +33,13 @@ def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> floa
     return depth * (projections + attention)
 
 
-def _shape(tower_config, decode):
-    shape = dict(decode(tower_config["variant"])) if tower_config.get("variant") else {}
-    shape.update({k: v for k, v in tower_config.items()
-                  if k in ("width", "depth", "mlp_dim", "num_heads", "patch_size") and v})
-    return shape
-
-
 def forward_flops_per_example(config) -> dict[str, float]:
     """Analytic forward matmul FLOPs per image-text pair, by part."""
     model = config.model
-    vit = _shape(model.image_tower, image_tower.decode_variant)
-    text = _shape(model.text_tower, lambda v: dict(
-        zip(("width", "depth", "mlp_dim", "num_heads"), text_tower.TEXT_SIZES[v])))
+    vit = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in
+                                     ("variant",) + image_tower.SHAPE_FIELDS})
+    text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
+                                     ("variant",) + text_tower.SHAPE_FIELDS})
     patches = (config.data.image_size // vit["patch_size"]) ** 2
     image_tokens = patches + (1 if model.image_tower.get("pooling") == "cls" else 0)
     width = vit["width"]

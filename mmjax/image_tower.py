@@ -42,6 +42,15 @@ def decode_variant(variant: str) -> dict:
                 patch_size=int(match.group(2)))
 
 
+SHAPE_FIELDS = ("width", "depth", "mlp_dim", "num_heads", "patch_size")
+
+
+def tower_shape(variant: str | None = None, **explicit) -> dict:
+    """width, depth, mlp_dim, num_heads and patch_size from a variant and/or explicit fields."""
+    return layers.resolve_shape("ViT", decode_variant(variant) if variant else {},
+                                **{k: explicit.get(k) for k in SHAPE_FIELDS})
+
+
 class VisionTransformer(nnx.Module):
     def __init__(self, *, image_size: int, variant: str | None = None, width: int | None = None,
                  depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
@@ -50,13 +59,8 @@ class VisionTransformer(nnx.Module):
                  attention_implementation: str | None = None, pre_norm: bool = False,
                  norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
         """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre)."""
-        shape = decode_variant(variant) if variant else {}
-        explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
-                        patch_size=patch_size)
-        shape.update({k: v for k, v in explicit.items() if v is not None})
-        missing = [k for k in explicit if k not in shape]
-        if missing:
-            raise ValueError(f"ViT needs a variant or explicit {missing}.")
+        shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
+                            num_heads=num_heads, patch_size=patch_size)
         if pooling not in POOLING_TYPES:
             raise ValueError(f"Unknown ViT pooling {pooling!r}; valid: {list(POOLING_TYPES)}.")
         if image_size % shape["patch_size"]:

@@ -79,14 +79,10 @@ class InferenceModel:
         return np.asarray(self._encode_text(self.params, jnp.asarray(tokens)))
 
 
-def _workdir_of(checkpoints_directory: str) -> str:
-    return os.path.dirname(checkpoints_directory.rstrip("/"))
-
-
 def load(path: str) -> InferenceModel:
     """Loads a workdir's (or a checkpoints/STEP folder's) parameters with the run's config."""
-    directory, step = checkpoint.find_checkpoint(path)
-    workdir = _workdir_of(directory)
+    directory, _ = checkpoint.find_checkpoint(path)
+    workdir = os.path.dirname(directory.rstrip("/"))
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} is missing: inference.load needs the run's config "
@@ -100,6 +96,5 @@ def load(path: str) -> InferenceModel:
     model = models.build_model(config.model, vocab_size=tokenizer.vocab_size,
                                image_size=config.data.image_size, seed=0)
     graphdef, params = nnx.split(model, nnx.Param)
-    params = checkpoint.merge_params(params, checkpoint.load_params(os.path.join(directory, str(step))),
-                                     (), path)
+    params = checkpoint.merge_params(params, checkpoint.load_params(path), (), path)
     return InferenceModel(config, params, graphdef, tokenizer)

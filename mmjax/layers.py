@@ -19,6 +19,16 @@ xavier_uniform = jax.nn.initializers.xavier_uniform()
 zeros = jax.nn.initializers.zeros
 
 
+def resolve_shape(what: str, variant_shape: dict, **explicit) -> dict:
+    """A tower's shape: its named variant's, with every explicitly given field overriding it."""
+    shape = dict(variant_shape)
+    shape.update({k: v for k, v in explicit.items() if v is not None})
+    missing = [k for k in explicit if k not in shape]
+    if missing:
+        raise ValueError(f"{what} needs a variant or explicit {missing}.")
+    return shape
+
+
 class Dense(nnx.Module):
     """x @ kernel (+ bias), with the kernel's logical axes given by the caller."""
 

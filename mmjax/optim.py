@@ -26,8 +26,7 @@ def weight_decay_mask(params):
     """True where weight decay applies: matrices, but not norms, biases or embeddings."""
 
     def decays(path, leaf) -> bool:
-        names = {getattr(key, "key", getattr(key, "name", None)) for key in path}
-        return leaf.ndim >= 2 and not (names & NO_DECAY_NAMES)
+        return leaf.ndim >= 2 and not (set(parameter_name(path).split("/")) & NO_DECAY_NAMES)
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

@@ -32,6 +32,18 @@ def end_of_text_index(tokens: jax.Array, eot_id: int) -> jax.Array:
     return jnp.where(is_eot.any(axis=1), jnp.argmax(is_eot, axis=1), tokens.shape[1] - 1)
 
 
+SHAPE_FIELDS = ("width", "depth", "mlp_dim", "num_heads")
+
+
+def tower_shape(variant: str | None = None, **explicit) -> dict:
+    """width, depth, mlp_dim and num_heads from a variant and/or explicit fields."""
+    if variant is not None and variant not in TEXT_SIZES:
+        raise ValueError(f"Unknown text variant {variant!r}; valid: {list(TEXT_SIZES)}.")
+    variant_shape = dict(zip(SHAPE_FIELDS, TEXT_SIZES[variant])) if variant else {}
+    return layers.resolve_shape("Text tower", variant_shape,
+                                **{k: explicit.get(k) for k in SHAPE_FIELDS})
+
+
 class TextTransformer(nnx.Module):
     def __init__(self, *, vocab_size: int, context_length: int, variant: str | None = None,
                  width: int | None = None, depth: int | None = None, mlp_dim: int | None = None,
@@ -39,14 +51,8 @@ class TextTransformer(nnx.Module):
                  eot_id: int = 2, activation: str = "gelu", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
                  norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
-        if variant is not None and variant not in TEXT_SIZES:
-            raise ValueError(f"Unknown text variant {variant!r}; valid: {list(TEXT_SIZES)}.")
-        shape = dict(zip(("width", "depth", "mlp_dim", "num_heads"), TEXT_SIZES[variant])) if variant else {}
-        explicit = dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads)
-        shape.update({k: v for k, v in explicit.items() if v is not None})
-        missing = [k for k in explicit if k not in shape]
-        if missing:
-            raise ValueError(f"Text tower needs a variant or explicit {missing}.")
+        shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
+                            num_heads=num_heads)
         self.width = shape["width"]
         self.token_embedding = nnx.Param(
             jax.random.normal(rngs.params(), (vocab_size, self.width)) * 0.02,

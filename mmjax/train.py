@@ -27,8 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mmjax import checkpoint, evaluators, losses, models, optim, sharding, tokenizers
 from mmjax.metric_writers import MetricWriter
 
-MODEL_INPUTS = ("image", "tokens")
-EVAL_INPUTS = {"image": 4, "tokens": 2, "label": 1, "valid": 1}  # name -> ndim
+MODEL_INPUTS = {"image": 4, "tokens": 2}  # name -> ndim
+EVAL_INPUTS = {**MODEL_INPUTS, "label": 1, "valid": 1}
 
 
 class TrainingDiverged(RuntimeError):
@@ -214,7 +214,7 @@ class Trainer:
 
     @functools.cached_property
     def train_step(self) -> Callable:
-        batch_shardings = {k: self.batch_sharding(4 if k == "image" else 2) for k in MODEL_INPUTS}
+        batch_shardings = {k: self.batch_sharding(ndim) for k, ndim in MODEL_INPUTS.items()}
         return jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
                        out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
