@@ -46,7 +46,8 @@ def forward_flops_per_example(config) -> dict[str, float]:
     image = 2 * patches * vit["patch_size"] ** 2 * 3 * width
     image += transformer_flops(image_tokens, width, vit["depth"], vit["mlp_dim"])
     if model.image_tower.get("pooling", "map") == "map":
-        image += 2 * (2 * width * width + 2 * 2 * image_tokens * width * width)  # q, out; k, v
+        image += 2 * 2 * width * width  # query and output projections of the one probe token
+        image += 2 * 2 * image_tokens * width * width  # key and value projections of every token
         image += 2 * 2 * image_tokens * width + 2 * 2 * width * vit["mlp_dim"]
     image += 2 * width * model.embed_dim
     context = config.tokenizer.context_length
