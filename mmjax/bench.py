@@ -95,6 +95,10 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
     compile_start = time.perf_counter()
     compiled = trainer.train_step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - compile_start
+    # XLA's own count of the bytes the step moves through device memory: divided by the
+    # device's bandwidth it is the step's floor when elementwise work, not matmuls, dominates.
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
     for _ in range(warmup_steps):
         state, metrics = compiled(state, batch)
@@ -128,6 +132,8 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
         "mfu": tflops_per_device / peak if peak else None,
         "peak_memory_gib": (memory["peak_bytes_in_use"] / 2**30
                             if "peak_bytes_in_use" in memory else None),
+        "xla_gbytes_accessed_per_step": (cost["bytes accessed"] / 1e9
+                                         if "bytes accessed" in cost else None),
         "compile_seconds": compile_seconds,
         "final_loss": float(metrics["loss"]),
     }

@@ -105,10 +105,37 @@ class MultiHeadAttention(nnx.Module):
         k = jnp.einsum("bsd,dnh->bsnh", context, cast(self.key))
         v = jnp.einsum("bsd,dnh->bsnh", context, cast(self.value)) + cast(self.value_bias)
         q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
-        attended = jax.nn.dot_product_attention(
-            q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths,
-            implementation=self.implementation)
+        if self.implementation == "cudnn":
+            attended = padded_attention(q, k, v, is_causal=is_causal, key_lengths=key_lengths,
+                                        implementation="cudnn")
+        else:
+            attended = jax.nn.dot_product_attention(
+                q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths,
+                implementation=self.implementation)
         return jnp.einsum("btnh,nhd->btd", attended, cast(self.out)) + cast(self.out_bias)
+
+
+def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool,
+                     key_lengths: jax.Array | None, multiple: int = 8,
+                     implementation: str | None = None) -> jax.Array:
+    """Attention over lengths padded to a multiple of `multiple`, equal to the unpadded one.
+
+    cuDNN's flash attention refuses odd lengths when training (ViT's 197 tokens, CLIP's context of
+    77), so queries, keys and values are padded, the padded keys masked through the key lengths,
+    and the padded queries' rows dropped.
+    """
+    batch, query_length, key_length = q.shape[0], q.shape[1], k.shape[1]
+    if query_length % multiple == 0 and key_length % multiple == 0:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                            key_value_seq_lengths=key_lengths,
+                                            implementation=implementation)
+    pad = lambda a: jnp.pad(a, ((0, 0), (0, -a.shape[1] % multiple), (0, 0), (0, 0)))
+    if key_lengths is None:
+        key_lengths = jnp.full((batch,), key_length, jnp.int32)
+    attended = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), is_causal=is_causal,
+                                            key_value_seq_lengths=key_lengths,
+                                            implementation=implementation)
+    return attended[:, :query_length]
 
 
 # None and "xla": XLA's fused attention everywhere; "cudnn": cuDNN flash attention (NVIDIA GPUs,

@@ -62,6 +62,13 @@ class Trainer:
         self.config = config
         self.mesh = mesh if mesh is not None else sharding.create_mesh(dict(config.mesh))
         self.rules = sharding.get_rules(config.sharding_rules)
+        if config.model.get("attention_implementation") == "cudnn":
+            platform = self.mesh.devices.flat[0].platform
+            if platform != "gpu" or config.model.dtype not in ("bfloat16", "float16"):
+                raise ValueError(
+                    "config.model.attention_implementation='cudnn' needs NVIDIA GPUs and a "
+                    f"bfloat16 or float16 config.model.dtype; found {platform} devices and "
+                    f"{config.model.dtype}. Set it to 'xla' (or leave it unset).")
         self.tokenizer = tokenizers.build_tokenizer(config.tokenizer)
         self.optimizer = optim.build_optimizer(config)
         self.schedule = optim.learning_rate_schedule(config)

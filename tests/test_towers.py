@@ -1,10 +1,12 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax import image_tower, text_tower
+from mmjax import image_tower, layers, text_tower
 from mmjax.tokenizers import EOT_ID, PAD_ID
 
 
@@ -94,3 +96,33 @@ def test_scanned_and_rematerialised_layers_match_the_loop(remat):
     np.testing.assert_allclose(loss, loop_loss, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(loop_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("query_length,key_length,is_causal,with_lengths", [
+    (197, 197, False, False),  # ViT-B/16 tokens
+    (77, 77, True, True),      # CLIP text: causal, padded captions
+    (5, 13, False, True),      # cross-attention to image tokens
+])
+def test_padded_attention_equals_unpadded(query_length, key_length, is_causal, with_lengths):
+    """The padding that cuDNN flash attention needs must not change values or gradients."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (3, query_length, 2, 8))
+    k = jax.random.normal(keys[1], (3, key_length, 2, 8))
+    v = jax.random.normal(keys[2], (3, key_length, 2, 8))
+    lengths = jnp.array([key_length, 4, key_length - 2]) if with_lengths else None
+
+    def loss(attention, q, k, v):
+        out = attention(q, k, v)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    reference = lambda q, k, v: jax.nn.dot_product_attention(
+        q, k, v, is_causal=is_causal, key_value_seq_lengths=lengths)
+    padded = lambda q, k, v: layers.padded_attention(
+        q, k, v, is_causal=is_causal, key_lengths=lengths)
+    (_, expected), expected_grads = jax.value_and_grad(
+        functools.partial(loss, reference), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, got), got_grads = jax.value_and_grad(
+        functools.partial(loss, padded), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        np.testing.assert_allclose(g, e, atol=1e-5)

@@ -89,6 +89,10 @@ def test_config_errors_come_before_compiling(tiny_config):
     tiny_config.batch_size = 12
     with pytest.raises(ValueError, match="batch_size 12 must split .* divide over the 8 devices"):
         train.Trainer(tiny_config)
+    tiny_config.batch_size = 16
+    tiny_config.model.attention_implementation = "cudnn"
+    with pytest.raises(ValueError, match="'cudnn' needs NVIDIA GPUs .*found cpu.*Set it to 'xla'"):
+        train.Trainer(tiny_config)
 
 
 def test_gradient_accumulation_gives_the_one_batch_update(tiny_config):
