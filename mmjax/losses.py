@@ -7,11 +7,15 @@ needs, so the loss is exact whatever the mesh.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
+
+from mmjax import sharding
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:
@@ -32,8 +36,59 @@ def clip_contrastive_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Arra
                   "logit_scale": outputs["logit_scale"]}
 
 
+def _siglip_pair_losses(image, text, scale, bias, positive):
+    """Sum over pairs of -log sigmoid(±(scale * <image, text> + bias)); + where `positive`."""
+    logits = scale * image @ text.T + bias
+    return -jnp.sum(jax.nn.log_sigmoid(jnp.where(positive, logits, -logits)))
+
+
+def siglip_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SigLIP's sigmoid loss: every image-text pair is its own binary problem.
+
+    On a mesh whose batch axes have several devices, each device keeps its images and passes its
+    texts around the ring of batch devices (one `ppermute` per step), so no device ever holds
+    more than a [local batch, local batch] block of logits; the result equals the unchunked loss.
+    """
+    del batch
+    if "logit_bias" not in outputs:
+        raise ValueError("The siglip loss needs a learned logit bias: set "
+                         "config.model.logit_bias_init (SigLIP uses -10).")
+    image = l2_normalize(outputs["image_embedding"].astype(jnp.float32))
+    text = l2_normalize(outputs["text_embedding"].astype(jnp.float32))
+    scale, bias = outputs["logit_scale"], outputs["logit_bias"]
+    global_batch = image.shape[0]
+    mesh, axes = sharding.active_batch_axes()
+    if not axes:
+        total = _siglip_pair_losses(image, text, scale, bias, jnp.eye(global_batch, dtype=bool))
+    else:
+        total = jax.shard_map(
+            functools.partial(_siglip_ring, axes=axes),
+            mesh=mesh, in_specs=(PartitionSpec(axes), PartitionSpec(axes), PartitionSpec(),
+                                 PartitionSpec()),
+            out_specs=PartitionSpec(), check_vma=False)(image, text, scale, bias)
+    loss = total / global_batch  # SigLIP normalises by the batch size, not the number of pairs
+    return loss, {"siglip_loss": loss, "logit_scale": scale, "logit_bias": bias}
+
+
+def _siglip_ring(image, text, scale, bias, *, axes):
+    """Per device: its images against every device's texts, the texts travelling the ring."""
+    devices = jax.lax.psum(1, axes)
+    shift = [(i, (i + 1) % devices) for i in range(devices)]
+    local = image.shape[0]
+
+    def step(i, carry):
+        total, text_chunk = carry
+        # At step 0 the texts are this device's own, so the diagonal holds the matching pairs.
+        positive = jnp.eye(local, dtype=bool) & (i == 0)
+        total = total + _siglip_pair_losses(image, text_chunk, scale, bias, positive)
+        return total, jax.lax.ppermute(text_chunk, axes, shift)
+
+    total, _ = jax.lax.fori_loop(0, devices, step, (jnp.zeros((), jnp.float32), text))
+    return jax.lax.psum(total, axes)
+
+
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
-LOSSES: dict[str, LossFn] = {"clip": clip_contrastive_loss}
+LOSSES: dict[str, LossFn] = {"clip": clip_contrastive_loss, "siglip": siglip_loss}
 
 
 def check_loss_weights(weights: dict[str, float]) -> None:

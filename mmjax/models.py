@@ -52,7 +52,7 @@ class CLIP(nnx.Module):
                  image_size: int, dtype: str = "float32", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
-                 rngs: nnx.Rngs):
+                 logit_bias_init: float | None = None, rngs: nnx.Rngs):
         compute_dtype = _lookup(DTYPES, dtype, "dtype")
         image_cls = _lookup(IMAGE_TOWERS, image_tower["name"], "image tower")
         text_cls = _lookup(TEXT_TOWERS, text_tower["name"], "text tower")
@@ -66,6 +66,9 @@ class CLIP(nnx.Module):
                                             rngs=rngs, use_bias=False, dtype=compute_dtype)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), logical_axes=())
         self.logit_scale_max = logit_scale_max
+        # SigLIP's learned bias on the logits (None: no bias, as in CLIP).
+        self.logit_bias = (None if logit_bias_init is None else
+                           nnx.Param(jnp.asarray(logit_bias_init, jnp.float32), logical_axes=()))
 
     def encode_image(self, images: jax.Array):
         pooled, aux = self.image_tower(images)
@@ -83,11 +86,14 @@ class CLIP(nnx.Module):
         """What the losses need: per-example outputs (batch-major) and global scalars."""
         image_embedding, _ = self.encode_image(images)
         text_embedding, _ = self.encode_text(tokens)
-        return {
+        outputs = {
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
             "logit_scale": self.temperature_scale(),
         }
+        if self.logit_bias is not None:
+            outputs["logit_bias"] = self.logit_bias[...]
+        return outputs
 
 
 MODELS = {"clip": CLIP}

@@ -190,6 +190,16 @@ def use_mesh_rules(mesh: Mesh | None, rules) -> Iterator[None]:
         _ACTIVE.update(previous)
 
 
+def active_batch_axes() -> tuple[Mesh | None, tuple[str, ...]]:
+    """The mesh in use and the mesh axes the batch is split over (empty without a mesh)."""
+    mesh = _ACTIVE["mesh"]
+    if mesh is None:
+        return None, ()
+    spec = logical_to_spec(("batch",), _ACTIVE["rules"])[0]
+    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+    return mesh, tuple(a for a in axes if mesh.shape[a] > 1)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     mesh = _ACTIVE["mesh"]
     if mesh is None:

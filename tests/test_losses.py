@@ -1,8 +1,9 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mmjax import losses
+from mmjax import losses, sharding
 
 
 def numpy_clip_loss(image, text, scale):
@@ -39,5 +40,65 @@ def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
 
 
 def test_unknown_loss_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"\['clip'\].*unknown: \['sigmoid'\]"):
+    with pytest.raises(ValueError, match=r"\['clip', 'siglip'.*unknown: \['sigmoid'\]"):
         losses.check_loss_weights({"sigmoid": 1.0})
+
+
+def numpy_siglip_loss(image, text, scale, bias):
+    image = image / np.linalg.norm(image, axis=1, keepdims=True)
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    logits = scale * image @ text.T + bias
+    labels = 2 * np.eye(len(image)) - 1
+    return np.sum(np.log1p(np.exp(-labels * logits))) / len(image)
+
+
+def test_siglip_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(6, 12)), rng.normal(size=(6, 12))
+    outputs = {"image_embedding": jnp.asarray(image, jnp.float32),
+               "text_embedding": jnp.asarray(text, jnp.float32),
+               "logit_scale": jnp.asarray(10.0), "logit_bias": jnp.asarray(-10.0)}
+    loss, _ = losses.siglip_loss(outputs, {})
+    np.testing.assert_allclose(float(loss), numpy_siglip_loss(image, text, 10.0, -10.0), rtol=1e-5)
+    with pytest.raises(ValueError, match="logit_bias_init"):
+        losses.siglip_loss({k: v for k, v in outputs.items() if k != "logit_bias"}, {})
+
+
+@pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_chunked_siglip_equals_unchunked_on_8_devices(mesh_shape):
+    """The ring over devices gives the unchunked loss and gradients, and no device holds the
+    full [global batch, global batch] logits."""
+    rng = np.random.default_rng(1)
+    image = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+    text = jnp.asarray(rng.normal(size=(32, 16)), jnp.float32)
+    scale, bias = jnp.asarray(8.0), jnp.asarray(-6.0)
+
+    def loss_fn(image, text, scale, bias):
+        outputs = {"image_embedding": image, "text_embedding": text,
+                   "logit_scale": scale, "logit_bias": bias}
+        return losses.siglip_loss(outputs, {})[0]
+
+    grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3))
+    expected_loss, expected_grads = jax.jit(grad_fn)(image, text, scale, bias)
+    np.testing.assert_allclose(float(expected_loss),
+                               numpy_siglip_loss(np.asarray(image), np.asarray(text), 8.0, -6.0),
+                               rtol=1e-5)
+
+    mesh = sharding.create_mesh(mesh_shape)
+    rules = sharding.get_rules("fsdp_tensor")
+    batch_sharding = sharding.batch_sharding(mesh, rules, 2)
+
+    def chunked(image, text, scale, bias):
+        with sharding.use_mesh_rules(mesh, rules):
+            return grad_fn(image, text, scale, bias)
+
+    compiled = jax.jit(chunked, in_shardings=(batch_sharding, batch_sharding, None, None)).lower(
+        image, text, scale, bias).compile()
+    local = 32 // (mesh.shape["data"] * mesh.shape["fsdp"])
+    assert "f32[32,32]" not in compiled.as_text()
+    assert f"f32[{local},{local}]" in compiled.as_text()  # the per-device blocks
+    got_loss, got_grads = compiled(jax.device_put(image, batch_sharding),
+                                   jax.device_put(text, batch_sharding), scale, bias)
+    np.testing.assert_allclose(float(got_loss), float(expected_loss), rtol=1e-5)
+    for got, expected in zip(got_grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
