@@ -95,15 +95,21 @@ class MultiHeadAttention(nnx.Module):
         self.dtype = dtype
         self.implementation = implementation
 
-    def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
-                 is_causal: bool = False, key_lengths: jax.Array | None = None) -> jax.Array:
-        """`key_lengths`: per example, how many leading keys are real (the rest is padding)."""
-        context = x if context is None else context
-        cast = lambda p: p[...].astype(self.dtype)
-        x, context = x.astype(self.dtype), context.astype(self.dtype)
-        q = jnp.einsum("btd,dnh->btnh", x, cast(self.query)) + cast(self.query_bias)
-        k = jnp.einsum("bsd,dnh->bsnh", context, cast(self.key))
-        v = jnp.einsum("bsd,dnh->bsnh", context, cast(self.value)) + cast(self.value_bias)
+    def _cast(self, param: nnx.Param) -> jax.Array:
+        return param[...].astype(self.dtype)
+
+    def project_keys_values(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [batch, length, heads, head_dim] of `context` (cacheable)."""
+        context = context.astype(self.dtype)
+        k = jnp.einsum("bsd,dnh->bsnh", context, self._cast(self.key))
+        v = jnp.einsum("bsd,dnh->bsnh", context, self._cast(self.value))
+        return k, v + self._cast(self.value_bias)
+
+    def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False,
+               key_lengths: jax.Array | None = None) -> jax.Array:
+        """Queries from `x` over given keys and values; `key_lengths`: real leading keys."""
+        x = x.astype(self.dtype)
+        q = jnp.einsum("btd,dnh->btnh", x, self._cast(self.query)) + self._cast(self.query_bias)
         q = sharding.constrain(q, ("batch", "length", "heads", "kv"))
         if self.implementation == "cudnn":
             attended = padded_attention(q, k, v, is_causal=is_causal, key_lengths=key_lengths,
@@ -112,7 +118,37 @@ class MultiHeadAttention(nnx.Module):
             attended = jax.nn.dot_product_attention(
                 q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths,
                 implementation=self.implementation)
-        return jnp.einsum("btnh,nhd->btd", attended, cast(self.out)) + cast(self.out_bias)
+        return (jnp.einsum("btnh,nhd->btd", attended, self._cast(self.out))
+                + self._cast(self.out_bias))
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *,
+                 is_causal: bool = False, key_lengths: jax.Array | None = None) -> jax.Array:
+        """Self-attention, or cross-attention to `context` when given."""
+        k, v = self.project_keys_values(x if context is None else context)
+        return self.attend(x, k, v, is_causal=is_causal, key_lengths=key_lengths)
+
+    def decode(self, x: jax.Array, cache: dict, position: jax.Array) -> tuple[jax.Array, dict]:
+        """Causal self-attention for the one new token `x` [batch, 1, width] at `position`.
+
+        `cache` holds the keys and values of the positions before (see `empty_cache`); the new
+        token's are written at `position` and attention reaches positions 0..position.
+        """
+        k, v = self.project_keys_values(x)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache["key"], k, position, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cache["value"], v, position, axis=1)
+        lengths = jnp.full((x.shape[0],), position + 1, jnp.int32)
+        # The plain XLA path: one query row is not what flash attention kernels are for.
+        x = x.astype(self.dtype)
+        q = jnp.einsum("btd,dnh->btnh", x, self._cast(self.query)) + self._cast(self.query_bias)
+        attended = jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=lengths)
+        out = (jnp.einsum("btnh,nhd->btd", attended, self._cast(self.out))
+               + self._cast(self.out_bias))
+        return out, {"key": keys, "value": values}
+
+    def empty_cache(self, batch: int, length: int) -> dict:
+        heads, head_dim = self.query.shape[1:]
+        zeros = jnp.zeros((batch, length, heads, head_dim), self.dtype)
+        return {"key": zeros, "value": zeros}
 
 
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool,
@@ -201,6 +237,15 @@ class TransformerBlock(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("batch", "length", "embed"))
 
+    def decode(self, x, cache, position, context_keys_values=None):
+        """One new token through the block, with cached self-attention keys and values."""
+        attended, cache = self.attention.decode(self.attention_norm(x), cache, position)
+        x = x + attended
+        if self.cross_attention is not None:
+            x = x + self.cross_attention.attend(self.cross_attention_norm(x),
+                                                *context_keys_values)
+        return x + self.mlp(self.mlp_norm(x)), cache
+
 
 class Transformer(nnx.Module):
     """A stack of blocks followed by a final layer norm; `remat` names a policy in REMAT_POLICIES.
@@ -243,6 +288,24 @@ class Transformer(nnx.Module):
             for block_state in block_states:
                 x = apply_block(x, block_state)
         return self.final_norm(x)
+
+    # -- incremental decoding (causal stacks) ------------------------------------------------
+    def empty_cache(self, batch: int, length: int) -> list[dict]:
+        return [block.attention.empty_cache(batch, length) for block in self.blocks]
+
+    def context_keys_values(self, context: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Each block's cross-attention keys and values of `context`, computed once per decode."""
+        return [block.cross_attention.project_keys_values(context) for block in self.blocks]
+
+    def decode(self, x, cache: list[dict], position, context_keys_values=None):
+        """The stack on one new token [batch, 1, width]: equal to the causal full pass's row."""
+        new_cache = []
+        for i, block in enumerate(self.blocks):
+            x, block_cache = block.decode(
+                x, cache[i], position,
+                None if context_keys_values is None else context_keys_values[i])
+            new_cache.append(block_cache)
+        return self.final_norm(x), new_cache
 
 
 class AttentionPool(nnx.Module):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from mmjax import sharding
+from mmjax import sharding, tokenizers
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:
@@ -87,8 +87,58 @@ def _siglip_ring(image, text, scale, bias, *, axes):
     return jax.lax.psum(total, axes)
 
 
+def _require(outputs, key: str, loss: str, model: str) -> None:
+    if key not in outputs:
+        raise ValueError(f"The {loss} loss needs a model that outputs {key!r}: set "
+                         f"config.model.name='{model}'.")
+
+
+def _masked_token_cross_entropy(logits, targets, weights):
+    """Mean token cross-entropy and accuracy over the positions whose weight is 1."""
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    count = jnp.maximum(weights.sum(), 1.0)
+    accuracy = ((logits.argmax(-1) == targets) * weights).sum() / count
+    return (per_token * weights).sum() / count, accuracy
+
+
+def caption_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """CoCa's captioning loss: next-token cross-entropy, padding masked (end-of-text counts)."""
+    _require(outputs, "caption_logits", "caption", "coca")
+    tokens = batch["tokens"]
+    targets = tokens[:, 1:]
+    weights = (targets != tokenizers.PAD_ID).astype(jnp.float32)
+    loss, accuracy = _masked_token_cross_entropy(outputs["caption_logits"][:, :-1], targets,
+                                                 weights)
+    return loss, {"caption_loss": loss, "caption_token_accuracy": accuracy}
+
+
+def itm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Image-text matching: 2-way cross-entropy over positive and hard-negative pairs."""
+    del batch
+    _require(outputs, "itm_logits", "itm", "fusion")
+    logits, labels = outputs["itm_logits"], outputs["itm_labels"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    accuracy = (logits.argmax(-1) == labels).mean()
+    return loss, {"itm_loss": loss, "itm_accuracy": accuracy}
+
+
+def mlm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Masked language modelling: cross-entropy at the selected positions against the
+    original tokens."""
+    _require(outputs, "mlm_logits", "mlm", "fusion")
+    loss, accuracy = _masked_token_cross_entropy(outputs["mlm_logits"], batch["tokens"],
+                                                 outputs["mlm_mask"])
+    return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
+
+
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
-LOSSES: dict[str, LossFn] = {"clip": clip_contrastive_loss, "siglip": siglip_loss}
+LOSSES: dict[str, LossFn] = {
+    "clip": clip_contrastive_loss,
+    "siglip": siglip_loss,
+    "caption": caption_loss,
+    "itm": itm_loss,
+    "mlm": mlm_loss,
+}
 
 
 def check_loss_weights(weights: dict[str, float]) -> None:

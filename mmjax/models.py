@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax import layers
+from mmjax import fusion, layers, tokenizers
 from mmjax.image_tower import VisionTransformer
 from mmjax.text_tower import TextTransformer
 
@@ -82,10 +82,15 @@ class CLIP(nnx.Module):
         """exp(logit_scale), clipped at logit_scale_max as in CLIP."""
         return jnp.minimum(jnp.exp(self.logit_scale[...]), self.logit_scale_max)
 
-    def __call__(self, images: jax.Array, tokens: jax.Array) -> dict[str, jax.Array]:
+    def __call__(self, images: jax.Array, tokens: jax.Array,
+                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
         """What the losses need: per-example outputs (batch-major) and global scalars."""
+        del rng  # contrastive models draw nothing at random
         image_embedding, _ = self.encode_image(images)
         text_embedding, _ = self.encode_text(tokens)
+        return self._contrastive_outputs(image_embedding, text_embedding)
+
+    def _contrastive_outputs(self, image_embedding, text_embedding) -> dict[str, jax.Array]:
         outputs = {
             "image_embedding": image_embedding,
             "text_embedding": text_embedding,
@@ -96,7 +101,152 @@ class CLIP(nnx.Module):
         return outputs
 
 
-MODELS = {"clip": CLIP}
+def _cross_modal_kwargs(model: CLIP, stack: dict, compute_dtype, shared: dict) -> dict:
+    """A cross-modal stack's shape: the text tower's width and heads, its own depth."""
+    text = model.text_tower
+    first_block = text.encoder.blocks[0]
+    return dict(width=text.width, num_heads=first_block.attention.query.shape[1],
+                mlp_dim=stack.get("mlp_dim") or first_block.mlp.up.kernel.shape[1],
+                depth=stack["depth"], image_width=model.image_tower.width, dtype=compute_dtype,
+                **shared)
+
+
+class CoCa(CLIP):
+    """CLIP plus a multimodal text decoder (CoCa): contrastive and captioning from one pass.
+
+    The unimodal text tower (causal) gives the text embedding at its end-of-text token and feeds
+    its states to the decoder, whose blocks cross-attend to the image tower's tokens.
+    """
+
+    def __init__(self, *, decoder, dtype: str = "float32", remat: str = "none",
+                 scan_layers: bool = False, attention_implementation: str | None = None,
+                 rngs: nnx.Rngs, **clip_kwargs):
+        super().__init__(dtype=dtype, remat=remat, scan_layers=scan_layers,
+                         attention_implementation=attention_implementation, rngs=rngs,
+                         **clip_kwargs)
+        if not self.text_tower.causal:
+            raise ValueError("CoCa's text tower must be causal: set "
+                             "config.model.text_tower.causal=True.")
+        shared = dict(remat=remat, scan_layers=scan_layers, rngs=rngs,
+                      attention_implementation=attention_implementation)
+        self.decoder = fusion.CaptionDecoder(
+            vocab_size=self.text_tower.token_embedding.shape[0],
+            **_cross_modal_kwargs(self, dict(decoder), _lookup(DTYPES, dtype, "dtype"), shared))
+
+    def __call__(self, images, tokens, rng=None):
+        del rng
+        image_embedding, image_aux = self.encode_image(images)
+        text_embedding, text_aux = self.encode_text(tokens)
+        outputs = self._contrastive_outputs(image_embedding, text_embedding)
+        outputs["caption_logits"] = self.decoder(text_aux["tokens"], image_aux["tokens"])
+        return outputs
+
+    # -- generation --------------------------------------------------------------------------
+    def start_decoding(self, images: jax.Array, batch: int) -> dict:
+        """What decoding keeps: the image tokens' cross-attention keys/values and empty caches.
+
+        `batch` may exceed the number of images (beams): image rows are repeated to match.
+        """
+        _, image_aux = self.image_tower(images)
+        image_tokens = jnp.repeat(image_aux["tokens"], batch // images.shape[0], axis=0)
+        return {"image_keys_values": self.decoder.image_keys_values(image_tokens),
+                "text_cache": self.text_tower.empty_cache(batch),
+                "decoder_cache": self.decoder.empty_cache(batch, self.text_tower.context_length)}
+
+    def decode_step(self, token: jax.Array, position: jax.Array, state: dict):
+        """Logits [batch, vocab] for the token after `token` (at `position`), and the new state."""
+        hidden, text_cache = self.text_tower.decode(token, position, state["text_cache"])
+        logits, decoder_cache = self.decoder.decode(hidden, state["decoder_cache"], position,
+                                                    state["image_keys_values"])
+        return logits, dict(state, text_cache=text_cache, decoder_cache=decoder_cache)
+
+    def next_token_logits(self, images: jax.Array, tokens: jax.Array, position) -> jax.Array:
+        """Without any cache: the full causal pass over `tokens`, read at `position`."""
+        _, image_aux = self.image_tower(images)
+        _, text_aux = self.text_tower(tokens)
+        logits = self.decoder(text_aux["tokens"], image_aux["tokens"])
+        return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)
+
+
+class FusionModel(CLIP):
+    """CLIP plus a bidirectional fusion encoder trained by image-text matching (with hard
+    negatives mined from the in-batch similarities) and masked language modelling (ALBEF style).
+    """
+
+    def __init__(self, *, fusion_encoder, dtype: str = "float32", remat: str = "none",
+                 scan_layers: bool = False, attention_implementation: str | None = None,
+                 mask_probability: float = 0.15, mask_token_id: int = tokenizers.UNK_ID,
+                 rngs: nnx.Rngs, **clip_kwargs):
+        super().__init__(dtype=dtype, remat=remat, scan_layers=scan_layers,
+                         attention_implementation=attention_implementation, rngs=rngs,
+                         **clip_kwargs)
+        shared = dict(remat=remat, scan_layers=scan_layers, rngs=rngs,
+                      attention_implementation=attention_implementation)
+        self.vocab_size = self.text_tower.token_embedding.shape[0]
+        self.fusion_encoder = fusion.FusionEncoder(
+            vocab_size=self.vocab_size,
+            **_cross_modal_kwargs(self, dict(fusion_encoder), _lookup(DTYPES, dtype, "dtype"),
+                                  shared))
+        # The [MASK] id: one the tokenizer never gives real text (UNK for bytes and words).
+        self.mask_probability, self.mask_token_id = mask_probability, mask_token_id
+
+    def text_lengths(self, tokens):
+        return (tokens != self.text_tower.pad_id).sum(axis=1).astype(jnp.int32)
+
+    def match_logits(self, images, tokens) -> jax.Array:
+        """[batch, 2] image-text matching logits of the pairs (images[i], tokens[i])."""
+        _, image_aux = self.image_tower(images)
+        _, text_aux = self.text_tower(tokens)
+        fused = self.fusion_encoder(text_aux["tokens"], image_aux["tokens"],
+                                    self.text_lengths(tokens))
+        return self.fusion_encoder.match_logits(fused)
+
+    def __call__(self, images, tokens, rng=None):
+        if rng is None:
+            raise ValueError("The fusion model draws negatives and masks: pass an rng key.")
+        image_embedding, image_aux = self.encode_image(images)
+        text_embedding, text_aux = self.encode_text(tokens)
+        outputs = self._contrastive_outputs(image_embedding, text_embedding)
+        negatives_rng, mask_rng = jax.random.split(rng)
+        image_tokens, text_states = image_aux["tokens"], text_aux["tokens"]
+        lengths = self.text_lengths(tokens)
+
+        # Image-text matching: each positive pair, each image with a hard negative text and each
+        # text with a hard negative image, drawn in proportion to exp(similarity) among the
+        # examples whose caption differs (an identical caption is not a negative).
+        similarity = jax.lax.stop_gradient(
+            _l2_normalize(image_embedding) @ _l2_normalize(text_embedding).T)
+        same_caption = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
+        text_rng, image_rng = jax.random.split(negatives_rng)
+        negative_text = fusion.sample_hard_negatives(text_rng, similarity, same_caption,
+                                                     outputs["logit_scale"])
+        negative_image = fusion.sample_hard_negatives(image_rng, similarity.T, same_caption,
+                                                      outputs["logit_scale"])
+        fused = self.fusion_encoder(
+            jnp.concatenate([text_states, text_states[negative_text], text_states]),
+            jnp.concatenate([image_tokens, image_tokens, image_tokens[negative_image]]),
+            jnp.concatenate([lengths, lengths[negative_text], lengths]))
+        batch = tokens.shape[0]
+        outputs["itm_logits"] = self.fusion_encoder.match_logits(fused)
+        outputs["itm_labels"] = jnp.concatenate(
+            [jnp.ones((batch,), jnp.int32), jnp.zeros((2 * batch,), jnp.int32)])
+
+        # Masked language modelling over the fused states of the masked text.
+        masked_tokens, mlm_mask = fusion.mask_tokens(
+            mask_rng, tokens, self.vocab_size, self.mask_probability, mask_id=self.mask_token_id,
+            pad_id=self.text_tower.pad_id, eot_id=self.text_tower.eot_id)
+        _, masked_aux = self.text_tower(masked_tokens)
+        fused_masked = self.fusion_encoder(masked_aux["tokens"], image_tokens, lengths)
+        outputs["mlm_logits"] = self.fusion_encoder.token_logits(fused_masked)
+        outputs["mlm_mask"] = mlm_mask
+        return outputs
+
+
+def _l2_normalize(x):
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+
+MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel}
 
 
 def build_model(model_config, *, vocab_size: int, image_size: int, seed: int) -> nnx.Module:

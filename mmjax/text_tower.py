@@ -84,3 +84,15 @@ class TextTransformer(nnx.Module):
         pooled = jnp.take_along_axis(
             x, end_of_text_index(tokens, self.eot_id)[:, None, None], axis=1)[:, 0]
         return pooled, {"tokens": x, "pre_logits": pooled}
+
+    # -- incremental decoding ---------------------------------------------------------------
+    def empty_cache(self, batch: int) -> list[dict]:
+        if not self.causal:
+            raise ValueError("Incremental decoding needs a causal text tower (causal=True).")
+        return self.encoder.empty_cache(batch, self.context_length)
+
+    def decode(self, token: jax.Array, position: jax.Array, cache: list[dict]):
+        """Hidden state [batch, 1, width] of `token` [batch] at `position`, given the cache."""
+        x = jnp.take(self.token_embedding[...], token[:, None], axis=0).astype(self.dtype)
+        x = x + jax.lax.dynamic_slice_in_dim(self.position_embedding[...], position, 1)[None].astype(self.dtype)
+        return self.encoder.decode(x, cache, position)

@@ -158,10 +158,15 @@ class Trainer:
     def model(self, params) -> nnx.Module:
         return nnx.merge(self.graphdef, params)
 
-    def _forward(self, params, batch):
-        return self.model(params)(batch["image"], batch["tokens"])
+    def _forward(self, params, batch, rng):
+        return self.model(params)(batch["image"], batch["tokens"], rng=rng)
 
-    def loss_and_grads(self, params, batch):
+    def step_rng(self, step: jax.Array) -> jax.Array:
+        """The model's randomness at a step (negatives, masks): a function of seed and step
+        alone, so a resumed run draws what the uninterrupted one did."""
+        return jax.random.fold_in(jax.random.key(self.config.seed), step)
+
+    def loss_and_grads(self, params, batch, rng):
         """((loss, metrics), grads) over the whole batch, in config.grad_accum_steps micro-batches.
 
         With micro-batches the losses still see the whole batch's outputs (GradCache): a first
@@ -173,11 +178,14 @@ class Trainer:
         accum_steps = self.config.get("grad_accum_steps", 1)
         loss_fn = lambda outputs: losses.total_loss(self.loss_weights, outputs, batch)
         if accum_steps == 1:
-            return jax.value_and_grad(lambda p: loss_fn(self._forward(p, batch)), has_aux=True)(params)
+            return jax.value_and_grad(lambda p: loss_fn(self._forward(p, batch, rng)),
+                                      has_aux=True)(params)
 
         micro_batches = jax.tree.map(
             lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
-        stacked = jax.lax.map(lambda micro: self._forward(params, micro), micro_batches)
+        micro_rngs = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(accum_steps))
+        stacked = jax.lax.map(lambda micro: self._forward(params, *micro),
+                              (micro_batches, micro_rngs))
         # Per-example outputs come back [accum, micro, ...]; global scalars as [accum].
         is_per_example = jax.tree.map(lambda x: x.ndim >= 2, stacked)
         outputs = jax.tree.map(lambda x, per_example: x.reshape((-1,) + x.shape[2:])
@@ -185,8 +193,8 @@ class Trainer:
         (loss, metrics), output_grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
 
         def accumulate(grads, inputs):
-            index, micro = inputs
-            _, backward = jax.vjp(lambda p: self._forward(p, micro), params)
+            index, micro, micro_rng = inputs
+            _, backward = jax.vjp(lambda p: self._forward(p, micro, micro_rng), params)
             cotangent = jax.tree.map(
                 lambda g, per_example: (g.reshape((accum_steps, -1) + g.shape[1:])[index]
                                         if per_example else g * (index == 0)),
@@ -194,12 +202,14 @@ class Trainer:
             return jax.tree.map(jnp.add, grads, backward(cotangent)[0]), None
 
         zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(accum_steps), micro_batches))
+        grads, _ = jax.lax.scan(accumulate, zeros,
+                                (jnp.arange(accum_steps), micro_batches, micro_rngs))
         return (loss, metrics), grads
 
     def _train_step(self, state, batch):
         with sharding.use_mesh_rules(self.mesh, self.rules):
-            (loss, metrics), grads = self.loss_and_grads(state["params"], batch)
+            (loss, metrics), grads = self.loss_and_grads(state["params"], batch,
+                                                         self.step_rng(state["step"]))
             updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
         grad_norm = global_norm(grads)

@@ -1,0 +1,99 @@
+"""Cross-modal attention: text queries attending to image tokens.
+
+`CaptionDecoder` is CoCa's multimodal text decoder: causal self-attention over the unimodal text
+tower's outputs, cross-attention to the image tower's tokens, and a next-token head.
+`FusionEncoder` is the bidirectional form (ALBEF / BLIP style) whose outputs feed image-text
+matching and masked language modelling heads. Both are stacks of `layers.TransformerBlock` with
+a cross-attention context, so sharding rules, remat and scan apply to them unchanged.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax import layers, tokenizers
+
+
+def sample_hard_negatives(rng: jax.Array, similarity: jax.Array, excluded: jax.Array,
+                          scale: jax.Array) -> jax.Array:
+    """For each row, a column drawn with probability ∝ exp(scale * similarity), never an
+    excluded one (the row's own match, identical captions); rows with no candidate take the
+    next example."""
+    logits = jnp.where(excluded, -jnp.inf, scale * similarity)
+    drawn = jnp.argmax(logits + jax.random.gumbel(rng, logits.shape), axis=1)
+    fallback = (jnp.arange(similarity.shape[0]) + 1) % similarity.shape[1]
+    return jnp.where(jnp.all(excluded, axis=1), fallback, drawn)
+
+
+def mask_tokens(rng: jax.Array, tokens: jax.Array, vocab_size: int, probability: float, *,
+                mask_id: int, pad_id: int, eot_id: int) -> tuple[jax.Array, jax.Array]:
+    """BERT's masking: `probability` of the real tokens (never the first token, end-of-text or
+    padding) are selected; of those 80 % become `mask_id`, 10 % a random id, 10 % stay.
+
+    Returns the masked tokens and the selection as float32 weights for the loss.
+    """
+    select_rng, kind_rng, random_rng = jax.random.split(rng, 3)
+    positions = jnp.arange(tokens.shape[1])[None]
+    maskable = (positions > 0) & (tokens != pad_id) & (tokens != eot_id)
+    selected = maskable & (jax.random.uniform(select_rng, tokens.shape) < probability)
+    kind = jax.random.uniform(kind_rng, tokens.shape)
+    random_ids = jax.random.randint(random_rng, tokens.shape, tokenizers.NUM_SPECIAL_IDS,
+                                    vocab_size)
+    replaced = jnp.where(kind < 0.8, mask_id, jnp.where(kind < 0.9, random_ids, tokens))
+    return jnp.where(selected, replaced, tokens), selected.astype(jnp.float32)
+
+
+class CaptionDecoder(nnx.Module):
+    def __init__(self, *, width: int, depth: int, num_heads: int, mlp_dim: int, image_width: int,
+                 vocab_size: int, dtype=jnp.float32, activation: str = "gelu",
+                 remat: str = "none", scan_layers: bool = False,
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
+                 rngs: nnx.Rngs):
+        self.transformer = layers.Transformer(
+            width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
+            remat=remat, scan_layers=scan_layers, context_width=image_width,
+            attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
+        self.head = layers.Dense(width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, text_hidden: jax.Array, image_tokens: jax.Array) -> jax.Array:
+        """Next-token logits (float32) at every position of the text."""
+        x = self.transformer(text_hidden, is_causal=True, context=image_tokens)
+        return self.head(x).astype(jnp.float32)
+
+    def empty_cache(self, batch: int, length: int) -> list[dict]:
+        return self.transformer.empty_cache(batch, length)
+
+    def image_keys_values(self, image_tokens: jax.Array):
+        return self.transformer.context_keys_values(image_tokens)
+
+    def decode(self, text_hidden, cache, position, image_keys_values):
+        """Logits [batch, vocab] for the token after `position`, given the caches."""
+        x, cache = self.transformer.decode(text_hidden, cache, position, image_keys_values)
+        return self.head(x)[:, 0].astype(jnp.float32), cache
+
+
+class FusionEncoder(nnx.Module):
+    def __init__(self, *, width: int, depth: int, num_heads: int, mlp_dim: int, image_width: int,
+                 vocab_size: int, dtype=jnp.float32, activation: str = "gelu",
+                 remat: str = "none", scan_layers: bool = False,
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
+                 rngs: nnx.Rngs):
+        self.transformer = layers.Transformer(
+            width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
+            remat=remat, scan_layers=scan_layers, context_width=image_width,
+            attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
+        self.itm_head = layers.Dense(width, 2, ("embed", None), rngs=rngs, dtype=dtype)
+        self.mlm_head = layers.Dense(width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, text_hidden, image_tokens, text_lengths) -> jax.Array:
+        """Fused text states: every real text token sees the whole text and every image token."""
+        return self.transformer(text_hidden, key_lengths=text_lengths, context=image_tokens)
+
+    def match_logits(self, fused: jax.Array) -> jax.Array:
+        """[batch, 2] logits of (no match, match), read at the first (beginning-of-text) token."""
+        return self.itm_head(fused[:, 0]).astype(jnp.float32)
+
+    def token_logits(self, fused: jax.Array) -> jax.Array:
+        return self.mlm_head(fused).astype(jnp.float32)
