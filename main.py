@@ -7,9 +7,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the config snapshot go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "caption"],
                   "train: train (resuming from the workdir) and evaluate; eval: evaluate the "
-                  "workdir's latest checkpoint.")
+                  "workdir's latest checkpoint; caption: caption the eval split with it "
+                  "(captioning models).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -41,6 +42,8 @@ def main(argv):
                  jax.process_count())
     if FLAGS.mode == "train":
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "caption":
+        train.caption_checkpoint(FLAGS.config, FLAGS.workdir)
     else:
         train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
 

@@ -59,6 +59,11 @@ class EvalContext:
     class_names: Sequence[str]
     prompt_templates: Sequence[str]
     encode_texts: Callable[[Sequence[str]], np.ndarray]
+    # The reference caption token rows, and what model-specific evaluators asked the trainer for
+    # (`caption_tokens`, `itm_*`), row-aligned with the embeddings.
+    tokens: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    tokenizer: object = None
 
 
 def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
@@ -79,14 +84,71 @@ def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
     return zeroshot_metrics(context.image_embeddings, class_embeddings(context), context.labels)
 
 
+def caption_token_accuracy(generated: np.ndarray, references: np.ndarray, eot_id: int):
+    """Per-caption and overall token accuracy of generated rows against reference rows.
+
+    Positions compared: those after the beginning-of-text token up to and including the
+    reference's end-of-text (all of them if it has none), so stopping early and running on both
+    count as errors. Returns (overall fraction of compared positions that match, exact matches).
+    """
+    positions = np.arange(references.shape[1])[None]
+    is_eot = references == eot_id
+    end = np.where(is_eot.any(1), is_eot.argmax(1), references.shape[1] - 1)[:, None]
+    compared = (positions >= 1) & (positions <= end)
+    same = (generated == references) & compared
+    exact = same.sum(1) == compared.sum(1)
+    return float(same.sum() / compared.sum()), float(exact.mean())
+
+
+def evaluate_captioning(context: EvalContext) -> dict[str, float]:
+    """Greedy (or beam) captions against the references, and the constant-caption baseline:
+    the eval split's most frequent caption predicted for every image."""
+    if "caption_tokens" not in context.extra or context.tokens is None:
+        return {}
+    references, eot_id = context.tokens, context.tokenizer.eot_id
+    accuracy, exact = caption_token_accuracy(context.extra["caption_tokens"], references, eot_id)
+    rows, counts = np.unique(references, axis=0, return_counts=True)
+    constant = np.broadcast_to(rows[counts.argmax()], references.shape)
+    baseline, baseline_exact = caption_token_accuracy(constant, references, eot_id)
+    return {"caption_token_accuracy": accuracy, "caption_exact_match": exact,
+            "caption_baseline_token_accuracy": baseline,
+            "caption_baseline_exact_match": baseline_exact}
+
+
+def evaluate_itm(context: EvalContext) -> dict[str, float]:
+    """Image-text matching accuracy: each image with its caption (should say match) and with a
+    differing caption (should say no match), the next one in the batch or the hardest one."""
+    extra = context.extra
+    if "itm_positive" not in extra:
+        return {}
+    has_negative = extra["itm_has_negative"].astype(bool)
+    positives_right = extra["itm_positive"].argmax(1) == 1
+    metrics = {}
+    for name, key in (("itm_accuracy", "itm_negative"), ("itm_hard_accuracy", "itm_hard_negative")):
+        negatives_right = (extra[key].argmax(1) == 0)[has_negative]
+        metrics[name] = float((positives_right.sum() + negatives_right.sum())
+                              / (len(positives_right) + len(negatives_right)))
+    return metrics
+
+
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "retrieval": evaluate_retrieval,
     "zeroshot": evaluate_zeroshot,
+    "captioning": evaluate_captioning,
+    "itm": evaluate_itm,
 }
 
 
-def check_evaluator_names(names: Sequence[str]) -> None:
+# Evaluators that need a model with a particular head: name -> the models that have it.
+MODELS_FOR = {"captioning": ("coca",), "itm": ("fusion",)}
+
+
+def check_evaluator_names(names: Sequence[str], model_name: str | None = None) -> None:
     unknown = [name for name in names if name not in EVALUATORS]
     if unknown:
         raise ValueError(f"config.evals names unknown evaluators {unknown}; valid names: "
                          f"{sorted(EVALUATORS)}.")
+    for name in names:
+        if model_name is not None and model_name not in MODELS_FOR.get(name, (model_name,)):
+            raise ValueError(f"The {name!r} evaluator needs a model in {MODELS_FOR[name]}, but "
+                             f"config.model.name is {model_name!r}; remove it from config.evals.")

@@ -41,6 +41,11 @@ class ByteTokenizer:
         return np.asarray([_layout([b + NUM_SPECIAL_IDS for b in text.encode("utf-8")],
                                    self.context_length) for text in texts], np.int32)
 
+    def decode(self, ids) -> str:
+        content = [i - NUM_SPECIAL_IDS for i in _content_ids(ids, self.bos_id, self.eot_id)
+                   if i >= NUM_SPECIAL_IDS]
+        return bytes(content).decode("utf-8", errors="replace")
+
 
 class WordTokenizer:
     """Lower-cased ASCII words from a vocabulary file (one word per line); others map to UNK."""
@@ -64,6 +69,19 @@ class WordTokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray([_layout([self.word_to_id.get(w, UNK_ID) for w in self.split(text)],
                                    self.context_length) for text in texts], np.int32)
+
+    def decode(self, ids) -> str:
+        words = {UNK_ID: "<unk>", PAD_ID: "<pad>", BOS_ID: "<bos>"}
+        return " ".join(words.get(i) or self.vocabulary[i - NUM_SPECIAL_IDS]
+                        for i in _content_ids(ids, self.bos_id, self.eot_id))
+
+
+def _content_ids(ids, bos_id: int, eot_id: int) -> list[int]:
+    """The ids of one row between the beginning-of-text and the first end-of-text token."""
+    ids = [int(i) for i in ids]
+    if ids and ids[0] == bos_id:
+        ids = ids[1:]
+    return ids[:ids.index(eot_id)] if eot_id in ids else ids
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -154,6 +172,15 @@ class ClipBpeTokenizer:
         return np.asarray([_layout(self.encode(text), self.context_length, self.bos_id,
                                    self.eot_id) for text in texts], np.int32)
 
+    def decode(self, ids) -> str:
+        if not hasattr(self, "decoder"):
+            self.decoder = {i: token for token, i in self.encoder.items()}
+            self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        text = "".join(self.decoder.get(i, "") for i in _content_ids(ids, self.bos_id, self.eot_id))
+        # As open_clip: characters back to bytes, then word ends back to spaces.
+        data = bytearray(self.byte_decoder[c] for c in text)
+        return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
+
 
 class IdsOnlyTokenizer:
     """For a model whose vocabulary file is not at hand (an import without --vocab): token ids are
@@ -170,6 +197,9 @@ class IdsOnlyTokenizer:
         raise ValueError("This model has no tokenizer: pass token ids, or set "
                          "config.tokenizer to one with its vocabulary (for an imported open_clip "
                          "model, import it again with --vocab=bpe_simple_vocab_16e6.txt.gz).")
+
+    def decode(self, ids) -> str:
+        return " ".join(str(i) for i in _content_ids(ids, self.bos_id, self.eot_id))
 
 
 TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer,

@@ -24,7 +24,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mmjax import checkpoint, evaluators, losses, models, optim, sharding, tokenizers
+from mmjax import (checkpoint, decoding, evaluators, losses, models, optim, sharding,
+                   tokenizers)
 from mmjax.metric_writers import MetricWriter
 
 MODEL_INPUTS = {"image": 4, "tokens": 2}  # name -> ndim
@@ -42,7 +43,7 @@ def global_norm(tree) -> jax.Array:
 def validate_config(config) -> None:
     """Checks that need no compilation, so a bad config fails in seconds."""
     losses.check_loss_weights(dict(config.losses))
-    evaluators.check_evaluator_names(list(config.evals))
+    evaluators.check_evaluator_names(list(config.evals), config.model.name)
     for field in ("total_steps", "batch_size", "log_every_steps"):
         if config[field] <= 0:
             raise ValueError(f"config.{field} must be positive, got {config[field]}.")
@@ -80,6 +81,9 @@ class Trainer:
                 f"({accum_steps}) micro-batches that each divide over the {self.batch_shards()} "
                 "devices of the batch axes."
             )
+        if accum_steps > 1 and config.model.name == "fusion":
+            raise ValueError("config.grad_accum_steps > 1 is not supported for the fusion model "
+                             "(its matching labels are integer outputs); use 1.")
         tower_eot = config.model.text_tower.get("eot_id", tokenizers.EOT_ID)
         if tower_eot != self.tokenizer.eot_id:
             raise ValueError(
@@ -236,12 +240,46 @@ class Trainer:
                        out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
     def _encode(self, params, batch):
-        """Embeddings of an eval batch, with its labels and padding marks, on every process."""
+        """Embeddings of an eval batch, with its labels and padding marks, on every process;
+        generated captions and matching logits where the configured evaluators need them."""
         with sharding.use_mesh_rules(self.mesh, self.rules):
             model = self.model(params)
-            return {"image": model.encode_image(batch["image"])[0],
-                    "text": model.encode_text(batch["tokens"])[0],
-                    "label": batch["label"], "valid": batch["valid"]}
+            encoded = {"image": model.encode_image(batch["image"])[0],
+                       "text": model.encode_text(batch["tokens"])[0],
+                       "tokens": batch["tokens"], "label": batch["label"],
+                       "valid": batch["valid"]}
+            if "captioning" in self.config.evals:
+                encoded["caption_tokens"] = self.generate(model, batch["image"])
+            if "itm" in self.config.evals:
+                encoded.update(self._matching_logits(model, batch, encoded))
+            return encoded
+
+    def generate(self, model, images) -> jax.Array:
+        """Caption token rows for `images`: greedy, or beam search if config.caption.beam_size > 1."""
+        beam_size = self.config.get("caption", {}).get("beam_size", 1)
+        ids = dict(max_length=self.config.tokenizer.context_length, bos_id=self.tokenizer.bos_id,
+                   eot_id=self.tokenizer.eot_id, pad_id=self.tokenizer.pad_id)
+        if beam_size > 1:
+            return decoding.beam_search(model, images, beam_size=beam_size, **ids)[0]
+        return decoding.greedy(model, images, **ids)
+
+    @staticmethod
+    def _matching_logits(model, batch, encoded) -> dict[str, jax.Array]:
+        """ITM logits of each eval image with its own caption, with the next example's caption
+        that differs from it, and with the most similar differing caption (hard negative)."""
+        tokens, valid = batch["tokens"], batch["valid"].astype(bool)
+        excluded = jnp.all(tokens[:, None] == tokens[None], axis=-1) | ~valid[None, :]
+        size = tokens.shape[0]
+        # "Next differing": the first allowed column after the row's own, cyclically.
+        offsets = (jnp.arange(size)[None, :] - jnp.arange(size)[:, None]) % size
+        next_other = jnp.argmin(jnp.where(excluded, size, offsets), axis=1)
+        similarity = (losses.l2_normalize(encoded["image"]) @
+                      losses.l2_normalize(encoded["text"]).T)
+        hardest = jnp.argmax(jnp.where(excluded, -jnp.inf, similarity), axis=1)
+        return {"itm_positive": model.match_logits(batch["image"], tokens),
+                "itm_negative": model.match_logits(batch["image"], tokens[next_other]),
+                "itm_hard_negative": model.match_logits(batch["image"], tokens[hardest]),
+                "itm_has_negative": ~jnp.all(excluded, axis=1)}
 
     @functools.cached_property
     def encode_step(self) -> Callable:
@@ -270,18 +308,21 @@ class Trainer:
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, params, eval_data) -> dict[str, float]:
         """Encodes one pass of the eval set and runs every configured evaluator on it."""
-        image_embeddings, text_embeddings, labels = [], [], []
+        parts: dict[str, list[np.ndarray]] = {}
         for local_batch in eval_data.batches():
             encoded = jax.device_get(self.encode_step(
                 params, self.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
-            valid = encoded["valid"]
-            image_embeddings.append(encoded["image"][valid])
-            text_embeddings.append(encoded["text"][valid])
-            labels.append(encoded["label"][valid])
+            valid = encoded.pop("valid")
+            for key, value in encoded.items():
+                parts.setdefault(key, []).append(value[valid])
+        outputs = {key: np.concatenate(value) for key, value in parts.items()}
         context = evaluators.EvalContext(
-            image_embeddings=np.concatenate(image_embeddings),
-            text_embeddings=np.concatenate(text_embeddings),
-            labels=np.concatenate(labels),
+            image_embeddings=outputs.pop("image"),
+            text_embeddings=outputs.pop("text"),
+            labels=outputs.pop("label"),
+            tokens=outputs.pop("tokens"),
+            extra=outputs,
+            tokenizer=self.tokenizer,
             class_names=eval_data.class_names,
             prompt_templates=eval_data.prompt_templates,
             encode_texts=lambda texts: self.encode_texts(params, texts),
@@ -441,6 +482,64 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     return eval_metrics
 
 
+def _restore_latest(trainer: Trainer, workdir: str):
+    manager = checkpoint.create_manager(workdir, max_to_keep=None)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
+                                "--workdir at a run that has one.")
+    return manager, step, trainer.restore(manager, step)
+
+
+def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
+    """`--mode=caption`: captions the eval split with the workdir's latest checkpoint.
+
+    Writes WORKDIR/captions.jsonl (reference and generated text per image) and prints the token
+    accuracy against the references next to the most-frequent-caption baseline.
+    """
+    from input_pipeline import pipeline
+
+    if config.model.name != "coca":
+        raise ValueError(f"--mode=caption needs a captioning model (config.model.name='coca'), "
+                         f"not {config.model.name!r}.")
+    trainer = Trainer(config, mesh=mesh)
+    manager, step, state = _restore_latest(trainer, workdir)
+
+    def caption(params, images):
+        with sharding.use_mesh_rules(trainer.mesh, trainer.rules):
+            return trainer.generate(trainer.model(params), images)
+
+    caption_step = jax.jit(caption, in_shardings=(trainer.state_shardings["params"],
+                                                  trainer.batch_sharding(4)),
+                           out_shardings=trainer.replicated)
+    generated, references = [], []
+    for local_batch in pipeline.eval_data(config, trainer.tokenizer).batches():
+        batch = trainer.global_batch(local_batch, keys=("image",))
+        tokens = jax.device_get(caption_step(state["params"], batch["image"]))
+        keep = multihost_utils.process_allgather(local_batch["valid"], tiled=True).astype(bool)
+        generated.append(tokens[keep])
+        references.append(multihost_utils.process_allgather(local_batch["tokens"],
+                                                            tiled=True)[keep])
+    generated, references = np.concatenate(generated), np.concatenate(references)
+    context = evaluators.EvalContext(
+        image_embeddings=None, text_embeddings=None, labels=None, class_names=(),
+        prompt_templates=(), encode_texts=None, tokens=references,
+        extra={"caption_tokens": generated}, tokenizer=trainer.tokenizer)
+    metrics = {"step": step, **evaluators.evaluate_captioning(context)}
+    if jax.process_index() == 0:
+        decode = trainer.tokenizer.decode
+        with open(os.path.join(workdir, "captions.jsonl"), "w") as f:
+            for reference, caption_row in zip(references, generated):
+                f.write(json.dumps({"reference": decode(reference),
+                                    "generated": decode(caption_row)}) + "\n")
+        for reference, caption_row in list(zip(references, generated))[:5]:
+            print(f"  {decode(caption_row)!r}  (reference: {decode(reference)!r})")
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+    manager.close()
+    return metrics
+
+
 def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
     """`--mode=eval`: evaluates the workdir's latest checkpoint and writes eval_results.json.
 
@@ -449,12 +548,7 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
     from input_pipeline import pipeline
 
     trainer = Trainer(config, mesh=mesh)
-    manager = checkpoint.create_manager(workdir, max_to_keep=None)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
-                                "--workdir at a run that has one.")
-    state = trainer.restore(manager, step)
+    manager, step, state = _restore_latest(trainer, workdir)
     metrics = trainer.evaluate(state["params"], pipeline.eval_data(config, trainer.tokenizer))
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_results.json"), "w") as f:

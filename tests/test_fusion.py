@@ -178,3 +178,61 @@ def test_fusion_model_outputs_and_itm_labels():
     assert outputs["mlm_logits"].shape == (4, CONTEXT, VOCAB)
     with pytest.raises(ValueError, match="rng"):
         model(images, tokens)
+
+
+def _tiny_cross_modal_config(tiny_config, name):
+    import ml_collections
+
+    tiny_config.model.name = name
+    tiny_config.total_steps = 4
+    if name == "coca":
+        tiny_config.model.decoder = ml_collections.ConfigDict(dict(depth=1))
+        tiny_config.losses = {"clip": 1.0, "caption": 2.0}
+        tiny_config.evals = ("retrieval", "captioning")
+        tiny_config.caption = ml_collections.ConfigDict(dict(beam_size=1))
+    else:
+        tiny_config.model.text_tower.causal = False
+        tiny_config.model.fusion_encoder = ml_collections.ConfigDict(dict(depth=1))
+        tiny_config.losses = {"clip": 1.0, "itm": 1.0, "mlm": 1.0}
+        tiny_config.evals = ("itm",)
+    return tiny_config
+
+
+def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, capsys):
+    import json
+
+    from mmjax import train
+
+    config = _tiny_cross_modal_config(tiny_config, "coca")
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+    for name in ("caption_token_accuracy", "caption_baseline_token_accuracy",
+                 "caption_exact_match", "i2t_recall@1"):
+        assert 0.0 <= metrics[f"eval/mmjax_shapes/{name}"] <= 1.0
+    history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert all("train/caption_loss" in row for row in history if "train/loss" in row)
+
+    caption_metrics = train.caption_checkpoint(config, str(tmp_path))
+    assert caption_metrics["caption_token_accuracy"] == pytest.approx(
+        metrics["eval/mmjax_shapes/caption_token_accuracy"])
+    rows = [json.loads(line) for line in open(tmp_path / "captions.jsonl")]
+    assert len(rows) == 128 and rows[0]["reference"].split()[0] in ("one", "two", "three")
+
+
+def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path):
+    from mmjax import train
+
+    config = _tiny_cross_modal_config(tiny_config, "fusion")
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+    assert 0.0 <= metrics["eval/mmjax_shapes/itm_accuracy"] <= 1.0
+    assert 0.0 <= metrics["eval/mmjax_shapes/itm_hard_accuracy"] <= 1.0
+    config.grad_accum_steps = 2
+    with pytest.raises(ValueError, match="grad_accum_steps"):
+        train.Trainer(config)
+
+
+def test_model_specific_evaluators_are_refused_for_other_models(tiny_config):
+    from mmjax import train
+
+    tiny_config.evals = ("retrieval", "captioning")
+    with pytest.raises(ValueError, match="'captioning' evaluator needs a model in \\('coca',\\)"):
+        train.Trainer(tiny_config)

@@ -1,0 +1,21 @@
+"""CPU smoke run of the fusion encoder: contrastive + image-text matching + masked LM.
+
+python main.py --config=configs/smoke_fusion.py --workdir=workdir/smoke_fusion
+"""
+
+import ml_collections
+
+from configs import smoke
+
+
+def get_config():
+    config = smoke.get_config()
+    config.name = "smoke_fusion"
+    config.model.name = "fusion"
+    # Masked language modelling needs each token to see the whole text.
+    config.model.text_tower.causal = False
+    config.model.fusion_encoder = ml_collections.ConfigDict(dict(depth=2))
+    config.model.mask_probability = 0.15
+    config.losses = {"clip": 1.0, "itm": 1.0, "mlm": 1.0}
+    config.evals = ("retrieval", "zeroshot", "itm")
+    return config
