@@ -4,6 +4,7 @@
     model = inference.load("workdir/smoke")            # a workdir, or its checkpoints/STEP folder
     image_embeddings = model.encode_image(images)      # uint8 (N, H, W, 3) of any size, or float32
     text_embeddings = model.encode_text(["two large red circles on the left"])
+    captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
 
 Embeddings are the projected, unnormalised vectors (normalise before taking cosines). Needs no
 TensorFlow.
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, models, tokenizers
+from mmjax import checkpoint, decoding, models, tokenizers
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -58,6 +59,10 @@ class InferenceModel:
 
     def encode_image(self, images) -> np.ndarray:
         """uint8 images get the eval preprocessing; float32 images are taken as preprocessed."""
+        images = self._prepare_images(images)
+        return np.asarray(self._encode_image(self.params, jnp.asarray(images, jnp.float32)))
+
+    def _prepare_images(self, images) -> np.ndarray:
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"Images must be (N, H, W, 3); got shape {images.shape}.")
@@ -68,7 +73,7 @@ class InferenceModel:
             raise ValueError(f"Preprocessed float images must be {self.image_size}x"
                              f"{self.image_size}; got {images.shape[1:3]}. Pass uint8 images "
                              "to have them resized.")
-        return np.asarray(self._encode_image(self.params, jnp.asarray(images, jnp.float32)))
+        return images.astype(np.float32)
 
     def encode_text(self, texts: Sequence[str] | np.ndarray) -> np.ndarray:
         """A list of strings is tokenised with the model's tokenizer; integers are token ids."""
@@ -77,6 +82,25 @@ class InferenceModel:
         else:
             tokens = self.tokenizer(list(texts))
         return np.asarray(self._encode_text(self.params, jnp.asarray(tokens)))
+
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def _caption(self, params, images, beam_size):
+        model = nnx.merge(self.graphdef, params)
+        ids = dict(max_length=self.config.tokenizer.context_length,
+                   bos_id=self.tokenizer.bos_id, eot_id=self.tokenizer.eot_id,
+                   pad_id=self.tokenizer.pad_id)
+        if beam_size > 1:
+            return decoding.beam_search(model, images, beam_size=beam_size, **ids)[0]
+        return decoding.greedy(model, images, **ids)
+
+    def caption(self, images, beam_size: int = 1) -> list[str]:
+        """Captions (greedy, or beam search with `beam_size` > 1) for a captioning model."""
+        if not hasattr(nnx.merge(self.graphdef, self.params), "decode_step"):
+            raise ValueError(f"This is a {self.config.model.name!r} model, which has no text "
+                             "decoder; captions need a 'coca' model.")
+        images = self._prepare_images(images)
+        tokens = np.asarray(self._caption(self.params, jnp.asarray(images), beam_size))
+        return [self.tokenizer.decode(row) for row in tokens]
 
 
 def load(path: str) -> InferenceModel:

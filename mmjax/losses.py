@@ -87,6 +87,33 @@ def _siglip_ring(image, text, scale, bias, *, axes):
     return jax.lax.psum(total, axes)
 
 
+def distillation_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Knowledge distillation: KL(teacher || student) between the softmax distributions of the
+    two models' image->text and text->image similarity rows at temperature T, times T^2."""
+    del batch
+    if "teacher_image_embedding" not in outputs:
+        raise ValueError("The distill loss needs a teacher: set config.distill.teacher to a "
+                         "workdir (or checkpoints/STEP folder) of a trained model.")
+    temperature = outputs["distill_temperature"]
+
+    def similarity(image, text, scale):
+        return scale * l2_normalize(image.astype(jnp.float32)) @ l2_normalize(
+            text.astype(jnp.float32)).T / temperature
+
+    student = similarity(outputs["image_embedding"], outputs["text_embedding"],
+                         outputs["logit_scale"])
+    teacher = similarity(outputs["teacher_image_embedding"], outputs["teacher_text_embedding"],
+                         outputs["teacher_logit_scale"])
+
+    def kl(teacher_logits, student_logits):
+        teacher_log_probs = jax.nn.log_softmax(teacher_logits)
+        return jnp.sum(jnp.exp(teacher_log_probs)
+                       * (teacher_log_probs - jax.nn.log_softmax(student_logits)), -1).mean()
+
+    loss = temperature ** 2 * 0.5 * (kl(teacher, student) + kl(teacher.T, student.T))
+    return loss, {"distill_loss": loss}
+
+
 def _require(outputs, key: str, loss: str, model: str) -> None:
     if key not in outputs:
         raise ValueError(f"The {loss} loss needs a model that outputs {key!r}: set "
@@ -138,6 +165,7 @@ LOSSES: dict[str, LossFn] = {
     "caption": caption_loss,
     "itm": itm_loss,
     "mlm": mlm_loss,
+    "distill": distillation_loss,
 }
 
 

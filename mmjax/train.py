@@ -94,11 +94,48 @@ class Trainer:
         if model_vocab and self.tokenizer.vocab_size > model_vocab:
             raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids but "
                              f"config.model.vocab_size is {model_vocab}; raise it or unset it.")
+        self.teacher = self._load_teacher() if "distill" in self.loss_weights else None
         abstract_model = nnx.eval_shape(self._build_model)
         self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
         self.abstract_state = jax.eval_shape(self._init_state)
         self.state_shardings = sharding.tree_shardings(self.abstract_state, self.mesh, self.rules)
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
+
+    def _load_teacher(self):
+        """The frozen teacher of config.distill.teacher: (graphdef, params laid out on the mesh)."""
+        from mmjax import inference
+
+        path = self.config.get("distill", {}).get("teacher")
+        if not path:
+            raise ValueError("The distill loss needs config.distill.teacher: a workdir (or its "
+                             "checkpoints/STEP folder) of a trained model.")
+        teacher = inference.load(path)
+        for name, mine, theirs in (
+                ("config.tokenizer", dict(self.config.tokenizer), dict(teacher.config.tokenizer)),
+                ("config.data.image_size", self.config.data.image_size,
+                 teacher.config.data.image_size),
+                ("config.data.normalization", self.config.data.get("normalization"),
+                 teacher.config.data.get("normalization"))):
+            mine, theirs = _comparable(mine), _comparable(theirs)
+            if mine != theirs:
+                raise ValueError(f"The teacher at {path} was trained with {name} = {theirs}, this "
+                                 f"run uses {mine}: the teacher must see the same inputs; set "
+                                 f"{name} to the teacher's.")
+        shardings = sharding.tree_shardings(teacher.params, self.mesh, self.rules)
+        return teacher.graphdef, jax.device_put(teacher.params, shardings), shardings
+
+    @property
+    def step_args(self) -> tuple:
+        """What the train step takes after (state, batch): the teacher's parameters, if any."""
+        return () if self.teacher is None else (self.teacher[1],)
+
+    def _teacher_outputs(self, graphdef, params, batch):
+        teacher = nnx.merge(graphdef, params)
+        return {"teacher_image_embedding": teacher.encode_image(batch["image"])[0],
+                "teacher_text_embedding": teacher.encode_text(batch["tokens"])[0],
+                "teacher_logit_scale": teacher.temperature_scale(),
+                "distill_temperature": jnp.asarray(self.config.distill.get("temperature", 1.0),
+                                                   jnp.float32)}
 
     # -- state -------------------------------------------------------------------------------
     def _build_model(self) -> nnx.Module:
@@ -170,7 +207,7 @@ class Trainer:
         alone, so a resumed run draws what the uninterrupted one did."""
         return jax.random.fold_in(jax.random.key(self.config.seed), step)
 
-    def loss_and_grads(self, params, batch, rng):
+    def loss_and_grads(self, params, batch, rng, extra_outputs=None):
         """((loss, metrics), grads) over the whole batch, in config.grad_accum_steps micro-batches.
 
         With micro-batches the losses still see the whole batch's outputs (GradCache): a first
@@ -180,7 +217,9 @@ class Trainer:
         one-batch update (the contrastive loss needs every pair), at the cost of a second forward.
         """
         accum_steps = self.config.get("grad_accum_steps", 1)
-        loss_fn = lambda outputs: losses.total_loss(self.loss_weights, outputs, batch)
+        extra_outputs = extra_outputs or {}  # constants to the losses (a teacher's outputs)
+        loss_fn = lambda outputs: losses.total_loss(self.loss_weights,
+                                                    {**outputs, **extra_outputs}, batch)
         if accum_steps == 1:
             return jax.value_and_grad(lambda p: loss_fn(self._forward(p, batch, rng)),
                                       has_aux=True)(params)
@@ -210,10 +249,12 @@ class Trainer:
                                 (jnp.arange(accum_steps), micro_batches, micro_rngs))
         return (loss, metrics), grads
 
-    def _train_step(self, state, batch):
+    def _train_step(self, state, batch, teacher_params=None):
         with sharding.use_mesh_rules(self.mesh, self.rules):
+            extra = (None if teacher_params is None else jax.lax.stop_gradient(
+                self._teacher_outputs(self.teacher[0], teacher_params, batch)))
             (loss, metrics), grads = self.loss_and_grads(state["params"], batch,
-                                                         self.step_rng(state["step"]))
+                                                         self.step_rng(state["step"]), extra)
             updates, opt_state = self.optimizer.update(grads, state["opt_state"], state["params"])
             params = optax.apply_updates(state["params"], updates)
         grad_norm = global_norm(grads)
@@ -236,7 +277,10 @@ class Trainer:
     @functools.cached_property
     def train_step(self) -> Callable:
         batch_shardings = {k: self.batch_sharding(ndim) for k, ndim in MODEL_INPUTS.items()}
-        return jax.jit(self._train_step, in_shardings=(self.state_shardings, batch_shardings),
+        in_shardings = (self.state_shardings, batch_shardings)
+        if self.teacher is not None:
+            in_shardings += (self.teacher[2],)
+        return jax.jit(self._train_step, in_shardings=in_shardings,
                        out_shardings=(self.state_shardings, self.replicated), donate_argnums=0)
 
     def _encode(self, params, batch):
@@ -332,6 +376,17 @@ class Trainer:
             for metric, value in evaluators.EVALUATORS[name](context).items():
                 metrics[f"eval/{eval_data.name}/{metric}"] = value
         return metrics
+
+
+def _comparable(value):
+    """Config values as plain data (ConfigDict, lists and tuples alike) for comparison."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if k != "vocabulary_file"}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
 
 
 def _host_metrics(metrics) -> dict[str, float]:
@@ -440,7 +495,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     try:
         for step in range(start_step + 1, config.total_steps + 1):
             batch = trainer.global_batch(next(train_batches))
-            state, metrics = trainer.train_step(state, batch)
+            state, metrics = trainer.train_step(state, batch, *trainer.step_args)
             if step % config.log_every_steps == 0 or step == config.total_steps:
                 check_finite(config, state)
                 host_metrics = _host_metrics(metrics)

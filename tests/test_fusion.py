@@ -236,3 +236,34 @@ def test_model_specific_evaluators_are_refused_for_other_models(tiny_config):
     tiny_config.evals = ("retrieval", "captioning")
     with pytest.raises(ValueError, match="'captioning' evaluator needs a model in \\('coca',\\)"):
         train.Trainer(tiny_config)
+
+
+def test_distillation_from_a_trained_teacher_checkpoint(tiny_config, tfds_dir, tmp_path):
+    """A student (smaller towers) trains against a teacher workdir: the distill loss is logged
+    and falls; a teacher that saw other inputs is refused before compiling."""
+    import json
+
+    from conftest import make_tiny_config
+    from mmjax import train
+
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    train.train_and_evaluate(tiny_config, str(teacher_dir))
+
+    student = make_tiny_config(tfds_dir)
+    student.total_steps = 6
+    student.warmup_steps = 0
+    student.model.image_tower.update(width=16, mlp_dim=32)
+    student.model.text_tower.update(width=16, mlp_dim=32)
+    student.losses = {"clip": 1.0, "distill": 1.0}
+    student.distill = {"teacher": str(teacher_dir), "temperature": 1.0}
+    train.train_and_evaluate(student, str(student_dir))
+    rows = [json.loads(line) for line in open(student_dir / "metrics.jsonl")]
+    distill = [row["train/distill_loss"] for row in rows if "train/distill_loss" in row]
+    assert len(distill) == 6 and np.isfinite(distill).all() and distill[-1] < distill[0]
+
+    student.data.image_size = 8
+    with pytest.raises(ValueError, match="config.data.image_size = 16, this run uses 8"):
+        train.Trainer(student)
+    student.distill = {"teacher": None}
+    with pytest.raises(ValueError, match="config.distill.teacher"):
+        train.Trainer(student)

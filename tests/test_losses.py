@@ -102,3 +102,35 @@ def test_chunked_siglip_equals_unchunked_on_8_devices(mesh_shape):
     np.testing.assert_allclose(float(got_loss), float(expected_loss), rtol=1e-5)
     for got, expected in zip(got_grads, expected_grads):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
+    rng = np.random.default_rng(3)
+    s_image, s_text, t_image, t_text = (rng.normal(size=(5, 8)) for _ in range(4))
+    temperature = 2.0
+    outputs = {"image_embedding": jnp.asarray(s_image), "text_embedding": jnp.asarray(s_text),
+               "logit_scale": jnp.asarray(10.0), "teacher_image_embedding": jnp.asarray(t_image),
+               "teacher_text_embedding": jnp.asarray(t_text),
+               "teacher_logit_scale": jnp.asarray(30.0),
+               "distill_temperature": jnp.asarray(temperature)}
+    loss, _ = losses.distillation_loss(outputs, {})
+
+    def logits(image, text, scale):
+        image = image / np.linalg.norm(image, axis=1, keepdims=True)
+        text = text / np.linalg.norm(text, axis=1, keepdims=True)
+        return scale * image @ text.T / temperature
+
+    def kl(p_logits, q_logits):
+        log_p = p_logits - np.log(np.exp(p_logits).sum(1, keepdims=True))
+        log_q = q_logits - np.log(np.exp(q_logits).sum(1, keepdims=True))
+        return (np.exp(log_p) * (log_p - log_q)).sum(1).mean()
+
+    student, teacher = logits(s_image, s_text, 10.0), logits(t_image, t_text, 30.0)
+    expected = temperature ** 2 * 0.5 * (kl(teacher, student) + kl(teacher.T, student.T))
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+    same = dict(outputs, image_embedding=outputs["teacher_image_embedding"],
+                text_embedding=outputs["teacher_text_embedding"], logit_scale=jnp.asarray(30.0))
+    assert abs(float(losses.distillation_loss(same, {})[0])) < 1e-6
+    with pytest.raises(ValueError, match="config.distill.teacher"):
+        losses.distillation_loss({"image_embedding": 0}, {})
