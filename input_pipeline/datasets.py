@@ -23,6 +23,8 @@ import tensorflow_datasets as tfds
 from input_pipeline import preprocess, shapes, text
 
 EMBEDDED_DATASET = "mmjax_shapes"
+# Views of the embedded dataset's records under another name (same files, other examples).
+EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,24 @@ class Adapter:
     prompt_templates: tuple[str, ...] = ()
 
 
+def _shapes_vqa_example(features: dict) -> dict:
+    """The question of type (id mod 5) about the image, its caption's answer as the label."""
+    words = tf.strings.split(features["caption"])
+    kind = tf.cast(features["id"] % len(shapes.VQA_QUESTIONS), tf.int32)
+    # Caption: "{count} {size} {colour} {shape or plural} {position, 3 words}".
+    answer_word = tf.gather(words, tf.gather([2, 3, 0, 4, 1], kind))
+    position = tf.strings.reduce_join(words[4:], separator=" ")
+    answer = tf.where(kind == 3, position, answer_word)
+    keys = list(shapes.VQA_ANSWERS) + list(shapes.PLURALS.values())
+    values = list(range(len(shapes.VQA_ANSWERS))) + [shapes.VQA_ANSWERS.index(s)
+                                                     for s in shapes.PLURALS]
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(keys), tf.constant(values, tf.int64)), default_value=-1)
+    question = tf.gather(tf.constant(shapes.VQA_QUESTIONS), kind)
+    return {"image": features["image"], "captions": tf.reshape(question, [1]),
+            "label": table.lookup(answer), "id": features["id"]}
+
+
 ADAPTERS = {
     EMBEDDED_DATASET: Adapter(
         to_example=lambda f: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
@@ -63,6 +83,7 @@ ADAPTERS = {
         class_names=shapes.CLASS_NAMES,
         prompt_templates=shapes.PROMPT_TEMPLATES,
     ),
+    "mmjax_shapes_vqa": Adapter(to_example=_shapes_vqa_example),
 }
 
 
@@ -71,7 +92,8 @@ class RandomAccessSource:
 
     def __init__(self, spec: DatasetSpec, data_dir: str | None):
         base_name = spec.name.split("/")[0]
-        if base_name == EMBEDDED_DATASET:
+        stored_name = spec.name.replace(base_name, EMBEDDED_VIEWS.get(base_name, base_name), 1)
+        if stored_name.split("/")[0] == EMBEDDED_DATASET:
             config = spec.name.split("/")[1] if "/" in spec.name else "default"
             builder = shapes.prepare(data_dir, config)
         else:
@@ -97,7 +119,8 @@ class RandomAccessSource:
         self.spec = spec
         self.builder = builder
         self.adapter = ADAPTERS[base_name]
-        self.records = tfds.data_source(spec.name, split=spec.split, data_dir=data_dir).data_source
+        self.records = tfds.data_source(stored_name, split=spec.split,
+                                        data_dir=data_dir).data_source
         self.num_examples = len(self.records)
 
     def fetch(self, indices: np.ndarray) -> np.ndarray:

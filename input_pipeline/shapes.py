@@ -39,6 +39,11 @@ CLASS_PAIRS = tuple(itertools.product(COLORS, SHAPES))
 CLASS_NAMES = tuple(f"{color} {shape}" for color, shape in CLASS_PAIRS)
 # Zero-shot prompts: one object, every size and position, averaged (a prompt ensemble).
 PROMPT_TEMPLATES = tuple(f"one {size} {{}} {position}" for size in SIZES for position in POSITIONS)
+# A VQA-style view of the same images (`mmjax_shapes_vqa`): one question per image, chosen by its
+# id, whose answer only the image can give; answers are classes.
+VQA_QUESTIONS = ("what colour is it", "what shape is it", "how many are there", "where is it",
+                 "how big is it")
+VQA_ANSWERS = tuple(COLORS) + SHAPES + COUNTS + POSITIONS + tuple(SIZES)
 SPLIT_SEEDS = {"train": 0, "test": 1}
 TEST_UNSEEN_FRACTION = 0.25
 

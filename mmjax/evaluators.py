@@ -131,16 +131,26 @@ def evaluate_itm(context: EvalContext) -> dict[str, float]:
     return metrics
 
 
+def evaluate_classification(context: EvalContext) -> dict[str, float]:
+    """Accuracy of a classification head (fine-tuned fusion model) on the eval labels."""
+    if "class_logits" not in context.extra:
+        return {}
+    return {"classification_accuracy":
+            float((context.extra["class_logits"].argmax(1) == context.labels).mean())}
+
+
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "retrieval": evaluate_retrieval,
     "zeroshot": evaluate_zeroshot,
     "captioning": evaluate_captioning,
     "itm": evaluate_itm,
+    "classification": evaluate_classification,
 }
 
 
 # Evaluators that need a model with a particular head: name -> the models that have it.
-MODELS_FOR = {"captioning": ("coca",), "itm": ("fusion",)}
+MODELS_FOR = {"captioning": ("coca",), "itm": ("fusion", "fusion_classifier"),
+              "classification": ("fusion_classifier",)}
 
 
 def check_evaluator_names(names: Sequence[str], model_name: str | None = None) -> None:

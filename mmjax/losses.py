@@ -158,6 +158,18 @@ def mlm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
 
 
+def classification_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Cross-entropy of a classification head against the batch's labels."""
+    _require(outputs, "class_logits", "classification", "fusion_classifier")
+    logits, labels = outputs["class_logits"], batch["label"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, {"classification_loss": loss,
+                  "classification_accuracy": (logits.argmax(-1) == labels).mean()}
+
+
+# Losses that read the batch's labels (the trainer then feeds them to the train step).
+NEEDS_LABELS = ("classification",)
+
 LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
 LOSSES: dict[str, LossFn] = {
     "clip": clip_contrastive_loss,
@@ -166,6 +178,7 @@ LOSSES: dict[str, LossFn] = {
     "itm": itm_loss,
     "mlm": mlm_loss,
     "distill": distillation_loss,
+    "classification": classification_loss,
 }
 
 

@@ -242,11 +242,34 @@ class FusionModel(CLIP):
         return outputs
 
 
+class FusionClassifier(FusionModel):
+    """A classification head over the fusion encoder's first state: answers to questions about
+    an image (VQA-style), or any label that needs image and text together. Fine-tuned from a
+    fusion model's checkpoint through config.init_from."""
+
+    def __init__(self, *, num_classes: int, dtype: str = "float32", rngs: nnx.Rngs, **kwargs):
+        super().__init__(dtype=dtype, rngs=rngs, **kwargs)
+        self.classifier = layers.Dense(self.text_tower.width, num_classes, ("embed", None),
+                                       rngs=rngs, dtype=_lookup(DTYPES, dtype, "dtype"))
+
+    def classify(self, images, tokens) -> jax.Array:
+        _, image_aux = self.image_tower(images)
+        _, text_aux = self.text_tower(tokens)
+        fused = self.fusion_encoder(text_aux["tokens"], image_aux["tokens"],
+                                    self.text_lengths(tokens))
+        return self.classifier(fused[:, 0]).astype(jnp.float32)
+
+    def __call__(self, images, tokens, rng=None):
+        del rng
+        return {"class_logits": self.classify(images, tokens)}
+
+
 def _l2_normalize(x):
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
-MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel}
+MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
+          "fusion_classifier": FusionClassifier}
 
 
 def build_model(model_config, *, vocab_size: int, image_size: int, seed: int) -> nnx.Module:

@@ -185,8 +185,16 @@ class Trainer:
     def batch_sharding(self, ndim: int) -> NamedSharding:
         return sharding.batch_sharding(self.mesh, self.rules, ndim)
 
-    def global_batch(self, local_batch: dict[str, np.ndarray], keys=MODEL_INPUTS) -> dict:
+    @property
+    def model_inputs(self) -> dict[str, int]:
+        """The batch entries the train step takes (name -> ndim): labels only when a loss reads
+        them."""
+        needs_labels = any(name in losses.NEEDS_LABELS for name in self.loss_weights)
+        return {**MODEL_INPUTS, **({"label": 1} if needs_labels else {})}
+
+    def global_batch(self, local_batch: dict[str, np.ndarray], keys=None) -> dict:
         """This process's rows -> global arrays sharded along the batch axes."""
+        keys = self.model_inputs if keys is None else keys
         process_count = jax.process_count()
         return {
             key: jax.make_array_from_process_local_data(
@@ -276,7 +284,7 @@ class Trainer:
 
     @functools.cached_property
     def train_step(self) -> Callable:
-        batch_shardings = {k: self.batch_sharding(ndim) for k, ndim in MODEL_INPUTS.items()}
+        batch_shardings = {k: self.batch_sharding(ndim) for k, ndim in self.model_inputs.items()}
         in_shardings = (self.state_shardings, batch_shardings)
         if self.teacher is not None:
             in_shardings += (self.teacher[2],)
@@ -294,6 +302,8 @@ class Trainer:
                        "valid": batch["valid"]}
             if "captioning" in self.config.evals:
                 encoded["caption_tokens"] = self.generate(model, batch["image"])
+            if "classification" in self.config.evals:
+                encoded["class_logits"] = model.classify(batch["image"], batch["tokens"])
             if "itm" in self.config.evals:
                 encoded.update(self._matching_logits(model, batch, encoded))
             return encoded

@@ -122,3 +122,32 @@ def test_eval_pass_pads_the_last_batch(tfds_dir):
     valid = np.concatenate([b["valid"] for b in batches])
     ids = np.concatenate([b["id"] for b in batches])[valid]
     assert valid.sum() == 128 and sorted(ids) == list(range(128))
+
+
+def test_vqa_view_asks_questions_the_image_answers(tfds_dir):
+    """mmjax_shapes_vqa: the same records, one question per image, its answer as the label."""
+    from input_pipeline import datasets, shapes
+    from mmjax import tokenizers
+
+    source = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes_vqa/tiny:test",
+                                                             "test"), tfds_dir)
+    captions = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes/tiny:test",
+                                                               "test"), tfds_dir)
+    kinds_seen = set()
+    for index in range(30):
+        vqa = source.decode(source.fetch(np.array([index]))[0])
+        plain = captions.decode(captions.fetch(np.array([index]))[0])
+        words = plain["captions"][0].numpy().decode().split()
+        kind = int(vqa["id"]) % 5
+        kinds_seen.add(kind)
+        assert vqa["captions"][0].numpy().decode() == shapes.VQA_QUESTIONS[kind]
+        singular = {plural: shape for shape, plural in shapes.PLURALS.items()}
+        expected = {0: words[2], 1: singular.get(words[3], words[3]), 2: words[0],
+                    3: " ".join(words[4:]), 4: words[1]}[kind]
+        assert shapes.VQA_ANSWERS[int(vqa["label"])] == expected
+    assert kinds_seen == set(range(5))
+    vocabulary = tokenizers.WordTokenizer(12, os.path.join(
+        os.path.dirname(datasets.__file__), "shapes_vocabulary.txt"))
+    assert not (vocabulary(list(shapes.VQA_QUESTIONS)) == tokenizers.UNK_ID).any()
+    from configs import smoke_vqa
+    assert smoke_vqa.NUM_ANSWERS == len(shapes.VQA_ANSWERS)

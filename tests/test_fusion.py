@@ -222,12 +222,38 @@ def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path
     from mmjax import train
 
     config = _tiny_cross_modal_config(tiny_config, "fusion")
-    metrics = train.train_and_evaluate(config, str(tmp_path))
+    pretrained = tmp_path / "fusion"
+    metrics = train.train_and_evaluate(config, str(pretrained))
     assert 0.0 <= metrics["eval/mmjax_shapes/itm_accuracy"] <= 1.0
     assert 0.0 <= metrics["eval/mmjax_shapes/itm_hard_accuracy"] <= 1.0
     config.grad_accum_steps = 2
     with pytest.raises(ValueError, match="grad_accum_steps"):
         train.Trainer(config)
+    config.grad_accum_steps = 1
+
+    # Fine-tuning a VQA-style answer head from that checkpoint: towers and fusion encoder load,
+    # the head starts fresh, and the answers' accuracy is evaluated.
+    from input_pipeline import shapes
+    from mmjax import checkpoint
+
+    config.model.name = "fusion_classifier"
+    config.model.num_classes = len(shapes.VQA_ANSWERS)
+    config.data.train = "tfds:mmjax_shapes_vqa/tiny:train"
+    config.data.eval = "tfds:mmjax_shapes_vqa/tiny:test"
+    config.losses = {"classification": 1.0}
+    config.evals = ("classification",)
+    config.init_from.checkpoint = str(pretrained)
+    config.init_from.params = ("image_tower", "text_tower", "fusion_encoder")
+    trainer = train.Trainer(config)
+    manager = checkpoint.create_manager(str(tmp_path / "vqa"), max_to_keep=1)
+    state = trainer.initial_state(manager)
+    loaded = checkpoint.load_params(str(pretrained))
+    got = state["params"]["fusion_encoder"]["itm_head"]["kernel"][...]
+    np.testing.assert_array_equal(got, loaded["fusion_encoder/itm_head/kernel"])
+    manager.close()
+    metrics = train.train_and_evaluate(config, str(tmp_path / "vqa"))
+    assert 0.0 <= metrics["eval/mmjax_shapes_vqa/classification_accuracy"] <= 1.0
+
 
 
 def test_model_specific_evaluators_are_refused_for_other_models(tiny_config):

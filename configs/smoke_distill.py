@@ -1,0 +1,27 @@
+"""CPU smoke run of knowledge distillation: a student with under 1/4 of the smoke CLIP model's
+parameters learns from that model's similarity distributions plus the contrastive loss.
+
+python main.py --config=configs/smoke.py --workdir=workdir/smoke          # the teacher
+python main.py --config=configs/smoke_distill.py --workdir=workdir/smoke_distill
+(another teacher: --config.distill.teacher=DIR)
+"""
+
+import ml_collections
+
+from configs import smoke
+
+
+def get_config():
+    config = smoke.get_config()
+    config.name = "smoke_distill"
+    config.model.embed_dim = 32
+    config.model.image_tower.update(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2,
+                                    patch_size=4)
+    config.model.text_tower.update(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2)
+    config.losses = {"clip": 1.0, "distill": 1.0}
+    config.distill = ml_collections.ConfigDict(dict(
+        # A trained model's workdir (or checkpoints/STEP): its tokenizer and image size must match.
+        teacher="workdir/smoke",
+        # Softmax temperature applied to both models' scaled similarities.
+        temperature=1.0))
+    return config
