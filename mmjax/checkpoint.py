@@ -76,7 +76,17 @@ class BestCheckpoint:
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
     """Restores `step` onto the shardings of `abstract_state` (jax.ShapeDtypeStruct leaves)."""
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except ValueError as e:
+        if "not compatible with the stored shape" not in str(e):
+            raise
+        raise ValueError(
+            f"The checkpoint at step {step} in {manager.directory} does not fit this config's "
+            f"model ({e}). The model config or the tokenizer's vocabulary (which sets the "
+            "embedding size) differs from the run that saved it: run with that run's config "
+            "(--config=configs/from_workdir.py:WORKDIR) or its vocabulary "
+            "(--config.tokenizer.vocabulary_file=WORKDIR/vocabulary.txt).") from None
 
 
 def abstract_with_shardings(abstract_state, shardings):

@@ -153,6 +153,13 @@ def test_checkpoint_from_8_fsdp_devices_restores_on_fewer(fsdp_run, tiny_config,
             assert metrics[name] == pytest.approx(value, abs=1e-5), name
 
 
+def test_a_checkpoint_that_does_not_fit_the_config_names_the_fix(fsdp_run, tiny_config):
+    workdir, _ = fsdp_run
+    tiny_config.model.text_tower.width = 48
+    with pytest.raises(ValueError, match="does not fit this config's model.*from_workdir.py"):
+        train.evaluate_checkpoint(tiny_config, workdir)
+
+
 def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(fsdp_run, tiny_config, tmp_path):
     from mmjax import checkpoint
 
