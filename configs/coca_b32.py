@@ -4,17 +4,10 @@ multimodal decoder, contrastive + 2 x captioning.
 python main.py --config=configs/coca_b32.py --workdir=DIR --config.data.train=tfds:...
 """
 
-import ml_collections
-
-from configs import clip_b16
+from configs import clip_b16, smoke_coca
 
 
 def get_config():
-    config = clip_b16.get_config(patch_size=32)
+    config = smoke_coca.as_coca(clip_b16.get_config(patch_size=32), decoder_depth=12)
     config.name = "coca_b32"
-    config.model.name = "coca"
-    config.model.decoder = ml_collections.ConfigDict(dict(depth=12))
-    config.losses = {"clip": 1.0, "caption": 2.0}
-    config.evals = ("retrieval", "zeroshot", "captioning")
-    config.caption = ml_collections.ConfigDict(dict(beam_size=1))
     return config

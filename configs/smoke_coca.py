@@ -9,15 +9,20 @@ import ml_collections
 from configs import smoke
 
 
-def get_config():
-    config = smoke.get_config()
-    config.name = "smoke_coca"
+def as_coca(config, decoder_depth: int):
+    """A CLIP config made CoCa (also used by configs/coca_b32.py)."""
     config.model.name = "coca"
     # The multimodal decoder: its width and heads are the text tower's; depth is its own.
-    config.model.decoder = ml_collections.ConfigDict(dict(depth=2))
+    config.model.decoder = ml_collections.ConfigDict(dict(depth=decoder_depth))
     # CoCa weights captioning twice as much as the contrastive loss.
     config.losses = {"clip": 1.0, "caption": 2.0}
     config.evals = ("retrieval", "zeroshot", "captioning")
     # Caption generation (eval and --mode=caption): 1 is greedy, more is beam search.
     config.caption = ml_collections.ConfigDict(dict(beam_size=1))
+    return config
+
+
+def get_config():
+    config = as_coca(smoke.get_config(), decoder_depth=2)
+    config.name = "smoke_coca"
     return config

@@ -45,17 +45,23 @@ def mask_tokens(rng: jax.Array, tokens: jax.Array, vocab_size: int, probability:
     return jnp.where(selected, replaced, tokens), selected.astype(jnp.float32)
 
 
+def cross_attention_stack(*, width: int, depth: int, num_heads: int, mlp_dim: int,
+                          image_width: int, rngs: nnx.Rngs, dtype=jnp.float32,
+                          activation: str = "gelu", remat: str = "none", scan_layers: bool = False,
+                          attention_implementation: str | None = None,
+                          norm_epsilon: float = 1e-6) -> layers.Transformer:
+    """Blocks of self-attention, cross-attention to image tokens of `image_width`, and MLP."""
+    return layers.Transformer(
+        width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
+        remat=remat, scan_layers=scan_layers, context_width=image_width,
+        attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
+
+
 class CaptionDecoder(nnx.Module):
-    def __init__(self, *, width: int, depth: int, num_heads: int, mlp_dim: int, image_width: int,
-                 vocab_size: int, dtype=jnp.float32, activation: str = "gelu",
-                 remat: str = "none", scan_layers: bool = False,
-                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
-                 rngs: nnx.Rngs):
-        self.transformer = layers.Transformer(
-            width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
-            remat=remat, scan_layers=scan_layers, context_width=image_width,
-            attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
-        self.head = layers.Dense(width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
+    def __init__(self, *, vocab_size: int, rngs: nnx.Rngs, dtype=jnp.float32, **stack):
+        self.transformer = cross_attention_stack(rngs=rngs, dtype=dtype, **stack)
+        self.head = layers.Dense(stack["width"], vocab_size, ("embed", "vocab"), rngs=rngs,
+                                 dtype=dtype)
 
     def __call__(self, text_hidden: jax.Array, image_tokens: jax.Array) -> jax.Array:
         """Next-token logits (float32) at every position of the text."""
@@ -75,15 +81,9 @@ class CaptionDecoder(nnx.Module):
 
 
 class FusionEncoder(nnx.Module):
-    def __init__(self, *, width: int, depth: int, num_heads: int, mlp_dim: int, image_width: int,
-                 vocab_size: int, dtype=jnp.float32, activation: str = "gelu",
-                 remat: str = "none", scan_layers: bool = False,
-                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
-                 rngs: nnx.Rngs):
-        self.transformer = layers.Transformer(
-            width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
-            remat=remat, scan_layers=scan_layers, context_width=image_width,
-            attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
+    def __init__(self, *, vocab_size: int, rngs: nnx.Rngs, dtype=jnp.float32, **stack):
+        self.transformer = cross_attention_stack(rngs=rngs, dtype=dtype, **stack)
+        width = stack["width"]
         self.itm_head = layers.Dense(width, 2, ("embed", None), rngs=rngs, dtype=dtype)
         self.mlm_head = layers.Dense(width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
 
