@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from mmjax import caption_metrics
+
 
 def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -101,8 +103,9 @@ def caption_token_accuracy(generated: np.ndarray, references: np.ndarray, eot_id
 
 
 def evaluate_captioning(context: EvalContext) -> dict[str, float]:
-    """Greedy (or beam) captions against the references, and the constant-caption baseline:
-    the eval split's most frequent caption predicted for every image."""
+    """Greedy (or beam) captions against the references (token accuracy, exact match, BLEU-4,
+    CIDEr), and the same for the constant-caption baseline: the eval split's most frequent
+    caption predicted for every image."""
     if "caption_tokens" not in context.extra or context.tokens is None:
         return {}
     references, eot_id = context.tokens, context.tokenizer.eot_id
@@ -110,9 +113,17 @@ def evaluate_captioning(context: EvalContext) -> dict[str, float]:
     rows, counts = np.unique(references, axis=0, return_counts=True)
     constant = np.broadcast_to(rows[counts.argmax()], references.shape)
     baseline, baseline_exact = caption_token_accuracy(constant, references, eot_id)
+    decode = context.tokenizer.decode
+    reference_texts = [[decode(row)] for row in references]
+    generated_texts = [decode(row) for row in context.extra["caption_tokens"]]
+    constant_texts = [decode(rows[counts.argmax()])] * len(references)
     return {"caption_token_accuracy": accuracy, "caption_exact_match": exact,
+            "caption_bleu4": caption_metrics.bleu(generated_texts, reference_texts)[3],
+            "caption_cider": caption_metrics.cider(generated_texts, reference_texts),
             "caption_baseline_token_accuracy": baseline,
-            "caption_baseline_exact_match": baseline_exact}
+            "caption_baseline_exact_match": baseline_exact,
+            "caption_baseline_bleu4": caption_metrics.bleu(constant_texts, reference_texts)[3],
+            "caption_baseline_cider": caption_metrics.cider(constant_texts, reference_texts)}
 
 
 def evaluate_itm(context: EvalContext) -> dict[str, float]:

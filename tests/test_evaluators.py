@@ -48,3 +48,22 @@ def test_zeroshot_with_prompt_ensemble():
 def test_unknown_evaluator_names_list_the_valid_ones():
     with pytest.raises(ValueError, match=r"\['bleu'\].*\['retrieval', 'zeroshot'\]"):
         evaluators.check_evaluator_names(["retrieval", "bleu"])
+
+
+def test_bleu_and_cider_equal_pycocoevalcap_on_a_fixture():
+    """Values written by scripts/make_caption_metrics_fixture.py with pycocoevalcap 1.2."""
+    import json
+    import os
+
+    from mmjax import caption_metrics
+
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "caption_metrics.json")) as f:
+        fixture = json.load(f)
+    bleu = caption_metrics.bleu(fixture["hypotheses"], fixture["references"])
+    np.testing.assert_allclose(bleu, fixture["bleu"], rtol=1e-9)
+    cider = caption_metrics.cider(fixture["hypotheses"], fixture["references"])
+    np.testing.assert_allclose(cider, fixture["cider"], rtol=1e-9)
+    # Perfect captions: BLEU 1 and CIDEr 10 when each image's one reference is unique.
+    refs = [["a red circle on the left"], ["two blue squares at the top now"]]
+    assert caption_metrics.bleu([r[0] for r in refs], refs)[3] == pytest.approx(1.0)
+    assert caption_metrics.cider([r[0] for r in refs], refs) == pytest.approx(10.0)

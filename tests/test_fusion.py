@@ -205,8 +205,9 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     config = _tiny_cross_modal_config(tiny_config, "coca")
     metrics = train.train_and_evaluate(config, str(tmp_path))
     for name in ("caption_token_accuracy", "caption_baseline_token_accuracy",
-                 "caption_exact_match", "i2t_recall@1"):
+                 "caption_exact_match", "caption_bleu4", "i2t_recall@1"):
         assert 0.0 <= metrics[f"eval/mmjax_shapes/{name}"] <= 1.0
+    assert metrics["eval/mmjax_shapes/caption_cider"] >= 0.0
     history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert all("train/caption_loss" in row for row in history if "train/loss" in row)
 
