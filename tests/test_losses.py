@@ -134,3 +134,14 @@ def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
     assert abs(float(losses.distillation_loss(same, {})[0])) < 1e-6
     with pytest.raises(ValueError, match="config.distill.teacher"):
         losses.distillation_loss({"image_embedding": 0}, {})
+
+
+def test_classification_loss_matches_numpy():
+    rng = np.random.default_rng(4)
+    logits, labels = rng.normal(size=(6, 5)), np.array([0, 4, 2, 2, 1, 3])
+    loss, metrics = losses.classification_loss({"class_logits": jnp.asarray(logits)},
+                                               {"label": jnp.asarray(labels)})
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(float(loss), -log_probs[np.arange(6), labels].mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["classification_accuracy"]),
+                               (logits.argmax(1) == labels).mean())
