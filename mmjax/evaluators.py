@@ -31,7 +31,7 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
 
 
 def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                      ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Image->text and text->image recall@k where image i is paired with text i."""
     similarity = normalize(image_embeddings) @ normalize(text_embeddings).T
     metrics = {"num_candidates": float(similarity.shape[0])}
@@ -44,10 +44,15 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
 
 def zeroshot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
                      labels: np.ndarray) -> dict[str, float]:
-    """Top-1 / top-5 accuracy of classifying images by their nearest class embedding."""
+    """Top-1 / top-5 and mean per-class accuracy of classifying images by their nearest class
+    embedding."""
     scores = normalize(image_embeddings) @ normalize(class_embeddings).T
     order = np.argsort(-scores, axis=1, kind="stable")
-    metrics = {"zeroshot_top1": float((order[:, 0] == labels).mean())}
+    correct = order[:, 0] == labels
+    metrics = {"zeroshot_top1": float(correct.mean()),
+               # Each class weighs the same, however many images it has.
+               "zeroshot_mean_per_class": float(np.mean([correct[labels == c].mean()
+                                                         for c in np.unique(labels)]))}
     if scores.shape[1] > 5:
         metrics["zeroshot_top5"] = float((order[:, :5] == labels[:, None]).any(axis=1).mean())
     return metrics

@@ -31,7 +31,7 @@ def test_retrieval_metrics_names_and_candidates():
     assert metrics["num_candidates"] == 5
     assert metrics["i2t_recall@1"] == pytest.approx(0.6)
     assert metrics["t2i_recall@1"] == pytest.approx(0.6)
-    assert metrics["i2t_recall@5"] == 1.0
+    assert metrics["i2t_recall@5"] == 1.0 and metrics["t2i_recall@10"] == 1.0
 
 
 def test_zeroshot_with_prompt_ensemble():
@@ -42,11 +42,13 @@ def test_zeroshot_with_prompt_ensemble():
         image_embeddings=np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 0.2]]),
         text_embeddings=np.zeros((3, 2)), labels=np.array([0, 1, 1]), class_names=classes,
         prompt_templates=["a {}", "the {}"], encode_texts=encode_texts)
-    assert evaluators.evaluate_zeroshot(context) == {"zeroshot_top1": pytest.approx(2 / 3)}
+    assert evaluators.evaluate_zeroshot(context) == {
+        "zeroshot_top1": pytest.approx(2 / 3),
+        "zeroshot_mean_per_class": pytest.approx((1 / 1 + 1 / 2) / 2)}
 
 
 def test_unknown_evaluator_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"\['bleu'\].*\['retrieval', 'zeroshot'\]"):
+    with pytest.raises(ValueError, match=r"\['bleu'\].*'retrieval', 'zeroshot'\]"):
         evaluators.check_evaluator_names(["retrieval", "bleu"])
 
 
