@@ -71,9 +71,22 @@ class EvalContext:
     tokens: np.ndarray | None = None
     extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     tokenizer: object = None
+    # What evaluators leave for the report (examples, per-class numbers), by evaluator name.
+    details: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+
+def example_queries(count: int, num: int = 4) -> np.ndarray:
+    """Indices of `num` queries spread over the eval set, for the report's examples."""
+    return np.unique(np.linspace(0, count - 1, num).astype(int))
 
 
 def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
+    similarity = normalize(context.image_embeddings) @ normalize(context.text_embeddings).T
+    queries = example_queries(len(similarity))
+    context.details["retrieval"] = {
+        "similarity": similarity[:32, :32], "queries": queries,
+        "i2t_top5": np.argsort(-similarity[queries], axis=1, kind="stable")[:, :5],
+        "t2i_top5": np.argsort(-similarity.T[queries], axis=1, kind="stable")[:, :5]}
     return retrieval_metrics(context.image_embeddings, context.text_embeddings)
 
 
@@ -88,7 +101,14 @@ def class_embeddings(context: EvalContext) -> np.ndarray:
 def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
     if not context.class_names:
         return {}
-    return zeroshot_metrics(context.image_embeddings, class_embeddings(context), context.labels)
+    classes = class_embeddings(context)
+    predicted = np.argmax(normalize(context.image_embeddings) @ classes.T, axis=1)
+    context.details["zeroshot"] = {
+        "class_names": list(context.class_names), "class_embeddings": classes,
+        "per_class_accuracy": [float((predicted[context.labels == c] == c).mean())
+                               if (context.labels == c).any() else float("nan")
+                               for c in range(len(context.class_names))]}
+    return zeroshot_metrics(context.image_embeddings, classes, context.labels)
 
 
 def caption_token_accuracy(generated: np.ndarray, references: np.ndarray, eot_id: int):
@@ -122,6 +142,8 @@ def evaluate_captioning(context: EvalContext) -> dict[str, float]:
     reference_texts = [[decode(row)] for row in references]
     generated_texts = [decode(row) for row in context.extra["caption_tokens"]]
     constant_texts = [decode(rows[counts.argmax()])] * len(references)
+    context.details["captioning"] = {"examples": [
+        (reference_texts[i][0], generated_texts[i]) for i in example_queries(len(references), 8)]}
     return {"caption_token_accuracy": accuracy, "caption_exact_match": exact,
             "caption_bleu4": caption_metrics.bleu(generated_texts, reference_texts)[3],
             "caption_cider": caption_metrics.cider(generated_texts, reference_texts),

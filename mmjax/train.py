@@ -360,15 +360,25 @@ class Trainer:
         return np.concatenate(outputs)[: len(texts)]
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, params, eval_data) -> dict[str, float]:
-        """Encodes one pass of the eval set and runs every configured evaluator on it."""
+    def evaluate(self, params, eval_data, report: dict | None = None) -> dict[str, float]:
+        """Encodes one pass of the eval set and runs every configured evaluator on it.
+
+        `report`, if given, is filled with what the evaluation report shows: the evaluators'
+        details, the embeddings, image thumbnails and the reference captions.
+        """
         parts: dict[str, list[np.ndarray]] = {}
+        thumbnails = []
         for local_batch in eval_data.batches():
             encoded = jax.device_get(self.encode_step(
                 params, self.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
             valid = encoded.pop("valid")
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value[valid])
+            if report is not None:
+                local = report_thumbnails(local_batch["image"],
+                                          self.config.data.get("normalization", "minus_one_one"))
+                thumbnails.append(multihost_utils.process_allgather(local, tiled=True)[valid]
+                                  if jax.process_count() > 1 else local[valid])
         outputs = {key: np.concatenate(value) for key, value in parts.items()}
         context = evaluators.EvalContext(
             image_embeddings=outputs.pop("image"),
@@ -385,7 +395,26 @@ class Trainer:
         for name in self.config.evals:
             for metric, value in evaluators.EVALUATORS[name](context).items():
                 metrics[f"eval/{eval_data.name}/{metric}"] = value
+        if report is not None:
+            report.update(details=context.details, thumbnails=np.concatenate(thumbnails),
+                          image_embeddings=context.image_embeddings,
+                          text_embeddings=context.text_embeddings, labels=context.labels,
+                          captions=[self.tokenizer.decode(row) for row in context.tokens],
+                          dataset=eval_data.name)
         return metrics
+
+
+def report_thumbnails(images: np.ndarray, normalization: str, size: int = 48) -> np.ndarray:
+    """Normalised eval images back to uint8, shrunk to at most `size` pixels (box filter)."""
+    mean, std = models.image_normalization(normalization)
+    pixels = np.clip(np.asarray(images) * np.asarray(std) + np.asarray(mean), 0, 255)
+    factor = max(1, -(-pixels.shape[1] // size))
+    if factor > 1:
+        n, h, w, c = pixels.shape
+        h, w = h // factor * factor, w // factor * factor
+        pixels = pixels[:, :h, :w].reshape(n, h // factor, factor, w // factor, factor, c)
+        pixels = pixels.mean(axis=(2, 4))
+    return pixels.round().astype(np.uint8)
 
 
 def _comparable(value):
@@ -606,7 +635,8 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
 
 
 def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
-    """`--mode=eval`: evaluates the workdir's latest checkpoint and writes eval_results.json.
+    """`--mode=eval`: evaluates the workdir's latest checkpoint; writes eval_results.json, the
+    embeddings (eval_embeddings.npz) and the report (eval_report.md with PNG figures).
 
     The checkpoint may come from any mesh; it is laid out for this one (`mesh`, or config.mesh).
     """
@@ -614,11 +644,23 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
 
     trainer = Trainer(config, mesh=mesh)
     manager, step, state = _restore_latest(trainer, workdir)
-    metrics = trainer.evaluate(state["params"], pipeline.eval_data(config, trainer.tokenizer))
+    details: dict = {}
+    metrics = trainer.evaluate(state["params"], pipeline.eval_data(config, trainer.tokenizer),
+                               report=details)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "eval_results.json"), "w") as f:
             json.dump({"step": step, **metrics}, f, indent=2)
+        np.savez(os.path.join(workdir, "eval_embeddings.npz"),
+                 image=details["image_embeddings"], text=details["text_embeddings"],
+                 labels=details["labels"], **({"class_embeddings": details["details"]["zeroshot"]
+                                               ["class_embeddings"]}
+                                              if "zeroshot" in details["details"] else {}))
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}")
+        from mmjax import report  # matplotlib is loaded only to write the report
+
+        path = report.write_report(workdir, step=step, metrics=metrics, details=details,
+                                   config_name=config.get("name", ""))
+        print(f"Report: {path}")
     manager.close()
     return metrics

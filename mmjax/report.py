@@ -1,0 +1,202 @@
+"""The evaluation report: WORKDIR/eval_report.md with one table per evaluator and PNG figures.
+
+Figures (written next to the report, under WORKDIR/report/):
+- retrieval examples: text queries with their top-5 images and image queries with their top-5
+  captions, the correct one marked in green;
+- the image-text similarity matrix of the first 32 pairs (matches on the diagonal);
+- zero-shot accuracy per class;
+- training curves from WORKDIR/metrics.jsonl.
+Written by `python main.py --mode=eval`; needs matplotlib, imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+MATCH, MISS = "#1a9850", "#d73027"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _evaluator_of(metric: str) -> str:
+    name = metric.split("/")[-1]
+    for prefix, evaluator in (("i2t_", "retrieval"), ("t2i_", "retrieval"),
+                              ("num_candidates", "retrieval"), ("zeroshot", "zero-shot"),
+                              ("caption", "captioning"), ("itm", "image-text matching"),
+                              ("classification", "classification")):
+        if name.startswith(prefix):
+            return evaluator
+    return "other"
+
+
+def retrieval_figure(plt, path: str, details: dict, thumbnails: np.ndarray, captions: list):
+    queries = details["queries"]
+    rows = len(queries)
+    fig, axes = plt.subplots(2 * rows, 6, figsize=(13, 2.1 * 2 * rows))
+    for row, query in enumerate(queries):
+        # Text -> image: the caption, then the five best images.
+        ax = axes[row, 0]
+        ax.axis("off")
+        ax.text(0.0, 0.5, "\n".join(_wrap(captions[query], 22)), va="center", fontsize=9)
+        ax.set_title("text query" if row == 0 else "", fontsize=9, loc="left")
+        for rank, index in enumerate(details["t2i_top5"][row]):
+            ax = axes[row, rank + 1]
+            ax.imshow(thumbnails[index], interpolation="nearest")
+            _frame(ax, MATCH if index == query else MISS)
+            ax.set_title(f"#{rank + 1}" + (" (correct)" if index == query else ""), fontsize=8)
+        # Image -> text: the image, then the five best captions.
+        ax = axes[rows + row, 0]
+        ax.imshow(thumbnails[query], interpolation="nearest")
+        _frame(ax, "black")
+        ax.set_title("image query" if row == 0 else "", fontsize=9, loc="left")
+        for rank, index in enumerate(details["i2t_top5"][row]):
+            ax = axes[rows + row, rank + 1]
+            ax.axis("off")
+            ax.text(0.0, 0.5, f"#{rank + 1}\n" + "\n".join(_wrap(captions[index], 20)),
+                    va="center", fontsize=8, color=MATCH if index == query else MISS)
+    fig.suptitle("Retrieval: top-5 for each query (green: the query's own pair; another image's "
+                 "identical caption counts as a miss, as in recall@k)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _frame(ax, color):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(3)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def similarity_figure(plt, path: str, similarity: np.ndarray):
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    image = ax.imshow(similarity, cmap="viridis")
+    fig.colorbar(image, ax=ax, label="cosine similarity")
+    ax.set_xlabel("text index")
+    ax.set_ylabel("image index")
+    ax.set_title(f"Image-text similarity, first {len(similarity)} pairs\n(matches on the diagonal)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def per_class_figure(plt, path: str, class_names: list, accuracy: list):
+    order = np.argsort(np.nan_to_num(accuracy, nan=-1.0))
+    fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.22 * len(class_names) + 1)))
+    ax.barh(np.arange(len(order)), np.asarray(accuracy)[order], color="#4575b4")
+    ax.set_yticks(np.arange(len(order)), [class_names[i] for i in order], fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("zero-shot accuracy")
+    ax.set_title("Zero-shot accuracy per class", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def curves_figure(plt, path: str, history: list[dict]) -> bool:
+    train = [(row["step"], row["train/loss"]) for row in history if "train/loss" in row]
+    eval_names = sorted({k for row in history for k in row
+                         if k.startswith("eval/") and not k.endswith(("seconds", "num_candidates"))})
+    if not train:
+        return False
+    panels = 1 + (1 if eval_names else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 3.8), squeeze=False)
+    steps, values = zip(*train)
+    axes[0, 0].plot(steps, values, color="#4575b4")
+    axes[0, 0].set_xlabel("step")
+    axes[0, 0].set_ylabel("train/loss")
+    axes[0, 0].set_title("Training loss", fontsize=10)
+    if eval_names:
+        ax = axes[0, 1]
+        for name in eval_names:
+            points = [(row["step"], row[name]) for row in history if name in row]
+            if all(0.0 <= v <= 1.0 for _, v in points):
+                ax.plot(*zip(*points), marker="o", markersize=3, label=name.split("/")[-1])
+        ax.set_xlabel("step")
+        ax.set_ylim(0, 1)
+        ax.set_title("Held-out metrics", fontsize=10)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
+                 config_name: str = "") -> str:
+    """Writes WORKDIR/eval_report.md and its figures; returns the report's path."""
+    plt = _pyplot()
+    figures_dir = os.path.join(workdir, "report")
+    os.makedirs(figures_dir, exist_ok=True)
+    evaluator_details = details.get("details", {})
+    lines = [f"# Evaluation report: {config_name or os.path.basename(workdir)}", "",
+             f"Checkpoint step {step}, dataset `{details.get('dataset', '')}`, "
+             f"{len(details.get('labels', []))} examples. All numbers: `eval_results.json`.", ""]
+
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for name, value in metrics.items():
+        if not name.endswith("/seconds"):
+            groups.setdefault(_evaluator_of(name), []).append((name.split("/")[-1], value))
+    for group, rows in groups.items():
+        lines += [f"## {group}", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {name} | {_format(value)} |" for name, value in rows]
+        lines.append("")
+        if group == "retrieval" and "retrieval" in evaluator_details:
+            retrieval = evaluator_details["retrieval"]
+            retrieval_figure(plt, os.path.join(figures_dir, "retrieval_examples.png"), retrieval,
+                             details["thumbnails"], details["captions"])
+            similarity_figure(plt, os.path.join(figures_dir, "similarity.png"),
+                              retrieval["similarity"])
+            lines += ["![retrieval examples](report/retrieval_examples.png)", "",
+                      "![similarity matrix](report/similarity.png)", ""]
+        if group == "captioning" and "captioning" in evaluator_details:
+            lines += ["| reference | generated |", "| --- | --- |"]
+            lines += [f"| {reference} | {generated} |"
+                      for reference, generated in evaluator_details["captioning"]["examples"]]
+            lines.append("")
+        if group == "zero-shot" and "zeroshot" in evaluator_details:
+            zeroshot = evaluator_details["zeroshot"]
+            per_class_figure(plt, os.path.join(figures_dir, "zeroshot_per_class.png"),
+                             zeroshot["class_names"], zeroshot["per_class_accuracy"])
+            lines += ["![zero-shot accuracy per class](report/zeroshot_per_class.png)", ""]
+
+    history_path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(history_path):
+        with open(history_path) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+        if curves_figure(plt, os.path.join(figures_dir, "training_curves.png"), history):
+            lines += ["## training", "", "![training curves](report/training_curves.png)", ""]
+    path = os.path.join(workdir, "eval_report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def _format(value) -> str:
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
