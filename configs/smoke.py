@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.normalization = "minus_one_one"
     # Global batch size for evaluation (the last batch is padded, never dropped).
     config.data.eval_batch_size = 250
+    # The linear probe's labelled training images: the first probe_examples of probe_train
+    # (None: config.data.train).
+    config.data.probe_train = ml_collections.config_dict.placeholder(str)
+    config.data.probe_examples = 2000
 
     config.tokenizer = ml_collections.ConfigDict()
     # 'words' (a vocabulary file) or 'bytes' (no file).
@@ -80,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Objectives and their weights, by name in mmjax.losses.LOSSES.
     config.losses = ml_collections.ConfigDict(dict(clip=1.0))
     # Evaluators, by name in mmjax.evaluators.EVALUATORS.
-    config.evals = ("retrieval", "zeroshot")
+    config.evals = ("retrieval", "zeroshot", "linear_probe")
 
     # Peak learning rate after linear warmup, then cosine decay to end_learning_rate_factor x it.
     config.learning_rate = 2e-3

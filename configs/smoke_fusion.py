@@ -16,6 +16,8 @@ def get_config():
     config.model.text_tower.causal = False
     config.model.fusion_encoder = ml_collections.ConfigDict(dict(depth=2))
     config.model.mask_probability = 0.15
+    # ITM negatives: this share mined from the contrastive similarities (hard), the rest uniform.
+    config.model.hard_negative_fraction = 0.5
     config.losses = {"clip": 1.0, "itm": 1.0, "mlm": 1.0}
     config.evals = ("retrieval", "zeroshot", "itm")
     return config

@@ -190,16 +190,18 @@ def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: i
 
 def eval_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: int,
                  image_size: int, process_index: int = 0, process_count: int = 1,
-                 normalization: str = "minus_one_one"):
-    """One pass in order; the last global batch is padded and marked by `valid` = False."""
+                 normalization: str = "minus_one_one", max_examples: int | None = None):
+    """One pass in order over the first `max_examples` (all if None); the last global batch is
+    padded and marked by `valid` = False."""
     local_batch_size = global_batch_size // process_count
-    num_batches = -(-source.num_examples // global_batch_size)
+    num_examples = min(source.num_examples, max_examples or source.num_examples)
+    num_batches = -(-num_examples // global_batch_size)
     tokenize = text.make_tokenize_fn(tokenizer)
 
     def local_positions(batch_index):
         first = batch_index * global_batch_size + process_index * local_batch_size
         positions = tf.range(first, first + local_batch_size, dtype=tf.int64)
-        return positions, positions % source.num_examples
+        return positions, positions % num_examples
 
     def process(example, position):
         return {
@@ -207,7 +209,7 @@ def eval_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: in
             "tokens": tokenize(example["captions"][0]),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
-            "valid": position < source.num_examples,
+            "valid": position < num_examples,
         }
 
     batches = tf.data.Dataset.range(num_batches).map(local_positions)

@@ -36,13 +36,18 @@ class EvalData:
     class_names: tuple[str, ...]
     prompt_templates: tuple[str, ...]
     num_examples: int
+    # Labelled training examples for the linear probe (config.evals has "linear_probe").
+    probe: "EvalData | None" = None
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         return self.dataset.as_numpy_iterator()
 
 
-def eval_data(config, tokenizer) -> EvalData:
-    spec = datasets.parse_spec(config.data.eval, "test")
+def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "test",
+              max_examples: int | None = None) -> EvalData:
+    """The eval split (config.data.eval), or another `spec`'s first `max_examples` (the
+    linear probe's training features)."""
+    spec = datasets.parse_spec(spec or config.data.eval, default_split)
     source = datasets.RandomAccessSource(spec, _data_dir(config))
     batch_size = config.data.eval_batch_size
     if batch_size % jax.process_count():
@@ -51,6 +56,12 @@ def eval_data(config, tokenizer) -> EvalData:
     dataset = datasets.eval_dataset(
         source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        normalization=config.data.normalization)
+        normalization=config.data.normalization, max_examples=max_examples)
     class_names, templates = datasets.zeroshot_prompts(source)
-    return EvalData(spec.short_name, dataset.cache(), class_names, templates, source.num_examples)
+    probe = None
+    if "linear_probe" in config.evals and max_examples is None:
+        probe = eval_data(config, tokenizer, spec=config.data.get("probe_train") or
+                          config.data.train, default_split="train",
+                          max_examples=config.data.get("probe_examples", 5000))
+    return EvalData(spec.short_name, dataset.cache(), class_names, templates,
+                    min(source.num_examples, max_examples or source.num_examples), probe)

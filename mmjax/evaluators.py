@@ -177,12 +177,67 @@ def evaluate_classification(context: EvalContext) -> dict[str, float]:
             float((context.extra["class_logits"].argmax(1) == context.labels).mean())}
 
 
+def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
+                         test_features: np.ndarray, test_labels: np.ndarray,
+                         l2_values: Sequence[float] = (1e-6, 1e-4, 1e-2, 1.0),
+                         steps: int = 300) -> dict[str, float]:
+    """Logistic regression on frozen features: the L2 weight is picked on a held-out fifth of
+    the training features, then the classifier is refitted on all of them and tested."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
+    standardize = lambda x: jnp.asarray((x - mean) / std, jnp.float32)
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+
+    @jax.jit
+    def fit(x, y, l2):
+        params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+        optimizer = optax.adam(0.05)
+
+        def loss(params):
+            logits = x @ params[0] + params[1]
+            return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+                    + l2 * jnp.sum(params[0] ** 2))
+
+        def step(carry, _):
+            params, state = carry
+            updates, state = optimizer.update(jax.grad(loss)(params), state)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
+        return params
+
+    def accuracy(params, x, y):
+        return float(jnp.mean(jnp.argmax(x @ params[0] + params[1], axis=1) == y))
+
+    order = np.random.default_rng(0).permutation(len(train_labels))
+    split = len(order) * 4 // 5
+    fit_part, held_part = order[:split], order[split:]
+    x_fit, x_held = standardize(train_features[fit_part]), standardize(train_features[held_part])
+    held_accuracy = {l2: accuracy(fit(x_fit, train_labels[fit_part], l2), x_held,
+                                  train_labels[held_part]) for l2 in l2_values}
+    best = max(l2_values, key=lambda l2: (held_accuracy[l2], l2))
+    params = fit(standardize(train_features), train_labels, best)
+    return {"linear_probe_top1": accuracy(params, standardize(test_features), test_labels),
+            "linear_probe_l2": float(best)}
+
+
+def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
+    if "probe_features" not in context.extra:
+        return {}
+    return linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
+                                context.image_embeddings, context.labels)
+
+
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "retrieval": evaluate_retrieval,
     "zeroshot": evaluate_zeroshot,
     "captioning": evaluate_captioning,
     "itm": evaluate_itm,
     "classification": evaluate_classification,
+    "linear_probe": evaluate_linear_probe,
 }
 
 

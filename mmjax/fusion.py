@@ -17,12 +17,18 @@ from mmjax import layers, tokenizers
 
 
 def sample_hard_negatives(rng: jax.Array, similarity: jax.Array, excluded: jax.Array,
-                          scale: jax.Array) -> jax.Array:
+                          scale: jax.Array, hard_fraction: float = 1.0) -> jax.Array:
     """For each row, a column drawn with probability ∝ exp(scale * similarity), never an
     excluded one (the row's own match, identical captions); rows with no candidate take the
-    next example."""
-    logits = jnp.where(excluded, -jnp.inf, scale * similarity)
-    drawn = jnp.argmax(logits + jax.random.gumbel(rng, logits.shape), axis=1)
+    next example. With `hard_fraction` < 1 that share of rows draws so and the others draw
+    uniformly among the allowed columns (easy negatives, so matching can start to learn)."""
+    hard_rng, uniform_rng, choice_rng = jax.random.split(rng, 3)
+    hard = jnp.where(excluded, -jnp.inf, scale * similarity)
+    uniform = jnp.where(excluded, -jnp.inf, 0.0)
+    is_hard = jax.random.uniform(choice_rng, (similarity.shape[0], 1)) < hard_fraction
+    logits = jnp.where(is_hard, hard + jax.random.gumbel(hard_rng, hard.shape),
+                       uniform + jax.random.gumbel(uniform_rng, uniform.shape))
+    drawn = jnp.argmax(logits, axis=1)
     fallback = (jnp.arange(similarity.shape[0]) + 1) % similarity.shape[1]
     return jnp.where(jnp.all(excluded, axis=1), fallback, drawn)
 

@@ -176,7 +176,7 @@ class FusionModel(CLIP):
     def __init__(self, *, fusion_encoder, dtype: str = "float32", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
                  mask_probability: float = 0.15, mask_token_id: int = tokenizers.UNK_ID,
-                 rngs: nnx.Rngs, **clip_kwargs):
+                 hard_negative_fraction: float = 1.0, rngs: nnx.Rngs, **clip_kwargs):
         super().__init__(dtype=dtype, remat=remat, scan_layers=scan_layers,
                          attention_implementation=attention_implementation, rngs=rngs,
                          **clip_kwargs)
@@ -189,6 +189,8 @@ class FusionModel(CLIP):
                                   shared))
         # The [MASK] id: one the tokenizer never gives real text (UNK for bytes and words).
         self.mask_probability, self.mask_token_id = mask_probability, mask_token_id
+        # The share of ITM negatives mined from the similarities; the rest are drawn uniformly.
+        self.hard_negative_fraction = hard_negative_fraction
 
     def text_lengths(self, tokens):
         return (tokens != self.text_tower.pad_id).sum(axis=1).astype(jnp.int32)
@@ -218,10 +220,12 @@ class FusionModel(CLIP):
             _l2_normalize(image_embedding) @ _l2_normalize(text_embedding).T)
         same_caption = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
         text_rng, image_rng = jax.random.split(negatives_rng)
-        negative_text = fusion.sample_hard_negatives(text_rng, similarity, same_caption,
-                                                     outputs["logit_scale"])
-        negative_image = fusion.sample_hard_negatives(image_rng, similarity.T, same_caption,
-                                                      outputs["logit_scale"])
+        negative_text = fusion.sample_hard_negatives(
+            text_rng, similarity, same_caption, outputs["logit_scale"],
+            self.hard_negative_fraction)
+        negative_image = fusion.sample_hard_negatives(
+            image_rng, similarity.T, same_caption, outputs["logit_scale"],
+            self.hard_negative_fraction)
         fused = self.fusion_encoder(
             jnp.concatenate([text_states, text_states[negative_text], text_states]),
             jnp.concatenate([image_tokens, image_tokens, image_tokens[negative_image]]),

@@ -34,7 +34,8 @@ def _evaluator_of(metric: str) -> str:
     for prefix, evaluator in (("i2t_", "retrieval"), ("t2i_", "retrieval"),
                               ("num_candidates", "retrieval"), ("zeroshot", "zero-shot"),
                               ("caption", "captioning"), ("itm", "image-text matching"),
-                              ("classification", "classification")):
+                              ("classification", "classification"),
+                              ("linear_probe", "linear probe")):
         if name.startswith(prefix):
             return evaluator
     return "other"

@@ -349,6 +349,25 @@ class Trainer:
         return jax.jit(encode_text, in_shardings=(self.state_shardings["params"], self.replicated),
                        out_shardings=self.replicated)
 
+    @functools.cached_property
+    def encode_image_step(self) -> Callable:
+        def encode_image(params, images):
+            with sharding.use_mesh_rules(self.mesh, self.rules):
+                return self.model(params).encode_image(images)[0]
+        return jax.jit(encode_image, in_shardings=(self.state_shardings["params"],
+                                                   self.batch_sharding(4)),
+                       out_shardings=self.replicated)
+
+    def encode_images(self, params, data) -> tuple[np.ndarray, np.ndarray]:
+        """Image embeddings and labels of one pass over `data` (an EvalData)."""
+        features, labels = [], []
+        for local_batch in data.batches():
+            batch = self.global_batch(local_batch, keys=("image",))
+            valid = all_rows(local_batch["valid"]).astype(bool)
+            features.append(np.asarray(self.encode_image_step(params, batch["image"]))[valid])
+            labels.append(all_rows(local_batch["label"])[valid])
+        return np.concatenate(features), np.concatenate(labels)
+
     def encode_texts(self, params, texts) -> np.ndarray:
         """Embeds strings in fixed-size chunks (one compiled shape)."""
         chunk = 256
@@ -377,9 +396,11 @@ class Trainer:
             if report is not None:
                 local = report_thumbnails(local_batch["image"],
                                           self.config.data.get("normalization", "minus_one_one"))
-                thumbnails.append(multihost_utils.process_allgather(local, tiled=True)[valid]
-                                  if jax.process_count() > 1 else local[valid])
+                thumbnails.append(all_rows(local)[valid])
         outputs = {key: np.concatenate(value) for key, value in parts.items()}
+        if eval_data.probe is not None:
+            outputs["probe_features"], outputs["probe_labels"] = self.encode_images(
+                params, eval_data.probe)
         context = evaluators.EvalContext(
             image_embeddings=outputs.pop("image"),
             text_embeddings=outputs.pop("text"),
@@ -402,6 +423,13 @@ class Trainer:
                           captions=[self.tokenizer.decode(row) for row in context.tokens],
                           dataset=eval_data.name)
         return metrics
+
+
+def all_rows(local: np.ndarray) -> np.ndarray:
+    """A global batch's rows of a host array, from every process's part, in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
 
 
 def report_thumbnails(images: np.ndarray, normalization: str, size: int = 48) -> np.ndarray:
@@ -610,10 +638,9 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     for local_batch in pipeline.eval_data(config, trainer.tokenizer).batches():
         batch = trainer.global_batch(local_batch, keys=("image",))
         tokens = jax.device_get(caption_step(state["params"], batch["image"]))
-        keep = multihost_utils.process_allgather(local_batch["valid"], tiled=True).astype(bool)
+        keep = all_rows(local_batch["valid"]).astype(bool)
         generated.append(tokens[keep])
-        references.append(multihost_utils.process_allgather(local_batch["tokens"],
-                                                            tiled=True)[keep])
+        references.append(all_rows(local_batch["tokens"])[keep])
     generated, references = np.concatenate(generated), np.concatenate(references)
     context = evaluators.EvalContext(
         image_embeddings=None, text_embeddings=None, labels=None, class_names=(),

@@ -243,7 +243,9 @@ def test_eval_writes_a_report_and_numbers_a_brute_force_recount_confirms(fsdp_ru
     PNGs; recall@k and zero-shot accuracy recomputed by plain loops over the saved embeddings
     equal the reported ones."""
     workdir, _ = fsdp_run
+    tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
     metrics = train.evaluate_checkpoint(tiny_config, workdir)
+    assert 0.0 <= metrics["eval/mmjax_shapes/linear_probe_top1"] <= 1.0
     with open(os.path.join(workdir, "eval_results.json")) as f:
         results = json.load(f)
     saved = np.load(os.path.join(workdir, "eval_embeddings.npz"))
@@ -272,7 +274,8 @@ def test_eval_writes_a_report_and_numbers_a_brute_force_recount_confirms(fsdp_ru
 
     with open(os.path.join(workdir, "eval_report.md")) as f:
         report = f.read()
-    for section in ("## retrieval", "## zero-shot", "## training", "| i2t_recall@10 |"):
+    for section in ("## retrieval", "## zero-shot", "## linear probe", "## training",
+                    "| i2t_recall@10 |"):
         assert section in report
     for figure in ("retrieval_examples", "similarity", "zeroshot_per_class", "training_curves"):
         path = os.path.join(workdir, "report", f"{figure}.png")

@@ -164,6 +164,12 @@ def test_hard_negatives_follow_the_similarities_and_skip_identical_captions():
     assert (draws[:, 3] != 0).all() and (draws != np.arange(4)).all()
     # Row 1: candidates 0 (0.2), 2 (0.8), 3 (-1): p(2) = 1 / (1 + e^-12 + e^-36).
     assert (draws[:, 1] == 2).mean() > 0.99
+    # With no hard share, the allowed columns are drawn uniformly: row 0 takes 1 or 2 evenly.
+    uniform = np.asarray(jax.vmap(lambda key: fusion.sample_hard_negatives(
+        key, similarity, excluded, jnp.asarray(20.0), hard_fraction=0.0))(
+            jax.random.split(jax.random.key(1), 2000)))
+    assert abs((uniform[:, 0] == 2).mean() - 0.5) < 0.05
+    assert set(np.unique(uniform[:, 0])) == {1, 2} and (uniform[:, 3] != 0).all()
 
 
 def test_fusion_model_outputs_and_itm_labels():

@@ -24,6 +24,7 @@ def get_config():
     config.total_steps = 8
     config.log_every_steps = 1
     config.eval_every_steps = 0
+    config.evals = ("retrieval", "zeroshot")  # the linear probe is tested where it is named
     config.checkpoint_every_steps = 4
     config.warmup_steps = 2
     config.model.embed_dim = 32
