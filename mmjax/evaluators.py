@@ -19,25 +19,35 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def recall_at_k(similarity: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
-    """Fraction of rows whose matching column (the diagonal) is among the top k scores.
+def recall_at_k(similarity: np.ndarray, ks: Sequence[int],
+                matches: np.ndarray | None = None) -> dict[int, float]:
+    """Fraction of rows (queries) with a matching column among the top k scores.
 
-    Ties count against the query (a collapsed model that scores everything equal gets zero, not
-    perfect, recall): the rank is the number of other columns scoring at least as high.
+    `matches[q, c]` marks the right answers (default: the diagonal); with several (an image's
+    five COCO captions) the best-scoring one counts. Ties count against the query (a collapsed
+    model that scores everything equal gets zero, not perfect, recall): the rank is the number
+    of non-matching columns scoring at least as high as the best match.
     """
-    matching = np.diag(similarity)[:, None]
-    rank = (similarity >= matching).sum(axis=1) - 1  # 0 when the match is strictly the best
+    if matches is None:
+        matches = np.eye(*similarity.shape, dtype=bool)
+    best_match = np.where(matches, similarity, -np.inf).max(axis=1, keepdims=True)
+    rank = ((similarity >= best_match) & ~matches).sum(axis=1)
     return {k: float((rank < k).mean()) for k in ks}
 
 
 def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Image->text and text->image recall@k where image i is paired with text i."""
+                      ks: Sequence[int] = (1, 5, 10),
+                      text_image: np.ndarray | None = None) -> dict[str, float]:
+    """Image->text and text->image recall@k. Text t describes image `text_image[t]` (default:
+    text i describes image i); an image with several texts is found by any of them."""
     similarity = normalize(image_embeddings) @ normalize(text_embeddings).T
+    if text_image is None:
+        text_image = np.arange(similarity.shape[1])
+    matches = np.arange(similarity.shape[0])[:, None] == np.asarray(text_image)[None, :]
     metrics = {"num_candidates": float(similarity.shape[0])}
-    for k, value in recall_at_k(similarity, ks).items():
+    for k, value in recall_at_k(similarity, ks, matches).items():
         metrics[f"i2t_recall@{k}"] = value
-    for k, value in recall_at_k(similarity.T, ks).items():
+    for k, value in recall_at_k(similarity.T, ks, matches.T).items():
         metrics[f"t2i_recall@{k}"] = value
     return metrics
 

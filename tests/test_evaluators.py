@@ -85,3 +85,21 @@ def test_linear_probe_separates_what_is_separable_and_picks_l2_on_held_out_data(
     shuffled = evaluators.linear_probe_metrics(train, rng.permutation(train_labels), test,
                                                test_labels)
     assert shuffled["linear_probe_top1"] < 0.6  # labels unrelated to features: near chance
+
+
+def test_retrieval_with_several_captions_per_image():
+    """COCO style: 2 images with 3 and 2 captions. An image query is right if any of its
+    captions is in the top k; a caption query if its image is."""
+    images = np.array([[1.0, 0.0], [0.0, 1.0]])
+    texts = np.array([[0.2, 1.0],    # image 0's, but closer to image 1
+                      [1.0, 0.1],    # image 0's
+                      [1.0, 0.3],    # image 0's
+                      [0.9, 0.5],    # image 1's, but closer to image 0
+                      [0.0, 1.0]])   # image 1's
+    metrics = evaluators.retrieval_metrics(images, texts, ks=(1, 2),
+                                           text_image=np.array([0, 0, 0, 1, 1]))
+    # Image 0's best text is text 1 (its own); image 1's best is text 4 (its own).
+    assert metrics["i2t_recall@1"] == 1.0
+    # Texts 1, 2, 4 find their image first; texts 0 and 3 find the other image first.
+    assert metrics["t2i_recall@1"] == pytest.approx(3 / 5)
+    assert metrics["t2i_recall@2"] == 1.0
