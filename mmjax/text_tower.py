@@ -94,5 +94,6 @@ class TextTransformer(nnx.Module):
     def decode(self, token: jax.Array, position: jax.Array, cache: list[dict]):
         """Hidden state [batch, 1, width] of `token` [batch] at `position`, given the cache."""
         x = jnp.take(self.token_embedding[...], token[:, None], axis=0).astype(self.dtype)
-        x = x + jax.lax.dynamic_slice_in_dim(self.position_embedding[...], position, 1)[None].astype(self.dtype)
+        position_embedding = jax.lax.dynamic_slice_in_dim(self.position_embedding[...], position, 1)
+        x = x + position_embedding[None].astype(self.dtype)
         return self.encoder.decode(x, cache, position)
