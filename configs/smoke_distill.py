@@ -18,6 +18,9 @@ def get_config():
     config.model.image_tower.update(variant=None, width=32, depth=2, mlp_dim=64, num_heads=2,
                                     patch_size=4)
     config.model.text_tower.update(variant=None, width=32, depth=1, mlp_dim=64, num_heads=2)
+    # The student's steps are cheap (a fifth of the parameters): it trains twice as long as the
+    # teacher did; after 1,200 it had reached about half the teacher's recall.
+    config.total_steps = 2400
     config.losses = {"clip": 1.0, "distill": 1.0}
     config.distill = ml_collections.ConfigDict(dict(
         # A trained model's workdir (or checkpoints/STEP): its tokenizer and image size must match.
