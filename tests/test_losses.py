@@ -40,7 +40,7 @@ def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
 
 
 def test_unknown_loss_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"\['clip', 'siglip'.*unknown: \['sigmoid'\]"):
+    with pytest.raises(ValueError, match=r"\['caption', 'classification', 'clip', 'distill', 'itm', 'mlm', 'siglip'\].*unknown: \['sigmoid'\]"):
         losses.check_loss_weights({"sigmoid": 1.0})
 
 
