@@ -103,8 +103,10 @@ def test_gradient_accumulation_gives_the_one_batch_update(tiny_config):
     batch = one_batch.global_batch(next(pipeline.train_batches(tiny_config, one_batch.tokenizer,
                                                                start_step=0)))
     state = one_batch.create_state()
-    (loss, _), grads = jax.jit(one_batch.loss_and_grads)(state["params"], batch)
-    (accum_loss, _), accum_grads = jax.jit(accumulated.loss_and_grads)(state["params"], batch)
+    rng = one_batch.step_rng(0)
+    (loss, _), grads = jax.jit(one_batch.loss_and_grads)(state["params"], batch, rng)
+    (accum_loss, _), accum_grads = jax.jit(accumulated.loss_and_grads)(state["params"], batch,
+                                                                       rng)
     assert float(accum_loss) == pytest.approx(float(loss), abs=1e-6)
     for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(accum_grads)):
         np.testing.assert_allclose(a, g, atol=1e-6, rtol=1e-4)
