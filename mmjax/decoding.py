@@ -71,3 +71,10 @@ def beam_search(model, images: jax.Array, *, beam_size: int, max_length: int, bo
     best = jnp.argmax(scores, axis=1)
     tokens = tokens.reshape(batch, beams, max_length)[jnp.arange(batch), best]
     return tokens, scores[jnp.arange(batch), best]
+
+
+def generate(model, images: jax.Array, *, beam_size: int = 1, **ids) -> jax.Array:
+    """Token rows [batch, max_length]: greedy when `beam_size` is 1, else the best beam."""
+    if beam_size > 1:
+        return beam_search(model, images, beam_size=beam_size, **ids)[0]
+    return greedy(model, images, **ids)

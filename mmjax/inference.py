@@ -86,12 +86,10 @@ class InferenceModel:
     @functools.partial(jax.jit, static_argnums=(0, 3))
     def _caption(self, params, images, beam_size):
         model = nnx.merge(self.graphdef, params)
-        ids = dict(max_length=self.config.tokenizer.context_length,
-                   bos_id=self.tokenizer.bos_id, eot_id=self.tokenizer.eot_id,
-                   pad_id=self.tokenizer.pad_id)
-        if beam_size > 1:
-            return decoding.beam_search(model, images, beam_size=beam_size, **ids)[0]
-        return decoding.greedy(model, images, **ids)
+        return decoding.generate(model, images, beam_size=beam_size,
+                                 max_length=self.config.tokenizer.context_length,
+                                 bos_id=self.tokenizer.bos_id, eot_id=self.tokenizer.eot_id,
+                                 pad_id=self.tokenizer.pad_id)
 
     def caption(self, images, beam_size: int = 1) -> list[str]:
         """Captions (greedy, or beam search with `beam_size` > 1) for a captioning model."""

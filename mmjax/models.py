@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax import fusion, layers, tokenizers
+from mmjax import fusion, layers, losses, tokenizers
 from mmjax.image_tower import VisionTransformer
 from mmjax.text_tower import TextTransformer
 
@@ -217,7 +217,7 @@ class FusionModel(CLIP):
         # text with a hard negative image, drawn in proportion to exp(similarity) among the
         # examples whose caption differs (an identical caption is not a negative).
         similarity = jax.lax.stop_gradient(
-            _l2_normalize(image_embedding) @ _l2_normalize(text_embedding).T)
+            losses.l2_normalize(image_embedding) @ losses.l2_normalize(text_embedding).T)
         same_caption = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
         text_rng, image_rng = jax.random.split(negatives_rng)
         negative_text = fusion.sample_hard_negatives(
@@ -266,10 +266,6 @@ class FusionClassifier(FusionModel):
     def __call__(self, images, tokens, rng=None):
         del rng
         return {"class_logits": self.classify(images, tokens)}
-
-
-def _l2_normalize(x):
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-12))
 
 
 MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,

@@ -311,11 +311,10 @@ class Trainer:
     def generate(self, model, images) -> jax.Array:
         """Caption token rows for `images`: greedy, or beam search if config.caption.beam_size > 1."""
         beam_size = self.config.get("caption", {}).get("beam_size", 1)
-        ids = dict(max_length=self.config.tokenizer.context_length, bos_id=self.tokenizer.bos_id,
-                   eot_id=self.tokenizer.eot_id, pad_id=self.tokenizer.pad_id)
-        if beam_size > 1:
-            return decoding.beam_search(model, images, beam_size=beam_size, **ids)[0]
-        return decoding.greedy(model, images, **ids)
+        return decoding.generate(model, images, beam_size=beam_size,
+                                 max_length=self.config.tokenizer.context_length,
+                                 bos_id=self.tokenizer.bos_id, eot_id=self.tokenizer.eot_id,
+                                 pad_id=self.tokenizer.pad_id)
 
     @staticmethod
     def _matching_logits(model, batch, encoded) -> dict[str, jax.Array]:
