@@ -2,12 +2,19 @@
 
 A spec names a dataset: `tfds:NAME[:SPLIT]` reads TFDS's prepared files from
 `config.data.tfds_data_dir` (nothing is ever downloaded; the embedded `mmjax_shapes` is generated
-on first use). Sources with random access (ArrayRecord) give a global order that depends only on
-the seed: the example at global position `i` of the run is record
-`index_shuffle(i mod N, seed=(seed, epoch))`, and the batch of step `s` covers positions
-`[s * B, (s + 1) * B)`. Each process reads its own contiguous slice of that batch, so the global
-batch at a step does not depend on the number of processes, and resuming at step `s` needs no
-state beyond `s`.
+on first use); `shards:DIR[:SPLIT]` reads mmjax shards (input_pipeline/make_shards.py).
+
+Both have random access (ArrayRecord), which gives a global order that depends only on the seed:
+the example at global position `i` of the run is record `index_shuffle(i mod N, seed=(seed,
+epoch))`, and a run that starts at position `p` with global batch `B` reads positions
+`[p + s * B, p + (s + 1) * B)` at its step `s`. Each process reads its own contiguous slice of
+that batch, so the global batch does not depend on the number of processes, and resuming needs
+only the position (saved with each checkpoint).
+
+Bad examples (undecodable, truncated or zero-sized images, no non-empty caption) never stop the
+run: the position takes the next of a few fallback records, each a function of the position
+alone (so the substitution, too, is the same for any number of processes), and the batch
+reports how many records each position skipped and which.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import preprocess, shapes, text
+from input_pipeline import preprocess, shapes, shards, text
 
 EMBEDDED_DATASET = "mmjax_shapes"
 # Views of the embedded dataset's records under another name (same files, other examples).
@@ -36,30 +43,45 @@ class DatasetSpec:
     @property
     def short_name(self) -> str:
         """For metric names: `eval/<short_name>/...`."""
-        return self.name.split("/")[0] + ("" if self.split in ("test", "validation") else f"_{self.split}")
+        base = (os.path.basename(os.path.normpath(self.name)) if self.kind == "shards"
+                else self.name.split("/")[0])
+        return base + ("" if self.split in ("test", "validation") else f"_{self.split}")
 
 
 def parse_spec(spec: str, default_split: str) -> DatasetSpec:
     parts = spec.split(":")
-    if parts[0] != "tfds" or len(parts) not in (2, 3) or not parts[1]:
+    if parts[0] not in ("tfds", "shards") or len(parts) not in (2, 3) or not parts[1]:
         raise ValueError(
-            f"Dataset spec {spec!r} is not of the form 'tfds:NAME[:SPLIT]', for example "
-            "'tfds:mmjax_shapes:train'."
+            f"Dataset spec {spec!r} is not of the form 'tfds:NAME[:SPLIT]' or "
+            "'shards:DIR[:SPLIT]', for example 'tfds:mmjax_shapes:train' or "
+            "'shards:/data/my_shards:train'."
         )
     return DatasetSpec(kind=parts[0], name=parts[1], split=parts[2] if len(parts) == 3 else default_split)
 
 
 @dataclasses.dataclass
 class Adapter:
-    """Maps one dataset's features to mmjax's: `image` (encoded), `captions` [K], `label`, `id`."""
+    """Maps one dataset's features to mmjax's: `image` (encoded), `captions` [K], `label`, `id`.
 
-    to_example: Callable[[dict], dict]
+    `to_example(features, index)`: `index` is the record's index in its split (an id for datasets
+    that have none).
+    """
+
+    to_example: Callable[[dict, tf.Tensor], dict]
     class_names: tuple[str, ...] = ()
     prompt_templates: tuple[str, ...] = ()
 
 
-def _shapes_vqa_example(features: dict) -> dict:
+# CLIP's short prompt ensemble (a subset of OpenAI's 80 ImageNet templates) for TFDS
+# classification datasets without their own.
+CLASSIFICATION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
+                            "a photo of the small {}.", "a cropped photo of a {}.",
+                            "a close-up photo of a {}.", "itap of a {}.", "art of the {}.")
+
+
+def _shapes_vqa_example(features: dict, index) -> dict:
     """The question of type (id mod 5) about the image, its caption's answer as the label."""
+    del index
     words = tf.strings.split(features["caption"])
     kind = tf.cast(features["id"] % len(shapes.VQA_QUESTIONS), tf.int32)
     # Caption: "{count} {size} {colour} {shape or plural} {position, 3 words}".
@@ -78,8 +100,8 @@ def _shapes_vqa_example(features: dict) -> dict:
 
 ADAPTERS = {
     EMBEDDED_DATASET: Adapter(
-        to_example=lambda f: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
-                              "label": f["label"], "id": f["id"]},
+        to_example=lambda f, index: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["label"], "id": f["id"]},
         class_names=shapes.CLASS_NAMES,
         prompt_templates=shapes.PROMPT_TEMPLATES,
     ),
@@ -87,7 +109,44 @@ ADAPTERS = {
 }
 
 
-class RandomAccessSource:
+def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
+    """An adapter from a TFDS dataset's features, for datasets not in ADAPTERS:
+
+    - several captions, coco_captions style: `captions` a Sequence with a `text` feature;
+    - one caption: a Text feature `caption` (or `text`);
+    - image classification: a ClassLabel `label`; the caption is a prompt with the class name
+      (for training) and zero-shot uses the class names with CLIP's prompt templates.
+    """
+    if "image" not in features:
+        raise ValueError(f"TFDS dataset {name!r} has no `image` feature (it has "
+                         f"{sorted(features.keys())}); add an adapter in input_pipeline/datasets.py.")
+    label = features["label"] if "label" in features else None
+    class_names = tuple(n.replace("_", " ") for n in label.names) if isinstance(
+        label, tfds.features.ClassLabel) else ()
+
+    def common(f, index):
+        return {"image": f["image"],
+                "label": tf.cast(f["label"], tf.int64) if class_names else tf.constant(-1, tf.int64),
+                "id": tf.cast(index, tf.int64)}
+
+    captions = features["captions"] if "captions" in features else None
+    if isinstance(captions, tfds.features.Sequence) and "text" in getattr(captions, "feature", {}):
+        to_example = lambda f, index: {**common(f, index), "captions": f["captions"]["text"]}
+    elif "caption" in features or "text" in features:
+        key = "caption" if "caption" in features else "text"
+        to_example = lambda f, index: {**common(f, index), "captions": tf.reshape(f[key], [1])}
+    elif class_names:
+        prompts = tf.constant([CLASSIFICATION_TEMPLATES[0].format(n) for n in class_names])
+        to_example = lambda f, index: {**common(f, index),
+                                       "captions": tf.reshape(tf.gather(prompts, f["label"]), [1])}
+    else:
+        raise ValueError(f"TFDS dataset {name!r} has neither captions nor a ClassLabel `label` "
+                         f"(features: {sorted(features.keys())}); add an adapter in "
+                         "input_pipeline/datasets.py.")
+    return Adapter(to_example, class_names, CLASSIFICATION_TEMPLATES if class_names else ())
+
+
+class TfdsSource:
     """A TFDS split stored as ArrayRecord: fetches serialized records by index."""
 
     def __init__(self, spec: DatasetSpec, data_dir: str | None):
@@ -97,16 +156,18 @@ class RandomAccessSource:
             config = spec.name.split("/")[1] if "/" in spec.name else "default"
             builder = shapes.prepare(data_dir, config)
         else:
-            builder = tfds.builder(spec.name, data_dir=data_dir)
-            if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+            try:
+                builder = tfds.builder(spec.name, data_dir=data_dir)
+            except tfds.core.registered.DatasetNotFoundError:
+                builder = None
+            if builder is None or not os.path.exists(
+                    os.path.join(builder.data_dir, "dataset_info.json")):
+                where = builder.data_dir if builder is not None else (data_dir or "TFDS_DATA_DIR")
                 raise FileNotFoundError(
-                    f"TFDS dataset {spec.name!r} is not prepared under {builder.data_dir}. mmjax never "
-                    "downloads: prepare it with `tfds build` and point config.data.tfds_data_dir "
-                    "(or TFDS_DATA_DIR) at its folder."
+                    f"TFDS dataset {spec.name!r} is not prepared under {where}. mmjax never "
+                    "downloads: prepare it with `tfds build --file_format=array_record` and point "
+                    "config.data.tfds_data_dir (or TFDS_DATA_DIR) at its folder."
                 )
-        if base_name not in ADAPTERS:
-            raise ValueError(f"No adapter for dataset {base_name!r}; datasets with adapters: "
-                             f"{sorted(ADAPTERS)}. Add one in input_pipeline/datasets.py.")
         if spec.split not in builder.info.splits:
             raise ValueError(f"Dataset {spec.name!r} has no split {spec.split!r}; it has "
                              f"{sorted(builder.info.splits)}.")
@@ -118,7 +179,7 @@ class RandomAccessSource:
             )
         self.spec = spec
         self.builder = builder
-        self.adapter = ADAPTERS[base_name]
+        self.adapter = ADAPTERS.get(base_name) or infer_adapter(spec.name, builder.info.features)
         self.records = tfds.data_source(stored_name, split=spec.split,
                                         data_dir=data_dir).data_source
         self.num_examples = len(self.records)
@@ -126,29 +187,104 @@ class RandomAccessSource:
     def fetch(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
 
-    def decode(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        # Images stay encoded here: preprocess.decode_rgb decodes them (and can reject bad ones).
-        features = self.builder.info.features.deserialize_example(
-            serialized, decoders={"image": tfds.decode.SkipDecoding()})
-        return self.adapter.to_example(features)
+    def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Images stay encoded here: the preprocessing ops decode them (and can reject bad ones).
+        decoders = {"image": tfds.decode.SkipDecoding()}
+        features = self.builder.info.features.deserialize_example(serialized, decoders=decoders)
+        return self.adapter.to_example(features, index)
+
+    def describe(self, index: int) -> str:
+        return f"record {index} of {self.spec.name}:{self.spec.split}"
 
 
-def _fetch_and_decode(source: RandomAccessSource, dataset: tf.data.Dataset, process_fn):
-    """[local_batch] record indices -> examples processed by `process_fn(example, position)`."""
+class ShardsSource:
+    """mmjax shards (input_pipeline/shards.py): a split of `shards:DIR[:SPLIT]`."""
 
-    def fetch(positions, indices):
-        serialized = tf.numpy_function(source.fetch, [indices], tf.string, stateful=False)
-        return positions, tf.ensure_shape(serialized, indices.shape)
+    def __init__(self, spec: DatasetSpec):
+        self.spec = spec
+        self.records = shards.ShardsReader(spec.name, spec.split)
+        self.adapter = Adapter(to_example=None)
+        self.num_examples = len(self.records)
+
+    def fetch(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
+
+    def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        del index  # records carry their id
+        record = shards.decode_record(serialized)
+        return {k: record[k] for k in ("image", "captions", "label", "id")}
+
+    def describe(self, index: int) -> str:
+        key = shards.record_key(self.fetch(np.array([index]))[0])
+        return f"id {index} ({key})"
+
+
+def open_source(spec: DatasetSpec, data_dir: str | None):
+    return ShardsSource(spec) if spec.kind == "shards" else TfdsSource(spec, data_dir)
+
+
+# Records tried per position before giving up: the position's own and fallbacks.
+MAX_ATTEMPTS = 8
+
+
+def _permute(offsets, seed: int, epoch, num_examples: int, alternative: int = 0):
+    # The raw op: TF 2.21's wrapper mis-pads vector seeds.
+    return tf.raw_ops.RandomIndexShuffle(
+        index=offsets, seed=tf.stack([tf.constant(seed, tf.int64), epoch,
+                                      tf.constant(alternative, tf.int64)]),
+        max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
+
+
+def _robust_map(source, dataset: tf.data.Dataset, process_fn, fallback_fn) -> tf.data.Dataset:
+    """(positions [b], candidates [b, K]) -> one processed example per position, in order.
+
+    `process_fn(example, position, attempt, candidates)` builds the output; a record whose
+    processing raises is skipped for the next candidate; when all fail, `fallback_fn(...)` stands
+    in (with attempt = K), so every position yields exactly one element and order is kept.
+    """
+    def fetch(positions, candidates):
+        serialized = tf.numpy_function(source.fetch, [candidates[:, 0]], tf.string,
+                                       stateful=False)
+        return positions, candidates, tf.ensure_shape(serialized, candidates.shape[:1])
+
+    def fetch_one(index):
+        return tf.ensure_shape(tf.numpy_function(lambda i: source.fetch(i[None])[0], [index],
+                                                 tf.string, stateful=False), [])
+
+    def one_position(position, candidates, serialized):
+        num_candidates = candidates.shape[0]
+        tries = tf.data.Dataset.from_tensors((tf.constant(0, tf.int64), serialized))
+        if num_candidates > 1:
+            tries = tries.concatenate(tf.data.Dataset.range(1, num_candidates).map(
+                lambda k: (k, fetch_one(candidates[k]))))
+        processed = tries.map(lambda k, record: process_fn(
+            source.decode(record, candidates[k]), position, k, candidates)).ignore_errors(
+                log_warning=True)
+        stand_in = tf.data.Dataset.from_tensors(fallback_fn(position, candidates))
+        return processed.concatenate(stand_in).take(1)
 
     dataset = dataset.map(fetch).unbatch()
-    return dataset.map(lambda position, serialized: process_fn(source.decode(serialized), position),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Each position's own little dataset, several in flight; deterministic, and each yields one
+    # element, so the output order is the input order.
+    return dataset.interleave(one_position, cycle_length=16, block_length=1,
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: int,
-                  image_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1, normalization: str = "minus_one_one") -> tf.data.Dataset:
-    """Endless batches for steps start_step, start_step + 1, ...; this process's slice of each."""
+def _skip_record(attempt, candidates):
+    """Which records a position skipped: the first `attempt` candidates, -1 for the rest."""
+    return tf.where(tf.range(tf.shape(candidates)[0], dtype=tf.int64) < attempt, candidates,
+                    tf.constant(-1, tf.int64))
+
+
+def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
+                  start_position: int = 0, process_index: int = 0, process_count: int = 1,
+                  normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize|normalize",
+                  max_attempts: int = MAX_ATTEMPTS) -> tf.data.Dataset:
+    """Endless batches of positions start_position + s * B, ...; this process's slice of each.
+
+    Besides the model inputs (image, tokens, label, id) each row has `attempt` (records skipped
+    at its position) and `skipped` [max_attempts] (their record indices, -1 padded).
+    """
     if global_batch_size % process_count:
         raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
                          f"{process_count} processes.")
@@ -158,66 +294,87 @@ def train_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: i
         raise ValueError(f"The per-process batch ({local_batch_size}) is larger than the dataset "
                          f"{source.spec.name}:{source.spec.split} ({num_examples} examples).")
     tokenize = text.make_tokenize_fn(tokenizer)
+    image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
+                                     normalization=normalization)
 
     def local_positions(step):
-        first = step * global_batch_size + process_index * local_batch_size
+        first = start_position + step * global_batch_size + process_index * local_batch_size
         positions = tf.ensure_shape(tf.range(first, first + local_batch_size, dtype=tf.int64),
                                     [local_batch_size])
         epochs, offsets = positions // num_examples, positions % num_examples
         # Each epoch is its own permutation, keyed by (seed, epoch); a local batch spans at most
-        # two epochs (checked above). The raw op: TF 2.21's wrapper mis-pads vector seeds.
-        def permute(epoch):
-            return tf.raw_ops.RandomIndexShuffle(
-                index=offsets, seed=tf.stack([tf.constant(seed, tf.int64), epoch, 0]),
-                max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
-        indices = tf.where(epochs == epochs[0], permute(epochs[0]), permute(epochs[0] + 1))
-        return positions, indices
+        # two epochs (checked above). Fallback k of a position is its record in permutation k.
+        candidates = tf.stack([
+            tf.where(epochs == epochs[0], _permute(offsets, seed, epochs[0], num_examples, k),
+                     _permute(offsets, seed, epochs[0] + 1, num_examples, k))
+            for k in range(max_attempts)], axis=1)
+        return positions, candidates
 
-    def process(example, position):
+    def process(example, position, attempt, candidates):
         example_seed = tf.stack([tf.cast(seed, tf.int64), position])
         return {
-            "image": preprocess.train_image(example["image"], image_size, example_seed,
-                                            normalization),
+            "image": tf.ensure_shape(image_ops(example["image"], example_seed),
+                                     [image_size, image_size, 3]),
             "tokens": tokenize(preprocess.sample_caption(example["captions"], example_seed)),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
+            "attempt": attempt,
+            "skipped": _skip_record(attempt, candidates),
         }
 
-    steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max // global_batch_size)
-    dataset = _fetch_and_decode(source, steps.map(local_positions), process)
+    def stand_in(position, candidates):
+        return {"image": tf.zeros([image_size, image_size, 3]),
+                "tokens": tf.zeros([tokenizer.context_length], tf.int32),
+                "label": tf.constant(-1), "id": tf.constant(-1, tf.int64),
+                "attempt": tf.constant(max_attempts, tf.int64), "skipped": candidates}
+
+    steps = tf.data.Dataset.range(np.iinfo(np.int64).max // global_batch_size - 1)
+    dataset = _robust_map(source, steps.map(local_positions), process, stand_in)
     return dataset.batch(local_batch_size, drop_remainder=True).prefetch(2)
 
 
-def eval_dataset(source: RandomAccessSource, tokenizer, *, global_batch_size: int,
-                 image_size: int, process_index: int = 0, process_count: int = 1,
-                 normalization: str = "minus_one_one", max_examples: int | None = None):
+def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 normalization: str = "minus_one_one", max_examples: int | None = None,
+                 preprocess_ops: str = "decode|resize|normalize"):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
-    padded and marked by `valid` = False."""
+    padded. `valid` is False for padding and for bad examples (`skipped` True), which are left
+    out of the metrics."""
     local_batch_size = global_batch_size // process_count
     num_examples = min(source.num_examples, max_examples or source.num_examples)
     num_batches = -(-num_examples // global_batch_size)
     tokenize = text.make_tokenize_fn(tokenizer)
+    image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
+                                     normalization=normalization)
 
     def local_positions(batch_index):
         first = batch_index * global_batch_size + process_index * local_batch_size
         positions = tf.range(first, first + local_batch_size, dtype=tf.int64)
-        return positions, positions % num_examples
+        return positions, (positions % num_examples)[:, None]
 
-    def process(example, position):
+    def process(example, position, attempt, candidates):
+        del attempt, candidates
         return {
-            "image": preprocess.eval_image(example["image"], image_size, normalization),
+            "image": tf.ensure_shape(image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
+                                     [image_size, image_size, 3]),
             "tokens": tokenize(example["captions"][0]),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
             "valid": position < num_examples,
+            "skipped": False,
         }
 
+    def stand_in(position, candidates):
+        return {"image": tf.zeros([image_size, image_size, 3]),
+                "tokens": tf.zeros([tokenizer.context_length], tf.int32),
+                "label": tf.constant(-1), "id": candidates[0], "valid": False,
+                "skipped": position < num_examples}
+
     batches = tf.data.Dataset.range(num_batches).map(local_positions)
-    dataset = _fetch_and_decode(source, batches, process)
+    dataset = _robust_map(source, batches, process, stand_in)
     return dataset.batch(local_batch_size, drop_remainder=True).prefetch(2)
 
 
-def zeroshot_prompts(source: RandomAccessSource) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def zeroshot_prompts(source) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(class names, prompt templates) for zero-shot classification, or empty if unlabelled."""
     return source.adapter.class_names, source.adapter.prompt_templates
-

@@ -19,14 +19,73 @@ def _data_dir(config) -> str | None:
     return config.data.get("tfds_data_dir") or None
 
 
-def train_batches(config, tokenizer, *, start_step: int) -> Iterator[dict[str, np.ndarray]]:
-    source = datasets.RandomAccessSource(datasets.parse_spec(config.data.train, "train"),
-                                         _data_dir(config))
-    dataset = datasets.train_dataset(
-        source, tokenizer, global_batch_size=config.batch_size, image_size=config.data.image_size,
-        seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-        process_count=jax.process_count(), normalization=config.data.normalization)
-    return dataset.as_numpy_iterator()
+class TooManyBadExamples(RuntimeError):
+    pass
+
+
+class TrainBatches:
+    """This process's train batches from a global input position on, counting bad examples.
+
+    `position` is the global position of the next batch (saved with checkpoints: a resumed run
+    continues with exactly the next batch, even with another global batch size). The pipeline
+    skips bad records (see datasets.py); `skipped` counts them on this process and
+    `skipped_records` names the most recent ones.
+    """
+
+    def __init__(self, config, tokenizer, *, start_position: int):
+        self.source = datasets.open_source(datasets.parse_spec(config.data.train, "train"),
+                                           _data_dir(config))
+        self.global_batch_size = config.batch_size
+        self.max_attempts = config.data.get("max_attempts", datasets.MAX_ATTEMPTS)
+        dataset = datasets.train_dataset(
+            self.source, tokenizer, global_batch_size=config.batch_size,
+            image_size=config.data.image_size, seed=config.seed, start_position=start_position,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+            normalization=config.data.normalization,
+            preprocess_ops=config.data.get("train_preprocess", "decode|resize|normalize"),
+            max_attempts=self.max_attempts)
+        self._iterator = dataset.as_numpy_iterator()
+        self.position = start_position
+        self.skipped = 0
+        self.skipped_records: list[int] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.position += self.global_batch_size
+        attempts, skipped = batch.pop("attempt"), batch.pop("skipped")
+        self.skipped += int(attempts.sum())
+        bad = skipped[skipped >= 0]
+        self.skipped_records = (self.skipped_records + [int(i) for i in bad])[-20:]
+        if (attempts >= self.max_attempts).any():
+            raise TooManyBadExamples(
+                f"All {self.max_attempts} records tried for one batch position were bad "
+                f"({self.describe(skipped[attempts >= self.max_attempts][0][:3])}, ...): the "
+                f"data at {self.source.spec.name} is mostly unreadable. Check it (for shards, "
+                "run make_shards again from the original files).")
+        return batch
+
+    def describe(self, records) -> str:
+        return ", ".join(self.source.describe(int(i)) for i in records)
+
+    def check_bad_fraction(self, skipped: int, seen: int, max_fraction: float) -> None:
+        """Stops the run when more than `max_fraction` of the examples read were bad; waits for
+        enough examples (10 / max_fraction) that a few early bad ones do not stop it."""
+        if max_fraction is None or seen < 10 / max(max_fraction, 1e-9):
+            return
+        if skipped > max_fraction * seen:
+            raise TooManyBadExamples(
+                f"{skipped} of {seen} examples read from {self.source.spec.name} were bad "
+                f"({skipped / seen:.2%} > config.data.max_bad_fraction = {max_fraction:.2%}). "
+                f"Recent ones on this process: {self.describe(self.skipped_records[-5:])}. Fix "
+                "or drop them (the log's 'Ignoring error' lines give the reason), or raise "
+                "config.data.max_bad_fraction.")
+
+
+def train_batches(config, tokenizer, *, start_position: int = 0) -> TrainBatches:
+    return TrainBatches(config, tokenizer, start_position=start_position)
 
 
 @dataclasses.dataclass
@@ -48,7 +107,7 @@ def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "
     """The eval split (config.data.eval), or another `spec`'s first `max_examples` (the
     linear probe's training features)."""
     spec = datasets.parse_spec(spec or config.data.eval, default_split)
-    source = datasets.RandomAccessSource(spec, _data_dir(config))
+    source = datasets.open_source(spec, _data_dir(config))
     batch_size = config.data.eval_batch_size
     if batch_size % jax.process_count():
         raise ValueError(f"config.data.eval_batch_size {batch_size} is not divisible by the "
@@ -56,7 +115,8 @@ def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "
     dataset = datasets.eval_dataset(
         source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        normalization=config.data.normalization, max_examples=max_examples)
+        normalization=config.data.normalization, max_examples=max_examples,
+        preprocess_ops=config.data.get("eval_preprocess", "decode|resize|normalize"))
     class_names, templates = datasets.zeroshot_prompts(source)
     probe = None
     if "linear_probe" in config.evals and max_examples is None:

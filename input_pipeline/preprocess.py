@@ -1,41 +1,183 @@
-"""Image and text preprocessing ops, each a small function usable eagerly and inside tf.data."""
+"""Image and text preprocessing ops: small named functions, usable eagerly and inside tf.data.
+
+A config names a chain of image ops as a string, big_vision style:
+
+    config.data.train_preprocess = "decode_jpeg_and_inception_crop(scale=(0.9, 1.0))|flip|normalize"
+    config.data.eval_preprocess = "decode|resize_shorter|center_crop|normalize"
+
+Each op maps (image, seed) to an image; `size` defaults to config.data.image_size and
+`normalize`'s kind to config.data.normalization. Ops that find a bad image (undecodable,
+truncated, zero-sized) raise; the pipeline skips that example and counts it (datasets.py).
+"""
 
 from __future__ import annotations
+
+import ast
+from typing import Callable
 
 import tensorflow as tf
 
 from mmjax import models
 
+ImageOp = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+OPS: dict[str, Callable[..., ImageOp]] = {}
+
+
+def register(name: str):
+    def add(factory):
+        OPS[name] = factory
+        return factory
+    return add
+
+
+def _check_size(image: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(image)
+    with tf.control_dependencies([tf.debugging.assert_positive(
+            shape[:2], message="zero-sized image")]):
+        return tf.identity(image)
+
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG / PNG / GIF (first frame) / BMP bytes -> uint8 [H, W, 3]; grayscale and RGBA become RGB."""
+    """JPEG / PNG / GIF (first frame) / BMP / WebP bytes -> uint8 [H, W, 3]. Grayscale, RGBA
+    (alpha dropped, as PIL's convert("RGB")) and CMYK JPEG become RGB."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, [None, None, 3])
+    return _check_size(tf.ensure_shape(image, [None, None, 3]))
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 or float image -> float32 [size, size, 3] (bilinear, antialiased)."""
+    """-> float32 [size, size, 3] (bilinear, antialiased)."""
     return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
 
 
 def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
     """[0, 255] -> the model's input range: a name in mmjax.models.IMAGE_NORMALIZATIONS."""
     mean, std = models.image_normalization(normalization)
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def sample_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """One of several captions, chosen by a stateless seed (the same every run)."""
-    index = tf.random.stateless_uniform([], seed=seed, maxval=tf.shape(captions)[0], dtype=tf.int32)
-    return captions[index]
+    """One of several captions, chosen by a stateless seed (the same every run). Empty captions
+    are never chosen; an example with none but empty ones raises (and is skipped)."""
+    non_empty = tf.boolean_mask(captions, tf.strings.length(tf.strings.strip(captions)) > 0)
+    count = tf.shape(non_empty)[0]
+    with tf.control_dependencies([tf.debugging.assert_positive(count, message="no caption")]):
+        index = tf.random.stateless_uniform([], seed=seed, maxval=tf.maximum(count, 1),
+                                            dtype=tf.int32)
+    return non_empty[index]
 
 
-def train_image(encoded: tf.Tensor, size: int, seed: tf.Tensor,
-                normalization: str = "minus_one_one") -> tf.Tensor:
-    # No flips or crops: captions of the embedded dataset say "left", "right" and how many.
-    del seed
-    return normalize(resize(decode_rgb(encoded), size), normalization)
+def _crop_window(image_shape: tf.Tensor, seed: tf.Tensor, scale, ratio) -> tuple[tf.Tensor, tf.Tensor]:
+    """Inception-style random crop (area fraction in `scale`, aspect ratio in `ratio`): offset and
+    size [2] each; the whole image when no window fits."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=seed,
+        area_range=tuple(scale), aspect_ratio_range=tuple(ratio), max_attempts=10,
+        use_image_if_no_bounding_boxes=True, min_object_covered=0.0)
+    return begin[:2], size[:2]
 
 
-def eval_image(encoded: tf.Tensor, size: int, normalization: str = "minus_one_one") -> tf.Tensor:
-    return normalize(resize(decode_rgb(encoded), size), normalization)
+@register("decode")
+def _decode():
+    return lambda image, seed: decode_rgb(image)
+
+
+@register("resize")
+def _resize(size: int):
+    return lambda image, seed: resize(image, size)
+
+
+@register("resize_shorter")
+def _resize_shorter(size: int):
+    """Shorter side to `size`, aspect kept (before center_crop, as CLIP's eval transform)."""
+    def op(image, seed):
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        new = tf.cast(tf.round(shape * size / tf.reduce_min(shape)), tf.int32)
+        return tf.image.resize(tf.cast(image, tf.float32), tf.maximum(new, size), antialias=True)
+    return op
+
+
+@register("center_crop")
+def _center_crop(size: int):
+    def op(image, seed):
+        shape = tf.shape(image)
+        top, left = (shape[0] - size) // 2, (shape[1] - size) // 2
+        return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
+    return op
+
+
+@register("inception_crop")
+def _inception_crop(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """Random resized crop of a decoded image, resized to size x size."""
+    def op(image, seed):
+        begin, crop = _crop_window(tf.shape(image), seed, scale, ratio)
+        return resize(tf.slice(image, tf.concat([begin, [0]], 0), tf.concat([crop, [3]], 0)), size)
+    return op
+
+
+@register("decode_jpeg_and_inception_crop")
+def _decode_jpeg_and_inception_crop(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """decode + inception_crop in one: a JPEG decodes only the crop window (several times faster
+    on large images); other formats decode whole, then crop."""
+    crop_decoded = _inception_crop(size, scale, ratio)
+
+    def op(encoded, seed):
+        def jpeg():
+            begin, crop = _crop_window(tf.io.extract_jpeg_shape(encoded), seed, scale, ratio)
+            image = tf.io.decode_and_crop_jpeg(encoded, tf.concat([begin, crop], 0), channels=3)
+            return resize(_check_size(image), size)
+        return tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: crop_decoded(decode_rgb(encoded), seed))
+    return op
+
+
+@register("flip")
+def _flip():
+    """Random left-right flip. Not for captions that say "left" or "right"."""
+    return lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed)
+
+
+@register("normalize")
+def _normalize(kind: str):
+    return lambda image, seed: normalize(image, kind)
+
+
+_DEFAULTED = {"size": "image_size", "kind": "normalization"}
+
+
+def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:
+    """"decode|resize|normalize" -> one function (encoded image, seed) -> float32 image.
+
+    Arguments are Python literals (`inception_crop(scale=(0.5, 1.0))`); an op's `size` defaults
+    to `image_size` and normalize's `kind` to `normalization`. Each op gets its own seed.
+    """
+    defaults = {"image_size": image_size, "normalization": normalization}
+    ops = []
+    for text in [t.strip() for t in spec.split("|") if t.strip()]:
+        try:
+            call = ast.parse(text if "(" in text else text + "()", mode="eval").body
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+                raise SyntaxError
+            args = [ast.literal_eval(a) for a in call.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+        except (SyntaxError, ValueError):
+            raise ValueError(f"Preprocessing op {text!r} in {spec!r} is not of the form "
+                             "name or name(literal arguments), e.g. inception_crop(scale=(0.5, 1.0)).")
+        name = call.func.id
+        if name not in OPS:
+            raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; valid names: "
+                             f"{sorted(OPS)}.")
+        factory = OPS[name]
+        code = factory.__code__
+        for parameter, config_name in _DEFAULTED.items():
+            if parameter in code.co_varnames[:code.co_argcount] and parameter not in kwargs \
+                    and not args:
+                kwargs[parameter] = defaults[config_name]
+        try:
+            ops.append(factory(*args, **kwargs))
+        except TypeError as e:
+            raise ValueError(f"Preprocessing op {text!r}: {e}.") from None
+
+    def run(image, seed):
+        for i, op in enumerate(ops):
+            image = op(image, tf.random.experimental.stateless_fold_in(seed, i))
+        return tf.cast(image, tf.float32)
+    return run

@@ -1,7 +1,8 @@
-"""Orbax checkpoints of the whole train state (params, optimizer state, step).
+"""Orbax checkpoints of the whole train state (params, optimizer state, step), and the input
+position at each saved step (WORKDIR/data_state.json).
 
-The input position is the step itself: the pipeline's batch at step s depends only on the seed
-and s, so restoring the step restores the data order.
+The pipeline's batches depend only on the seed and the global input position, so restoring the
+position restores the data order (with another global batch size, too).
 """
 
 from __future__ import annotations
@@ -33,6 +34,30 @@ def create_manager(workdir: str, *, max_to_keep: int | None, folder: str = "chec
 def save(manager: ocp.CheckpointManager, step: int, state) -> bool:
     # The trainer decides when to save; force bypasses orbax's own interval logic.
     return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+DATA_STATE = "data_state.json"
+
+
+def save_data_state(workdir: str, step: int, data_state: dict, keep_steps) -> None:
+    """Records {step: data_state} (input position, bad examples so far) next to the checkpoints;
+    written atomically, before the checkpoint itself, for the steps still kept."""
+    path = os.path.join(workdir, DATA_STATE)
+    states = load_data_states(workdir)
+    states[str(step)] = data_state
+    keep = {str(s) for s in keep_steps} | {str(step)}
+    states = {k: v for k, v in states.items() if k in keep}
+    with open(path + ".tmp", "w") as f:
+        json.dump(states, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def load_data_states(workdir: str) -> dict:
+    path = os.path.join(workdir, DATA_STATE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 class BestCheckpoint:

@@ -106,14 +106,14 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tiny_confi
                                                                      monkeypatch):
     from input_pipeline import pipeline
 
-    real_batches = pipeline.train_batches
+    real_next = pipeline.TrainBatches.__next__
 
-    def poisoned_batches(config, tokenizer, *, start_step):  # NaN images from step 4 on
-        batches = real_batches(config, tokenizer, start_step=start_step)
-        for step, batch in enumerate(batches, start=start_step + 1):
-            yield dict(batch, image=batch["image"] * np.nan) if step >= 4 else batch
+    def poisoned_next(self):  # NaN images from step 4 on
+        batch = real_next(self)
+        step = self.position // self.global_batch_size
+        return dict(batch, image=batch["image"] * np.nan) if step >= 4 else batch
 
-    monkeypatch.setattr(pipeline, "train_batches", poisoned_batches)
+    monkeypatch.setattr(pipeline.TrainBatches, "__next__", poisoned_next)
     tiny_config.total_steps = 6
     tiny_config.checkpoint_every_steps = 2
     workdir = str(tmp_path / "diverged")

@@ -87,7 +87,7 @@ def test_bad_dataset_specs_are_explained():
     with pytest.raises(ValueError, match="tfds:NAME"):
         datasets.parse_spec("coco", "train")
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        datasets.RandomAccessSource(datasets.parse_spec("tfds:mnist", "train"), "/nonexistent")
+        datasets.open_source(datasets.parse_spec("tfds:mnist", "train"), "/nonexistent")
 
 
 def _ids(source, tokenizer, steps, **kwargs):
@@ -97,7 +97,7 @@ def _ids(source, tokenizer, steps, **kwargs):
 
 
 def test_train_order_is_seeded_split_by_process_and_resumable(tfds_dir):
-    source = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes/tiny:train", "train"),
+    source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes/tiny:train", "train"),
                                          tfds_dir)
     tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
     one_process = _ids(source, tokenizer, 40)
@@ -108,12 +108,12 @@ def test_train_order_is_seeded_split_by_process_and_resumable(tfds_dir):
     halves = [_ids(source, tokenizer, 40, process_index=p, process_count=2) for p in (0, 1)]
     np.testing.assert_array_equal(np.stack(one_process),
                                   np.concatenate([np.stack(halves[0]), np.stack(halves[1])], axis=1))
-    resumed = _ids(source, tokenizer, 5, start_step=35)
+    resumed = _ids(source, tokenizer, 5, start_position=35 * 16)
     np.testing.assert_array_equal(np.stack(resumed), np.stack(one_process[35:]))
 
 
 def test_eval_pass_pads_the_last_batch(tfds_dir):
-    source = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes/tiny:test", "test"),
+    source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes/tiny:test", "test"),
                                          tfds_dir)
     tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
     batches = list(datasets.eval_dataset(source, tokenizer, global_batch_size=48,
@@ -129,14 +129,14 @@ def test_vqa_view_asks_questions_the_image_answers(tfds_dir):
     from input_pipeline import datasets, shapes
     from mmjax import tokenizers
 
-    source = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes_vqa/tiny:test",
+    source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes_vqa/tiny:test",
                                                              "test"), tfds_dir)
-    captions = datasets.RandomAccessSource(datasets.parse_spec("tfds:mmjax_shapes/tiny:test",
+    captions = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes/tiny:test",
                                                                "test"), tfds_dir)
     kinds_seen = set()
     for index in range(30):
-        vqa = source.decode(source.fetch(np.array([index]))[0])
-        plain = captions.decode(captions.fetch(np.array([index]))[0])
+        vqa = source.decode(source.fetch(np.array([index]))[0], index)
+        plain = captions.decode(captions.fetch(np.array([index]))[0], index)
         words = plain["captions"][0].numpy().decode().split()
         kind = int(vqa["id"]) % 5
         kinds_seen.add(kind)

@@ -44,7 +44,7 @@ def reference(tfds_dir):
 
     config = make_tiny_config(tfds_dir)
     trainer = train.Trainer(config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
-    batches = pipeline.train_batches(config, trainer.tokenizer, start_step=0)
+    batches = pipeline.train_batches(config, trainer.tokenizer)
     batches = [next(batches) for _ in range(3)]
     state, losses = trainer.create_state(), []
     for batch in batches:

@@ -24,7 +24,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(tiny_config):
     tiny_config.total_steps = 10  # the schedule decays over total_steps
     tiny_config.warmup_steps = 0
     trainer = train.Trainer(tiny_config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
-    batch = next(pipeline.train_batches(tiny_config, trainer.tokenizer, start_step=0))
+    batch = next(pipeline.train_batches(tiny_config, trainer.tokenizer))
     state = trainer.create_state()
     losses = []
     for _ in range(10):
@@ -100,8 +100,7 @@ def test_gradient_accumulation_gives_the_one_batch_update(tiny_config):
     one_batch = train.Trainer(tiny_config, mesh=mesh)
     tiny_config.grad_accum_steps = 4
     accumulated = train.Trainer(tiny_config, mesh=mesh)
-    batch = one_batch.global_batch(next(pipeline.train_batches(tiny_config, one_batch.tokenizer,
-                                                               start_step=0)))
+    batch = one_batch.global_batch(next(pipeline.train_batches(tiny_config, one_batch.tokenizer)))
     state = one_batch.create_state()
     rng = one_batch.step_rng(0)
     (loss, _), grads = jax.jit(one_batch.loss_and_grads)(state["params"], batch, rng)

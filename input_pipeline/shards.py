@@ -1,0 +1,101 @@
+"""mmjax's own image-text shards: ArrayRecord files of tf.train.Example records plus metadata.json.
+
+    DIR/metadata.json                      counts per split, the files, what the converter skipped
+    DIR/train-00000-of-00004.array_record  records in id order: id i is record i of the split
+
+A record holds `image` (the original encoded bytes, never re-encoded), `captions` (one or more),
+`id` (its index in the split), `key` (where it came from: the image path) and `label` (-1 when
+the source has none). `python -m input_pipeline.make_shards` writes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+FORMAT = "mmjax_shards"
+VERSION = 1
+METADATA = "metadata.json"
+# One record per chunk: random access reads exactly the records it needs.
+WRITER_OPTIONS = "group_size:1"
+
+FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "captions": tf.io.VarLenFeature(tf.string),
+    "id": tf.io.FixedLenFeature([], tf.int64),
+    "key": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+}
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
+                  label: int = -1) -> bytes:
+    feature = tf.train.Feature
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": feature(bytes_list=tf.train.BytesList(value=[image])),
+        "captions": feature(bytes_list=tf.train.BytesList(value=[c.encode("utf-8")
+                                                                   for c in captions])),
+        "id": feature(int64_list=tf.train.Int64List(value=[example_id])),
+        "key": feature(bytes_list=tf.train.BytesList(value=[key.encode("utf-8")])),
+        "label": feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def decode_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """In-graph: a serialized record -> image (encoded), captions [K], id, key, label."""
+    parsed = tf.io.parse_single_example(serialized, FEATURES)
+    parsed["captions"] = tf.sparse.to_dense(parsed["captions"], default_value="")
+    return parsed
+
+
+def record_key(serialized: bytes) -> str:
+    """A record's `key` in plain Python (for error messages naming bad examples)."""
+    example = tf.train.Example.FromString(serialized)
+    return example.features.feature["key"].bytes_list.value[0].decode("utf-8", "replace")
+
+
+def read_metadata(directory: str) -> dict:
+    path = os.path.join(directory, METADATA)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{directory} holds no mmjax shards ({METADATA} is missing). Write them with "
+            f"`python -m input_pipeline.make_shards --input=FILE_OR_DIR --output_dir={directory}`.")
+    with open(path) as f:
+        metadata = json.load(f)
+    if metadata.get("format") != FORMAT or metadata.get("version", 0) > VERSION:
+        raise ValueError(f"{path} is not mmjax shards metadata of version <= {VERSION}.")
+    return metadata
+
+
+class ShardsReader:
+    """Random access to one split's records across its files."""
+
+    def __init__(self, directory: str, split: str):
+        from array_record.python import array_record_data_source
+
+        metadata = read_metadata(directory)
+        if split not in metadata["splits"]:
+            raise ValueError(f"Shards at {directory} have no split {split!r}; they have "
+                             f"{sorted(metadata['splits'])}.")
+        info = metadata["splits"][split]
+        paths = [os.path.join(directory, name) for name in info["files"]]
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise FileNotFoundError(f"Shard files listed in {directory}/{METADATA} are missing "
+                                    f"(first: {missing[0]}); run make_shards again.")
+        self.source = array_record_data_source.ArrayRecordDataSource(paths)
+        if len(self.source) != info["num_examples"]:
+            raise ValueError(f"{directory}: the {split} files hold {len(self.source)} records, "
+                             f"{METADATA} says {info['num_examples']}; run make_shards again.")
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitems__(self, indices):
+        return self.source.__getitems__(indices)

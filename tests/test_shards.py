@@ -1,0 +1,182 @@
+"""Users' own captioned images: make_shards, `shards:` specs, bad-example skipping, order."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from input_pipeline import datasets, make_shards, pipeline, shards, synthetic
+from mmjax import tokenizers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
+NUM_IMAGES, NUM_TEST, NUM_CORRUPT = 320, 32, 3  # 288 train = 18 batches of 16; 1 % corrupt
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    """A CSV of 320 generated images with 1-5 captions each, 3 corrupt, converted to shards."""
+    root = tmp_path_factory.mktemp("user_data")
+    written = synthetic.write_captioned_images(str(root / "raw"), NUM_IMAGES, image_size=40,
+                                               corrupt=NUM_CORRUPT, test_fraction=NUM_TEST / NUM_IMAGES)
+    output = str(root / "shards")
+    metadata = make_shards.make_shards(written["csv"], output, examples_per_shard=100, quiet=True)
+    source = datasets.open_source(datasets.parse_spec(f"shards:{output}:train", "train"), None)
+    key_to_id = {shards.record_key(source.fetch(np.array([i]))[0]): i
+                 for i in range(source.num_examples)}
+    return dict(written, output=output, metadata=metadata, source=source, key_to_id=key_to_id,
+                corrupt_ids={key_to_id[k] for k in written["corrupt"]})
+
+
+def test_make_shards_writes_every_image_with_all_its_captions(user_data):
+    metadata = user_data["metadata"]
+    with open(user_data["csv"]) as f:
+        num_rows = sum(1 for _ in f) - 1
+    train, test = metadata["splits"]["train"], metadata["splits"]["test"]
+    assert (train["num_examples"], test["num_examples"]) == (NUM_IMAGES - NUM_TEST, NUM_TEST)
+    assert train["num_captions"] + test["num_captions"] == num_rows
+    assert train["files"] == [shards.shard_name("train", i, 3) for i in range(3)]
+    assert all(os.path.exists(os.path.join(user_data["output"], n)) for n in train["files"])
+    # A record holds the original bytes and every caption of its image.
+    source = user_data["source"]
+    record = shards.decode_record(source.fetch(np.array([5]))[0])
+    key = record["key"].numpy().decode()
+    with open(os.path.join(os.path.dirname(user_data["csv"]), key), "rb") as f:
+        assert record["image"].numpy() == f.read()
+    import csv
+    with open(user_data["csv"]) as f:
+        expected = [r["caption"] for r in csv.DictReader(f) if r["image"] == key]
+    assert [c.decode() for c in record["captions"].numpy()] == expected
+    assert int(record["id"]) == 5
+
+
+def test_make_shards_is_safe_to_run_again(user_data, tmp_path, capsys):
+    output = user_data["output"]
+    before = {n: os.path.getmtime(os.path.join(output, n)) for n in os.listdir(output)}
+    make_shards.make_shards(user_data["csv"], output, examples_per_shard=100)
+    assert "nothing to do" in capsys.readouterr().out
+    assert before == {n: os.path.getmtime(os.path.join(output, n)) for n in os.listdir(output)}
+    # A different shard size rewrites: old files go, no staging folder is left behind.
+    copy = tmp_path / "copy"
+    make_shards.make_shards(user_data["csv"], str(copy), examples_per_shard=100, quiet=True)
+    make_shards.make_shards(user_data["csv"], str(copy), examples_per_shard=1000, quiet=True)
+    assert sorted(os.listdir(copy)) == ["metadata.json", "test-00000-of-00001.array_record",
+                                        "train-00000-of-00001.array_record"]
+
+
+def test_jsonl_and_folder_inputs(tmp_path):
+    images = tmp_path / "folder" / "train"
+    images.mkdir(parents=True)
+    synthetic_dir = tmp_path / "raw"
+    written = synthetic.write_captioned_images(str(synthetic_dir), 6, image_size=16)
+    with open(tmp_path / "data.jsonl", "w") as f:
+        for name in sorted(os.listdir(synthetic_dir / "images"))[:3]:
+            f.write(json.dumps({"image": f"raw/images/{name}", "captions": ["one", "two"]}) + "\n")
+        f.write(json.dumps({"image": "raw/images/missing.png", "caption": "gone"}) + "\n")
+    metadata = make_shards.make_shards(str(tmp_path / "data.jsonl"), str(tmp_path / "out_jsonl"),
+                                       quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 3
+    assert metadata["splits"]["train"]["num_captions"] == 6
+    assert metadata["left_out"]["unreadable"][0].startswith("raw/images/missing.png")
+    for name in sorted(os.listdir(synthetic_dir / "images"))[:4]:
+        os.replace(synthetic_dir / "images" / name, images / name)
+        (images / (os.path.splitext(name)[0] + ".txt")).write_text("first caption\nsecond\n")
+    (images / "uncaptioned.png").write_bytes(b"")
+    metadata = make_shards.make_shards(str(tmp_path / "folder"), str(tmp_path / "out_folder"),
+                                       quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 4
+    assert metadata["splits"]["train"]["num_captions"] == 8
+    assert metadata["left_out"]["no_caption_file"] == [os.path.join("train", "uncaptioned.png")]
+    assert written["special"]  # the generator made its grayscale / RGBA / CMYK images
+
+
+def test_bad_inputs_are_explained(tmp_path):
+    (tmp_path / "bad.csv").write_text("path,text\na.png,hello\n")
+    with pytest.raises(ValueError, match=r"lacks the column\(s\) \['caption', 'image'\]"):
+        make_shards.make_shards(str(tmp_path / "bad.csv"), str(tmp_path / "out"), quiet=True)
+    with pytest.raises(FileNotFoundError, match="make_shards"):
+        datasets.open_source(datasets.parse_spec(f"shards:{tmp_path}:train", "train"), None)
+
+
+def _epoch(source, steps, batch_size=16, **kwargs):
+    tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
+    dataset = datasets.train_dataset(source, tokenizer, global_batch_size=batch_size,
+                                     image_size=24, seed=5, **kwargs)
+    return [batch for batch, _ in zip(dataset.as_numpy_iterator(), range(steps))]
+
+
+def test_bad_examples_are_skipped_and_named_grayscale_rgba_cmyk_are_not(user_data):
+    batches = _epoch(user_data["source"], 18)  # one epoch of the 288 train examples
+    skipped = np.concatenate([b["skipped"].ravel() for b in batches])
+    skipped = skipped[skipped >= 0]
+    attempts = sum(int(b["attempt"].sum()) for b in batches)
+    # Every corrupt record was met (at its own position) and skipped; nothing else was.
+    assert set(skipped) == user_data["corrupt_ids"] and attempts == len(skipped)
+    ids = np.concatenate([b["id"] for b in batches])
+    assert not set(ids) & user_data["corrupt_ids"]
+    assert len(ids) == 288 and len(set(ids)) >= 288 - attempts
+    for kind, key in user_data["special"].items():
+        assert user_data["key_to_id"][key] in ids, kind
+    assert all(b["image"].shape == (16, 24, 24, 3) for b in batches)
+
+
+def test_one_and_two_processes_read_the_same_global_batches_and_resume_at_the_next(user_data):
+    source = user_data["source"]
+    one = _epoch(source, 20)
+    two = [_epoch(source, 20, process_index=p, process_count=2) for p in (0, 1)]
+    for step in range(20):
+        np.testing.assert_array_equal(one[step]["id"], np.concatenate(
+            [two[0][step]["id"], two[1][step]["id"]]))
+        np.testing.assert_array_equal(one[step]["image"], np.concatenate(
+            [two[0][step]["image"], two[1][step]["image"]]))
+    # Restored at the position after step 12 (as a checkpoint records it): the next batches.
+    resumed = _epoch(source, 8, start_position=12 * 16)
+    for step in range(8):
+        np.testing.assert_array_equal(resumed[step]["id"], one[12 + step]["id"])
+        np.testing.assert_array_equal(resumed[step]["tokens"], one[12 + step]["tokens"])
+    # With another global batch size it continues at the same example.
+    resumed_32 = _epoch(source, 1, batch_size=32, start_position=12 * 16)
+    np.testing.assert_array_equal(resumed_32[0]["id"],
+                                  np.concatenate([one[12]["id"], one[13]["id"]]))
+
+
+def test_too_many_bad_examples_stop_the_run_naming_them(user_data, tiny_config):
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    batches = pipeline.train_batches(tiny_config, tokenizers.build_tokenizer(tiny_config.tokenizer))
+    for _ in range(18):
+        next(batches)
+    assert batches.skipped == NUM_CORRUPT and batches.position == 288
+    batches.check_bad_fraction(batches.skipped, 288, 0.02)  # within the limit: no error
+    batches.check_bad_fraction(25, 999, 0.01)  # too few examples read to judge yet
+    with pytest.raises(pipeline.TooManyBadExamples,
+                       match=r"25 of 1000 examples.*\(images/0028[567]\.(jpg|png)\)"):
+        batches.check_bad_fraction(25, 1000, 0.01)
+
+
+def test_training_on_shards_logs_the_exact_skipped_count(user_data, tiny_config, tmp_path):
+    from mmjax import train
+
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    tiny_config.data.eval = f"shards:{user_data['output']}:test"
+    tiny_config.evals = ("retrieval",)
+    tiny_config.total_steps = 18  # one epoch
+    tiny_config.checkpoint_every_steps = 9
+    tiny_config.log_every_steps = 9
+    workdir = str(tmp_path / "run")
+    metrics = train.train_and_evaluate(tiny_config, workdir)
+    assert metrics["eval/shards/num_candidates"] == NUM_TEST
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        logged = {r["step"]: r["data/skipped"] for r in map(json.loads, f) if "data/skipped" in r}
+    # The same pipeline read on its own: what it skipped by steps 9 and 18.
+    batches = pipeline.train_batches(tiny_config, tokenizers.build_tokenizer(tiny_config.tokenizer))
+    expected = {}
+    for step in range(1, 19):
+        next(batches)
+        expected[step] = batches.skipped
+    assert logged == {9: expected[9], 18: expected[18]}
+    assert logged[18] >= NUM_CORRUPT
+    with open(os.path.join(workdir, "data_state.json")) as f:
+        state = json.load(f)
+    assert state["18"]["position"] == 288 and state["18"]["skipped"] == logged[18]
+    assert state["9"]["position"] == 144
