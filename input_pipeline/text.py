@@ -7,11 +7,12 @@ import tensorflow as tf
 from mmjax import tokenizers
 
 
-def _layout(ids: tf.Tensor, context_length: int) -> tf.Tensor:
+def _layout(ids: tf.Tensor, context_length: int, bos_id: int = tokenizers.BOS_ID,
+            eot_id: int = tokenizers.EOT_ID, pad_id: int = tokenizers.PAD_ID) -> tf.Tensor:
     ids = tf.cast(ids[: context_length - 2], tf.int32)
-    ids = tf.concat([[tokenizers.BOS_ID], ids, [tokenizers.EOT_ID]], axis=0)
+    ids = tf.concat([[bos_id], ids, [eot_id]], axis=0)
     padding = context_length - tf.shape(ids)[0]
-    return tf.ensure_shape(tf.pad(ids, [[0, padding]], constant_values=tokenizers.PAD_ID),
+    return tf.ensure_shape(tf.pad(ids, [[0, padding]], constant_values=pad_id),
                            [context_length])
 
 
@@ -35,6 +36,16 @@ def make_tokenize_fn(tokenizer):
             words = tf.strings.split(tf.strings.strip(text))
             return _layout(table.lookup(words), length)
         return tokenize_words
+    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
+        import tensorflow_text
+
+        model = tensorflow_text.SentencepieceTokenizer(model=tokenizer.model_proto,
+                                                       out_type=tf.int32)
+
+        def tokenize_pieces(text):
+            return _layout(model.tokenize(text), length, tokenizer.bos_id, tokenizer.eot_id,
+                           tokenizer.pad_id)
+        return tokenize_pieces
     # Any other tokenizer runs its Python code through tf.numpy_function: exact, but it holds the
     # GIL, so an in-graph version is worth adding where throughput matters.
     def tokenize_in_python(text):

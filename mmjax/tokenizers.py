@@ -22,9 +22,9 @@ WORD_PATTERN = r"[^a-z0-9]+"
 
 
 def _layout(ids: list[int], context_length: int, bos_id: int = BOS_ID,
-            eot_id: int = EOT_ID) -> list[int]:
+            eot_id: int = EOT_ID, pad_id: int = PAD_ID) -> list[int]:
     ids = [bos_id] + ids[: context_length - 2] + [eot_id]
-    return ids + [PAD_ID] * (context_length - len(ids))
+    return ids + [pad_id] * (context_length - len(ids))
 
 
 class ByteTokenizer:
@@ -182,6 +182,40 @@ class ClipBpeTokenizer:
         return data.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
 
+class SentencePieceTokenizer:
+    """A SentencePiece model file (`python -m input_pipeline.make_vocab` trains one from a
+    dataset's captions). The input pipeline runs the same model in-graph (tensorflow-text);
+    a test keeps the two equal. Uses the model's own pad, bos and eos ids."""
+
+    name = "sentencepiece"
+
+    def __init__(self, context_length: int, vocabulary_file: str):
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise ImportError("The sentencepiece tokenizer needs the sentencepiece package "
+                              "(pip install -r requirements.txt).") from e
+        with open(vocabulary_file, "rb") as f:
+            self.model_proto = f.read()
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        self.pad_id, self.bos_id, self.eot_id = (self.processor.pad_id(), self.processor.bos_id(),
+                                                 self.processor.eos_id())
+        if min(self.pad_id, self.bos_id, self.eot_id) < 0:
+            raise ValueError(
+                f"SentencePiece model {vocabulary_file} lacks a pad, bos or eos piece (ids "
+                f"{self.pad_id}, {self.bos_id}, {self.eot_id}); mmjax lays texts out as [bos, ..., "
+                "eos, pad, ...]. Train one with `python -m input_pipeline.make_vocab`.")
+        self.vocab_size = self.processor.get_piece_size()
+        self.context_length = context_length
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray([_layout(self.processor.encode(text), self.context_length, self.bos_id,
+                                   self.eot_id, self.pad_id) for text in texts], np.int32)
+
+    def decode(self, ids) -> str:
+        return self.processor.decode(_content_ids(ids, self.bos_id, self.eot_id))
+
+
 class IdsOnlyTokenizer:
     """For a model whose vocabulary file is not at hand (an import without --vocab): token ids are
     accepted as they are, strings are refused with the fix."""
@@ -203,7 +237,7 @@ class IdsOnlyTokenizer:
 
 
 TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer,
-              "ids_only": IdsOnlyTokenizer}
+              "sentencepiece": SentencePieceTokenizer, "ids_only": IdsOnlyTokenizer}
 
 
 def build_tokenizer(tokenizer_config):

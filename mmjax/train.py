@@ -90,6 +90,12 @@ class Trainer:
                 f"The {self.tokenizer.name} tokenizer ends texts with id {self.tokenizer.eot_id} but "
                 f"the text tower pools at id {tower_eot}; set config.model.text_tower.eot_id="
                 f"{self.tokenizer.eot_id}.")
+        tower_pad = config.model.text_tower.get("pad_id", tokenizers.PAD_ID)
+        if tower_pad != self.tokenizer.pad_id:
+            raise ValueError(
+                f"The {self.tokenizer.name} tokenizer pads with id {self.tokenizer.pad_id} but the "
+                f"text tower masks id {tower_pad}; set config.model.text_tower.pad_id="
+                f"{self.tokenizer.pad_id}.")
         model_vocab = config.model.get("vocab_size")
         if model_vocab and self.tokenizer.vocab_size > model_vocab:
             raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids but "

@@ -180,3 +180,38 @@ def test_training_on_shards_logs_the_exact_skipped_count(user_data, tiny_config,
         state = json.load(f)
     assert state["18"]["position"] == 288 and state["18"]["skipped"] == logged[18]
     assert state["9"]["position"] == 144
+
+
+def _varied_captions(count, seed=0):
+    """Captions a vocabulary trained on shapes has not seen: accents, CJK, emoji, digits, runs
+    of spaces, punctuation, long ones that truncate."""
+    rng = np.random.default_rng(seed)
+    words = ["two", "large", "red", "circles", "café", "naïve", "日本語", "東京", "🙂", "x2",
+             "1,024", "Hello!", "  spaced  ", "ÀÉÎ", "über", "e-mail", "(brackets)", "quote's"]
+    return [" ".join(rng.choice(words, size=rng.integers(0, 30))) for _ in range(count)]
+
+
+def test_make_vocab_and_in_graph_sentencepiece_equal_python_on_1000_captions(user_data, tmp_path):
+    import tensorflow as tf
+
+    from input_pipeline import make_vocab, text
+
+    path = make_vocab.train_vocabulary(f"shards:{user_data['output']}:train",
+                                       str(tmp_path / "vocab"), vocab_size=120)
+    tokenizer = tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
+                                                vocabulary_file=path))
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eot_id) == (0, 1, 2)
+    assert tokenizer.vocab_size <= 120
+    train_captions = list(make_vocab.captions(f"shards:{user_data['output']}:train"))
+    assert len(train_captions) == user_data["metadata"]["splits"]["train"]["num_captions"]
+    texts = train_captions[:500] + _varied_captions(500)
+    in_graph = tf.data.Dataset.from_tensor_slices(texts).map(text.make_tokenize_fn(tokenizer))
+    python_ids = tokenizer(texts)
+    np.testing.assert_array_equal(np.stack(list(in_graph.as_numpy_iterator())), python_ids)
+    # Truncation keeps end-of-text; unseen characters are unk, not dropped.
+    assert (python_ids[:, -1] != 0).sum() > 50
+    assert all(row[-1] in (0, 2) for row in python_ids)
+    assert (python_ids == 3).any()
+    untruncated = [i for i in range(500) if python_ids[i, -1] == 0]
+    assert [tokenizer.decode(python_ids[i]) for i in untruncated] == [train_captions[i]
+                                                                      for i in untruncated]
