@@ -278,7 +278,7 @@ def _skip_record(attempt, candidates):
 
 def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
                   start_position: int = 0, process_index: int = 0, process_count: int = 1,
-                  normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize|normalize",
+                  normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize",
                   max_attempts: int = MAX_ATTEMPTS) -> tf.data.Dataset:
     """Endless batches of positions start_position + s * B, ...; this process's slice of each.
 
@@ -323,7 +323,7 @@ def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
         }
 
     def stand_in(position, candidates):
-        return {"image": tf.zeros([image_size, image_size, 3]),
+        return {"image": tf.zeros([image_size, image_size, 3], image_ops.output_dtype),
                 "tokens": tf.zeros([tokenizer.context_length], tf.int32),
                 "label": tf.constant(-1), "id": tf.constant(-1, tf.int64),
                 "attempt": tf.constant(max_attempts, tf.int64), "skipped": candidates}
@@ -336,7 +336,7 @@ def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
 def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str = "minus_one_one", max_examples: int | None = None,
-                 preprocess_ops: str = "decode|resize|normalize"):
+                 preprocess_ops: str = "decode|resize"):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
     padded. `valid` is False for padding and for bad examples (`skipped` True), which are left
     out of the metrics."""
@@ -365,7 +365,7 @@ def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
         }
 
     def stand_in(position, candidates):
-        return {"image": tf.zeros([image_size, image_size, 3]),
+        return {"image": tf.zeros([image_size, image_size, 3], image_ops.output_dtype),
                 "tokens": tf.zeros([tokenizer.context_length], tf.int32),
                 "label": tf.constant(-1), "id": candidates[0], "valid": False,
                 "skipped": position < num_examples}

@@ -42,7 +42,7 @@ class TrainBatches:
             image_size=config.data.image_size, seed=config.seed, start_position=start_position,
             process_index=jax.process_index(), process_count=jax.process_count(),
             normalization=config.data.normalization,
-            preprocess_ops=config.data.get("train_preprocess", "decode|resize|normalize"),
+            preprocess_ops=config.data.get("train_preprocess", "decode|resize"),
             max_attempts=self.max_attempts)
         self._iterator = dataset.as_numpy_iterator()
         self.position = start_position
@@ -116,7 +116,7 @@ def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "
         source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         normalization=config.data.normalization, max_examples=max_examples,
-        preprocess_ops=config.data.get("eval_preprocess", "decode|resize|normalize"))
+        preprocess_ops=config.data.get("eval_preprocess", "decode|resize"))
     class_names, templates = datasets.zeroshot_prompts(source)
     probe = None
     if "linear_probe" in config.evals and max_examples is None:

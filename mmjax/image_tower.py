@@ -14,6 +14,21 @@ from flax import nnx
 
 from mmjax import layers, sharding
 
+# How a model expects pixels: (mean, std) per channel in [0, 255] units; normalised = (x - mean) / std.
+IMAGE_NORMALIZATIONS = {
+    "minus_one_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    "clip": ((0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),  # OpenAI CLIP / open_clip
+             (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)),
+}
+
+
+def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if name not in IMAGE_NORMALIZATIONS:
+        raise ValueError(f"Unknown image normalization {name!r}; valid names: "
+                         f"{sorted(IMAGE_NORMALIZATIONS)}.")
+    return IMAGE_NORMALIZATIONS[name]
+
+
 # name -> (width, depth, mlp_dim, num_heads), as in big_vision's decode_variant.
 VIT_SIZES = {
     "mu": (64, 2, 128, 4),  # the CPU smoke model
@@ -99,7 +114,15 @@ class VisionTransformer(nnx.Module):
         patches = patches.transpose(0, 1, 3, 2, 4, 5)
         return patches.reshape(batch, (height // p) * (width // p), p * p * channels)
 
+    # Set by models.build_model from config.data.normalization.
+    input_normalization = "minus_one_one"
+
     def __call__(self, images: jax.Array):
+        if images.dtype == jnp.uint8:
+            # Pixels straight from the input pipeline (4x fewer bytes to the device than float32):
+            # normalised here, where it fuses into the patch embedding.
+            mean, std = image_normalization(self.input_normalization)
+            images = (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
         tokens = self.patch_embedding(self.patchify(images))
         tokens = tokens + self.position_embedding[...].astype(self.dtype)
         if self.cls_token is not None:

@@ -116,7 +116,8 @@ def load(path: str) -> InferenceModel:
         config.tokenizer.vocabulary_file = vocabulary_copy  # the workdir travels with its vocabulary
     tokenizer = tokenizers.build_tokenizer(config.tokenizer)
     model = models.build_model(config.model, vocab_size=tokenizer.vocab_size,
-                               image_size=config.data.image_size, seed=0)
+                               image_size=config.data.image_size, seed=0,
+                               normalization=config.data.get("normalization", "minus_one_one"))
     graphdef, params = nnx.split(model, nnx.Param)
     params = checkpoint.merge_params(params, checkpoint.load_params(path), (), path)
     return InferenceModel(config, params, graphdef, tokenizer)

@@ -15,25 +15,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import fusion, layers, losses, tokenizers
-from mmjax.image_tower import VisionTransformer
+from mmjax.image_tower import IMAGE_NORMALIZATIONS, VisionTransformer, image_normalization  # noqa: F401
 from mmjax.text_tower import TextTransformer
 
 IMAGE_TOWERS = {"vit": VisionTransformer}
 TEXT_TOWERS = {"transformer": TextTransformer}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-# How a model expects pixels: (mean, std) per channel in [0, 255] units; normalised = (x - mean) / std.
-IMAGE_NORMALIZATIONS = {
-    "minus_one_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-    "clip": ((0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),  # OpenAI CLIP / open_clip
-             (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)),
-}
-
-
-def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return _lookup(IMAGE_NORMALIZATIONS, name, "image normalization")
-
 
 def _lookup(registry: dict, name: str, what: str):
     if name not in registry:
@@ -272,10 +260,15 @@ MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
           "fusion_classifier": FusionClassifier}
 
 
-def build_model(model_config, *, vocab_size: int, image_size: int, seed: int) -> nnx.Module:
-    """Builds the model the config names; its parameters come from `seed`."""
+def build_model(model_config, *, vocab_size: int, image_size: int, seed: int,
+                normalization: str = "minus_one_one") -> nnx.Module:
+    """Builds the model the config names; its parameters come from `seed`. uint8 images are
+    normalised on the device with `normalization` (config.data.normalization)."""
     kwargs = dict(model_config)
     model_cls = _lookup(MODELS, kwargs.pop("name"), "model")
     # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
     vocab_size = kwargs.pop("vocab_size", None) or vocab_size
-    return model_cls(vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed), **kwargs)
+    image_normalization(normalization)  # an unknown name fails here, before compiling
+    model = model_cls(vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed), **kwargs)
+    model.image_tower.input_normalization = normalization
+    return model

@@ -146,7 +146,9 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------
     def _build_model(self) -> nnx.Module:
         return models.build_model(self.config.model, vocab_size=self.tokenizer.vocab_size,
-                                  image_size=self.config.data.image_size, seed=self.config.seed)
+                                  image_size=self.config.data.image_size, seed=self.config.seed,
+                                  normalization=self.config.data.get("normalization",
+                                                                     "minus_one_one"))
 
     def _init_state(self) -> dict[str, Any]:
         _, params = nnx.split(self._build_model(), nnx.Param)
@@ -438,9 +440,12 @@ def all_rows(local: np.ndarray) -> np.ndarray:
 
 
 def report_thumbnails(images: np.ndarray, normalization: str, size: int = 48) -> np.ndarray:
-    """Normalised eval images back to uint8, shrunk to at most `size` pixels (box filter)."""
-    mean, std = models.image_normalization(normalization)
-    pixels = np.clip(np.asarray(images) * np.asarray(std) + np.asarray(mean), 0, 255)
+    """Eval images (uint8, or normalised floats) as uint8, shrunk to at most `size` pixels (box
+    filter)."""
+    pixels = np.asarray(images, np.float32)
+    if np.asarray(images).dtype != np.uint8:
+        mean, std = models.image_normalization(normalization)
+        pixels = np.clip(pixels * np.asarray(std) + np.asarray(mean), 0, 255)
     factor = max(1, -(-pixels.shape[1] // size))
     if factor > 1:
         n, h, w, c = pixels.shape
