@@ -39,15 +39,24 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_best_mode = "max"
 
     config.data = ml_collections.ConfigDict()
-    # Dataset specs 'tfds:NAME[:SPLIT]'; mmjax_shapes is generated locally on first use.
+    # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is
+    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m input_pipeline.make_shards).
     config.data.train = "tfds:mmjax_shapes:train"
     config.data.eval = "tfds:mmjax_shapes:test"
     # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
     config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
     # Images are resized to image_size x image_size.
     config.data.image_size = 32
-    # Pixel normalisation the model expects: "minus_one_one" or "clip" (OpenAI's mean and std).
+    # Pixel normalisation the model applies (on the device) to the pipeline's uint8 images:
+    # "minus_one_one" or "clip" (OpenAI's mean and std).
     config.data.normalization = "minus_one_one"
+    # Image preprocessing ops (input_pipeline/preprocess.py OPS), big_vision style; `size`
+    # defaults to image_size. No flips or crops here: captions say "left", "right", how many.
+    config.data.train_preprocess = "decode|resize"
+    config.data.eval_preprocess = "decode|resize"
+    # Bad examples (undecodable images, no caption) are skipped and counted (data/skipped); the
+    # run stops, naming them, when more than this fraction of those read is bad.
+    config.data.max_bad_fraction = 0.01
     # Global batch size for evaluation (the last batch is padded, never dropped).
     config.data.eval_batch_size = 250
     # The linear probe's labelled training images: the first probe_examples of probe_train
@@ -56,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.probe_examples = 2000
 
     config.tokenizer = ml_collections.ConfigDict()
-    # 'words' (a vocabulary file) or 'bytes' (no file).
+    # 'words' (a vocabulary file), 'bytes' (no file), 'sentencepiece' (a .model file, e.g. from
+    # python -m input_pipeline.make_vocab) or 'clip_bpe' (CLIP's bpe_simple_vocab_16e6.txt.gz).
     config.tokenizer.name = "words"
     # Tokens per text, including begin- and end-of-text; must equal the text tower's.
     config.tokenizer.context_length = 12
