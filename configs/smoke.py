@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Bad examples (undecodable images, no caption) are skipped and counted (data/skipped); the
     # run stops, naming them, when more than this fraction of those read is bad.
     config.data.max_bad_fraction = 0.01
+    # Captions per eval image for retrieval (5 for COCO / Flickr30k: any of an image's captions
+    # counts); the first caption serves the other evaluators.
+    config.data.eval_captions_per_image = 1
     # Global batch size for evaluation (the last batch is padded, never dropped).
     config.data.eval_batch_size = 250
     # The linear probe's labelled training images: the first probe_examples of probe_train

@@ -336,10 +336,11 @@ def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
 def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str = "minus_one_one", max_examples: int | None = None,
-                 preprocess_ops: str = "decode|resize"):
+                 preprocess_ops: str = "decode|resize", captions_per_image: int = 1):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
     padded. `valid` is False for padding and for bad examples (`skipped` True), which are left
-    out of the metrics."""
+    out of the metrics. `tokens` is an image's first caption; with `captions_per_image` K > 1,
+    also `all_tokens` [K, L] (its first K captions) and `all_valid` [K]."""
     local_batch_size = global_batch_size // process_count
     num_examples = min(source.num_examples, max_examples or source.num_examples)
     num_batches = -(-num_examples // global_batch_size)
@@ -362,13 +363,26 @@ def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
             "id": tf.cast(example["id"], tf.int64),
             "valid": position < num_examples,
             "skipped": False,
+            **all_captions(example["captions"]),
         }
+
+    def all_captions(captions):
+        if captions_per_image == 1:
+            return {}
+        captions = tf.concat([captions[:captions_per_image],
+                              tf.fill([captions_per_image], "")], 0)[:captions_per_image]
+        return {"all_tokens": tf.map_fn(tokenize, captions, fn_output_signature=tf.TensorSpec(
+                    [tokenizer.context_length], tf.int32)),
+                "all_valid": tf.strings.length(tf.strings.strip(captions)) > 0}
 
     def stand_in(position, candidates):
         return {"image": tf.zeros([image_size, image_size, 3], image_ops.output_dtype),
                 "tokens": tf.zeros([tokenizer.context_length], tf.int32),
                 "label": tf.constant(-1), "id": candidates[0], "valid": False,
-                "skipped": position < num_examples}
+                "skipped": position < num_examples,
+                **({} if captions_per_image == 1 else {
+                    "all_tokens": tf.zeros([captions_per_image, tokenizer.context_length], tf.int32),
+                    "all_valid": tf.zeros([captions_per_image], tf.bool)})}
 
     batches = tf.data.Dataset.range(num_batches).map(local_positions)
     dataset = _robust_map(source, batches, process, stand_in)

@@ -116,7 +116,9 @@ def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "
         source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         normalization=config.data.normalization, max_examples=max_examples,
-        preprocess_ops=config.data.get("eval_preprocess", "decode|resize"))
+        preprocess_ops=config.data.get("eval_preprocess", "decode|resize"),
+        captions_per_image=config.data.get("eval_captions_per_image", 1) if max_examples is None
+        else 1)
     class_names, templates = datasets.zeroshot_prompts(source)
     probe = None
     if "linear_probe" in config.evals and max_examples is None:

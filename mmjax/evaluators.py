@@ -83,6 +83,10 @@ class EvalContext:
     tokenizer: object = None
     # What evaluators leave for the report (examples, per-class numbers), by evaluator name.
     details: dict[str, dict] = dataclasses.field(default_factory=dict)
+    # Every caption of every image (config.data.eval_captions_per_image > 1): embeddings and the
+    # image each describes. Retrieval then counts any of an image's captions.
+    all_text_embeddings: np.ndarray | None = None
+    all_text_image: np.ndarray | None = None
 
 
 def example_queries(count: int, num: int = 4) -> np.ndarray:
@@ -97,7 +101,12 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
         "similarity": similarity[:32, :32], "queries": queries,
         "i2t_top5": np.argsort(-similarity[queries], axis=1, kind="stable")[:, :5],
         "t2i_top5": np.argsort(-similarity.T[queries], axis=1, kind="stable")[:, :5]}
-    return retrieval_metrics(context.image_embeddings, context.text_embeddings)
+    if context.all_text_embeddings is None:
+        return retrieval_metrics(context.image_embeddings, context.text_embeddings)
+    metrics = retrieval_metrics(context.image_embeddings, context.all_text_embeddings,
+                                text_image=context.all_text_image)
+    metrics["num_texts"] = float(len(context.all_text_image))
+    return metrics
 
 
 def class_embeddings(context: EvalContext) -> np.ndarray:

@@ -377,13 +377,15 @@ class Trainer:
 
     def encode_texts(self, params, texts) -> np.ndarray:
         """Embeds strings in fixed-size chunks (one compiled shape)."""
+        return self.encode_token_rows(params, self.tokenizer(texts))
+
+    def encode_token_rows(self, params, tokens: np.ndarray) -> np.ndarray:
         chunk = 256
-        tokens = self.tokenizer(texts)
         padded = np.zeros((-(-len(tokens) // chunk) * chunk, tokens.shape[1]), np.int32)
         padded[: len(tokens)] = tokens
         outputs = [np.asarray(self.encode_text_step(params, padded[i:i + chunk]))
                    for i in range(0, len(padded), chunk)]
-        return np.concatenate(outputs)[: len(texts)]
+        return np.concatenate(outputs)[: len(tokens)]
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, params, eval_data, report: dict | None = None) -> dict[str, float]:
@@ -393,13 +395,16 @@ class Trainer:
         details, the embeddings, image thumbnails and the reference captions.
         """
         parts: dict[str, list[np.ndarray]] = {}
-        thumbnails = []
+        thumbnails, all_captions = [], []
         for local_batch in eval_data.batches():
             encoded = jax.device_get(self.encode_step(
                 params, self.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
             valid = encoded.pop("valid")
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value[valid])
+            if "all_tokens" in local_batch:  # several captions per image
+                all_captions.append((all_rows(local_batch["all_tokens"])[valid],
+                                     all_rows(local_batch["all_valid"])[valid]))
             if report is not None:
                 local = report_thumbnails(local_batch["image"],
                                           self.config.data.get("normalization", "minus_one_one"))
@@ -419,6 +424,11 @@ class Trainer:
             prompt_templates=eval_data.prompt_templates,
             encode_texts=lambda texts: self.encode_texts(params, texts),
         )
+        if all_captions:
+            tokens = np.concatenate([t for t, _ in all_captions])
+            present = np.concatenate([v for _, v in all_captions]).astype(bool)
+            context.all_text_image = np.nonzero(present)[0]
+            context.all_text_embeddings = self.encode_token_rows(params, tokens[present])
         metrics = {}
         for name in self.config.evals:
             for metric, value in evaluators.EVALUATORS[name](context).items():

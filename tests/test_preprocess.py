@@ -225,3 +225,19 @@ def test_classification_tfds_dataset_gets_class_names_and_prompts(other_tfds):
     assert list(batches[0]["label"]) == [0, 1, 0, 1] or sorted(batches[0]["label"]) == [0, 0, 1, 1]
     texts = [tokenizers.ByteTokenizer(40).decode(t) for t in batches[0]["tokens"]]
     assert {t for t in texts} == {"a photo of a pink primrose.", "a photo of a globe thistle."}
+
+
+def test_eval_batches_carry_every_caption_up_to_k(other_tfds):
+    from mmjax import tokenizers
+
+    source = datasets.open_source(datasets.parse_spec("tfds:fake_coco_captions:val", "val"),
+                                  other_tfds)
+    tokenizer = tokenizers.ByteTokenizer(16)
+    batch = next(datasets.eval_dataset(source, tokenizer, global_batch_size=6, image_size=8,
+                                       captions_per_image=5).as_numpy_iterator())
+    assert batch["all_tokens"].shape == (6, 5, 16)
+    assert batch["all_valid"].tolist() == [[True] * 3 + [False] * 2] * 6
+    for row in batch["all_tokens"]:  # one image's captions (TFDS stores them shuffled)
+        texts = [tokenizer.decode(t) for t in row[:3]]
+        assert [t[-1] for t in texts] == ["a", "b", "c"] and len({t[:-2] for t in texts}) == 1
+    np.testing.assert_array_equal(batch["tokens"], batch["all_tokens"][:, 0])

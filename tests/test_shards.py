@@ -160,12 +160,16 @@ def test_training_on_shards_logs_the_exact_skipped_count(user_data, tiny_config,
     tiny_config.data.train = f"shards:{user_data['output']}:train"
     tiny_config.data.eval = f"shards:{user_data['output']}:test"
     tiny_config.evals = ("retrieval",)
+    tiny_config.data.eval_captions_per_image = 5  # each test image has 1-5 captions
     tiny_config.total_steps = 18  # one epoch
     tiny_config.checkpoint_every_steps = 9
     tiny_config.log_every_steps = 9
     workdir = str(tmp_path / "run")
     metrics = train.train_and_evaluate(tiny_config, workdir)
     assert metrics["eval/shards/num_candidates"] == NUM_TEST
+    # Retrieval ranked every caption of the test images, not one per image.
+    test_captions = user_data["metadata"]["splits"]["test"]["num_captions"]
+    assert metrics["eval/shards/num_texts"] == test_captions > NUM_TEST
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = {r["step"]: r["data/skipped"] for r in map(json.loads, f) if "data/skipped" in r}
     # The same pipeline read on its own: what it skipped by steps 9 and 18.
