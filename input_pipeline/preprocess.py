@@ -50,7 +50,7 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
-    """[0, 255] -> the model's input range: a name in mmjax.models.IMAGE_NORMALIZATIONS."""
+    """[0, 255] -> the model's input range: a name in mmjax.image_tower.IMAGE_NORMALIZATIONS."""
     mean, std = models.image_normalization(normalization)
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 

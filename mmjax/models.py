@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import fusion, layers, losses, tokenizers
-from mmjax.image_tower import IMAGE_NORMALIZATIONS, VisionTransformer, image_normalization  # noqa: F401
+from mmjax.image_tower import VisionTransformer, image_normalization
 from mmjax.text_tower import TextTransformer
 
 IMAGE_TOWERS = {"vit": VisionTransformer}

@@ -84,18 +84,16 @@ class Trainer:
         if accum_steps > 1 and config.model.name == "fusion":
             raise ValueError("config.grad_accum_steps > 1 is not supported for the fusion model "
                              "(its matching labels are integer outputs); use 1.")
-        tower_eot = config.model.text_tower.get("eot_id", tokenizers.EOT_ID)
-        if tower_eot != self.tokenizer.eot_id:
-            raise ValueError(
-                f"The {self.tokenizer.name} tokenizer ends texts with id {self.tokenizer.eot_id} but "
-                f"the text tower pools at id {tower_eot}; set config.model.text_tower.eot_id="
-                f"{self.tokenizer.eot_id}.")
-        tower_pad = config.model.text_tower.get("pad_id", tokenizers.PAD_ID)
-        if tower_pad != self.tokenizer.pad_id:
-            raise ValueError(
-                f"The {self.tokenizer.name} tokenizer pads with id {self.tokenizer.pad_id} but the "
-                f"text tower masks id {tower_pad}; set config.model.text_tower.pad_id="
-                f"{self.tokenizer.pad_id}.")
+        for field, default, tokenizer_does, tower_does in (
+                ("eot_id", tokenizers.EOT_ID, "ends texts with", "pools at"),
+                ("pad_id", tokenizers.PAD_ID, "pads with", "masks")):
+            tower_id, tokenizer_id = (config.model.text_tower.get(field, default),
+                                      getattr(self.tokenizer, field))
+            if tower_id != tokenizer_id:
+                raise ValueError(
+                    f"The {self.tokenizer.name} tokenizer {tokenizer_does} id {tokenizer_id} but "
+                    f"the text tower {tower_does} id {tower_id}; set "
+                    f"config.model.text_tower.{field}={tokenizer_id}.")
         model_vocab = config.model.get("vocab_size")
         if model_vocab and self.tokenizer.vocab_size > model_vocab:
             raise ValueError(f"The tokenizer has {self.tokenizer.vocab_size} ids but "
