@@ -52,12 +52,13 @@ class MetricWriter:
                 self.tensorboard.add_scalar(name.replace("@", "_at_"), float(value), int(step))
             self.tensorboard.flush()
 
-    def progress(self, step: int, loss: float, steps_per_sec: float) -> None:
+    def progress(self, step: int, loss: float, steps_per_sec: float, skipped: int = 0) -> None:
         if not self.enabled:
             return
         remaining = (self.total_steps - step) / max(steps_per_sec, 1e-9)
         print(f"step {step:>6}/{self.total_steps} | loss {loss:.4f} | {steps_per_sec:6.2f} steps/s"
-              f" | ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}", flush=True)
+              f" | ETA {time.strftime('%H:%M:%S', time.gmtime(remaining))}"
+              + (f" | {skipped} bad examples skipped" if skipped else ""), flush=True)
 
     def close(self) -> None:
         if self.enabled:

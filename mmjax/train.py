@@ -605,10 +605,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 host_metrics["train/steps_per_sec"] = steps_per_sec
                 skipped, seen = data_counts()
                 host_metrics["data/skipped"] = skipped
+                writer.write(step, host_metrics)
+                writer.progress(step, host_metrics["train/loss"], steps_per_sec, skipped)
                 train_batches.check_bad_fraction(skipped, seen, config.data.get(
                     "max_bad_fraction", 0.01))
-                writer.write(step, host_metrics)
-                writer.progress(step, host_metrics["train/loss"], steps_per_sec)
                 interval_start, interval_step = time.time(), step
             stop = preemption.requested()
             if step % config.checkpoint_every_steps == 0 or step == config.total_steps or stop:
