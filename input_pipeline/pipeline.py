@@ -79,7 +79,8 @@ class TrainBatches:
             raise TooManyBadExamples(
                 f"{skipped} of {seen} examples read from {self.source.spec.name} were bad "
                 f"({skipped / seen:.2%} > config.data.max_bad_fraction = {max_fraction:.2%}). "
-                f"Recent ones on this process: {self.describe(self.skipped_records[-5:])}. Fix "
+                f"Recent ones on this process: "
+                f"{self.describe(list(dict.fromkeys(reversed(self.skipped_records)))[:5])}. Fix "
                 "or drop them (the log's 'Ignoring error' lines give the reason), or raise "
                 "config.data.max_bad_fraction.")
 
