@@ -45,8 +45,10 @@ def save_data_state(workdir: str, step: int, data_state: dict, keep_steps) -> No
     path = os.path.join(workdir, DATA_STATE)
     states = load_data_states(workdir)
     states[str(step)] = data_state
-    keep = {str(s) for s in keep_steps} | {str(step)}
-    states = {k: v for k, v in states.items() if k in keep}
+    # Entries older than the oldest kept checkpoint go; newer ones stay (a save still in flight
+    # is not yet among the kept steps).
+    oldest = min([*keep_steps, step])
+    states = {k: v for k, v in states.items() if int(k) >= oldest}
     with open(path + ".tmp", "w") as f:
         json.dump(states, f, indent=1, sort_keys=True)
     os.replace(path + ".tmp", path)
