@@ -146,8 +146,30 @@ def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
     return Adapter(to_example, class_names, CLASSIFICATION_TEMPLATES if class_names else ())
 
 
-class TfdsSource:
-    """A TFDS split stored as ArrayRecord: fetches serialized records by index."""
+class RecordSource:
+    """Serialized records by index (`records` has __getitems__) and how to read one: `parse`
+    gives the stored features, the adapter maps them to mmjax's example."""
+
+    spec: DatasetSpec
+    adapter: Adapter
+    num_examples: int
+
+    def fetch(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
+
+    def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Images stay encoded here: the preprocessing ops decode them (and can reject bad ones).
+        return self.adapter.to_example(self.parse(serialized), index)
+
+
+def fetch_records(source: RecordSource, indices: tf.Tensor) -> tf.Tensor:
+    """In-graph: serialized records at `indices` (any shape)."""
+    return tf.ensure_shape(tf.numpy_function(source.fetch, [indices], tf.string, stateful=False),
+                           indices.shape)
+
+
+class TfdsSource(RecordSource):
+    """A TFDS split stored as ArrayRecord."""
 
     def __init__(self, spec: DatasetSpec, data_dir: str | None):
         base_name = spec.name.split("/")[0]
@@ -184,42 +206,35 @@ class TfdsSource:
                                         data_dir=data_dir).data_source
         self.num_examples = len(self.records)
 
-    def fetch(self, indices: np.ndarray) -> np.ndarray:
-        return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
-
-    def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
-        # Images stay encoded here: the preprocessing ops decode them (and can reject bad ones).
-        decoders = {"image": tfds.decode.SkipDecoding()}
-        features = self.builder.info.features.deserialize_example(serialized, decoders=decoders)
-        return self.adapter.to_example(features, index)
+    def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.builder.info.features.deserialize_example(
+            serialized, decoders={"image": tfds.decode.SkipDecoding()})
 
     def describe(self, index: int) -> str:
         return f"record {index} of {self.spec.name}:{self.spec.split}"
 
 
-class ShardsSource:
+class ShardsSource(RecordSource):
     """mmjax shards (input_pipeline/shards.py): a split of `shards:DIR[:SPLIT]`."""
+
+    # Records carry their id; they have no class names.
+    adapter = Adapter(to_example=lambda record, index: {
+        k: record[k] for k in ("image", "captions", "label", "id")})
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.records = shards.ShardsReader(spec.name, spec.split)
-        self.adapter = Adapter(to_example=None)
         self.num_examples = len(self.records)
 
-    def fetch(self, indices: np.ndarray) -> np.ndarray:
-        return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
-
-    def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
-        del index  # records carry their id
-        record = shards.decode_record(serialized)
-        return {k: record[k] for k in ("image", "captions", "label", "id")}
+    def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        return shards.decode_record(serialized)
 
     def describe(self, index: int) -> str:
         key = shards.record_key(self.fetch(np.array([index]))[0])
         return f"id {index} ({key})"
 
 
-def open_source(spec: DatasetSpec, data_dir: str | None):
+def open_source(spec: DatasetSpec, data_dir: str | None) -> RecordSource:
     return ShardsSource(spec) if spec.kind == "shards" else TfdsSource(spec, data_dir)
 
 
@@ -235,7 +250,7 @@ def _permute(offsets, seed: int, epoch, num_examples: int, alternative: int = 0)
         max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
 
 
-def _robust_map(source, dataset: tf.data.Dataset, process_fn, fallback_fn) -> tf.data.Dataset:
+def _robust_map(source: RecordSource, dataset: tf.data.Dataset, process_fn, fallback_fn) -> tf.data.Dataset:
     """(positions [b], candidates [b, K]) -> one processed example per position, in order.
 
     `process_fn(example, position, attempt, candidates)` builds the output; a record whose
@@ -243,20 +258,14 @@ def _robust_map(source, dataset: tf.data.Dataset, process_fn, fallback_fn) -> tf
     in (with attempt = K), so every position yields exactly one element and order is kept.
     """
     def fetch(positions, candidates):
-        serialized = tf.numpy_function(source.fetch, [candidates[:, 0]], tf.string,
-                                       stateful=False)
-        return positions, candidates, tf.ensure_shape(serialized, candidates.shape[:1])
-
-    def fetch_one(index):
-        return tf.ensure_shape(tf.numpy_function(lambda i: source.fetch(i[None])[0], [index],
-                                                 tf.string, stateful=False), [])
+        return positions, candidates, fetch_records(source, candidates[:, 0])
 
     def one_position(position, candidates, serialized):
         num_candidates = candidates.shape[0]
         tries = tf.data.Dataset.from_tensors((tf.constant(0, tf.int64), serialized))
         if num_candidates > 1:
             tries = tries.concatenate(tf.data.Dataset.range(1, num_candidates).map(
-                lambda k: (k, fetch_one(candidates[k]))))
+                lambda k: (k, fetch_records(source, candidates[k][None])[0])))
         processed = tries.map(lambda k, record: process_fn(
             source.decode(record, candidates[k]), position, k, candidates)).ignore_errors(
                 log_warning=True)
@@ -276,7 +285,7 @@ def _skip_record(attempt, candidates):
                     tf.constant(-1, tf.int64))
 
 
-def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
+def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
                   start_position: int = 0, process_index: int = 0, process_count: int = 1,
                   normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize",
                   max_attempts: int = MAX_ATTEMPTS) -> tf.data.Dataset:
@@ -333,7 +342,7 @@ def train_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
     return dataset.batch(local_batch_size, drop_remainder=True).prefetch(2)
 
 
-def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
+def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str = "minus_one_one", max_examples: int | None = None,
                  preprocess_ops: str = "decode|resize", captions_per_image: int = 1):
@@ -356,8 +365,9 @@ def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
     def process(example, position, attempt, candidates):
         del attempt, candidates
         return {
-            "image": tf.ensure_shape(image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
-                                     [image_size, image_size, 3]),
+            "image": tf.ensure_shape(
+                image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
+                [image_size, image_size, 3]),
             "tokens": tokenize(example["captions"][0]),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
@@ -389,6 +399,6 @@ def eval_dataset(source, tokenizer, *, global_batch_size: int, image_size: int,
     return dataset.batch(local_batch_size, drop_remainder=True).prefetch(2)
 
 
-def zeroshot_prompts(source) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def zeroshot_prompts(source: RecordSource) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(class names, prompt templates) for zero-shot classification, or empty if unlabelled."""
     return source.adapter.class_names, source.adapter.prompt_templates

@@ -31,12 +31,8 @@ def captions(input_spec: str, *, data_dir: str | None = None,
                     yield line.rstrip("\n")
         return
     source = datasets.open_source(datasets.parse_spec(input_spec, "train"), data_dir)
-
-    def fetch(indices):
-        return tf.ensure_shape(tf.numpy_function(source.fetch, [indices], tf.string,
-                                                 stateful=False), indices.shape)
-
-    records = (tf.data.Dataset.range(source.num_examples).batch(256).map(fetch).unbatch()
+    records = (tf.data.Dataset.range(source.num_examples).batch(256)
+               .map(lambda indices: datasets.fetch_records(source, indices)).unbatch()
                .enumerate().map(lambda index, record: source.decode(record, index)["captions"],
                                 num_parallel_calls=tf.data.AUTOTUNE).unbatch())
     count = 0

@@ -36,7 +36,7 @@ class TrainBatches:
         self.source = datasets.open_source(datasets.parse_spec(config.data.train, "train"),
                                            _data_dir(config))
         self.global_batch_size = config.batch_size
-        self.max_attempts = config.data.get("max_attempts", datasets.MAX_ATTEMPTS)
+        self.max_attempts = datasets.MAX_ATTEMPTS
         dataset = datasets.train_dataset(
             self.source, tokenizer, global_batch_size=config.batch_size,
             image_size=config.data.image_size, seed=config.seed, start_position=start_position,

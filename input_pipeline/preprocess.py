@@ -166,8 +166,9 @@ def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:
 
     The image is uint8 (rounded), which the model normalises on the device: 4x fewer bytes to
     move, and no float work here, where it is slow. A chain that ends with `normalize` gives
-    float32 instead, which the model takes as it is. Arguments are Python literals (`inception_crop(scale=(0.5, 1.0))`); an op's `size` defaults
-    to `image_size` and normalize's `kind` to `normalization`. Each op gets its own seed.
+    float32 instead, which the model takes as it is. Arguments are Python literals
+    (`inception_crop(scale=(0.5, 1.0))`); an op's `size` defaults to `image_size` and
+    normalize's `kind` to `normalization`. Each op gets its own seed.
     """
     defaults = {"image_size": image_size, "normalization": normalization}
     ops, names = [], []

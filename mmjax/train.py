@@ -557,20 +557,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir, config.total_steps, resume_step=start_step)
     data_state = checkpoint.load_data_states(workdir).get(str(start_step)) or {
         # Runs saved before positions were recorded: the order was step-based.
-        "position": start_step * config.batch_size, "skipped": 0, "seen": 0}
+        "position": start_step * config.batch_size, "skipped": 0}
     if start_step and jax.process_index() == 0:
         print(f"Input continues at position {data_state['position']}.", flush=True)
     train_batches = pipeline.train_batches(config, trainer.tokenizer,
                                            start_position=data_state["position"])
-    skipped_before, seen_before = data_state["skipped"], data_state["seen"]
 
-    def data_counts() -> tuple[int, int]:
-        """Bad examples skipped and examples read, over all processes, since the run began."""
+    def skipped_so_far() -> int:
+        """Bad examples skipped over all processes since the run began (the examples read are
+        the input position)."""
         skipped = train_batches.skipped
         if jax.process_count() > 1:
             skipped = int(np.sum(multihost_utils.process_allgather(np.int64(skipped))))
-        seen = (train_batches.position - data_state["position"]) + seen_before
-        return skipped + skipped_before, seen
+        return skipped + data_state["skipped"]
+
     eval_data = pipeline.eval_data(config, trainer.tokenizer) if config.data.eval else None
     eval_metrics: dict[str, float] = {}
 
@@ -603,20 +603,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                 steps_per_sec = (step - interval_step) / max(elapsed, 1e-9)
                 host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
                 host_metrics["train/steps_per_sec"] = steps_per_sec
-                skipped, seen = data_counts()
+                skipped = skipped_so_far()
                 host_metrics["data/skipped"] = skipped
                 writer.write(step, host_metrics)
                 writer.progress(step, host_metrics["train/loss"], steps_per_sec, skipped)
-                train_batches.check_bad_fraction(skipped, seen, config.data.get(
+                train_batches.check_bad_fraction(skipped, train_batches.position, config.data.get(
                     "max_bad_fraction", 0.01))
                 interval_start, interval_step = time.time(), step
             stop = preemption.requested()
             if step % config.checkpoint_every_steps == 0 or step == config.total_steps or stop:
                 check_finite(config, state)
-                skipped, seen = data_counts()
+                skipped = skipped_so_far()
                 if jax.process_index() == 0:
                     checkpoint.save_data_state(workdir, step, {
-                        "position": train_batches.position, "skipped": skipped, "seen": seen,
+                        "position": train_batches.position, "skipped": skipped,
                         "global_batch_size": config.batch_size, "train": config.data.train,
                         "seed": config.seed}, manager.all_steps())
                 checkpoint.save(manager, step, state)
