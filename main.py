@@ -3,6 +3,8 @@
 python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_smoke [--config.total_steps=100]
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -36,16 +38,16 @@ def main(argv):
                                    FLAGS.process_id)
     elif FLAGS.distributed_auto:
         jax.distributed.initialize()  # TPU pods, SLURM, GKE: JAX finds the cluster itself
-    from mmjax import train
+    from mmjax import evaluation, preflight, train
 
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
-    if FLAGS.mode == "train":
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "caption":
-        train.caption_checkpoint(FLAGS.config, FLAGS.workdir)
-    else:
-        train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+    run = {"train": train.train_and_evaluate, "eval": evaluation.evaluate_checkpoint,
+           "caption": evaluation.caption_checkpoint}[FLAGS.mode]
+    try:
+        run(FLAGS.config, FLAGS.workdir)
+    except preflight.ConfigError as e:
+        sys.exit(str(e))  # the problems and their fixes, without a traceback
 
 
 if __name__ == "__main__":

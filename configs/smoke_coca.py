@@ -17,8 +17,6 @@ def as_coca(config, decoder_depth: int):
     # CoCa weights captioning twice as much as the contrastive loss.
     config.losses = {"clip": 1.0, "caption": 2.0}
     config.evals = ("retrieval", "zeroshot", "captioning")
-    # Caption generation (eval and --mode=caption): 1 is greedy, more is beam search.
-    config.caption = ml_collections.ConfigDict(dict(beam_size=1))
     return config
 
 

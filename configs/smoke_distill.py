@@ -6,8 +6,6 @@ python main.py --config=configs/smoke_distill.py --workdir=workdir/smoke_distill
 (another teacher: --config.distill.teacher=DIR)
 """
 
-import ml_collections
-
 from configs import smoke
 
 
@@ -22,9 +20,6 @@ def get_config():
     # teacher did; after 1,200 it had reached about half the teacher's recall.
     config.total_steps = 2400
     config.losses = {"clip": 1.0, "distill": 1.0}
-    config.distill = ml_collections.ConfigDict(dict(
-        # A trained model's workdir (or checkpoints/STEP): its tokenizer and image size must match.
-        teacher="workdir/smoke",
-        # Softmax temperature applied to both models' scaled similarities.
-        temperature=1.0))
+    # The smoke run's workdir: its tokenizer and image size match.
+    config.distill.teacher = "workdir/smoke"
     return config

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import datasets
+from mmjax import data_checks
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
 tf.config.set_visible_devices([], "GPU")
@@ -42,7 +43,7 @@ class TrainBatches:
             image_size=config.data.image_size, seed=config.seed, start_position=start_position,
             process_index=jax.process_index(), process_count=jax.process_count(),
             normalization=config.data.normalization,
-            preprocess_ops=config.data.get("train_preprocess", "decode|resize"),
+            preprocess_ops=config.data.train_preprocess,
             max_attempts=self.max_attempts)
         self._iterator = dataset.as_numpy_iterator()
         self.position = start_position
@@ -103,28 +104,53 @@ class EvalData:
         return self.dataset.as_numpy_iterator()
 
 
-def eval_data(config, tokenizer, spec: str | None = None, default_split: str = "test",
-              max_examples: int | None = None) -> EvalData:
+def eval_data(config, tokenizer, *, global_batch_size: int, spec: str | None = None,
+              default_split: str = "test", max_examples: int | None = None,
+              with_probe: bool = False) -> EvalData:
     """The eval split (config.data.eval), or another `spec`'s first `max_examples` (the
-    linear probe's training features)."""
+    linear probe's training features), in global batches of `global_batch_size` (the
+    preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe` adds
+    the probe's labelled training images."""
     spec = datasets.parse_spec(spec or config.data.eval, default_split)
     source = datasets.open_source(spec, _data_dir(config))
-    batch_size = config.data.eval_batch_size
-    if batch_size % jax.process_count():
-        raise ValueError(f"config.data.eval_batch_size {batch_size} is not divisible by the "
+    if global_batch_size % jax.process_count():
+        raise ValueError(f"The eval batch of {global_batch_size} is not divisible by the "
                          f"{jax.process_count()} processes.")
     dataset = datasets.eval_dataset(
-        source, tokenizer, global_batch_size=batch_size, image_size=config.data.image_size,
+        source, tokenizer, global_batch_size=global_batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         normalization=config.data.normalization, max_examples=max_examples,
-        preprocess_ops=config.data.get("eval_preprocess", "decode|resize"),
-        captions_per_image=config.data.get("eval_captions_per_image", 1) if max_examples is None
-        else 1)
+        preprocess_ops=config.data.eval_preprocess,
+        captions_per_image=config.data.eval_captions_per_image if max_examples is None else 1)
     class_names, templates = datasets.zeroshot_prompts(source)
     probe = None
-    if "linear_probe" in config.evals and max_examples is None:
-        probe = eval_data(config, tokenizer, spec=config.data.get("probe_train") or
-                          config.data.train, default_split="train",
-                          max_examples=config.data.get("probe_examples", 5000))
+    if with_probe:
+        probe = eval_data(config, tokenizer, global_batch_size=global_batch_size,
+                          spec=config.data.probe_train or config.data.train,
+                          default_split="train", max_examples=config.data.probe_examples)
     return EvalData(spec.short_name, dataset.cache(), class_names, templates,
                     min(source.num_examples, max_examples or source.num_examples), probe)
+
+
+def describe_data(config, spec: str, default_split: str,
+                  sample_size: int = 256) -> data_checks.DataFacts:
+    """What the preflight checks of a dataset, from `sample_size` records spread over it: size,
+    labels, class names and every caption of the sampled examples. Bad records are left out
+    (the pipeline skips them too)."""
+    parsed = datasets.parse_spec(spec, default_split)
+    source = datasets.open_source(parsed, _data_dir(config))
+    indices = np.unique(np.linspace(0, source.num_examples - 1, min(sample_size,
+                                                                     source.num_examples))
+                        .astype(np.int64))
+    captions, labels = [], []
+    for index, record in zip(indices, source.fetch(indices)):
+        try:
+            example = source.decode(tf.constant(record), tf.constant(index))
+        except (tf.errors.OpError, ValueError):
+            continue
+        captions += [c.decode("utf-8") for c in example["captions"].numpy() if c.strip()]
+        labels.append(int(example["label"]))
+    return data_checks.DataFacts(
+        spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", num_examples=source.num_examples,
+        has_labels=any(label >= 0 for label in labels),
+        class_names=tuple(datasets.zeroshot_prompts(source)[0]), captions=tuple(captions))

@@ -17,7 +17,7 @@ from typing import Callable
 
 import tensorflow as tf
 
-from mmjax import models
+from mmjax.conventions import image_normalization
 
 ImageOp = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 OPS: dict[str, Callable[..., ImageOp]] = {}
@@ -50,8 +50,8 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
-    """[0, 255] -> the model's input range: a name in mmjax.image_tower.IMAGE_NORMALIZATIONS."""
-    mean, std = models.image_normalization(normalization)
+    """[0, 255] -> the model's input range: a name in mmjax.conventions.IMAGE_NORMALIZATIONS."""
+    mean, std = image_normalization(normalization)
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 

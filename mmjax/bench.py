@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import image_tower, text_tower, tokenizers, train
+from mmjax import image_tower, text_tower, tokenizers
+from mmjax.trainer import Trainer
 
 # Dense bf16 peak TFLOP/s per device, matched against jax.Device.device_kind.
 PEAK_TFLOPS = {
@@ -66,34 +67,39 @@ def peak_tflops(device) -> float | None:
     return None
 
 
-def synthetic_batch(trainer: train.Trainer, seed: int = 0) -> dict[str, jax.Array]:
-    """Random images and token rows ending in end-of-text, made directly on the devices."""
-    config = trainer.config
+def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
+    """Random images and token rows laid out as the tokenizer lays out texts (and labels, if a
+    loss reads them), made directly on the devices."""
+    config, tokenizer = trainer.config, trainer.tokenizer
     batch, size = config.batch_size, config.data.image_size
-    context = config.tokenizer.context_length
-    vocab = config.model.get("vocab_size") or trainer.tokenizer.vocab_size
-    keys = jax.random.split(jax.random.key(seed), 3)
+    context = tokenizer.context_length
+    vocab = config.model.get("vocab_size") or tokenizer.vocab_size
+    keys = jax.random.split(jax.random.key(seed), 4)
 
     def make():
-        images = jax.random.normal(keys[0], (batch, size, size, 3), jnp.float32)
-        tokens = jax.random.randint(keys[1], (batch, context), tokenizers.NUM_SPECIAL_IDS, vocab)
+        images = jax.random.randint(keys[0], (batch, size, size, 3), 0, 256).astype(jnp.uint8)
+        tokens = jax.random.randint(keys[1], (batch, context), tokenizers.NUM_SPECIAL_IDS,
+                                    vocab)
         lengths = jax.random.randint(keys[2], (batch, 1), 3, context)
         positions = jnp.arange(context)[None]
-        tokens = jnp.where(positions == lengths, tokenizers.EOT_ID,
-                           jnp.where(positions > lengths, tokenizers.PAD_ID, tokens))
-        return {"image": images, "tokens": tokens.at[:, 0].set(tokenizers.BOS_ID)}
+        tokens = jnp.where(positions == lengths, tokenizer.eot_id,
+                           jnp.where(positions > lengths, tokenizer.pad_id, tokens))
+        made = {"image": images, "tokens": tokens.at[:, 0].set(tokenizer.bos_id)}
+        if "label" in trainer.model_inputs:
+            made["label"] = jax.random.randint(keys[3], (batch,), 0, 2)
+        return made
 
-    return jax.jit(make, out_shardings={"image": trainer.batch_sharding(4),
-                                        "tokens": trainer.batch_sharding(2)})()
+    return jax.jit(make, out_shardings={k: trainer.batch_sharding(ndim)
+                                        for k, ndim in trainer.model_inputs.items()})()
 
 
 def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     state = trainer.create_state()
     batch = synthetic_batch(trainer)
 
     compile_start = time.perf_counter()
-    compiled = trainer.train_step.lower(state, batch).compile()
+    compiled = trainer.train_step.lower(state, batch, *trainer.step_args).compile()
     compile_seconds = time.perf_counter() - compile_start
     # XLA's own count of the bytes the step moves through device memory: divided by the
     # device's bandwidth it is the step's floor when elementwise work, not matmuls, dominates.
@@ -101,11 +107,11 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
     for _ in range(warmup_steps):
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, *trainer.step_args)
     jax.block_until_ready(state)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = compiled(state, batch)
+        state, metrics = compiled(state, batch, *trainer.step_args)
     jax.block_until_ready(metrics)
     step_seconds = (time.perf_counter() - start) / steps
 

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mmjax import optim
+from mmjax.conventions import parameter_name, under_prefixes
 
 
 def create_manager(workdir: str, *, max_to_keep: int | None, folder: str = "checkpoints"
@@ -140,12 +140,20 @@ def find_checkpoint(path: str) -> tuple[str, int]:
     )
 
 
+def saved_parameter_shapes(directory: str, step: int) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape in a checkpoint, from its metadata (no array is read)."""
+    with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:
+        saved = manager.item_metadata(step)
+    return {name: tuple(leaf.shape)
+            for name, leaf in _flat(saved["params"], saved_variables=True).items()}
+
+
 def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
     """{'image_tower/encoder/blocks/0/mlp/up/kernel': array}.
 
     A saved state holds each nnx Variable as {'value': array}: `saved_variables` drops that level.
     """
-    return {optim.parameter_name(path[:-1] if saved_variables else path): leaf
+    return {parameter_name(path[:-1] if saved_variables else path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -168,7 +176,7 @@ def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str,
     """
     pure = nnx.to_pure_dict(params)
     flat = _flat(pure)
-    wanted = [name for name in flat if not prefixes or optim.under_prefixes(name, prefixes)]
+    wanted = [name for name in flat if not prefixes or under_prefixes(name, prefixes)]
     if not wanted:
         raise ValueError(f"config.init_from.params {list(prefixes)} selects no parameter; top-level "
                          f"names are {sorted({n.split('/')[0] for n in flat})}.")
@@ -190,7 +198,7 @@ def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str,
     wanted_names = set(wanted)
 
     def replace(path, leaf):
-        name = optim.parameter_name(path)
+        name = parameter_name(path)
         if name in wanted_names:
             return jax.device_put(loaded[name].astype(leaf.dtype), leaf.sharding)
         return leaf

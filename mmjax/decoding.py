@@ -78,3 +78,9 @@ def generate(model, images: jax.Array, *, beam_size: int = 1, **ids) -> jax.Arra
     if beam_size > 1:
         return beam_search(model, images, beam_size=beam_size, **ids)[0]
     return greedy(model, images, **ids)
+
+
+def caption(model, images: jax.Array, tokenizer, beam_size: int = 1) -> jax.Array:
+    """Caption token rows for `images`, laid out as `tokenizer` lays out texts."""
+    return generate(model, images, beam_size=beam_size, max_length=tokenizer.context_length,
+                    bos_id=tokenizer.bos_id, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id)

@@ -1,8 +1,12 @@
 """Evaluators: each turns a model's embeddings of an eval set into named metrics.
 
-The trainer encodes the eval split once per evaluation and hands every evaluator named in
-`config.evals` an `EvalContext`; evaluators that do not apply (zero-shot on a dataset with no
-labels) return nothing. Metric functions are plain NumPy so that they can be checked by hand.
+Each registry entry (`Evaluator`) says what it needs: model methods, what the eval data must
+have (labels, class names), what to compute on the device for every eval batch besides the
+embeddings, and whether it needs the image embeddings of labelled training examples. The
+evaluation encodes the eval split once, collecting what the configured evaluators asked for,
+and hands each an `EvalContext`. The preflight checks the needs before training; an evaluator
+whose data need is not met is skipped with a line saying why. Metric functions are plain NumPy
+so that they can be checked by hand.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax import caption_metrics
+from mmjax import caption_metrics, decoding, losses
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -118,8 +122,6 @@ def class_embeddings(context: EvalContext) -> np.ndarray:
 
 
 def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
-    if not context.class_names:
-        return {}
     classes = class_embeddings(context)
     predicted = np.argmax(normalize(context.image_embeddings) @ classes.T, axis=1)
     context.details["zeroshot"] = {
@@ -150,8 +152,6 @@ def evaluate_captioning(context: EvalContext) -> dict[str, float]:
     """Greedy (or beam) captions against the references (token accuracy, exact match, BLEU-4,
     CIDEr), and the same for the constant-caption baseline: the eval split's most frequent
     caption predicted for every image."""
-    if "caption_tokens" not in context.extra or context.tokens is None:
-        return {}
     references, eot_id = context.tokens, context.tokenizer.eot_id
     accuracy, exact = caption_token_accuracy(context.extra["caption_tokens"], references, eot_id)
     rows, counts = np.unique(references, axis=0, return_counts=True)
@@ -176,8 +176,6 @@ def evaluate_itm(context: EvalContext) -> dict[str, float]:
     """Image-text matching accuracy: each image with its caption (should say match) and with a
     differing caption (should say no match), the next one in the batch or the hardest one."""
     extra = context.extra
-    if "itm_positive" not in extra:
-        return {}
     has_negative = extra["itm_has_negative"].astype(bool)
     positives_right = extra["itm_positive"].argmax(1) == 1
     metrics = {}
@@ -190,8 +188,6 @@ def evaluate_itm(context: EvalContext) -> dict[str, float]:
 
 def evaluate_classification(context: EvalContext) -> dict[str, float]:
     """Accuracy of a classification head (fine-tuned fusion model) on the eval labels."""
-    if "class_logits" not in context.extra:
-        return {}
     return {"classification_accuracy":
             float((context.extra["class_logits"].argmax(1) == context.labels).mean())}
 
@@ -244,33 +240,66 @@ def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
 
 
 def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
-    if "probe_features" not in context.extra:
-        return {}
     return linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
                                 context.image_embeddings, context.labels)
 
 
-EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
-    "retrieval": evaluate_retrieval,
-    "zeroshot": evaluate_zeroshot,
-    "captioning": evaluate_captioning,
-    "itm": evaluate_itm,
-    "classification": evaluate_classification,
-    "linear_probe": evaluate_linear_probe,
+def matching_logits(model, batch, encoded) -> dict:
+    """On the device: ITM logits of each eval image with its own caption, with the next
+    example's caption that differs from it, and with the most similar differing caption."""
+    import jax.numpy as jnp
+
+    tokens, valid = batch["tokens"], batch["valid"].astype(bool)
+    excluded = jnp.all(tokens[:, None] == tokens[None], axis=-1) | ~valid[None, :]
+    size = tokens.shape[0]
+    # "Next differing": the first allowed column after the row's own, cyclically.
+    offsets = (jnp.arange(size)[None, :] - jnp.arange(size)[:, None]) % size
+    next_other = jnp.argmin(jnp.where(excluded, size, offsets), axis=1)
+    similarity = (losses.l2_normalize(encoded["image"]) @
+                  losses.l2_normalize(encoded["text"]).T)
+    hardest = jnp.argmax(jnp.where(excluded, -jnp.inf, similarity), axis=1)
+    return {"itm_positive": model.match_logits(batch["image"], tokens),
+            "itm_negative": model.match_logits(batch["image"], tokens[next_other]),
+            "itm_hard_negative": model.match_logits(batch["image"], tokens[hardest]),
+            "itm_has_negative": ~jnp.all(excluded, axis=1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """What device outputs read from the run: its tokenizer and caption beam size."""
+
+    tokenizer: object
+    beam_size: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    compute: Callable[[EvalContext], dict[str, float]]
+    # Model methods its device outputs call.
+    model_methods: tuple[str, ...] = ()
+    # What the eval data must have: "labels" (and, with needs_probe, the probe data too),
+    # "class_names".
+    data_needs: tuple[str, ...] = ()
+    # On the device, per eval batch: (model, batch, encoded, EvalSettings) -> row-aligned arrays
+    # for context.extra; `encoded` holds the batch's "image" and "text" embeddings.
+    device_outputs: Callable | None = None
+    # Needs image embeddings and labels of training examples (context.extra["probe_*"]).
+    needs_probe: bool = False
+
+
+EVALUATORS: dict[str, Evaluator] = {
+    "retrieval": Evaluator(evaluate_retrieval),
+    "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",)),
+    "captioning": Evaluator(
+        evaluate_captioning, model_methods=("start_decoding", "decode_step"),
+        device_outputs=lambda model, batch, encoded, settings: {"caption_tokens": decoding.caption(
+            model, batch["image"], settings.tokenizer, settings.beam_size)}),
+    "itm": Evaluator(evaluate_itm, model_methods=("match_logits",),
+                     device_outputs=lambda model, batch, encoded, settings: matching_logits(
+                         model, batch, encoded)),
+    "classification": Evaluator(
+        evaluate_classification, model_methods=("classify",), data_needs=("labels",),
+        device_outputs=lambda model, batch, encoded, settings: {
+            "class_logits": model.classify(batch["image"], batch["tokens"])}),
+    "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True),
 }
-
-
-# Evaluators that need a model with a particular head: name -> the models that have it.
-MODELS_FOR = {"captioning": ("coca",), "itm": ("fusion", "fusion_classifier"),
-              "classification": ("fusion_classifier",)}
-
-
-def check_evaluator_names(names: Sequence[str], model_name: str | None = None) -> None:
-    unknown = [name for name in names if name not in EVALUATORS]
-    if unknown:
-        raise ValueError(f"config.evals names unknown evaluators {unknown}; valid names: "
-                         f"{sorted(EVALUATORS)}.")
-    for name in names:
-        if model_name is not None and model_name not in MODELS_FOR.get(name, (model_name,)):
-            raise ValueError(f"The {name!r} evaluator needs a model in {MODELS_FOR[name]}, but "
-                             f"config.model.name is {model_name!r}; remove it from config.evals.")

@@ -13,21 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import layers, sharding
-
-# How a model expects pixels: (mean, std) per channel in [0, 255] units; normalised = (x - mean) / std.
-IMAGE_NORMALIZATIONS = {
-    "minus_one_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-    "clip": ((0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),  # OpenAI CLIP / open_clip
-             (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)),
-}
-
-
-def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if name not in IMAGE_NORMALIZATIONS:
-        raise ValueError(f"Unknown image normalization {name!r}; valid names: "
-                         f"{sorted(IMAGE_NORMALIZATIONS)}.")
-    return IMAGE_NORMALIZATIONS[name]
-
+from mmjax.conventions import image_normalization
 
 # name -> (width, depth, mlp_dim, num_heads), as in big_vision's decode_variant.
 VIT_SIZES = {

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, decoding, models, tokenizers
+from mmjax import checkpoint, conventions, decoding, models, tokenizers
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -37,7 +37,7 @@ def preprocess_images(images: np.ndarray, image_size: int,
     if images.shape[1:3] != (image_size, image_size):
         images = jax.image.resize(images, (images.shape[0], image_size, image_size, 3),
                                   method="bilinear", antialias=True)
-    mean, std = models.image_normalization(normalization)
+    mean, std = conventions.image_normalization(normalization)
     return np.asarray((images - jnp.asarray(mean)) / jnp.asarray(std))
 
 
@@ -85,15 +85,12 @@ class InferenceModel:
 
     @functools.partial(jax.jit, static_argnums=(0, 3))
     def _caption(self, params, images, beam_size):
-        model = nnx.merge(self.graphdef, params)
-        return decoding.generate(model, images, beam_size=beam_size,
-                                 max_length=self.config.tokenizer.context_length,
-                                 bos_id=self.tokenizer.bos_id, eot_id=self.tokenizer.eot_id,
-                                 pad_id=self.tokenizer.pad_id)
+        return decoding.caption(nnx.merge(self.graphdef, params), images, self.tokenizer,
+                                beam_size)
 
     def caption(self, images, beam_size: int = 1) -> list[str]:
         """Captions (greedy, or beam search with `beam_size` > 1) for a captioning model."""
-        if not hasattr(nnx.merge(self.graphdef, self.params), "decode_step"):
+        if not hasattr(nnx.merge(self.graphdef, self.params), "start_decoding"):
             raise ValueError(f"This is a {self.config.model.name!r} model, which has no text "
                              "decoder; captions need a 'coca' model.")
         images = self._prepare_images(images)
@@ -101,23 +98,28 @@ class InferenceModel:
         return [self.tokenizer.decode(row) for row in tokens]
 
 
-def load(path: str) -> InferenceModel:
-    """Loads a workdir's (or a checkpoints/STEP folder's) parameters with the run's config."""
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """The config a workdir (or one of its checkpoints/STEP folders) was trained with, its
+    vocabulary pointing at the workdir's own copy."""
     directory, _ = checkpoint.find_checkpoint(path)
     workdir = os.path.dirname(directory.rstrip("/"))
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} is missing: inference.load needs the run's config "
-                                "snapshot next to its checkpoints/ folder.")
+        raise FileNotFoundError(f"{config_path} is missing: a trained model is loaded with the "
+                                "run's config snapshot next to its checkpoints/ folder.")
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
     vocabulary_copy = os.path.join(workdir, "vocabulary.txt")
     if config.tokenizer.get("vocabulary_file") and os.path.exists(vocabulary_copy):
         config.tokenizer.vocabulary_file = vocabulary_copy  # the workdir travels with its vocabulary
+    return config
+
+
+def load(path: str) -> InferenceModel:
+    """Loads a workdir's (or a checkpoints/STEP folder's) parameters with the run's config."""
+    config = load_config(path)
     tokenizer = tokenizers.build_tokenizer(config.tokenizer)
-    model = models.build_model(config.model, vocab_size=tokenizer.vocab_size,
-                               image_size=config.data.image_size, seed=0,
-                               normalization=config.data.get("normalization", "minus_one_one"))
+    model = models.build_model(config, tokenizer, seed=0)
     graphdef, params = nnx.split(model, nnx.Param)
     params = checkpoint.merge_params(params, checkpoint.load_params(path), (), path)
     return InferenceModel(config, params, graphdef, tokenizer)

@@ -1,12 +1,16 @@
 """Training objectives, chosen and weighted by name in `config.losses`.
 
-Each loss takes the model's outputs and the batch and returns `(scalar, metrics)`. Embeddings are
-over the global batch: under jit with sharded inputs, XLA gathers what the similarity matrix
-needs, so the loss is exact whatever the mesh.
+Each loss takes the model's outputs, the batch and its own settings and returns `(scalar,
+metrics)`; its registry entry (`Loss`) declares which model outputs and batch entries it reads,
+where its settings come from in the config, and whether it needs a teacher, so the preflight can
+check a config against the model before anything is compiled. Embeddings are over the global
+batch: under jit with sharded inputs, XLA gathers what the similarity matrix needs, so the loss
+is exact whatever the mesh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -15,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from mmjax import sharding, tokenizers
+from mmjax import sharding
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:
@@ -50,9 +54,6 @@ def siglip_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     more than a [local batch, local batch] block of logits; the result equals the unchunked loss.
     """
     del batch
-    if "logit_bias" not in outputs:
-        raise ValueError("The siglip loss needs a learned logit bias: set "
-                         "config.model.logit_bias_init (SigLIP uses -10).")
     image = l2_normalize(outputs["image_embedding"].astype(jnp.float32))
     text = l2_normalize(outputs["text_embedding"].astype(jnp.float32))
     scale, bias = outputs["logit_scale"], outputs["logit_bias"]
@@ -87,14 +88,10 @@ def _siglip_ring(image, text, scale, bias, *, axes):
     return jax.lax.psum(total, axes)
 
 
-def distillation_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+def distillation_loss(outputs, batch, *, temperature: float) -> tuple[jax.Array, dict]:
     """Knowledge distillation: KL(teacher || student) between the softmax distributions of the
     two models' image->text and text->image similarity rows at temperature T, times T^2."""
     del batch
-    if "teacher_image_embedding" not in outputs:
-        raise ValueError("The distill loss needs a teacher: set config.distill.teacher to a "
-                         "workdir (or checkpoints/STEP folder) of a trained model.")
-    temperature = outputs["distill_temperature"]
 
     def similarity(image, text, scale):
         return scale * l2_normalize(image.astype(jnp.float32)) @ l2_normalize(
@@ -114,12 +111,6 @@ def distillation_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     return loss, {"distill_loss": loss}
 
 
-def _require(outputs, key: str, loss: str, model: str) -> None:
-    if key not in outputs:
-        raise ValueError(f"The {loss} loss needs a model that outputs {key!r}: set "
-                         f"config.model.name='{model}'.")
-
-
 def _masked_token_cross_entropy(logits, targets, weights):
     """Mean token cross-entropy and accuracy over the positions whose weight is 1."""
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
@@ -128,12 +119,11 @@ def _masked_token_cross_entropy(logits, targets, weights):
     return (per_token * weights).sum() / count, accuracy
 
 
-def caption_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+def caption_loss(outputs, batch, *, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
     """CoCa's captioning loss: next-token cross-entropy, padding masked (end-of-text counts)."""
-    _require(outputs, "caption_logits", "caption", "coca")
     tokens = batch["tokens"]
     targets = tokens[:, 1:]
-    weights = (targets != tokenizers.PAD_ID).astype(jnp.float32)
+    weights = (targets != pad_id).astype(jnp.float32)
     loss, accuracy = _masked_token_cross_entropy(outputs["caption_logits"][:, :-1], targets,
                                                  weights)
     return loss, {"caption_loss": loss, "caption_token_accuracy": accuracy}
@@ -142,7 +132,6 @@ def caption_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
 def itm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Image-text matching: 2-way cross-entropy over positive and hard-negative pairs."""
     del batch
-    _require(outputs, "itm_logits", "itm", "fusion")
     logits, labels = outputs["itm_logits"], outputs["itm_labels"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
@@ -152,7 +141,6 @@ def itm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
 def mlm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked language modelling: cross-entropy at the selected positions against the
     original tokens."""
-    _require(outputs, "mlm_logits", "mlm", "fusion")
     loss, accuracy = _masked_token_cross_entropy(outputs["mlm_logits"], batch["tokens"],
                                                  outputs["mlm_mask"])
     return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
@@ -160,41 +148,73 @@ def mlm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
 
 def classification_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Cross-entropy of a classification head against the batch's labels."""
-    _require(outputs, "class_logits", "classification", "fusion_classifier")
     logits, labels = outputs["class_logits"], batch["label"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, {"classification_loss": loss,
                   "classification_accuracy": (logits.argmax(-1) == labels).mean()}
 
 
-# Losses that read the batch's labels (the trainer then feeds them to the train step).
-NEEDS_LABELS = ("classification",)
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A registered objective and what it needs."""
 
-LossFn = Callable[[dict, dict], tuple[jax.Array, dict]]
-LOSSES: dict[str, LossFn] = {
-    "clip": clip_contrastive_loss,
-    "siglip": siglip_loss,
-    "caption": caption_loss,
-    "itm": itm_loss,
-    "mlm": mlm_loss,
-    "distill": distillation_loss,
-    "classification": classification_loss,
+    fn: Callable[..., tuple[jax.Array, dict]]
+    # Model outputs it reads, and the fix when the model lacks one of them.
+    model_outputs: tuple[str, ...]
+    missing_output_fix: str = ""
+    # Batch entries it reads beyond images and tokens (the trainer feeds exactly these).
+    batch_keys: tuple[str, ...] = ()
+    # Its keyword settings from the run's config and tokenizer.
+    settings: Callable[..., dict] = lambda config, tokenizer: {}
+    # Reads a frozen teacher's outputs (`teacher_*`; the teacher is config.distill.teacher).
+    needs_teacher: bool = False
+
+
+CONTRASTIVE_OUTPUTS = ("image_embedding", "text_embedding", "logit_scale")
+LOSSES: dict[str, Loss] = {
+    "clip": Loss(clip_contrastive_loss, CONTRASTIVE_OUTPUTS),
+    "siglip": Loss(siglip_loss, CONTRASTIVE_OUTPUTS + ("logit_bias",),
+                   "give the model a learned logit bias: set config.model.logit_bias_init "
+                   "(SigLIP uses -10)"),
+    "caption": Loss(caption_loss, ("caption_logits",),
+                    "use a model with a caption decoder (config.model.name='coca')",
+                    settings=lambda config, tokenizer: {"pad_id": config.model.text_tower.get(
+                        "pad_id", tokenizer.pad_id)}),
+    "itm": Loss(itm_loss, ("itm_logits", "itm_labels"),
+                "use a model with a fusion encoder (config.model.name='fusion')"),
+    "mlm": Loss(mlm_loss, ("mlm_logits", "mlm_mask"),
+                "use a model with a fusion encoder (config.model.name='fusion')"),
+    "distill": Loss(distillation_loss, CONTRASTIVE_OUTPUTS, needs_teacher=True,
+                    settings=lambda config, tokenizer: {
+                        "temperature": float(config.distill.get("temperature", 1.0))}),
+    "classification": Loss(classification_loss, ("class_logits",),
+                           "use a model with a classification head "
+                           "(config.model.name='fusion_classifier')", batch_keys=("label",)),
 }
+TEACHER_OUTPUTS = ("teacher_image_embedding", "teacher_text_embedding", "teacher_logit_scale")
 
 
-def check_loss_weights(weights: dict[str, float]) -> None:
-    unknown = [name for name in weights if name not in LOSSES]
-    if unknown or not weights:
-        raise ValueError(
-            f"config.losses must name at least one loss from {sorted(LOSSES)}; got "
-            f"{dict(weights)} (unknown: {unknown})."
-        )
+class Objective:
+    """The weighted sum of the losses a config names, with their settings resolved once."""
 
+    def __init__(self, config, tokenizer):
+        self.weights = {name: float(weight) for name, weight in dict(config.losses).items()}
+        self.losses = {name: LOSSES[name] for name in self.weights}
+        self.settings = {name: loss.settings(config, tokenizer)
+                         for name, loss in self.losses.items()}
 
-def total_loss(weights: dict[str, float], outputs, batch) -> tuple[jax.Array, dict]:
-    total, metrics = 0.0, {}
-    for name, weight in weights.items():
-        value, loss_metrics = LOSSES[name](outputs, batch)
-        total = total + weight * value
-        metrics.update(loss_metrics)
-    return total, metrics
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        return tuple(sorted({key for loss in self.losses.values() for key in loss.batch_keys}))
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(loss.needs_teacher for loss in self.losses.values())
+
+    def __call__(self, outputs, batch) -> tuple[jax.Array, dict]:
+        total, metrics = 0.0, {}
+        for name, loss in self.losses.items():
+            value, loss_metrics = loss.fn(outputs, batch, **self.settings[name])
+            total = total + self.weights[name] * value
+            metrics.update(loss_metrics)
+        return total, metrics

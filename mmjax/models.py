@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax import fusion, layers, losses, tokenizers
-from mmjax.image_tower import VisionTransformer, image_normalization
+from mmjax import fusion, layers, losses
+from mmjax.conventions import image_normalization
+from mmjax.image_tower import VisionTransformer
 from mmjax.text_tower import TextTransformer
 
 IMAGE_TOWERS = {"vit": VisionTransformer}
@@ -161,21 +162,25 @@ class FusionModel(CLIP):
     negatives mined from the in-batch similarities) and masked language modelling (ALBEF style).
     """
 
-    def __init__(self, *, fusion_encoder, dtype: str = "float32", remat: str = "none",
-                 scan_layers: bool = False, attention_implementation: str | None = None,
-                 mask_probability: float = 0.15, mask_token_id: int = tokenizers.UNK_ID,
-                 hard_negative_fraction: float = 1.0, rngs: nnx.Rngs, **clip_kwargs):
-        super().__init__(dtype=dtype, remat=remat, scan_layers=scan_layers,
+    def __init__(self, *, fusion_encoder, vocab_size: int, dtype: str = "float32",
+                 remat: str = "none", scan_layers: bool = False,
+                 attention_implementation: str | None = None, mask_probability: float = 0.15,
+                 mask_token_id: int | None = None, hard_negative_fraction: float = 1.0,
+                 rngs: nnx.Rngs, **clip_kwargs):
+        # [MASK] must be an id no text ever has: by default one past the tokenizer's ids (every
+        # CLIP BPE id is a real token, and the words tokenizer gives UNK to unknown words).
+        mask_token_id = vocab_size if mask_token_id is None else mask_token_id
+        super().__init__(vocab_size=max(vocab_size, mask_token_id + 1), dtype=dtype,
+                         remat=remat, scan_layers=scan_layers,
                          attention_implementation=attention_implementation, rngs=rngs,
                          **clip_kwargs)
         shared = dict(remat=remat, scan_layers=scan_layers, rngs=rngs,
                       attention_implementation=attention_implementation)
-        self.vocab_size = self.text_tower.token_embedding.shape[0]
+        self.vocab_size = vocab_size  # the text ids MLM predicts and draws random tokens from
         self.fusion_encoder = fusion.FusionEncoder(
             vocab_size=self.vocab_size,
             **_cross_modal_kwargs(self, dict(fusion_encoder), _lookup(DTYPES, dtype, "dtype"),
                                   shared))
-        # The [MASK] id: one the tokenizer never gives real text (UNK for bytes and words).
         self.mask_probability, self.mask_token_id = mask_probability, mask_token_id
         # The share of ITM negatives mined from the similarities; the rest are drawn uniformly.
         self.hard_negative_fraction = hard_negative_fraction
@@ -260,15 +265,25 @@ MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
           "fusion_classifier": FusionClassifier}
 
 
-def build_model(model_config, *, vocab_size: int, image_size: int, seed: int,
-                normalization: str = "minus_one_one") -> nnx.Module:
-    """Builds the model the config names; its parameters come from `seed`. uint8 images are
-    normalised on the device with `normalization` (config.data.normalization)."""
-    kwargs = dict(model_config)
+def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
+    """Builds the model `config.model` names for a run's config and tokenizer; parameters come
+    from `seed` (default config.seed). The text tower's context length and pad / end-of-text ids
+    are the tokenizer's unless config.model.text_tower sets them; uint8 images are normalised on
+    the device with config.data.normalization."""
+    kwargs = dict(config.model)
     model_cls = _lookup(MODELS, kwargs.pop("name"), "model")
     # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
-    vocab_size = kwargs.pop("vocab_size", None) or vocab_size
+    vocab_size = kwargs.pop("vocab_size", None) or tokenizer.vocab_size
+    kwargs["text_tower"] = dict(text_tower_ids(tokenizer), **dict(kwargs["text_tower"]))
+    normalization = config.data.get("normalization", "minus_one_one")
     image_normalization(normalization)  # an unknown name fails here, before compiling
-    model = model_cls(vocab_size=vocab_size, image_size=image_size, rngs=nnx.Rngs(seed), **kwargs)
+    model = model_cls(vocab_size=vocab_size, image_size=config.data.image_size,
+                      rngs=nnx.Rngs(config.seed if seed is None else seed), **kwargs)
     model.image_tower.input_normalization = normalization
     return model
+
+
+def text_tower_ids(tokenizer) -> dict[str, int]:
+    """What the text tower takes from the tokenizer when its config leaves it unset."""
+    return {"context_length": tokenizer.context_length, "pad_id": tokenizer.pad_id,
+            "eot_id": tokenizer.eot_id}

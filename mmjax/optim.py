@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from mmjax.conventions import parameter_name, under_prefixes
+
 # Parameters named like this are embeddings or scalars that weight decay would only hurt.
 NO_DECAY_NAMES = frozenset({"token_embedding", "position_embedding", "cls_token", "probe",
                             "logit_scale", "logit_bias"})
@@ -29,16 +31,6 @@ def weight_decay_mask(params):
         return leaf.ndim >= 2 and not (set(parameter_name(path).split("/")) & NO_DECAY_NAMES)
 
     return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def parameter_name(path) -> str:
-    """A key path -> 'image_tower/encoder/blocks/0/mlp/up/kernel'."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def under_prefixes(name: str, prefixes) -> bool:
-    """Whether a parameter name lies under one of `prefixes` ('image_tower', 'text_tower/encoder')."""
-    return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def frozen_mask(params, prefixes):

@@ -190,14 +190,23 @@ def use_mesh_rules(mesh: Mesh | None, rules) -> Iterator[None]:
         _ACTIVE.update(previous)
 
 
+def batch_axes(rules) -> tuple[str, ...]:
+    """The mesh axes the rules split the batch over."""
+    spec = logical_to_spec(("batch",), rules)[0]
+    return () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
+
+
+def batch_devices(mesh_shape: dict[str, int], rules) -> int:
+    """How many ways the batch is split: the product of its mesh axes' sizes."""
+    return math.prod(mesh_shape[axis] for axis in batch_axes(rules))
+
+
 def active_batch_axes() -> tuple[Mesh | None, tuple[str, ...]]:
     """The mesh in use and the mesh axes the batch is split over (empty without a mesh)."""
     mesh = _ACTIVE["mesh"]
     if mesh is None:
         return None, ()
-    spec = logical_to_spec(("batch",), _ACTIVE["rules"])[0]
-    axes = () if spec is None else ((spec,) if isinstance(spec, str) else tuple(spec))
-    return mesh, tuple(a for a in axes if mesh.shape[a] > 1)
+    return mesh, tuple(a for a in batch_axes(_ACTIVE["rules"]) if mesh.shape[a] > 1)
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

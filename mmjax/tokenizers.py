@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import inspect
 import re
 from typing import Sequence
 
@@ -32,14 +33,18 @@ class ByteTokenizer:
 
     name = "bytes"
     bos_id, eot_id, pad_id = BOS_ID, EOT_ID, PAD_ID
+    unk_id = None  # every text has its bytes
 
     def __init__(self, context_length: int):
         self.context_length = context_length
         self.vocab_size = 256 + NUM_SPECIAL_IDS
 
+    def content_ids(self, text: str) -> list[int]:
+        return [b + NUM_SPECIAL_IDS for b in text.encode("utf-8")]
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray([_layout([b + NUM_SPECIAL_IDS for b in text.encode("utf-8")],
-                                   self.context_length) for text in texts], np.int32)
+        return np.asarray([_layout(self.content_ids(text), self.context_length)
+                           for text in texts], np.int32)
 
     def decode(self, ids) -> str:
         content = [i - NUM_SPECIAL_IDS for i in _content_ids(ids, self.bos_id, self.eot_id)
@@ -51,7 +56,7 @@ class WordTokenizer:
     """Lower-cased ASCII words from a vocabulary file (one word per line); others map to UNK."""
 
     name = "words"
-    bos_id, eot_id, pad_id = BOS_ID, EOT_ID, PAD_ID
+    bos_id, eot_id, pad_id, unk_id = BOS_ID, EOT_ID, PAD_ID, UNK_ID
 
     def __init__(self, context_length: int, vocabulary_file: str):
         with open(vocabulary_file) as f:
@@ -66,9 +71,12 @@ class WordTokenizer:
         lowered = "".join(c.lower() if c.isascii() else c for c in text)
         return re.sub(WORD_PATTERN, " ", lowered).split()
 
+    def content_ids(self, text: str) -> list[int]:
+        return [self.word_to_id.get(w, UNK_ID) for w in self.split(text)]
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray([_layout([self.word_to_id.get(w, UNK_ID) for w in self.split(text)],
-                                   self.context_length) for text in texts], np.int32)
+        return np.asarray([_layout(self.content_ids(text), self.context_length)
+                           for text in texts], np.int32)
 
     def decode(self, ids) -> str:
         words = {UNK_ID: "<unk>", PAD_ID: "<pad>", BOS_ID: "<bos>"}
@@ -106,6 +114,7 @@ class ClipBpeTokenizer:
 
     name = "clip_bpe"
     pad_id = PAD_ID
+    unk_id = None  # byte-level: every text has its tokens
 
     def __init__(self, context_length: int, vocabulary_file: str):
         try:
@@ -161,7 +170,7 @@ class ClipBpeTokenizer:
         self.cache[token] = " ".join(word)
         return self.cache[token]
 
-    def encode(self, text: str) -> list[int]:
+    def content_ids(self, text: str) -> list[int]:
         ids = []
         for token in self._findall(self.pattern, self.clean(text)):
             token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
@@ -169,7 +178,7 @@ class ClipBpeTokenizer:
         return ids
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray([_layout(self.encode(text), self.context_length, self.bos_id,
+        return np.asarray([_layout(self.content_ids(text), self.context_length, self.bos_id,
                                    self.eot_id) for text in texts], np.int32)
 
     def decode(self, ids) -> str:
@@ -200,6 +209,7 @@ class SentencePieceTokenizer:
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
         self.pad_id, self.bos_id, self.eot_id = (self.processor.pad_id(), self.processor.bos_id(),
                                                  self.processor.eos_id())
+        self.unk_id = self.processor.unk_id()
         if min(self.pad_id, self.bos_id, self.eot_id) < 0:
             raise ValueError(
                 f"SentencePiece model {vocabulary_file} lacks a pad, bos or eos piece (ids "
@@ -208,8 +218,11 @@ class SentencePieceTokenizer:
         self.vocab_size = self.processor.get_piece_size()
         self.context_length = context_length
 
+    def content_ids(self, text: str) -> list[int]:
+        return self.processor.encode(text)
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray([_layout(self.processor.encode(text), self.context_length, self.bos_id,
+        return np.asarray([_layout(self.content_ids(text), self.context_length, self.bos_id,
                                    self.eot_id, self.pad_id) for text in texts], np.int32)
 
     def decode(self, ids) -> str:
@@ -222,10 +235,14 @@ class IdsOnlyTokenizer:
 
     name = "ids_only"
     pad_id = PAD_ID
+    unk_id = None
 
     def __init__(self, context_length: int, vocab_size: int, bos_id: int, eot_id: int):
         self.context_length, self.vocab_size = context_length, vocab_size
         self.bos_id, self.eot_id = bos_id, eot_id
+
+    def content_ids(self, text: str) -> list[int]:
+        return self([text])
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         raise ValueError("This model has no tokenizer: pass token ids, or set "
@@ -241,10 +258,19 @@ TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBp
 
 
 def build_tokenizer(tokenizer_config):
+    """The tokenizer config.tokenizer names. Fields the tokenizer does not take (a
+    vocabulary_file left from another tokenizer, for `bytes`) and unset ones are ignored, so
+    `--config.tokenizer.name=bytes` alone switches to bytes."""
     kwargs = dict(tokenizer_config)
     name = kwargs.pop("name")
     if name not in TOKENIZERS:
         raise ValueError(f"Unknown tokenizer {name!r}; valid names: {sorted(TOKENIZERS)}.")
+    parameters = inspect.signature(TOKENIZERS[name]).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in parameters and v is not None}
+    missing = [k for k, p in parameters.items() if p.default is p.empty and k not in kwargs]
+    if missing:
+        raise ValueError(f"The {name!r} tokenizer needs config.tokenizer.{missing[0]}"
+                         + (" (a vocabulary file)." if missing[0] == "vocabulary_file" else "."))
     try:
         return TOKENIZERS[name](**kwargs)
     except FileNotFoundError as e:

@@ -1,11 +1,19 @@
-"""Shared fixtures: 8 fake CPU devices, the tiny embedded dataset and a tiny config."""
+"""Shared fixtures: 8 fake CPU devices, a compilation cache, the tiny embedded dataset, a tiny
+config, one finished tiny run, and a user's captioned images converted to shards."""
 
 import os
+import tempfile
 
 # Must precede the first `import jax` anywhere in the test session.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session and the processes it starts (main.py runs):
+# the tests compile the same tiny steps many times over.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "mmjax_test_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import pytest  # noqa: E402
 
@@ -33,3 +41,54 @@ def make_tiny_config(tfds_dir: str):
 @pytest.fixture
 def tiny_config(tfds_dir):
     return make_tiny_config(tfds_dir)
+
+
+def one_device_mesh():
+    """Loop tests that do not test sharding run on one device: faster than eight fake ones."""
+    import jax
+
+    from mmjax import sharding
+
+    return sharding.create_mesh({"data": 1}, jax.devices()[:1])
+
+
+@pytest.fixture(scope="session")
+def finished_run(tfds_dir, tmp_path_factory):
+    """One tiny run trained to the end on 8 devices (checkpoints at steps 4 and 8), and its
+    final evaluation. Shared by every test that only needs a trained run: evaluation, the
+    report, inference, LiT, a distillation teacher, two processes against one. Tests must not
+    write into it; they copy it (`copy_run`) when they need to."""
+    from mmjax import train
+
+    workdir = str(tmp_path_factory.mktemp("finished_run") / "run")
+    return workdir, train.train_and_evaluate(make_tiny_config(tfds_dir), workdir)
+
+
+def copy_run(finished_run, destination) -> str:
+    import shutil
+
+    return shutil.copytree(finished_run[0], str(destination))
+
+
+@pytest.fixture(scope="session")
+def user_data(tmp_path_factory):
+    """A user's files: a CSV of 320 generated images with 1-5 captions each (no labels), 3 of
+    them corrupt, converted to shards."""
+    import numpy as np
+
+    from input_pipeline import datasets, make_shards, shards, synthetic
+
+    root = tmp_path_factory.mktemp("user_data")
+    written = synthetic.write_captioned_images(str(root / "raw"), USER_IMAGES, image_size=40,
+                                               corrupt=USER_CORRUPT,
+                                               test_fraction=USER_TEST / USER_IMAGES)
+    output = str(root / "shards")
+    metadata = make_shards.make_shards(written["csv"], output, examples_per_shard=100, quiet=True)
+    source = datasets.open_source(datasets.parse_spec(f"shards:{output}:train", "train"), None)
+    key_to_id = {shards.record_key(source.fetch(np.array([i]))[0]): i
+                 for i in range(source.num_examples)}
+    return dict(written, output=output, metadata=metadata, source=source, key_to_id=key_to_id,
+                corrupt_ids={key_to_id[k] for k in written["corrupt"]})
+
+
+USER_IMAGES, USER_TEST, USER_CORRUPT = 320, 32, 3  # 288 train = 18 batches of 16; 1 % corrupt

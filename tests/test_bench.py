@@ -38,3 +38,12 @@ def test_benchmark_runs_without_tensorflow(tmp_path):
     results = json.loads(out.read_text())
     assert results["devices"] == 2 and results["pairs_per_second"] > 0
     assert results["mfu"] is None  # no peak is known for a CPU
+
+
+def test_benchmark_lowers_a_distillation_step_with_its_teacher(finished_run, tiny_config):
+    """The train step of a config whose loss reads a teacher takes the teacher's parameters."""
+    teacher, _ = finished_run
+    tiny_config.losses = {"clip": 1.0, "distill": 1.0}
+    tiny_config.distill.teacher = teacher
+    result = bench.run(tiny_config, steps=1, warmup_steps=0)
+    assert result["step_seconds"] > 0 and result["final_loss"] > 0

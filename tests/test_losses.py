@@ -39,9 +39,6 @@ def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
     assert float(losses.clip_contrastive_loss(shuffled, {})[0]) > 10.0
 
 
-def test_unknown_loss_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"\['caption', 'classification', 'clip', 'distill', 'itm', 'mlm', 'siglip'\].*unknown: \['sigmoid'\]"):
-        losses.check_loss_weights({"sigmoid": 1.0})
 
 
 def numpy_siglip_loss(image, text, scale, bias):
@@ -60,8 +57,6 @@ def test_siglip_loss_matches_numpy():
                "logit_scale": jnp.asarray(10.0), "logit_bias": jnp.asarray(-10.0)}
     loss, _ = losses.siglip_loss(outputs, {})
     np.testing.assert_allclose(float(loss), numpy_siglip_loss(image, text, 10.0, -10.0), rtol=1e-5)
-    with pytest.raises(ValueError, match="logit_bias_init"):
-        losses.siglip_loss({k: v for k, v in outputs.items() if k != "logit_bias"}, {})
 
 
 @pytest.mark.parametrize("mesh_shape", [{"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
@@ -111,9 +106,8 @@ def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
     outputs = {"image_embedding": jnp.asarray(s_image), "text_embedding": jnp.asarray(s_text),
                "logit_scale": jnp.asarray(10.0), "teacher_image_embedding": jnp.asarray(t_image),
                "teacher_text_embedding": jnp.asarray(t_text),
-               "teacher_logit_scale": jnp.asarray(30.0),
-               "distill_temperature": jnp.asarray(temperature)}
-    loss, _ = losses.distillation_loss(outputs, {})
+               "teacher_logit_scale": jnp.asarray(30.0)}
+    loss, _ = losses.distillation_loss(outputs, {}, temperature=temperature)
 
     def logits(image, text, scale):
         image = image / np.linalg.norm(image, axis=1, keepdims=True)
@@ -131,9 +125,7 @@ def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
 
     same = dict(outputs, image_embedding=outputs["teacher_image_embedding"],
                 text_embedding=outputs["teacher_text_embedding"], logit_scale=jnp.asarray(30.0))
-    assert abs(float(losses.distillation_loss(same, {})[0])) < 1e-6
-    with pytest.raises(ValueError, match="config.distill.teacher"):
-        losses.distillation_loss({"image_embedding": 0}, {})
+    assert abs(float(losses.distillation_loss(same, {}, temperature=temperature)[0])) < 1e-6
 
 
 def test_classification_loss_matches_numpy():

@@ -9,8 +9,6 @@ import sys
 
 import pytest
 
-from mmjax import train
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -25,9 +23,8 @@ def losses(workdir):
         return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
-def test_two_processes_match_one(tiny_config, tfds_dir, tmp_path):
-    single = str(tmp_path / "single")
-    single_metrics = train.train_and_evaluate(tiny_config, single)  # 1 process x 8 devices
+def test_two_processes_match_one(finished_run, tfds_dir, tmp_path):
+    single, single_metrics = finished_run  # 1 process x 8 devices
 
     multi = str(tmp_path / "multi")
     port = free_port()

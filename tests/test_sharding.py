@@ -5,7 +5,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from input_pipeline import pipeline
-from mmjax import sharding, train
+from mmjax.trainer import Trainer
+from mmjax import sharding
 
 
 def test_mesh_sizes_fill_in_minus_one_and_explain_errors():
@@ -43,7 +44,7 @@ def reference(tfds_dir):
     from conftest import make_tiny_config
 
     config = make_tiny_config(tfds_dir)
-    trainer = train.Trainer(config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
+    trainer = Trainer(config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
     batches = pipeline.train_batches(config, trainer.tokenizer)
     batches = [next(batches) for _ in range(3)]
     state, losses = trainer.create_state(), []
@@ -59,7 +60,7 @@ def test_sharded_training_matches_one_device(reference, mesh_name):
     mesh_config, rules = MESHES[mesh_name]
     config = config.copy_and_resolve_references()
     config.sharding_rules = rules
-    trainer = train.Trainer(config, mesh=sharding.create_mesh(mesh_config))
+    trainer = Trainer(config, mesh=sharding.create_mesh(mesh_config))
     state, losses = trainer.create_state(), []
 
     # Every parameter (and optimizer slot) is laid out as the rules say.
@@ -82,7 +83,7 @@ def test_fsdp_spreads_parameters_and_optimizer_state(tfds_dir):
 
     config = make_tiny_config(tfds_dir)
     config.sharding_rules = "fsdp"
-    trainer = train.Trainer(config, mesh=sharding.create_mesh({"data": 1, "fsdp": 8}))
+    trainer = Trainer(config, mesh=sharding.create_mesh({"data": 1, "fsdp": 8}))
     state = trainer.create_state()
     arrays = [x for x in jax.tree.leaves(state) if x.ndim > 0]
     total = sum(x.nbytes for x in arrays)

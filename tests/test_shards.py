@@ -11,22 +11,7 @@ from mmjax import tokenizers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
-NUM_IMAGES, NUM_TEST, NUM_CORRUPT = 320, 32, 3  # 288 train = 18 batches of 16; 1 % corrupt
-
-
-@pytest.fixture(scope="module")
-def user_data(tmp_path_factory):
-    """A CSV of 320 generated images with 1-5 captions each, 3 corrupt, converted to shards."""
-    root = tmp_path_factory.mktemp("user_data")
-    written = synthetic.write_captioned_images(str(root / "raw"), NUM_IMAGES, image_size=40,
-                                               corrupt=NUM_CORRUPT, test_fraction=NUM_TEST / NUM_IMAGES)
-    output = str(root / "shards")
-    metadata = make_shards.make_shards(written["csv"], output, examples_per_shard=100, quiet=True)
-    source = datasets.open_source(datasets.parse_spec(f"shards:{output}:train", "train"), None)
-    key_to_id = {shards.record_key(source.fetch(np.array([i]))[0]): i
-                 for i in range(source.num_examples)}
-    return dict(written, output=output, metadata=metadata, source=source, key_to_id=key_to_id,
-                corrupt_ids={key_to_id[k] for k in written["corrupt"]})
+from conftest import USER_CORRUPT as NUM_CORRUPT, USER_IMAGES as NUM_IMAGES, USER_TEST as NUM_TEST
 
 
 def test_make_shards_writes_every_image_with_all_its_captions(user_data):
@@ -154,19 +139,28 @@ def test_too_many_bad_examples_stop_the_run_naming_them(user_data, tiny_config):
         batches.check_bad_fraction(25, 1000, 0.01)
 
 
-def test_training_on_shards_logs_the_exact_skipped_count(user_data, tiny_config, tmp_path):
+def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data, tiny_config,
+                                                                       tmp_path, capsys):
+    """README's "Your own data" command, shrunk: a user's captions with the bytes tokenizer and
+    the default evaluators; the ones unlabeled data cannot feed are skipped, saying why."""
+    from conftest import one_device_mesh
     from mmjax import train
 
     tiny_config.data.train = f"shards:{user_data['output']}:train"
     tiny_config.data.eval = f"shards:{user_data['output']}:test"
-    tiny_config.evals = ("retrieval",)
+    tiny_config.tokenizer.update(name="bytes", context_length=64)
+    tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
     tiny_config.data.eval_captions_per_image = 5  # each test image has 1-5 captions
     tiny_config.total_steps = 18  # one epoch
     tiny_config.checkpoint_every_steps = 9
     tiny_config.log_every_steps = 9
     workdir = str(tmp_path / "run")
-    metrics = train.train_and_evaluate(tiny_config, workdir)
+    metrics = train.train_and_evaluate(tiny_config, workdir, mesh=one_device_mesh())
     assert metrics["eval/shards/num_candidates"] == NUM_TEST
+    assert not [m for m in metrics if "zeroshot" in m or "probe" in m]
+    printed = capsys.readouterr().out
+    assert "Note: evaluator 'zeroshot' skipped: " in printed
+    assert "Note: evaluator 'linear_probe' skipped: " in printed
     # Retrieval ranked every caption of the test images, not one per image.
     test_captions = user_data["metadata"]["splits"]["test"]["num_captions"]
     assert metrics["eval/shards/num_texts"] == test_captions > NUM_TEST

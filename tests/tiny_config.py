@@ -19,7 +19,8 @@ def get_config():
     config.data.train = "tfds:mmjax_shapes/tiny:train"
     config.data.eval = "tfds:mmjax_shapes/tiny:test"
     config.data.image_size = 16
-    config.data.eval_batch_size = 64
+    # As configs/smoke.py's: 250 does not divide over 8 devices, so the eval batch is padded.
+    config.data.eval_batch_size = 250
     config.batch_size = 16
     config.total_steps = 8
     config.log_every_steps = 1

@@ -169,8 +169,8 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     With `vocabulary_file` (CLIP's bpe_simple_vocab_16e6.txt.gz) the workdir gets the CLIP BPE
     tokenizer, so strings tokenise exactly as in open_clip; it is copied into the workdir.
     """
-    from mmjax import checkpoint, tokenizers, train
-    import configs.smoke
+    from mmjax import checkpoint, defaults, tokenizers, train
+    from mmjax.trainer import Trainer
 
     if arch is not None and arch not in ARCHITECTURES:
         raise ValueError(f"Unknown --arch {arch!r}; known: {sorted(ARCHITECTURES)} (or give "
@@ -186,7 +186,7 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
         raise FileExistsError(f"{out_dir} already holds checkpoints; choose an empty --out.")
 
     fields, params = convert(read_weights(weights_path), vision_heads, text_heads, quick_gelu)
-    config = configs.smoke.get_config()
+    config = defaults.base_config()
     config.name = f"open_clip_{arch or 'custom'}"
     model = fields["model"]
     config.model.embed_dim, config.model.vocab_size = model["embed_dim"], model["vocab_size"]
@@ -210,7 +210,7 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
             bos_id=vocab_size - 2, eot_id=vocab_size - 1))
     config.total_steps = 1
 
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     state = trainer.create_state()
     state["params"] = checkpoint.merge_params(state["params"], params, (), weights_path,
                                               require_all_used=True)

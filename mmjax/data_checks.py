@@ -1,0 +1,130 @@
+"""The preflight's data checks: what a sample of each dataset says about the run.
+
+Given `DataFacts` for the train, eval and probe data (input_pipeline.pipeline.describe_data reads
+them from a few hundred records), these check how the tokenizer reads the training captions
+(unknown words, truncation), that losses which read labels get them, that a batch fits the data,
+and which evaluators the eval data can feed; the others are skipped with a line saying why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from mmjax import evaluators
+
+# More unknown tokens, or more truncated captions, than these shares stops the run.
+MAX_UNKNOWN_TOKEN_SHARE = 0.02
+MAX_TRUNCATED_SHARE = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+    """What the preflight learns from a dataset's first records (input_pipeline.pipeline)."""
+
+    spec: str
+    num_examples: int
+    has_labels: bool
+    class_names: tuple[str, ...]
+    captions: tuple[str, ...]  # every caption of the sampled examples
+
+
+
+def check_captions(c, tokenizer, facts: DataFacts) -> None:
+    """How the tokenizer reads a sample of the training captions: unknown words and truncation."""
+    if tokenizer.name == "ids_only":
+        c.add("config.tokenizer.name", "'ids_only' cannot tokenise training captions",
+              "set config.tokenizer to the model's tokenizer and vocabulary")
+        return
+    rows = [tokenizer.content_ids(text) for text in facts.captions]
+    if not rows:
+        return
+    total = max(sum(len(r) for r in rows), 1)
+    unknown = sum(r.count(tokenizer.unk_id) for r in rows) if tokenizer.unk_id is not None else 0
+    byte_lengths = [len(t.encode("utf-8")) for t in facts.captions]
+    bytes_context = int(-(-(np.percentile(byte_lengths, 99) + 2) // 8) * 8)
+    if unknown / total > MAX_UNKNOWN_TOKEN_SHARE:
+        c.add("config.tokenizer.name", f"{unknown / total:.0%} of the tokens of {len(rows)} "
+              f"sampled captions of {facts.spec} are unknown to this {tokenizer.name} vocabulary "
+              f"({tokenizer.vocab_size} ids): they would all become one id and could not be "
+              "learned",
+              f"--config.tokenizer.name=bytes --config.tokenizer.context_length={bytes_context} "
+              "(holds 99% of them), or build a vocabulary from these captions: python -m "
+              f"input_pipeline.make_vocab --input={facts.spec} --output=DIR/vocab "
+              "--vocab_size=8000, then --config.tokenizer.name=sentencepiece "
+              "--config.tokenizer.vocabulary_file=DIR/vocab.model")
+        return
+    room = tokenizer.context_length - 2
+    truncated = sum(len(r) > room for r in rows) / len(rows)
+    needed = int(np.percentile([len(r) for r in rows], 99)) + 2
+    if truncated > MAX_TRUNCATED_SHARE:
+        c.add("config.tokenizer.context_length", f"{truncated:.0%} of {len(rows)} sampled "
+              f"captions of {facts.spec} are longer and would lose their ends",
+              f"raise it to {needed} (holds 99% of them)")
+    elif truncated:
+        c.notes.append(f"{truncated:.1%} of the sampled training captions are longer than "
+                       f"config.tokenizer.context_length ({tokenizer.context_length}) and are "
+                       f"cut; {needed} would hold 99% of them.")
+
+
+def check_data(c, describe_data: Callable, roles, tokenizer, layout, evals, needs_labels
+          ) -> tuple[str, ...]:
+    """Describes each dataset; returns the evaluators the eval data can feed."""
+    config = c.config
+    facts = {}
+    probe_needed = any(evaluators.EVALUATORS[e].needs_probe for e in evals)
+    specs = {"train": ("config.data.train", config.data.train, "train"),
+             "eval": ("config.data.eval", config.data.eval, "test"),
+             "probe": ("config.data.probe_train", config.data.probe_train or config.data.train,
+                       "train")}
+    for role in [*roles, *(["probe"] if probe_needed and "eval" in roles else [])]:
+        field, spec, split = specs[role]
+        if not spec:
+            continue
+        try:
+            facts[role] = describe_data(config, spec, split)
+        except (ValueError, FileNotFoundError, OSError) as e:
+            c.add(field, str(e).rstrip("."), "point it at prepared data (README, Your own data)")
+    if "train" in facts:
+        train = facts["train"]
+        if tokenizer is not None:
+            check_captions(c, tokenizer, train)
+        if needs_labels and not train.has_labels:
+            c.add("config.losses", f"a loss reads labels and {train.spec} has none",
+                  "train on labelled data (make_shards takes a `label` column)")
+        if layout and isinstance(config.batch_size, int) and (
+                config.batch_size // layout["processes"] > train.num_examples):
+            c.add("config.batch_size", f"is larger than the {train.num_examples} examples of "
+                  f"{train.spec} (per process)", f"use at most {train.num_examples}")
+    if "eval" not in roles:
+        return tuple(evals)
+    if not config.data.eval:
+        if evals:
+            c.notes.append("config.data.eval is empty: no evaluation.")
+        return ()
+    if "eval" not in facts:
+        return tuple(evals)
+    runnable = []
+    for name in evals:
+        why = _unmet_data_need(evaluators.EVALUATORS[name], facts)
+        if why is None:
+            runnable.append(name)
+        else:
+            c.notes.append(f"evaluator {name!r} skipped: {why}.")
+    return tuple(runnable)
+
+
+def _unmet_data_need(evaluator, facts: dict) -> str | None:
+    for need in evaluator.data_needs:
+        for role in ("eval", "probe") if evaluator.needs_probe else ("eval",):
+            data = facts.get(role)
+            if data is None:
+                continue
+            if need == "labels" and not data.has_labels:
+                return (f"{data.spec} has no labels (for your own shards: a `label` column in "
+                        "make_shards' input)")
+            if need == "class_names" and not data.class_names:
+                return f"{data.spec} has no class names"
+    return None

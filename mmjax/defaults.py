@@ -1,0 +1,132 @@
+"""The base config every run derives from: each field, its meaning and a general default.
+
+`configs/*.py` start here and override what their run changes (the smoke run shrinks the model,
+ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.import_open_clip) start here
+too, so the library never imports `configs/`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+placeholder = ml_collections.config_dict.placeholder
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    # A label for logs, reports and benchmark tables.
+    config.name = "base"
+    # Seeds the parameters and the data order; two runs with one seed log identical losses.
+    config.seed = 0
+    # Optimizer steps to train for.
+    config.total_steps = 100_000
+    # Global batch size (over all devices and processes).
+    config.batch_size = 256
+    # Log train metrics and the progress line every this many steps.
+    config.log_every_steps = 100
+    # NaN/Inf loss or gradients: False stops the run naming the step; True skips such steps.
+    config.skip_nonfinite_steps = False
+    # Split each batch into this many micro-batches (less memory, same update: GradCache).
+    config.grad_accum_steps = 1
+    # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the end.
+    config.eval_every_steps = 5_000
+    # Save a checkpoint every this many steps (and always at the end).
+    config.checkpoint_every_steps = 2_000
+    # Checkpoints kept in WORKDIR/checkpoints.
+    config.keep_checkpoints = 2
+    # Also keep, in WORKDIR/best, the checkpoint with the best value of this eval metric (for
+    # example "eval/mmjax_shapes/i2t_recall@1"); None: do not.
+    config.keep_best_by = placeholder(str)
+    # "max" or "min".
+    config.keep_best_mode = "max"
+
+    config.data = ml_collections.ConfigDict()
+    # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is
+    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m input_pipeline.make_shards).
+    config.data.train = "tfds:mmjax_shapes:train"
+    config.data.eval = "tfds:mmjax_shapes:test"
+    # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+    config.data.tfds_data_dir = placeholder(str)
+    # Images are resized to image_size x image_size.
+    config.data.image_size = 224
+    # Pixel normalisation the model applies (on the device) to the pipeline's uint8 images:
+    # "minus_one_one" or "clip" (OpenAI's mean and std).
+    config.data.normalization = "minus_one_one"
+    # Image preprocessing ops (input_pipeline/preprocess.py OPS), big_vision style; `size`
+    # defaults to image_size.
+    config.data.train_preprocess = "decode_jpeg_and_inception_crop(scale=(0.9, 1.0))"
+    config.data.eval_preprocess = "decode|resize_shorter|center_crop"
+    # Bad examples (undecodable images, no caption) are skipped and counted (data/skipped); the
+    # run stops, naming them, when more than this fraction of those read is bad.
+    config.data.max_bad_fraction = 0.01
+    # Captions per eval image for retrieval (5 for COCO / Flickr30k: any of an image's captions
+    # counts); the first caption serves the other evaluators.
+    config.data.eval_captions_per_image = 1
+    # Global batch size for evaluation; padded up to a multiple of the batch devices, and the
+    # last batch is padded, never dropped.
+    config.data.eval_batch_size = 512
+    # The linear probe's labelled training images: the first probe_examples of probe_train
+    # (None: config.data.train).
+    config.data.probe_train = placeholder(str)
+    config.data.probe_examples = 5000
+
+    config.tokenizer = ml_collections.ConfigDict()
+    # 'bytes' (no file), 'words' (a word list), 'sentencepiece' (a .model file, e.g. from
+    # python -m input_pipeline.make_vocab) or 'clip_bpe' (CLIP's bpe_simple_vocab_16e6.txt.gz).
+    config.tokenizer.name = "bytes"
+    # Tokens per text, including begin- and end-of-text; the text tower's context length.
+    config.tokenizer.context_length = 77
+    # The vocabulary file of 'words', 'sentencepiece' and 'clip_bpe' (others ignore it).
+    config.tokenizer.vocabulary_file = placeholder(str)
+
+    config.model = ml_collections.ConfigDict()
+    # A name in mmjax.models.MODELS.
+    config.model.name = "clip"
+    # Width of the shared image-text embedding.
+    config.model.embed_dim = 512
+    # Compute dtype ('float32', 'bfloat16'); parameters are always float32.
+    config.model.dtype = "float32"
+    # Rematerialisation policy for transformer blocks ('none', 'minimal', 'full', 'save_dots').
+    config.model.remat = "none"
+    # Run each tower's blocks under jax.lax.scan: compile time stays flat with depth.
+    config.model.scan_layers = False
+    # Attention kernel: "xla" everywhere, "cudnn" for flash attention on NVIDIA GPUs (bf16).
+    config.model.attention_implementation = "xla"
+    # The image tower (mmjax.models.IMAGE_TOWERS) and its size: a variant "SIZE/PATCH" or
+    # width, depth, mlp_dim, num_heads, patch_size.
+    config.model.image_tower = ml_collections.ConfigDict(dict(
+        name="vit", variant="B/16", pooling="cls"))
+    # The text tower (mmjax.models.TEXT_TOWERS); its context length and pad / end-of-text ids are
+    # the tokenizer's unless set here.
+    config.model.text_tower = ml_collections.ConfigDict(dict(
+        name="transformer", variant="clip", causal=True))
+
+    # Objectives and their weights, by name in mmjax.losses.LOSSES.
+    config.losses = ml_collections.ConfigDict(dict(clip=1.0))
+    # Evaluators, by name in mmjax.evaluators.EVALUATORS; those the eval data cannot feed
+    # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
+    config.evals = ("retrieval", "zeroshot", "linear_probe")
+    # Caption generation (captioning evaluator and --mode=caption): 1 is greedy, more is beam search.
+    config.caption = ml_collections.ConfigDict(dict(beam_size=1))
+    # Knowledge distillation (the `distill` loss): a trained model's workdir (or checkpoints/STEP)
+    # whose tokenizer and image size match, and the softmax temperature of both similarities.
+    config.distill = ml_collections.ConfigDict(dict(teacher=placeholder(str), temperature=1.0))
+
+    # Peak learning rate after linear warmup, then cosine decay to end_learning_rate_factor x it.
+    config.learning_rate = 5e-4
+    config.warmup_steps = 2_000
+    config.end_learning_rate_factor = 0.01
+    config.optimizer = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0))
+
+    # Parameters (name prefixes such as "image_tower") that training leaves bit-identical: LiT.
+    config.frozen_params = ()
+    # Start a new run from another run's checkpoint (a workdir or checkpoints/STEP folder), loading
+    # the parameters under `params` (all if empty); the rest is initialised fresh.
+    config.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), params=()))
+
+    # Mesh axis sizes; -1 takes the devices the others leave.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical-to-mesh axis rules: a preset name in mmjax.sharding.RULES_PRESETS or a list of pairs.
+    config.sharding_rules = "data_parallel"
+    return config

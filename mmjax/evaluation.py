@@ -1,0 +1,271 @@
+"""Evaluation: one encode pass over the eval set, then the configured evaluators.
+
+The encode step computes the image and text embeddings of every eval batch and whatever the
+evaluators declare as device outputs (captions, matching logits, class logits); the evaluators
+then turn it into metrics (mmjax.evaluators). Also `--mode=eval` and `--mode=caption`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from mmjax import checkpoint, conventions, decoding, evaluators, preflight, sharding
+from mmjax.trainer import Trainer
+
+EVAL_INPUTS = {"image": 4, "tokens": 2, "label": 1, "valid": 1}  # name -> ndim
+
+
+def all_rows(local: np.ndarray) -> np.ndarray:
+    """A global batch's rows of a host array, from every process's part, in process order."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))
+
+
+def report_thumbnails(images: np.ndarray, normalization: str, size: int = 48) -> np.ndarray:
+    """Eval images (uint8, or normalised floats) as uint8, shrunk to at most `size` pixels (box
+    filter)."""
+    pixels = np.asarray(images, np.float32)
+    if np.asarray(images).dtype != np.uint8:
+        mean, std = conventions.image_normalization(normalization)
+        pixels = np.clip(pixels * np.asarray(std) + np.asarray(mean), 0, 255)
+    factor = max(1, -(-pixels.shape[1] // size))
+    if factor > 1:
+        n, h, w, c = pixels.shape
+        h, w = h // factor * factor, w // factor * factor
+        pixels = pixels[:, :h, :w].reshape(n, h // factor, factor, w // factor, factor, c)
+        pixels = pixels.mean(axis=(2, 4))
+    return pixels.round().astype(np.uint8)
+
+
+class Evaluation:
+    """The compiled encode steps of a trainer and the evaluators of its plan."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.evaluators = {name: evaluators.EVALUATORS[name] for name in trainer.plan.evals}
+        self.settings = evaluators.EvalSettings(
+            tokenizer=trainer.tokenizer, beam_size=int(trainer.config.caption.beam_size))
+
+    @property
+    def needs_probe(self) -> bool:
+        return any(e.needs_probe for e in self.evaluators.values())
+
+    def _encode(self, params, batch):
+        trainer = self.trainer
+        with sharding.use_mesh_rules(trainer.mesh, trainer.rules):
+            model = trainer.model(params)
+            encoded = {"image": model.encode_image(batch["image"])[0],
+                       "text": model.encode_text(batch["tokens"])[0],
+                       "tokens": batch["tokens"], "label": batch["label"],
+                       "valid": batch["valid"]}
+            for evaluator in self.evaluators.values():
+                if evaluator.device_outputs is not None:
+                    encoded.update(evaluator.device_outputs(model, batch, encoded, self.settings))
+            return encoded
+
+    def _jit(self, fn: Callable, batch_ndims) -> Callable:
+        trainer = self.trainer
+        return jax.jit(fn, in_shardings=(trainer.state_shardings["params"], jax.tree.map(
+            trainer.batch_sharding, batch_ndims)), out_shardings=trainer.replicated)
+
+    @functools.cached_property
+    def encode_step(self) -> Callable:
+        return self._jit(self._encode, EVAL_INPUTS)
+
+    @functools.cached_property
+    def encode_text_step(self) -> Callable:
+        def encode_text(params, tokens):
+            with sharding.use_mesh_rules(self.trainer.mesh, self.trainer.rules):
+                return self.trainer.model(params).encode_text(tokens)[0]
+        trainer = self.trainer
+        return jax.jit(encode_text, in_shardings=(trainer.state_shardings["params"],
+                                                  trainer.replicated),
+                       out_shardings=trainer.replicated)
+
+    @functools.cached_property
+    def encode_image_step(self) -> Callable:
+        def encode_image(params, images):
+            with sharding.use_mesh_rules(self.trainer.mesh, self.trainer.rules):
+                return self.trainer.model(params).encode_image(images)[0]
+        return self._jit(encode_image, 4)
+
+    @functools.cached_property
+    def caption_step(self) -> Callable:
+        def caption(params, images):
+            with sharding.use_mesh_rules(self.trainer.mesh, self.trainer.rules):
+                return decoding.caption(self.trainer.model(params), images,
+                                        self.settings.tokenizer, self.settings.beam_size)
+        return self._jit(caption, 4)
+
+    def encode_images(self, params, data) -> tuple[np.ndarray, np.ndarray]:
+        """Image embeddings and labels of one pass over `data` (an EvalData)."""
+        features, labels = [], []
+        for local_batch in data.batches():
+            batch = self.trainer.global_batch(local_batch, keys=("image",))
+            valid = all_rows(local_batch["valid"]).astype(bool)
+            features.append(np.asarray(self.encode_image_step(params, batch["image"]))[valid])
+            labels.append(all_rows(local_batch["label"])[valid])
+        return np.concatenate(features), np.concatenate(labels)
+
+    def encode_token_rows(self, params, tokens: np.ndarray) -> np.ndarray:
+        """Embeds token rows in fixed-size chunks (one compiled shape)."""
+        chunk = 256
+        padded = np.zeros((-(-len(tokens) // chunk) * chunk, tokens.shape[1]), np.int32)
+        padded[: len(tokens)] = tokens
+        outputs = [np.asarray(self.encode_text_step(params, padded[i:i + chunk]))
+                   for i in range(0, len(padded), chunk)]
+        return np.concatenate(outputs)[: len(tokens)]
+
+    def evaluate(self, params, eval_data, report: dict | None = None) -> dict[str, float]:
+        """Encodes one pass of the eval set and runs every planned evaluator on it.
+
+        `report`, if given, is filled with what the evaluation report shows: the evaluators'
+        details, the embeddings, image thumbnails and the reference captions.
+        """
+        trainer = self.trainer
+        parts: dict[str, list[np.ndarray]] = {}
+        thumbnails, all_captions = [], []
+        for local_batch in eval_data.batches():
+            encoded = jax.device_get(self.encode_step(
+                params, trainer.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
+            valid = encoded.pop("valid")
+            for key, value in encoded.items():
+                parts.setdefault(key, []).append(value[valid])
+            if "all_tokens" in local_batch:  # several captions per image
+                all_captions.append((all_rows(local_batch["all_tokens"])[valid],
+                                     all_rows(local_batch["all_valid"])[valid]))
+            if report is not None:
+                local = report_thumbnails(local_batch["image"], trainer.config.data.normalization)
+                thumbnails.append(all_rows(local)[valid])
+        outputs = {key: np.concatenate(value) for key, value in parts.items()}
+        if self.needs_probe:
+            outputs["probe_features"], outputs["probe_labels"] = self.encode_images(
+                params, eval_data.probe)
+        context = evaluators.EvalContext(
+            image_embeddings=outputs.pop("image"), text_embeddings=outputs.pop("text"),
+            labels=outputs.pop("label"), tokens=outputs.pop("tokens"), extra=outputs,
+            tokenizer=trainer.tokenizer, class_names=eval_data.class_names,
+            prompt_templates=eval_data.prompt_templates,
+            encode_texts=lambda texts: self.encode_token_rows(params, trainer.tokenizer(texts)))
+        if all_captions:
+            tokens = np.concatenate([t for t, _ in all_captions])
+            present = np.concatenate([v for _, v in all_captions]).astype(bool)
+            context.all_text_image = np.nonzero(present)[0]
+            context.all_text_embeddings = self.encode_token_rows(params, tokens[present])
+        metrics = {}
+        for name, evaluator in self.evaluators.items():
+            for metric, value in evaluator.compute(context).items():
+                metrics[f"eval/{eval_data.name}/{metric}"] = value
+        if report is not None:
+            report.update(details=context.details, thumbnails=np.concatenate(thumbnails),
+                          image_embeddings=context.image_embeddings,
+                          text_embeddings=context.text_embeddings, labels=context.labels,
+                          captions=[trainer.tokenizer.decode(row) for row in context.tokens],
+                          dataset=eval_data.name)
+        return metrics
+
+
+def open_eval_data(trainer: Trainer, needs_probe: bool):
+    """The eval split (and the probe's training images, if an evaluator needs them), batched
+    as the plan says."""
+    from input_pipeline import pipeline  # TensorFlow stays out of the model and trainer modules
+
+    return pipeline.eval_data(trainer.config, trainer.tokenizer,
+                              global_batch_size=trainer.plan.eval_batch_size,
+                              with_probe=needs_probe)
+
+
+def _restore_latest(trainer: Trainer, workdir: str):
+    manager = checkpoint.create_manager(workdir, max_to_keep=None)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
+                                "--workdir at a run that has one.")
+    return manager, step, trainer.restore(manager, step)
+
+
+def _planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=()) -> Trainer:
+    """A trainer for a finished run: the preflight sees its workdir and the eval data only."""
+    from input_pipeline import pipeline
+
+    plan = preflight.check(config, mesh=mesh, describe_data=pipeline.describe_data,
+                           roles=("eval",), workdir=workdir, required_evals=required_evals)
+    plan.print_notes()
+    return Trainer(config, mesh=mesh, plan=plan)
+
+
+def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
+    """`--mode=caption`: captions the eval split with the workdir's latest checkpoint.
+
+    Writes WORKDIR/captions.jsonl (reference and generated text per image) and prints the
+    captioning metrics next to the most-frequent-caption baseline's.
+    """
+    trainer = _planned_trainer(config, workdir, mesh, required_evals=("captioning",))
+    captioning = evaluators.EVALUATORS["captioning"]
+    evaluation = Evaluation(trainer)
+    manager, step, state = _restore_latest(trainer, workdir)
+    generated, references = [], []
+    for local_batch in open_eval_data(trainer, needs_probe=False).batches():
+        batch = trainer.global_batch(local_batch, keys=("image",))
+        tokens = jax.device_get(evaluation.caption_step(state["params"], batch["image"]))
+        keep = all_rows(local_batch["valid"]).astype(bool)
+        generated.append(tokens[keep])
+        references.append(all_rows(local_batch["tokens"])[keep])
+    generated, references = np.concatenate(generated), np.concatenate(references)
+    context = evaluators.EvalContext(
+        image_embeddings=None, text_embeddings=None, labels=None, class_names=(),
+        prompt_templates=(), encode_texts=None, tokens=references,
+        extra={"caption_tokens": generated}, tokenizer=trainer.tokenizer)
+    metrics = {"step": step, **captioning.compute(context)}
+    if jax.process_index() == 0:
+        decode = trainer.tokenizer.decode
+        with open(os.path.join(workdir, "captions.jsonl"), "w") as f:
+            for reference, caption_row in zip(references, generated):
+                f.write(json.dumps({"reference": decode(reference),
+                                    "generated": decode(caption_row)}) + "\n")
+        for reference, caption_row in list(zip(references, generated))[:5]:
+            print(f"  {decode(caption_row)!r}  (reference: {decode(reference)!r})")
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
+    manager.close()
+    return metrics
+
+
+def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
+    """`--mode=eval`: evaluates the workdir's latest checkpoint; writes eval_results.json, the
+    embeddings (eval_embeddings.npz) and the report (eval_report.md with PNG figures).
+
+    The checkpoint may come from any mesh; it is laid out for this one (`mesh`, or config.mesh).
+    """
+    trainer = _planned_trainer(config, workdir, mesh)
+    evaluation = Evaluation(trainer)
+    manager, step, state = _restore_latest(trainer, workdir)
+    details: dict = {}
+    metrics = evaluation.evaluate(state["params"], open_eval_data(trainer, evaluation.needs_probe),
+                                  report=details)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+            json.dump({"step": step, **metrics}, f, indent=2)
+        zeroshot = details["details"].get("zeroshot", {})
+        np.savez(os.path.join(workdir, "eval_embeddings.npz"),
+                 image=details["image_embeddings"], text=details["text_embeddings"],
+                 labels=details["labels"], **({"class_embeddings": zeroshot["class_embeddings"]}
+                                              if zeroshot else {}))
+        for name, value in metrics.items():
+            print(f"{name}: {value:.4f}")
+        from mmjax import report  # matplotlib is loaded only to write the report
+
+        path = report.write_report(workdir, step=step, metrics=metrics, details=details,
+                                   config_name=config.get("name", ""))
+        print(f"Report: {path}")
+    manager.close()
+    return metrics

@@ -1,0 +1,358 @@
+"""The preflight: every check that needs no compilation, before anything is compiled or trained.
+
+`check(config, ...)` looks at the config's fields, the mesh against the devices, the tokenizer,
+the model (built abstractly: its parameter names and the outputs of one abstract forward pass),
+what each loss and evaluator declares it needs, the paths (init_from, teacher, workdir) and, given
+`describe_data`, a sample of each dataset (labels, class names, how the tokenizer reads its
+captions). It reports every problem at once, each with the field, its value and the fix, and
+returns a `Plan`: the evaluators that will run (those the eval data cannot feed are skipped, with
+a line saying why) and the eval batch size, padded to the batch devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mmjax import (checkpoint, conventions, data_checks, evaluators, losses, models, sharding,
+                   tokenizers)
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    field: str
+    value: Any
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field} = {self.value!r}: {self.message}. Fix: {self.fix}."
+
+
+class ConfigError(ValueError):
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(f"The preflight found {len(problems)} problem(s) before compiling "
+                         "anything:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclasses.dataclass
+class Plan:
+    evals: tuple[str, ...]
+    eval_batch_size: int
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def print_notes(self) -> None:
+        if jax.process_index() == 0:
+            for note in self.notes:
+                print(f"Note: {note}", flush=True)
+
+
+def _comparable(value):
+    """Config values as plain data (ConfigDict, lists and tuples alike) for comparison."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items() if k != "vocabulary_file"}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    return value
+
+
+class _Checks:
+    def __init__(self, config):
+        self.config = config
+        self.problems: list[Problem] = []
+        self.notes: list[str] = []
+
+    def add(self, field: str, message: str, fix: str) -> None:
+        node = self.config
+        for part in field.removeprefix("config.").split("."):
+            node = node.get(part) if hasattr(node, "get") else None
+        self.problems.append(Problem(field, _comparable(node), message, fix))
+
+    def count(self, field: str, minimum: int = 1, fix: str = "") -> None:
+        value = self.config
+        for part in field.split("."):
+            value = value.get(part)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+            self.add(f"config.{field}", f"must be an integer of at least {minimum}",
+                     fix or f"set it to {max(minimum, 1)} or more")
+
+
+def _fields(c: _Checks) -> None:
+    config = c.config
+    for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints", "grad_accum_steps", "data.image_size",
+                  "data.eval_batch_size", "data.eval_captions_per_image", "caption.beam_size"):
+        c.count(field)
+    for field in ("eval_every_steps", "warmup_steps"):
+        c.count(field, 0, "set it to 0 or more (eval_every_steps 0: evaluate only at the end)")
+    rate = config.learning_rate
+    if not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate <= 0:
+        c.add("config.learning_rate", "must be a positive number", "for example 5e-4")
+    fraction = config.data.max_bad_fraction
+    if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
+        c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
+              "for example 0.01 (stop when over 1% of the examples read are bad)")
+    if config.data.normalization not in conventions.IMAGE_NORMALIZATIONS:
+        c.add("config.data.normalization", "is not a known normalisation",
+              f"use one of {sorted(conventions.IMAGE_NORMALIZATIONS)}")
+    if config.keep_best_mode not in ("max", "min"):
+        c.add("config.keep_best_mode", "must be 'max' or 'min'", "set it to 'max' or 'min'")
+    if config.keep_best_by and not str(config.keep_best_by).startswith("eval/"):
+        c.add("config.keep_best_by", "is not an eval metric name",
+              "name one as logged, e.g. 'eval/mmjax_shapes/i2t_recall@1'")
+    if not config.data.train:
+        c.add("config.data.train", "no training data", "give a spec, e.g. 'shards:/data/x:train'")
+
+
+def _mesh(c: _Checks, mesh) -> dict | None:
+    """The batch layout: batch devices and processes, or None when the mesh is unusable."""
+    config = c.config
+    if mesh is not None:
+        shape, platform = dict(mesh.shape), mesh.devices.flat[0].platform
+        processes = len({d.process_index for d in mesh.devices.flat})
+    else:
+        platform, processes = jax.devices()[0].platform, jax.process_count()
+        try:
+            shape = sharding.resolve_mesh_shape(dict(config.mesh), jax.device_count())
+        except ValueError as e:
+            c.add("config.mesh", str(e).rstrip("."), f"make the sizes multiply to the "
+                  f"{jax.device_count()} devices, or set one axis to -1")
+            return None
+    try:
+        rules = sharding.get_rules(config.sharding_rules)
+    except (ValueError, TypeError) as e:
+        c.add("config.sharding_rules", str(e).rstrip("."), "use a preset name or (logical, "
+              "mesh axes) pairs")
+        return None
+    devices = sharding.batch_devices(shape, rules)
+    accum = config.grad_accum_steps if isinstance(config.grad_accum_steps, int) else 1
+    step = max(accum, 1) * devices
+    if isinstance(config.batch_size, int) and config.batch_size > 0 and config.batch_size % step:
+        lower, upper = max(step, config.batch_size // step * step), -(-config.batch_size // step) * step
+        c.add("config.batch_size", f"does not split into {accum} micro-batch(es) that each "
+              f"divide over the {devices} devices of the batch axes",
+              f"use a multiple of {step}, e.g. {lower} or {upper}")
+    if config.model.get("attention_implementation") == "cudnn" and (
+            platform != "gpu" or config.model.dtype not in ("bfloat16", "float16")):
+        c.add("config.model.attention_implementation", f"'cudnn' needs NVIDIA GPUs and a "
+              f"bfloat16 or float16 config.model.dtype; found {platform} devices and "
+              f"{config.model.dtype}", "set it to 'xla'")
+    return {"batch_devices": devices, "processes": processes}
+
+
+def _names(c: _Checks, required_evals) -> None:
+    """The registries' names: losses and their weights, evaluators."""
+    config = c.config
+    weights = dict(config.losses)
+    unknown = [n for n in weights if n not in losses.LOSSES]
+    if unknown or not weights:
+        c.add("config.losses", f"names unknown losses {unknown}" if unknown else "is empty",
+              f"use names from {sorted(losses.LOSSES)}")
+    for name, weight in weights.items():
+        if not isinstance(weight, numbers.Real) or not weight > 0:
+            c.add(f"config.losses.{name}", "a loss weight must be a positive number", "e.g. 1.0")
+    for name in dict.fromkeys([*config.evals, *required_evals]):
+        if name not in evaluators.EVALUATORS:
+            c.add("config.evals", f"{name!r} is not an evaluator",
+                  f"use names from {sorted(evaluators.EVALUATORS)}")
+
+
+def _tokenizer(c: _Checks):
+    config = c.config
+    try:
+        tokenizer = tokenizers.build_tokenizer(config.tokenizer)
+    except (ValueError, FileNotFoundError, TypeError, OSError) as e:
+        c.add(f"config.tokenizer.{'vocabulary_file' if 'ile' in str(e) else 'name'}",
+              str(e).rstrip("."), "see README, Tokenizers")
+        return None
+    if tokenizer.context_length < 3:
+        c.add("config.tokenizer.context_length", "leaves no room for text between the "
+              "begin- and end-of-text tokens", "use at least 3")
+    for field, value in models.text_tower_ids(tokenizer).items():
+        if config.model.text_tower.get(field, value) != value:
+            c.add(f"config.model.text_tower.{field}", f"differs from the tokenizer's ({value})",
+                  "leave it unset: the text tower takes the tokenizer's")
+    model_vocab = config.model.get("vocab_size")
+    if model_vocab and tokenizer.vocab_size > model_vocab:
+        c.add("config.model.vocab_size", f"is smaller than the tokenizer's {tokenizer.vocab_size} "
+              "ids", "raise it or unset it")
+    return tokenizer
+
+
+def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
+    """Builds the model abstractly and checks what the losses and evaluators need of it."""
+    config = c.config
+    try:
+        model = nnx.eval_shape(lambda: models.build_model(config, tokenizer))
+    except (ValueError, TypeError, KeyError) as e:
+        c.add("config.model", str(e).rstrip("."), "see mmjax/defaults.py for the model fields")
+        return None
+    graphdef, params = nnx.split(model, nnx.Param)
+    size, context = config.data.image_size, tokenizer.context_length
+    images = jax.ShapeDtypeStruct((2, size, size, 3), np.uint8)
+    tokens = jax.ShapeDtypeStruct((2, context), np.int32)
+    try:
+        outputs = jax.eval_shape(lambda p, i, t: nnx.merge(graphdef, p)(
+            i, t, rng=jax.random.key(0)), params, images, tokens)
+    except Exception as e:  # noqa: BLE001 - any failure of the forward pass is a config problem
+        c.add("config.model", f"the model fails on a batch: {e}", "fix the model config")
+        return None
+    shapes = {conventions.parameter_name(path): tuple(leaf.shape) for path, leaf in
+              jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]}
+    names = list(shapes)
+
+    for name in config.losses:
+        loss = losses.LOSSES.get(name)
+        missing = [k for k in (loss.model_outputs if loss else ()) if k not in outputs]
+        if missing:
+            c.add("config.losses", f"the {name!r} loss reads {missing}, which the "
+                  f"{config.model.name!r} model does not output",
+                  loss.missing_output_fix or "use a model that outputs them")
+    integer_outputs = [k for k, v in outputs.items() if np.issubdtype(v.dtype, np.integer)]
+    if config.grad_accum_steps != 1 and integer_outputs:
+        c.add("config.grad_accum_steps", f"micro-batches cannot be used with a model that draws "
+              f"batch-wide labels ({integer_outputs})", "set it to 1")
+
+    for field, prefixes in (("config.frozen_params", config.frozen_params),
+                            ("config.init_from.params", config.init_from.params)):
+        for prefix in prefixes:
+            if not any(conventions.under_prefixes(n, (prefix,)) for n in names):
+                c.add(field, f"{prefix!r} names no parameter", "use top-level names such as "
+                      f"{sorted({n.split('/')[0] for n in names})}")
+
+    for name in dict.fromkeys([*config.evals, *required_evals]):
+        evaluator = evaluators.EVALUATORS.get(name)
+        lacking = [m for m in (evaluator.model_methods if evaluator else ())
+                   if not hasattr(model, m)]
+        if lacking:
+            c.add("config.evals", f"the {name!r} evaluator needs a model that has {lacking}, "
+                  f"which the {config.model.name!r} model has not",
+                  f"remove {name!r} from config.evals, or use a model that has them")
+    return {"outputs": outputs, "shapes": shapes}
+
+
+def _paths(c: _Checks, workdir: str | None, needs_teacher: bool, shapes: dict | None) -> None:
+    config = c.config
+    init_from = config.init_from.get("checkpoint")
+    if config.init_from.params and not init_from:
+        c.add("config.init_from.params", "selects parameters but no checkpoint is given",
+              "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
+    if init_from and not _find(init_from):
+        c.add("config.init_from.checkpoint", "holds no mmjax checkpoint",
+              "give a trained run's workdir, its checkpoints/ folder or a checkpoints/STEP folder")
+    elif init_from and shapes is not None:
+        _init_from_shapes(c, shapes)
+    if needs_teacher:
+        teacher = config.distill.get("teacher")
+        if not teacher or not _find(teacher):
+            c.add("config.distill.teacher", "the distill loss needs a trained teacher and none "
+                  "is there", "set it to a trained run's workdir (or checkpoints/STEP)")
+        else:
+            _teacher_inputs(c, teacher)
+    if workdir is None:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        c.problems.append(Problem("--workdir", workdir, "is a file, not a folder",
+                                  "give a folder (it is created if missing)"))
+        return
+    found = _find(workdir)
+    if found and shapes is not None:
+        saved = checkpoint.saved_parameter_shapes(*found)
+        differing = [f"{n}: {saved.get(n)} saved, {shape} here"
+                     for n, shape in shapes.items() if saved.get(n) != shape]
+        if differing:
+            c.problems.append(Problem(
+                "--workdir", workdir, f"holds checkpoints of another model, which this config "
+                f"cannot resume ({len(differing)} parameters differ, first: {differing[:2]})",
+                "use a new --workdir, or this run's own config "
+                f"(--config=configs/from_workdir.py:{workdir}); nothing was changed there"))
+
+
+def _init_from_shapes(c: _Checks, shapes: dict) -> None:
+    """The parameters config.init_from loads must be in its checkpoint, with this model's shapes."""
+    config = c.config
+    found = _find(config.init_from.checkpoint)
+    prefixes = tuple(config.init_from.params)
+    saved = checkpoint.saved_parameter_shapes(*found)
+    wanted = [n for n in shapes if not prefixes or conventions.under_prefixes(n, prefixes)]
+    missing = [n for n in wanted if n not in saved]
+    differing = [f"{n}: {saved[n]} saved, {shapes[n]} here" for n in wanted
+                 if n in saved and saved[n] != shapes[n]]
+    if missing or differing:
+        c.add("config.init_from.params", (f"{len(missing)} parameters are not in "
+              f"{config.init_from.checkpoint} (first: {missing[:2]}); " if missing else "")
+              + (f"shapes differ: {differing[:2]}" if differing else ""),
+              "select parameters the checkpoint has with these shapes, or make the model config "
+              "match the checkpoint's")
+
+
+def _find(path: str):
+    try:
+        return checkpoint.find_checkpoint(path)
+    except FileNotFoundError:
+        return None
+
+
+def _teacher_inputs(c: _Checks, teacher: str) -> None:
+    from mmjax import inference
+
+    try:
+        teacher_config = inference.load_config(teacher)
+    except FileNotFoundError as e:
+        c.add("config.distill.teacher", str(e).rstrip("."), "give a workdir written by mmjax")
+        return
+    for field, mine, theirs in (
+            ("config.tokenizer", c.config.tokenizer, teacher_config.tokenizer),
+            ("config.data.image_size", c.config.data.image_size, teacher_config.data.image_size),
+            ("config.data.normalization", c.config.data.normalization,
+             teacher_config.data.get("normalization", "minus_one_one"))):
+        if _comparable(mine) != _comparable(theirs):
+            c.add(field, f"differs from the teacher's ({_comparable(theirs)}): the teacher must "
+                  "see the same inputs", "set it to the teacher's")
+
+
+def check(config, *, mesh=None, describe_data: Callable | None = None,
+          roles=("train", "eval"), workdir: str | None = None, required_evals=()) -> Plan:
+    """Every check that needs no compilation; raises ConfigError listing all problems.
+
+    `describe_data(config, spec, default_split) -> data_checks.DataFacts` (input_pipeline's) adds
+    the data checks for `roles`; without it only the config, model and paths are checked.
+    `required_evals` are evaluators the mode runs whatever config.evals says (captioning).
+    """
+    c = _Checks(config)
+    _fields(c)
+    _names(c, required_evals)
+    layout = _mesh(c, mesh)
+    tokenizer = _tokenizer(c)
+    model = _model(c, tokenizer, required_evals) if tokenizer is not None else None
+    needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
+                        if n in losses.LOSSES)
+    _paths(c, workdir, needs_teacher, model["shapes"] if model is not None else None)
+    evals = tuple(e for e in dict.fromkeys([*config.evals, *required_evals])
+                  if e in evaluators.EVALUATORS)
+    if describe_data is not None and not c.problems:
+        needs_labels = any("label" in losses.LOSSES[n].batch_keys for n in config.losses
+                           if n in losses.LOSSES)
+        evals = data_checks.check_data(c, describe_data, roles, tokenizer, layout, evals,
+                                       needs_labels)
+        missing = [e for e in required_evals if e not in evals]
+        if missing:
+            c.add("config.data.eval", f"cannot feed the {missing} evaluator", "see the notes")
+    if c.problems:
+        raise ConfigError(c.problems)
+    multiple = math.lcm(layout["batch_devices"], layout["processes"])
+    eval_batch_size = -(-config.data.eval_batch_size // multiple) * multiple
+    if eval_batch_size != config.data.eval_batch_size:
+        c.notes.append(f"config.data.eval_batch_size {config.data.eval_batch_size} is padded to "
+                       f"{eval_batch_size}, a multiple of the {layout['batch_devices']} batch "
+                       "devices (padding rows are not counted).")
+    return Plan(evals=evals, eval_batch_size=eval_batch_size, notes=c.notes)

@@ -1,0 +1,255 @@
+"""Bad and unusual inputs, tried as a new user would: each works, or stops before anything is
+compiled with a message that names the field and the fix (mmjax.preflight)."""
+
+import os
+import re
+
+import jax
+import pytest
+
+from conftest import REPO_ROOT, copy_run
+from input_pipeline import pipeline
+from mmjax import preflight, sharding
+from mmjax.trainer import Trainer
+
+FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
+
+
+def problems(config, **kwargs) -> str:
+    """The preflight's message for `config` (it must find a problem)."""
+    with pytest.raises(preflight.ConfigError) as error:
+        preflight.check(config, **kwargs)
+    return str(error.value)
+
+
+def set_field(config, dotted: str, value):
+    *parents, last = dotted.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[last] = value
+
+
+# (field to set, value, what the message must say): one bad input each, config alone.
+BAD_FIELDS = [
+    ("losses", {"sigmoid": 1.0}, r"config\.losses = .*unknown losses \['sigmoid'\].*Fix: use names "
+     r"from \['caption', 'classification', 'clip', 'distill', 'itm', 'mlm', 'siglip'\]"),
+    ("losses", {"clip": -1.0}, r"config\.losses\.clip = .*positive number"),
+    ("evals", ("retrieval", "bleu"), r"config\.evals = .*'bleu' is not an evaluator.*'zeroshot'\]"),
+    ("batch_size", 12, r"config\.batch_size = 12: does not split .* over the 8 devices.*"
+     r"Fix: use a multiple of 8, e.g\. 8 or 16"),
+    ("grad_accum_steps", 3, r"config\.batch_size = 16: does not split into 3 micro-batch.*"
+     r"multiple of 24"),
+    ("mesh.data", 3, r"config\.mesh = .*3.*Fix: make the sizes multiply to the 8 devices"),
+    ("mesh.fsdp", -1, r"config\.mesh = .*at most one axis to -1"),
+    ("sharding_rules", "zero3", r"config\.sharding_rules = 'zero3': Unknown sharding rules preset"),
+    ("total_steps", 0, r"config\.total_steps = 0: must be an integer of at least 1"),
+    ("learning_rate", 0.0, r"config\.learning_rate = 0\.0: must be a positive number"),
+    ("data.max_bad_fraction", 5, r"config\.data\.max_bad_fraction = 5\.0: must be a fraction"),
+    ("data.normalization", "imagenet", r"config\.data\.normalization = 'imagenet'.*\['clip', "
+     r"'minus_one_one'\]"),
+    ("tokenizer.name", "wordpiece", r"config\.tokenizer\.name = 'wordpiece': Unknown tokenizer.*"
+     r"'sentencepiece'"),
+    ("tokenizer.vocabulary_file", "/nowhere/vocab.txt", r"config\.tokenizer\.vocabulary_file = "
+     r"'/nowhere/vocab.txt'.*Set config\.tokenizer\.vocabulary_file to an existing file"),
+    ("model.text_tower.context_length", 20, r"config\.model\.text_tower\.context_length = 20: "
+     r"differs from the tokenizer's \(12\).*leave it unset"),
+    ("data.image_size", 18, r"config\.model = .*image_size 18 is not divisible by patch size 4"),
+    ("model.image_tower.variant", "X/16", r"config\.model = .*Unknown ViT variant 'X/16'"),
+    ("model.name", "blip", r"config\.model = .*Unknown model 'blip'; valid names: \['clip', "
+     r"'coca', 'fusion', 'fusion_classifier'\]"),
+    ("evals", ("retrieval", "captioning"), r"config\.evals = .*'captioning' evaluator needs a "
+     r"model that has \['start_decoding', 'decode_step'\], which the 'clip' model has not"),
+    ("losses", {"clip": 1.0, "mlm": 1.0}, r"the 'mlm' loss reads \['mlm_logits', 'mlm_mask'\], "
+     r"which the 'clip' model does not output.*Fix: use a model with a fusion encoder"),
+    ("losses", {"siglip": 1.0}, r"the 'siglip' loss reads \['logit_bias'\].*config\.model\."
+     r"logit_bias_init"),
+    ("losses", {"clip": 1.0, "distill": 1.0}, r"config\.distill\.teacher = None: the distill "
+     r"loss needs a trained teacher"),
+    ("init_from.checkpoint", "/nowhere/run", r"config\.init_from\.checkpoint = '/nowhere/run': "
+     r"holds no mmjax checkpoint"),
+    ("init_from.params", ("text_tower",), r"config\.init_from\.params = .*no checkpoint is given"),
+    ("frozen_params", ("vision_tower",), r"config\.frozen_params = .*'vision_tower' names no "
+     r"parameter.*'image_tower'"),
+    ("model.attention_implementation", "cudnn", r"'cudnn' needs NVIDIA GPUs .*found cpu.*"
+     r"Fix: set it to 'xla'"),
+    ("keep_best_mode", "maximum", r"config\.keep_best_mode = 'maximum': must be 'max' or 'min'"),
+    ("keep_best_by", "i2t_recall@1", r"config\.keep_best_by = 'i2t_recall@1': is not an eval "
+     r"metric name.*'eval/mmjax_shapes/i2t_recall@1'"),
+    ("caption.beam_size", 0, r"config\.caption\.beam_size = 0"),
+]
+
+
+@pytest.mark.parametrize("field,value,expected", BAD_FIELDS,
+                         ids=[f"{f}={v}" for f, v, _ in BAD_FIELDS])
+def test_a_bad_field_is_named_with_its_fix(tiny_config, field, value, expected):
+    set_field(tiny_config, field, value)
+    assert re.search(expected, problems(tiny_config), re.S), problems(tiny_config)
+
+
+def test_every_problem_is_reported_at_once(tiny_config):
+    tiny_config.total_steps = 0
+    tiny_config.batch_size = 12
+    tiny_config.tokenizer.name = "wordpiece"
+    tiny_config.evals = ("bleu",)
+    message = problems(tiny_config)
+    assert message.startswith("The preflight found 3 problem(s)") or "4 problem(s)" in message
+    for field in ("config.total_steps", "config.batch_size", "config.tokenizer.name"):
+        assert field in message
+    # A bad tokenizer leaves the model unchecked; the rest is all there.
+
+
+def test_the_trainer_runs_the_preflight_before_compiling(tiny_config, monkeypatch):
+    tiny_config.batch_size = 12
+    compiled = []
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(a) or (lambda *x: None))
+    with pytest.raises(preflight.ConfigError, match="config.batch_size = 12"):
+        Trainer(tiny_config)
+    assert not compiled
+
+
+def test_bytes_from_the_command_line_switches_tokenizer(tiny_config):
+    """`--config.tokenizer.name=bytes` alone (the words list's vocabulary_file left in place, or
+    set to None) works: fields a tokenizer does not take are ignored."""
+    tiny_config.tokenizer.name = "bytes"
+    tiny_config.tokenizer.context_length = 48
+    assert Trainer(tiny_config).tokenizer.vocab_size == 260
+    tiny_config.tokenizer.vocabulary_file = None
+    preflight.check(tiny_config)
+
+
+def test_an_odd_number_of_devices(tiny_config):
+    """3 devices: a batch of 16 cannot split over them (the fix names 15 and 18); the eval
+    batch is padded to a multiple of 3 instead of failing."""
+    mesh = sharding.create_mesh({"data": 3}, jax.devices()[:3])
+    assert re.search(r"batch_size = 16: .*over the 3 devices.*e\.g\. 15 or 18",
+                     problems(tiny_config, mesh=mesh))
+    tiny_config.batch_size = 15
+    tiny_config.data.eval_batch_size = 250
+    plan = preflight.check(tiny_config, mesh=mesh)
+    assert plan.eval_batch_size == 252
+    assert any("padded to 252" in note for note in plan.notes)
+
+
+def test_the_smoke_config_on_8_devices_pads_its_eval_batch(tfds_dir):
+    """configs/smoke.py's eval batch of 250 over 8 devices: padded to 256, not refused (the
+    shared finished run trains and evaluates with it on 8 devices)."""
+    from configs import smoke
+
+    config = smoke.get_config()
+    config.data.tfds_data_dir = tfds_dir
+    plan = preflight.check(config)
+    assert plan.eval_batch_size == 256 and plan.evals == ("retrieval", "zeroshot", "linear_probe")
+
+
+def test_data_problems_name_the_spec_and_the_fix(tiny_config, tmp_path):
+    tiny_config.data.train = "mmjax_shapes"
+    tiny_config.data.eval = f"shards:{tmp_path}/missing"
+    tiny_config.data.probe_train = "tfds:not_prepared_here"
+    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    assert re.search(r"config\.data\.train = 'mmjax_shapes': Dataset spec .*not of the form "
+                     r"'tfds:NAME\[:SPLIT\]'", message)
+    assert re.search(r"config\.data\.eval = .*missing", message)
+
+
+def test_a_classification_loss_on_data_without_labels(tiny_config, user_data):
+    tiny_config.model.name = "fusion_classifier"
+    tiny_config.model.num_classes = 3
+    tiny_config.model.text_tower.causal = False
+    tiny_config.model.fusion_encoder = {"depth": 1}
+    tiny_config.losses = {"classification": 1.0}
+    tiny_config.evals = ("classification",)
+    tiny_config.tokenizer.update(name="bytes", context_length=64)
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    tiny_config.data.eval = f"shards:{user_data['output']}:test"
+    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    assert re.search(r"config\.losses = .*a loss reads labels and shards:.*:train has none.*"
+                     r"`label` column", message)
+
+
+def test_own_captions_with_the_words_tokenizer_stop_with_the_fix(tiny_config, user_data):
+    """The smoke config's 41-word list on a user's captions: most of their words would become
+    one unknown id. The preflight stops and names both fixes."""
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    tiny_config.data.eval = f"shards:{user_data['output']}:test"
+    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    assert re.search(r"config\.tokenizer\.name = 'words': \d+% of the tokens of \d+ sampled "
+                     r"captions of shards:.* are unknown to this words vocabulary \(45 ids\)",
+                     message), message
+    assert re.search(r"Fix: --config\.tokenizer\.name=bytes --config\.tokenizer\.context_length="
+                     r"\d+ .*make_vocab --input=shards:.*sentencepiece", message)
+
+
+def test_bytes_with_a_short_context_would_truncate(tiny_config, user_data):
+    tiny_config.tokenizer.name = "bytes"  # 12 tokens: 10 bytes of text
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    message = problems(tiny_config, describe_data=pipeline.describe_data, roles=("train",))
+    match = re.search(r"config\.tokenizer\.context_length = 12: (\d+)% of \d+ sampled captions "
+                      r".* would lose their ends\. Fix: raise it to (\d+)", message)
+    assert match and int(match.group(1)) > 90 and int(match.group(2)) > 40
+
+
+def test_unlabeled_own_data_skips_the_evaluators_it_cannot_feed(tiny_config, user_data):
+    tiny_config.tokenizer.update(name="bytes", context_length=80)
+    tiny_config.data.train = f"shards:{user_data['output']}:train"
+    tiny_config.data.eval = f"shards:{user_data['output']}:test"
+    tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
+    plan = preflight.check(tiny_config, describe_data=pipeline.describe_data)
+    assert plan.evals == ("retrieval",)
+    assert [n for n in plan.notes if "skipped" in n] == [
+        f"evaluator 'zeroshot' skipped: shards:{user_data['output']}:test has no class names.",
+        f"evaluator 'linear_probe' skipped: shards:{user_data['output']}:test has no labels (for "
+        "your own shards: a `label` column in make_shards' input)."]
+
+
+def test_a_batch_larger_than_the_dataset(tiny_config, user_data):
+    tiny_config.tokenizer.update(name="bytes", context_length=80)
+    tiny_config.data.train = f"shards:{user_data['output']}:test"  # 32 images
+    tiny_config.batch_size = 64
+    assert re.search(r"config\.batch_size = 64: is larger than the 32 examples",
+                     problems(tiny_config, describe_data=pipeline.describe_data,
+                              roles=("train",)))
+
+
+def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_config, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert re.search(r"--workdir = .*notes.txt': is a file", problems(tiny_config,
+                                                                      workdir=str(a_file)))
+    workdir = copy_run(finished_run, tmp_path / "run")
+    before = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
+    tiny_config.model.text_tower.width = 48
+    message = problems(tiny_config, workdir=workdir)
+    assert re.search(r"holds checkpoints of another model.*text_tower/.*\(32, 2, 16\) saved, "
+                     r"\(48, 2, 24\) here.*Fix: use a new --workdir, or this run's own config",
+                     message, re.S)
+    after = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
+    assert after == before  # nothing was written
+
+
+def test_distillation_teacher_must_see_the_same_inputs(finished_run, tiny_config):
+    teacher, _ = finished_run
+    tiny_config.losses = {"clip": 1.0, "distill": 1.0}
+    tiny_config.distill.teacher = teacher
+    preflight.check(tiny_config)
+    tiny_config.data.image_size = 8
+    assert re.search(r"config\.data\.image_size = 8: differs from the teacher's \(16\)",
+                     problems(tiny_config))
+
+
+def test_init_from_params_that_do_not_fit(finished_run, tiny_config):
+    tiny_config.init_from.checkpoint = finished_run[0]
+    tiny_config.init_from.params = ("text_tower",)
+    tiny_config.model.text_tower.width = 64
+    assert re.search(r"config\.init_from\.params = .*shapes differ.*text_tower/.*\(32, 2, 16\) "
+                     r"saved, \(64, 2, 32\) here", problems(tiny_config), re.S)
+
+
+def test_grad_accumulation_with_a_model_that_draws_batch_labels(tiny_config):
+    tiny_config.model.name = "fusion"
+    tiny_config.model.text_tower.causal = False
+    tiny_config.model.fusion_encoder = {"depth": 1}
+    tiny_config.losses = {"clip": 1.0, "itm": 1.0}
+    tiny_config.grad_accum_steps = 2
+    assert re.search(r"config\.grad_accum_steps = 2: micro-batches cannot be used with a model "
+                     r"that draws batch-wide labels \(\['itm_labels'\]\)", problems(tiny_config))
