@@ -97,7 +97,7 @@ class EvalData:
     class_names: tuple[str, ...]
     prompt_templates: tuple[str, ...]
     num_examples: int
-    # Labelled training examples for the linear probe (config.evals has "linear_probe").
+    # Labelled training examples, for evaluators that need them (the linear probe).
     probe: "EvalData | None" = None
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:

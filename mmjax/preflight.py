@@ -90,7 +90,8 @@ def _fields(c: _Checks) -> None:
     config = c.config
     for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints", "grad_accum_steps", "data.image_size",
-                  "data.eval_batch_size", "data.eval_captions_per_image", "caption.beam_size"):
+                  "data.eval_batch_size", "data.eval_captions_per_image", "data.probe_examples",
+                  "caption.beam_size"):
         c.count(field)
     for field in ("eval_every_steps", "warmup_steps"):
         c.count(field, 0, "set it to 0 or more (eval_every_steps 0: evaluate only at the end)")
@@ -135,12 +136,12 @@ def _mesh(c: _Checks, mesh) -> dict | None:
         return None
     devices = sharding.batch_devices(shape, rules)
     accum = config.grad_accum_steps if isinstance(config.grad_accum_steps, int) else 1
-    step = max(accum, 1) * devices
-    if isinstance(config.batch_size, int) and config.batch_size > 0 and config.batch_size % step:
-        lower, upper = max(step, config.batch_size // step * step), -(-config.batch_size // step) * step
+    multiple, batch = max(accum, 1) * devices, config.batch_size
+    if isinstance(batch, int) and batch > 0 and batch % multiple:
+        lower, upper = max(multiple, batch // multiple * multiple), -(-batch // multiple) * multiple
         c.add("config.batch_size", f"does not split into {accum} micro-batch(es) that each "
               f"divide over the {devices} devices of the batch axes",
-              f"use a multiple of {step}, e.g. {lower} or {upper}")
+              f"use a multiple of {multiple}, e.g. {lower} or {upper}")
     if config.model.get("attention_implementation") == "cudnn" and (
             platform != "gpu" or config.model.dtype not in ("bfloat16", "float16")):
         c.add("config.model.attention_implementation", f"'cudnn' needs NVIDIA GPUs and a "
@@ -168,11 +169,15 @@ def _names(c: _Checks, required_evals) -> None:
 
 def _tokenizer(c: _Checks):
     config = c.config
+    if config.tokenizer.name not in tokenizers.TOKENIZERS:
+        c.add("config.tokenizer.name", "is not a tokenizer",
+              f"use one of {sorted(tokenizers.TOKENIZERS)} (README, Tokenizers)")
+        return None
     try:
         tokenizer = tokenizers.build_tokenizer(config.tokenizer)
-    except (ValueError, FileNotFoundError, TypeError, OSError) as e:
-        c.add(f"config.tokenizer.{'vocabulary_file' if 'ile' in str(e) else 'name'}",
-              str(e).rstrip("."), "see README, Tokenizers")
+    except (ValueError, TypeError, OSError) as e:  # OSError: a missing or unreadable file
+        c.add("config.tokenizer.vocabulary_file", str(e).rstrip("."),
+              f"give the {config.tokenizer.name} tokenizer's vocabulary file (README, Tokenizers)")
         return None
     if tokenizer.context_length < 3:
         c.add("config.tokenizer.context_length", "leaves no room for text between the "

@@ -98,3 +98,51 @@ def test_retrieval_with_several_captions_per_image():
     # Texts 1, 2, 4 find their image first; texts 0 and 3 find the other image first.
     assert metrics["t2i_recall@1"] == pytest.approx(3 / 5)
     assert metrics["t2i_recall@2"] == 1.0
+
+
+def test_itm_accuracy_counts_positives_and_negatives_of_images_that_have_one():
+    # 3 images: right on both pairs; wrong on its positive; no differing caption (no negative).
+    match, no_match = [0.0, 1.0], [1.0, 0.0]
+    context = evaluators.EvalContext(
+        image_embeddings=None, text_embeddings=None, labels=None, class_names=(),
+        prompt_templates=(), encode_texts=None, extra={
+            "itm_positive": np.array([match, no_match, match]),
+            "itm_negative": np.array([no_match, no_match, match]),
+            "itm_hard_negative": np.array([match, no_match, match]),
+            "itm_has_negative": np.array([True, True, False])})
+    metrics = evaluators.evaluate_itm(context)
+    # Next differing: positives right 2 of 3, negatives right 2 of 2 -> 4 / 5.
+    assert metrics["itm_accuracy"] == pytest.approx(4 / 5)
+    # Hardest: the first image's hard negative is called a match -> 3 / 5.
+    assert metrics["itm_hard_accuracy"] == pytest.approx(3 / 5)
+
+
+def test_matching_pairs_each_image_with_the_next_and_the_hardest_differing_caption():
+    import jax.numpy as jnp
+
+    class PairModel:  # the "logits" say which caption row each image was paired with
+        def match_logits(self, images, tokens):
+            return tokens[:, :1].astype(jnp.float32)
+
+    tokens = jnp.asarray([[0, 7], [1, 7], [0, 7], [3, 7]])  # rows 0 and 2 are the same caption
+    batch = {"image": jnp.zeros((4, 2, 2, 3)), "tokens": tokens,
+             "valid": jnp.asarray([True, True, True, False])}
+    encoded = {"image": jnp.eye(4), "text": jnp.asarray([[1.0, 0, 0, 0], [0, 0, 1, 0],
+                                                          [0, 1, 0, 0], [1.0, 0, 0, 0]])}
+    out = evaluators.matching_logits(PairModel(), batch, encoded)
+    # Next differing valid caption: 0 -> 1, 1 -> 2, 2 -> 1 (3 is padding, 0 is the same), 3 -> 0.
+    assert out["itm_negative"][:, 0].tolist() == [1, 0, 1, 0]
+    # Hardest differing: image 1 is most similar to text 2, image 2 to text 1; images 0 and 3
+    # see only zeros among what is allowed (the first allowed wins).
+    assert out["itm_hard_negative"][:, 0].tolist() == [1, 0, 1, 0]
+    assert out["itm_positive"][:, 0].tolist() == [0, 1, 0, 3]
+    assert out["itm_has_negative"].tolist() == [True, True, True, True]
+
+
+def test_classification_accuracy():
+    context = evaluators.EvalContext(
+        image_embeddings=None, text_embeddings=None, labels=np.array([2, 0, 1]),
+        class_names=(), prompt_templates=(), encode_texts=None,
+        extra={"class_logits": np.array([[0, 0, 5.0], [1.0, 0, 0], [1.0, 0, 0]])})
+    assert evaluators.evaluate_classification(context) == {
+        "classification_accuracy": pytest.approx(2 / 3)}

@@ -194,6 +194,20 @@ def test_fusion_model_outputs_and_itm_labels():
         model(images, tokens)
 
 
+def test_the_mask_token_is_no_text_token():
+    """Every id of a tokenizer can be real text (all of CLIP BPE's are; words gives UNK to
+    unknown words): [MASK] is one more id, past the tokenizer's, with its own embedding row."""
+    model = tiny_model("fusion", fusion_encoder=dict(depth=1))
+    assert model.mask_token_id == VOCAB
+    assert model.text_tower.token_embedding.shape[0] == VOCAB + 1
+    tokens = jnp.asarray(np.random.default_rng(0).integers(4, VOCAB, size=(64, CONTEXT)))
+    masked, selected = fusion.mask_tokens(
+        jax.random.key(1), tokens, model.vocab_size, 0.5, mask_id=model.mask_token_id,
+        pad_id=tokenizers.PAD_ID, eot_id=tokenizers.EOT_ID)
+    assert int((masked == VOCAB).sum()) > 0 and bool(jnp.all((masked == VOCAB) <= (selected > 0)))
+    assert int(masked.max()) == VOCAB and int(jnp.where(masked == VOCAB, 0, masked).max()) < VOCAB
+
+
 def _tiny_cross_modal_config(tiny_config, name):
     import ml_collections
 
@@ -218,12 +232,15 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     from conftest import one_device_mesh
     from mmjax import evaluation, train
 
+    from mmjax import caption_metrics as bleu_and_cider
+
     config = _tiny_cross_modal_config(tiny_config, "coca")
     metrics = train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh())
-    for name in ("caption_token_accuracy", "caption_baseline_token_accuracy",
-                 "caption_exact_match", "caption_bleu4", "i2t_recall@1"):
-        assert 0.0 <= metrics[f"eval/mmjax_shapes/{name}"] <= 1.0
-    assert metrics["eval/mmjax_shapes/caption_cider"] >= 0.0
+    names = {m.split("/")[-1] for m in metrics if m.startswith("eval/mmjax_shapes/")}
+    assert names == {"num_candidates", "i2t_recall@1", "i2t_recall@5", "i2t_recall@10",
+                     "t2i_recall@1", "t2i_recall@5", "t2i_recall@10"} | {
+        f"caption{kind}_{metric}" for kind in ("", "_baseline")
+        for metric in ("token_accuracy", "exact_match", "bleu4", "cider")}
     history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert all("train/caption_loss" in row for row in history if "train/loss" in row)
 
@@ -232,6 +249,12 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
         metrics["eval/mmjax_shapes/caption_token_accuracy"])
     rows = [json.loads(line) for line in open(tmp_path / "captions.jsonl")]
     assert len(rows) == 128 and rows[0]["reference"].split()[0] in ("one", "two", "three")
+    # The numbers recounted from the captions written.
+    generated, references = [r["generated"] for r in rows], [[r["reference"]] for r in rows]
+    assert caption_metrics["caption_exact_match"] == pytest.approx(
+        np.mean([g == r[0] for g, r in zip(generated, references)]))
+    assert caption_metrics["caption_bleu4"] == pytest.approx(
+        bleu_and_cider.bleu(generated, references)[3])
 
 
 def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path):

@@ -48,12 +48,16 @@ BAD_FIELDS = [
     ("data.max_bad_fraction", 5, r"config\.data\.max_bad_fraction = 5\.0: must be a fraction"),
     ("data.normalization", "imagenet", r"config\.data\.normalization = 'imagenet'.*\['clip', "
      r"'minus_one_one'\]"),
-    ("tokenizer.name", "wordpiece", r"config\.tokenizer\.name = 'wordpiece': Unknown tokenizer.*"
+    ("tokenizer.name", "wordpiece", r"config\.tokenizer\.name = 'wordpiece': is not a tokenizer.*"
      r"'sentencepiece'"),
     ("tokenizer.vocabulary_file", "/nowhere/vocab.txt", r"config\.tokenizer\.vocabulary_file = "
-     r"'/nowhere/vocab.txt'.*Set config\.tokenizer\.vocabulary_file to an existing file"),
+     r"'/nowhere/vocab.txt'.*No such file.*Fix: give the words tokenizer's vocabulary file"),
+    ("tokenizer.vocabulary_file", None, r"config\.tokenizer\.vocabulary_file = None: The 'words' "
+     r"tokenizer needs config\.tokenizer\.vocabulary_file"),
+    ("data.probe_examples", 0, r"config\.data\.probe_examples = 0: must be an integer"),
     ("model.text_tower.context_length", 20, r"config\.model\.text_tower\.context_length = 20: "
      r"differs from the tokenizer's \(12\).*leave it unset"),
+    ("tokenizer.context_length", 2, r"config\.tokenizer\.context_length = 2: leaves no room"),
     ("data.image_size", 18, r"config\.model = .*image_size 18 is not divisible by patch size 4"),
     ("model.image_tower.variant", "X/16", r"config\.model = .*Unknown ViT variant 'X/16'"),
     ("model.name", "blip", r"config\.model = .*Unknown model 'blip'; valid names: \['clip', "
@@ -253,3 +257,23 @@ def test_grad_accumulation_with_a_model_that_draws_batch_labels(tiny_config):
     tiny_config.grad_accum_steps = 2
     assert re.search(r"config\.grad_accum_steps = 2: micro-batches cannot be used with a model "
                      r"that draws batch-wide labels \(\['itm_labels'\]\)", problems(tiny_config))
+
+
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, "configs"))
+                 if f.endswith(".py") and f not in ("__init__.py", "common.py", "from_workdir.py"))
+# Runs these configs start from, which a fresh clone has not trained.
+UNTRAINED_PATHS = {"smoke_distill": "config.distill.teacher",
+                   "smoke_vqa": "config.init_from.checkpoint"}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_passes_the_preflight(name, tfds_dir):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    config.data.tfds_data_dir = tfds_dir
+    if name not in UNTRAINED_PATHS:
+        preflight.check(config)
+        return
+    message = problems(config)
+    assert message.count("\n  - ") == 1 and f"- {UNTRAINED_PATHS[name]} = 'workdir/" in message
