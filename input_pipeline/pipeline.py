@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import datasets
+from input_pipeline import datasets, preprocess
 from mmjax import data_checks
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
@@ -151,6 +151,17 @@ def describe_data(config, spec: str, default_split: str,
         captions += [c.decode("utf-8") for c in example["captions"].numpy() if c.strip()]
         labels.append(int(example["label"]))
     return data_checks.DataFacts(
-        spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", num_examples=source.num_examples,
+        spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
+        num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
         class_names=tuple(datasets.zeroshot_prompts(source)[0]), captions=tuple(captions))
+
+
+def preprocess_error(config, chain: str) -> str | None:
+    """What is wrong with an image preprocessing chain, or None (for the preflight)."""
+    try:
+        preprocess.parse_ops(chain, image_size=config.data.image_size,
+                             normalization=config.data.normalization)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None

@@ -1,15 +1,17 @@
 """The preflight's data checks: what a sample of each dataset says about the run.
 
-Given `DataFacts` for the train, eval and probe data (input_pipeline.pipeline.describe_data reads
-them from a few hundred records), these check how the tokenizer reads the training captions
+Through a `DataAccess` (the input pipeline module, `input_pipeline.pipeline`, is one) the
+preflight reads `DataFacts` of the train, eval and probe data from a few hundred records and
+parses the preprocessing chains. These check how the tokenizer reads the training captions
 (unknown words, truncation), that losses which read labels get them, that a batch fits the data,
-and which evaluators the eval data can feed; the others are skipped with a line saying why.
+which evaluators the eval data can feed (the others are skipped with a line saying why), and
+that config.keep_best_by names a metric the evaluation will log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -22,14 +24,22 @@ MAX_TRUNCATED_SHARE = 0.05
 
 @dataclasses.dataclass(frozen=True)
 class DataFacts:
-    """What the preflight learns from a dataset's first records (input_pipeline.pipeline)."""
+    """What the preflight learns from records spread over a dataset (input_pipeline.pipeline)."""
 
     spec: str
+    name: str  # as in metric names: eval/<name>/<metric>
     num_examples: int
     has_labels: bool
     class_names: tuple[str, ...]
     captions: tuple[str, ...]  # every caption of the sampled examples
 
+
+class DataAccess(Protocol):
+    def describe_data(self, config, spec: str, default_split: str) -> DataFacts:
+        """Raises ValueError / FileNotFoundError naming what is wrong with `spec`."""
+
+    def preprocess_error(self, config, chain: str) -> str | None:
+        """What is wrong with a preprocessing chain (an unknown op, bad arguments), or None."""
 
 
 def check_captions(c, tokenizer, facts: DataFacts) -> None:
@@ -69,10 +79,14 @@ def check_captions(c, tokenizer, facts: DataFacts) -> None:
                        f"cut; {needed} would hold 99% of them.")
 
 
-def check_data(c, describe_data: Callable, roles, tokenizer, layout, evals, needs_labels
-          ) -> tuple[str, ...]:
+def check_data(c, data: DataAccess, roles, tokenizer, layout, evals, needs_labels
+               ) -> tuple[str, ...]:
     """Describes each dataset; returns the evaluators the eval data can feed."""
     config = c.config
+    for field in ("train_preprocess", "eval_preprocess"):
+        error = data.preprocess_error(config, config.data[field])
+        if error:
+            c.add(f"config.data.{field}", error.rstrip("."), "see README, Preprocessing")
     facts = {}
     probe_needed = any(evaluators.EVALUATORS[e].needs_probe for e in evals)
     specs = {"train": ("config.data.train", config.data.train, "train"),
@@ -83,8 +97,13 @@ def check_data(c, describe_data: Callable, roles, tokenizer, layout, evals, need
         field, spec, split = specs[role]
         if not spec:
             continue
+        if role == "probe" and spec == config.data.train:
+            if "train" in facts:  # the probe reads the train data: described, or reported, once
+                facts["probe"] = facts["train"]
+            if "train" in roles:
+                continue
         try:
-            facts[role] = describe_data(config, spec, split)
+            facts[role] = data.describe_data(config, spec, split)
         except (ValueError, FileNotFoundError, OSError) as e:
             c.add(field, str(e).rstrip("."), "point it at prepared data (README, Your own data)")
     if "train" in facts:
@@ -113,7 +132,23 @@ def check_data(c, describe_data: Callable, roles, tokenizer, layout, evals, need
             runnable.append(name)
         else:
             c.notes.append(f"evaluator {name!r} skipped: {why}.")
+    check_keep_best_by(c, runnable, facts["eval"].name)
     return tuple(runnable)
+
+
+def check_keep_best_by(c, evals, dataset_name: str | None = None) -> None:
+    """config.keep_best_by must be a metric the planned evaluators log (else the run would stop
+    at its first evaluation)."""
+    metric = c.config.keep_best_by
+    if not metric or not str(metric).startswith("eval/"):
+        return
+    logged = sorted(m for e in evals for m in evaluators.EVALUATORS[e].metrics)
+    parts = str(metric).split("/")
+    if len(parts) != 3 or parts[2] not in logged or (dataset_name and parts[1] != dataset_name):
+        example = f"eval/{dataset_name or 'DATASET'}/{logged[0] if logged else 'METRIC'}"
+        c.add("config.keep_best_by", "is not a metric this run's evaluation logs",
+              f"name one of eval/{dataset_name or 'DATASET'}/{{{', '.join(logged)}}}, e.g. "
+              f"{example!r}")
 
 
 def _unmet_data_need(evaluator, facts: dict) -> str | None:

@@ -12,6 +12,12 @@ import ml_collections
 placeholder = ml_collections.config_dict.placeholder
 
 
+def _shape_fields(image: bool) -> dict:
+    """Unset shape fields, there so that the command line can set them."""
+    names = ("width", "depth", "mlp_dim", "num_heads") + (("patch_size",) if image else ())
+    return {name: placeholder(int) for name in names}
+
+
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # A label for logs, reports and benchmark tables.
@@ -92,14 +98,14 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.scan_layers = False
     # Attention kernel: "xla" everywhere, "cudnn" for flash attention on NVIDIA GPUs (bf16).
     config.model.attention_implementation = "xla"
-    # The image tower (mmjax.models.IMAGE_TOWERS) and its size: a variant "SIZE/PATCH" or
-    # width, depth, mlp_dim, num_heads, patch_size.
+    # The image tower (mmjax.models.IMAGE_TOWERS) and its size: a variant "SIZE/PATCH"; any of
+    # width, depth, mlp_dim, num_heads, patch_size given overrides the variant's.
     config.model.image_tower = ml_collections.ConfigDict(dict(
-        name="vit", variant="B/16", pooling="cls"))
-    # The text tower (mmjax.models.TEXT_TOWERS); its context length and pad / end-of-text ids are
-    # the tokenizer's unless set here.
+        name="vit", variant="B/16", pooling="cls", **_shape_fields(image=True)))
+    # The text tower (mmjax.models.TEXT_TOWERS), sized the same way; its context length and pad /
+    # end-of-text ids are the tokenizer's unless set here.
     config.model.text_tower = ml_collections.ConfigDict(dict(
-        name="transformer", variant="clip", causal=True))
+        name="transformer", variant="clip", causal=True, **_shape_fields(image=False)))
 
     # Objectives and their weights, by name in mmjax.losses.LOSSES.
     config.losses = ml_collections.ConfigDict(dict(clip=1.0))

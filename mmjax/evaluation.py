@@ -197,7 +197,7 @@ def _planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=())
     """A trainer for a finished run: the preflight sees its workdir and the eval data only."""
     from input_pipeline import pipeline
 
-    plan = preflight.check(config, mesh=mesh, describe_data=pipeline.describe_data,
+    plan = preflight.check(config, mesh=mesh, data=pipeline,
                            roles=("eval",), workdir=workdir, required_evals=required_evals)
     plan.print_notes()
     return Trainer(config, mesh=mesh, plan=plan)

@@ -285,21 +285,32 @@ class Evaluator:
     device_outputs: Callable | None = None
     # Needs image embeddings and labels of training examples (context.extra["probe_*"]).
     needs_probe: bool = False
+    # The metrics it may report (logged as eval/<dataset>/<metric>).
+    metrics: tuple[str, ...] = ()
+
+
+RECALL = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
+CAPTIONING = tuple(f"caption{kind}_{m}" for kind in ("", "_baseline")
+                   for m in ("token_accuracy", "exact_match", "bleu4", "cider"))
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "retrieval": Evaluator(evaluate_retrieval),
-    "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",)),
+    "retrieval": Evaluator(evaluate_retrieval, metrics=("num_candidates", "num_texts") + RECALL),
+    "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",), metrics=(
+        "zeroshot_top1", "zeroshot_mean_per_class", "zeroshot_top5")),
     "captioning": Evaluator(
-        evaluate_captioning, model_methods=("start_decoding", "decode_step"),
+        evaluate_captioning, model_methods=("start_decoding", "decode_step"), metrics=CAPTIONING,
         device_outputs=lambda model, batch, encoded, settings: {"caption_tokens": decoding.caption(
             model, batch["image"], settings.tokenizer, settings.beam_size)}),
     "itm": Evaluator(evaluate_itm, model_methods=("match_logits",),
+                     metrics=("itm_accuracy", "itm_hard_accuracy"),
                      device_outputs=lambda model, batch, encoded, settings: matching_logits(
                          model, batch, encoded)),
     "classification": Evaluator(
         evaluate_classification, model_methods=("classify",), data_needs=("labels",),
+        metrics=("classification_accuracy",),
         device_outputs=lambda model, batch, encoded, settings: {
             "class_logits": model.classify(batch["image"], batch["tokens"])}),
-    "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True),
+    "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
+                              metrics=("linear_probe_top1", "linear_probe_l2")),
 }

@@ -3,7 +3,7 @@
 `check(config, ...)` looks at the config's fields, the mesh against the devices, the tokenizer,
 the model (built abstractly: its parameter names and the outputs of one abstract forward pass),
 what each loss and evaluator declares it needs, the paths (init_from, teacher, workdir) and, given
-`describe_data`, a sample of each dataset (labels, class names, how the tokenizer reads its
+`data` (the input pipeline), a sample of each dataset (labels, class names, how the tokenizer reads its
 captions). It reports every problem at once, each with the field, its value and the fix, and
 returns a `Plan`: the evaluators that will run (those the eval data cannot feed are skipped, with
 a line saying why) and the eval batch size, padded to the batch devices.
@@ -15,14 +15,14 @@ import dataclasses
 import math
 import numbers
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, data_checks, evaluators, losses, models, sharding,
-                   tokenizers)
+from mmjax import (checkpoint, conventions, data_checks, evaluators, image_tower, layers, losses,
+                   models, sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -32,7 +32,9 @@ class Problem:
     fix: str
 
     def __str__(self) -> str:
-        return f"{self.field} = {self.value!r}: {self.message}. Fix: {self.fix}."
+        # A whole config section (config.model) is too long to show.
+        shown = f" = {self.value!r}" if len(repr(self.value)) <= 100 else ""
+        return f"{self.field}{shown}: {self.message}. Fix: {self.fix}."
 
 
 class ConfigError(ValueError):
@@ -102,6 +104,13 @@ def _fields(c: _Checks) -> None:
     if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
               "for example 0.01 (stop when over 1% of the examples read are bad)")
+    for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES),
+                         ("model.image_tower.pooling", image_tower.POOLING_TYPES)):
+        value = config
+        for part in field.split("."):
+            value = value.get(part)
+        if value not in valid:
+            c.add(f"config.{field}", "is not a valid choice", f"use one of {sorted(valid)}")
     if config.data.normalization not in conventions.IMAGE_NORMALIZATIONS:
         c.add("config.data.normalization", "is not a known normalisation",
               f"use one of {sorted(conventions.IMAGE_NORMALIZATIONS)}")
@@ -325,12 +334,12 @@ def _teacher_inputs(c: _Checks, teacher: str) -> None:
                   "see the same inputs", "set it to the teacher's")
 
 
-def check(config, *, mesh=None, describe_data: Callable | None = None,
+def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
           roles=("train", "eval"), workdir: str | None = None, required_evals=()) -> Plan:
     """Every check that needs no compilation; raises ConfigError listing all problems.
 
-    `describe_data(config, spec, default_split) -> data_checks.DataFacts` (input_pipeline's) adds
-    the data checks for `roles`; without it only the config, model and paths are checked.
+    `data` (the input_pipeline.pipeline module) adds the data checks for `roles`; without it
+    only the config, model and paths are checked.
     `required_evals` are evaluators the mode runs whatever config.evals says (captioning).
     """
     c = _Checks(config)
@@ -338,17 +347,21 @@ def check(config, *, mesh=None, describe_data: Callable | None = None,
     _names(c, required_evals)
     layout = _mesh(c, mesh)
     tokenizer = _tokenizer(c)
-    model = _model(c, tokenizer, required_evals) if tokenizer is not None else None
+    # The model is built only from fields that passed (one problem, one line).
+    model_fields_ok = not any(p.field.startswith("config.model") for p in c.problems)
+    model = (_model(c, tokenizer, required_evals) if tokenizer is not None and model_fields_ok
+             else None)
     needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
                         if n in losses.LOSSES)
     _paths(c, workdir, needs_teacher, model["shapes"] if model is not None else None)
     evals = tuple(e for e in dict.fromkeys([*config.evals, *required_evals])
                   if e in evaluators.EVALUATORS)
-    if describe_data is not None and not c.problems:
+    if data is None:
+        data_checks.check_keep_best_by(c, evals)
+    elif not c.problems:
         needs_labels = any("label" in losses.LOSSES[n].batch_keys for n in config.losses
                            if n in losses.LOSSES)
-        evals = data_checks.check_data(c, describe_data, roles, tokenizer, layout, evals,
-                                       needs_labels)
+        evals = data_checks.check_data(c, data, roles, tokenizer, layout, evals, needs_labels)
         missing = [e for e in required_evals if e not in evals]
         if missing:
             c.add("config.data.eval", f"cannot feed the {missing} evaluator", "see the notes")

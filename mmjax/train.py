@@ -127,7 +127,7 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     """
     from input_pipeline import pipeline  # TensorFlow stays out of the model and trainer modules
 
-    plan = preflight.check(config, mesh=mesh, describe_data=pipeline.describe_data,
+    plan = preflight.check(config, mesh=mesh, data=pipeline,
                            workdir=workdir)
     plan.print_notes()
     trainer = Trainer(config, mesh=mesh, plan=plan)

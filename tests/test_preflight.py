@@ -58,9 +58,13 @@ BAD_FIELDS = [
     ("model.text_tower.context_length", 20, r"config\.model\.text_tower\.context_length = 20: "
      r"differs from the tokenizer's \(12\).*leave it unset"),
     ("tokenizer.context_length", 2, r"config\.tokenizer\.context_length = 2: leaves no room"),
-    ("data.image_size", 18, r"config\.model = .*image_size 18 is not divisible by patch size 4"),
-    ("model.image_tower.variant", "X/16", r"config\.model = .*Unknown ViT variant 'X/16'"),
-    ("model.name", "blip", r"config\.model = .*Unknown model 'blip'; valid names: \['clip', "
+    ("data.image_size", 18, r"config\.model: image_size 18 is not divisible by patch size 4"),
+    ("model.dtype", "float8", r"config\.model\.dtype = 'float8': is not a valid choice\. Fix: use "
+     r"one of \['bfloat16', 'float16', 'float32'\]\.$"),
+    ("model.remat", "everything", r"config\.model\.remat = 'everything'.*'save_dots'"),
+    ("model.image_tower.pooling", "max", r"config\.model\.image_tower\.pooling = 'max'.*'map'"),
+    ("model.image_tower.variant", "X/16", r"config\.model: Unknown ViT variant 'X/16'"),
+    ("model.name", "blip", r"config\.model: Unknown model 'blip'; valid names: \['clip', "
      r"'coca', 'fusion', 'fusion_classifier'\]"),
     ("evals", ("retrieval", "captioning"), r"config\.evals = .*'captioning' evaluator needs a "
      r"model that has \['start_decoding', 'decode_step'\], which the 'clip' model has not"),
@@ -81,6 +85,8 @@ BAD_FIELDS = [
     ("keep_best_by", "i2t_recall@1", r"config\.keep_best_by = 'i2t_recall@1': is not an eval "
      r"metric name.*'eval/mmjax_shapes/i2t_recall@1'"),
     ("caption.beam_size", 0, r"config\.caption\.beam_size = 0"),
+    ("keep_best_by", "eval/mmjax_shapes/i2t_recall@7", r"config\.keep_best_by = .*recall@7': is "
+     r"not a metric this run's evaluation logs.*i2t_recall@10"),
 ]
 
 
@@ -146,11 +152,24 @@ def test_the_smoke_config_on_8_devices_pads_its_eval_batch(tfds_dir):
     assert plan.eval_batch_size == 256 and plan.evals == ("retrieval", "zeroshot", "linear_probe")
 
 
+def test_metric_and_preprocessing_names_are_checked_against_the_data(tiny_config):
+    tiny_config.keep_best_by = "eval/coco/i2t_recall@1"
+    tiny_config.data.train_preprocess = "decode|blur(radius=2)"
+    tiny_config.data.eval_preprocess = "decode|resize(size=)"
+    message = problems(tiny_config, data=pipeline)
+    assert re.search(r"config\.keep_best_by = 'eval/coco/i2t_recall@1': is not a metric this "
+                     r"run's evaluation logs\. Fix: name one of eval/mmjax_shapes/\{", message)
+    assert re.search(r"config\.data\.train_preprocess = 'decode\|blur\(radius=2\)': Unknown "
+                     r"preprocessing op 'blur'.*'inception_crop'", message)
+    assert re.search(r"config\.data\.eval_preprocess = .*not of the form name or name\(literal",
+                     message)
+
+
 def test_data_problems_name_the_spec_and_the_fix(tiny_config, tmp_path):
     tiny_config.data.train = "mmjax_shapes"
     tiny_config.data.eval = f"shards:{tmp_path}/missing"
     tiny_config.data.probe_train = "tfds:not_prepared_here"
-    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    message = problems(tiny_config, data=pipeline)
     assert re.search(r"config\.data\.train = 'mmjax_shapes': Dataset spec .*not of the form "
                      r"'tfds:NAME\[:SPLIT\]'", message)
     assert re.search(r"config\.data\.eval = .*missing", message)
@@ -166,7 +185,7 @@ def test_a_classification_loss_on_data_without_labels(tiny_config, user_data):
     tiny_config.tokenizer.update(name="bytes", context_length=64)
     tiny_config.data.train = f"shards:{user_data['output']}:train"
     tiny_config.data.eval = f"shards:{user_data['output']}:test"
-    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    message = problems(tiny_config, data=pipeline)
     assert re.search(r"config\.losses = .*a loss reads labels and shards:.*:train has none.*"
                      r"`label` column", message)
 
@@ -176,7 +195,7 @@ def test_own_captions_with_the_words_tokenizer_stop_with_the_fix(tiny_config, us
     one unknown id. The preflight stops and names both fixes."""
     tiny_config.data.train = f"shards:{user_data['output']}:train"
     tiny_config.data.eval = f"shards:{user_data['output']}:test"
-    message = problems(tiny_config, describe_data=pipeline.describe_data)
+    message = problems(tiny_config, data=pipeline)
     assert re.search(r"config\.tokenizer\.name = 'words': \d+% of the tokens of \d+ sampled "
                      r"captions of shards:.* are unknown to this words vocabulary \(45 ids\)",
                      message), message
@@ -187,7 +206,7 @@ def test_own_captions_with_the_words_tokenizer_stop_with_the_fix(tiny_config, us
 def test_bytes_with_a_short_context_would_truncate(tiny_config, user_data):
     tiny_config.tokenizer.name = "bytes"  # 12 tokens: 10 bytes of text
     tiny_config.data.train = f"shards:{user_data['output']}:train"
-    message = problems(tiny_config, describe_data=pipeline.describe_data, roles=("train",))
+    message = problems(tiny_config, data=pipeline, roles=("train",))
     match = re.search(r"config\.tokenizer\.context_length = 12: (\d+)% of \d+ sampled captions "
                       r".* would lose their ends\. Fix: raise it to (\d+)", message)
     assert match and int(match.group(1)) > 90 and int(match.group(2)) > 40
@@ -198,7 +217,7 @@ def test_unlabeled_own_data_skips_the_evaluators_it_cannot_feed(tiny_config, use
     tiny_config.data.train = f"shards:{user_data['output']}:train"
     tiny_config.data.eval = f"shards:{user_data['output']}:test"
     tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
-    plan = preflight.check(tiny_config, describe_data=pipeline.describe_data)
+    plan = preflight.check(tiny_config, data=pipeline)
     assert plan.evals == ("retrieval",)
     assert [n for n in plan.notes if "skipped" in n] == [
         f"evaluator 'zeroshot' skipped: shards:{user_data['output']}:test has no class names.",
@@ -211,7 +230,7 @@ def test_a_batch_larger_than_the_dataset(tiny_config, user_data):
     tiny_config.data.train = f"shards:{user_data['output']}:test"  # 32 images
     tiny_config.batch_size = 64
     assert re.search(r"config\.batch_size = 64: is larger than the 32 examples",
-                     problems(tiny_config, describe_data=pipeline.describe_data,
+                     problems(tiny_config, data=pipeline,
                               roles=("train",)))
 
 
