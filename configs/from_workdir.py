@@ -8,6 +8,8 @@ import os
 
 import ml_collections
 
+from mmjax import defaults
+
 
 def _with_placeholders(value):
     """JSON's null loses the field's type; unset fields here are optional strings (paths, names),
@@ -23,4 +25,4 @@ def get_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} is missing: configs/from_workdir.py reads the config "
                                 "snapshot a run (or mmjax.tools.import_open_clip) wrote there.")
     with open(path) as f:
-        return ml_collections.ConfigDict(_with_placeholders(json.load(f)))
+        return ml_collections.ConfigDict(_with_placeholders(defaults.fill_missing(json.load(f))))

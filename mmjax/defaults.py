@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.batch_size = 256
     # Log train metrics and the progress line every this many steps.
     config.log_every_steps = 100
+    # Trace steps (first, last) with jax.profiler into WORKDIR/profile; () traces nothing.
+    config.profile_steps = ()
     # NaN/Inf loss or gradients: False stops the run naming the step; True skips such steps.
     config.skip_nonfinite_steps = False
     # Split each batch into this many micro-batches (less memory, same update: GradCache).
@@ -136,3 +138,15 @@ def base_config() -> ml_collections.ConfigDict:
     # Logical-to-mesh axis rules: a preset name in mmjax.sharding.RULES_PRESETS or a list of pairs.
     config.sharding_rules = "data_parallel"
     return config
+
+
+def fill_missing(saved: dict, base=None) -> dict:
+    """A config snapshot (a workdir's config.json) with the fields it lacks taken from the base
+    config: a workdir written by an older version still runs. Saved values are never changed."""
+    base = base_config() if base is None else base
+    for key, default in base.items():
+        if key not in saved:
+            saved[key] = default.to_dict() if hasattr(default, "to_dict") else default
+        elif isinstance(saved[key], dict) and hasattr(default, "to_dict"):
+            fill_missing(saved[key], default)
+    return saved

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, conventions, decoding, models, tokenizers
+from mmjax import checkpoint, conventions, decoding, defaults, models, tokenizers
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -108,7 +108,7 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{config_path} is missing: a trained model is loaded with the "
                                 "run's config snapshot next to its checkpoints/ folder.")
     with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(defaults.fill_missing(json.load(f)))
     vocabulary_copy = os.path.join(workdir, "vocabulary.txt")
     if config.tokenizer.get("vocabulary_file") and os.path.exists(vocabulary_copy):
         config.tokenizer.vocabulary_file = vocabulary_copy  # the workdir travels with its vocabulary

@@ -119,6 +119,11 @@ def _fields(c: _Checks) -> None:
     if config.keep_best_by and not str(config.keep_best_by).startswith("eval/"):
         c.add("config.keep_best_by", "is not an eval metric name",
               "name one as logged, e.g. 'eval/mmjax_shapes/i2t_recall@1'")
+    profile = tuple(config.profile_steps)
+    if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
+                        and 1 <= profile[0] <= profile[1]):
+        c.add("config.profile_steps", "must be (first, last) steps, 1 <= first <= last",
+              "for example '(10, 14)' (five steps), or () for none")
     if not config.data.train:
         c.add("config.data.train", "no training data", "give a spec, e.g. 'shards:/data/x:train'")
 

@@ -48,7 +48,8 @@ def check_finite(trainer: Trainer, state) -> None:
 
 
 class Throughput:
-    """Training steps per second between log lines, not counting evaluations and saves."""
+    """Training steps per second between log lines, not counting evaluations and saves, and how
+    long the loop waited for input meanwhile."""
 
     def __init__(self, step: int, clock=time.perf_counter):
         self.clock = clock
@@ -57,10 +58,45 @@ class Throughput:
     def restart(self, step: int) -> None:
         """Count from here: after a log line, an evaluation or anything else that is not
         training."""
-        self.start_time, self.start_step = self.clock(), step
+        self.start_time, self.start_step, self.data_wait = self.clock(), step, 0.0
 
     def steps_per_second(self, step: int) -> float:
         return (step - self.start_step) / max(self.clock() - self.start_time, 1e-9)
+
+    def next_batch(self, batches):
+        """The next batch, its wait counted (the steps run asynchronously, so this is time the
+        devices may have idled for want of data)."""
+        start = self.clock()
+        batch = next(batches)
+        self.data_wait += self.clock() - start
+        return batch
+
+
+class Profiler:
+    """Traces steps [first, last] of config.profile_steps with jax.profiler into
+    WORKDIR/profile (TensorBoard's profile plugin or Perfetto read it); () traces nothing."""
+
+    def __init__(self, steps, workdir: str):
+        self.first, self.last = tuple(steps) if steps else (None, None)
+        self.directory = os.path.join(workdir, "profile")
+        self.active = False
+
+    def before_step(self, step: int) -> None:
+        if step == self.first and jax.process_index() == 0:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after_step(self, step: int, state) -> None:
+        if self.active and step >= self.last:
+            jax.block_until_ready(state)  # the traced steps' device work, not just its dispatch
+            jax.profiler.stop_trace()
+            self.active = False
+            print(f"Profile of steps {self.first}-{self.last}: {self.directory}", flush=True)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
 
 
 class PreemptionHandler:
@@ -175,11 +211,14 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
                 if k.split("/")[-1] != "seconds"), flush=True)
 
     throughput = Throughput(start_step)
+    profiler = Profiler(config.profile_steps, workdir)
     preemption = PreemptionHandler()
     try:
         for step in range(start_step + 1, config.total_steps + 1):
-            batch = trainer.global_batch(next(train_batches))
+            profiler.before_step(step)
+            batch = trainer.global_batch(throughput.next_batch(train_batches))
             state, metrics = trainer.train_step(state, batch, *trainer.step_args)
+            profiler.after_step(step, state)
             is_last = step == config.total_steps
             if step % config.log_every_steps == 0 or is_last:
                 check_finite(trainer, state)
@@ -187,6 +226,7 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
                 steps_per_sec = throughput.steps_per_second(step)
                 host_metrics["train/examples_per_sec"] = steps_per_sec * config.batch_size
                 host_metrics["train/steps_per_sec"] = steps_per_sec
+                host_metrics["train/data_wait_seconds"] = throughput.data_wait
                 skipped = skipped_so_far()
                 host_metrics["data/skipped"] = skipped
                 writer.write(step, host_metrics)
@@ -217,6 +257,7 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
         if start_step >= config.total_steps and evaluation is not None:
             run_eval(start_step)
     finally:
+        profiler.close()
         preemption.restore()
         manager.wait_until_finished()
         manager.close()

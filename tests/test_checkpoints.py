@@ -99,8 +99,11 @@ def test_a_half_written_checkpoint_is_never_restored(finished_run, tiny_config, 
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"\0garbage")
     tiny_config.total_steps = 10
+    tiny_config.profile_steps = (9, 10)  # and a profile of the steps after the restart
     metrics = train.train_and_evaluate(tiny_config, workdir, mesh=one_device_mesh())
     assert sorted(train_losses(workdir)) == list(range(1, 11))
+    traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files]
+    assert any(f.endswith(".xplane.pb") for f in traces), traces
     assert metrics["eval/mmjax_shapes/num_candidates"] == 128
     assert sorted(d for d in os.listdir(checkpoints) if d.isdigit()) == ["10", "8"]
 

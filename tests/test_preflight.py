@@ -85,6 +85,7 @@ BAD_FIELDS = [
     ("keep_best_by", "i2t_recall@1", r"config\.keep_best_by = 'i2t_recall@1': is not an eval "
      r"metric name.*'eval/mmjax_shapes/i2t_recall@1'"),
     ("caption.beam_size", 0, r"config\.caption\.beam_size = 0"),
+    ("profile_steps", (5, 2), r"config\.profile_steps = \[5, 2\]: must be \(first, last\)"),
     ("keep_best_by", "eval/mmjax_shapes/i2t_recall@7", r"config\.keep_best_by = .*recall@7': is "
      r"not a metric this run's evaluation logs.*i2t_recall@10"),
 ]
@@ -248,6 +249,26 @@ def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_conf
                      message, re.S)
     after = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
     assert after == before  # nothing was written
+
+
+def test_a_workdir_from_an_older_version_still_evaluates(finished_run, tmp_path):
+    """configs/from_workdir.py fills fields an older config.json lacks from the base config."""
+    import json
+
+    from configs import from_workdir
+
+    workdir = copy_run(finished_run, tmp_path / "old")
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    for newer in ("caption", "distill", "profile_steps"):
+        del saved[newer]
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    config = from_workdir.get_config(workdir)
+    assert config.caption.beam_size == 1 and config.profile_steps == ()
+    assert config.model.text_tower.width == 32  # saved values stay
+    preflight.check(config, workdir=workdir)
 
 
 def test_distillation_teacher_must_see_the_same_inputs(finished_run, tiny_config):

@@ -45,7 +45,7 @@ def test_a_resumed_run_matches_the_uninterrupted_one(finished_run, tiny_config, 
     assert json.load(open(os.path.join(reference, "config.json")))["seed"] == tiny_config.seed
     record = read_metrics(reference)[0]
     for name in ("train/loss", "train/learning_rate", "train/grad_norm", "train/param_norm",
-                 "train/examples_per_sec", "data/skipped"):
+                 "train/examples_per_sec", "train/data_wait_seconds", "data/skipped"):
         assert name in record and np.isfinite(record[name]), name
     assert final_metrics["eval/mmjax_shapes/num_candidates"] == 128
     assert os.listdir(os.path.join(reference, "tensorboard"))
@@ -113,6 +113,24 @@ def test_throughput_counts_training_only():
     throughput.restart(50)
     now[0] = 80.0  # ... then 50 steps in 10 s
     assert throughput.steps_per_second(100) == pytest.approx(5.0)
+
+
+def test_the_wait_for_input_is_measured_per_interval():
+    now = [0.0]
+    throughput = train.Throughput(0, clock=lambda: now[0])
+
+    def slow_batches():
+        while True:
+            now[0] += 0.25  # each batch takes 0.25 s to arrive
+            yield {}
+
+    batches = slow_batches()
+    for _ in range(4):
+        throughput.next_batch(batches)
+        now[0] += 1.0  # the step's own host time is not waiting
+    assert throughput.data_wait == pytest.approx(1.0)
+    throughput.restart(4)
+    assert throughput.data_wait == 0.0
 
 
 def test_preemption_is_shared_every_few_steps_not_every_step(monkeypatch):
