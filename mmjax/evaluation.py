@@ -198,7 +198,8 @@ def _planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=())
     from input_pipeline import pipeline
 
     plan = preflight.check(config, mesh=mesh, data=pipeline,
-                           roles=("eval",), workdir=workdir, required_evals=required_evals)
+                           roles=("eval",), workdir=workdir, required_evals=required_evals,
+                           needs_checkpoint=True)
     plan.print_notes()
     return Trainer(config, mesh=mesh, plan=plan)
 

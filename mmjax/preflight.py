@@ -97,6 +97,11 @@ def _fields(c: _Checks) -> None:
         c.count(field)
     for field in ("eval_every_steps", "warmup_steps"):
         c.count(field, 0, "set it to 0 or more (eval_every_steps 0: evaluate only at the end)")
+    if isinstance(config.warmup_steps, int) and isinstance(config.total_steps, int) and (
+            config.total_steps < config.warmup_steps):
+        c.notes.append(f"config.warmup_steps ({config.warmup_steps}) is more than "
+                       f"config.total_steps ({config.total_steps}): the learning rate never "
+                       f"reaches config.learning_rate.")
     rate = config.learning_rate
     if not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate <= 0:
         c.add("config.learning_rate", "must be a positive number", "for example 5e-4")
@@ -252,14 +257,18 @@ def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
         evaluator = evaluators.EVALUATORS.get(name)
         lacking = [m for m in (evaluator.model_methods if evaluator else ())
                    if not hasattr(model, m)]
-        if lacking:
+        if lacking and name in config.evals:
             c.add("config.evals", f"the {name!r} evaluator needs a model that has {lacking}, "
                   f"which the {config.model.name!r} model has not",
                   f"remove {name!r} from config.evals, or use a model that has them")
+        elif lacking:  # the mode itself runs it (--mode=caption)
+            c.add("config.model.name", f"this mode runs the {name!r} evaluator, which needs a "
+                  f"model that has {lacking}", "give a workdir and config of such a model")
     return {"outputs": outputs, "shapes": shapes}
 
 
-def _paths(c: _Checks, workdir: str | None, needs_teacher: bool, shapes: dict | None) -> None:
+def _paths(c: _Checks, workdir: str | None, needs_teacher: bool, shapes: dict | None,
+           needs_checkpoint: bool) -> None:
     config = c.config
     init_from = config.init_from.get("checkpoint")
     if config.init_from.params and not init_from:
@@ -283,7 +292,16 @@ def _paths(c: _Checks, workdir: str | None, needs_teacher: bool, shapes: dict | 
         c.problems.append(Problem("--workdir", workdir, "is a file, not a folder",
                                   "give a folder (it is created if missing)"))
         return
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        c.problems.append(Problem("--workdir", workdir, f"cannot be written ({existing} is not "
+                                  "writable)", "give a folder you can write to"))
     found = _find(workdir)
+    if needs_checkpoint and not found:
+        c.problems.append(Problem("--workdir", workdir, "holds no checkpoint to evaluate",
+                                  "train first, or give a workdir that has checkpoints/"))
     if found and shapes is not None:
         saved = checkpoint.saved_parameter_shapes(*found)
         differing = [f"{n}: {saved.get(n)} saved, {shape} here"
@@ -340,12 +358,14 @@ def _teacher_inputs(c: _Checks, teacher: str) -> None:
 
 
 def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
-          roles=("train", "eval"), workdir: str | None = None, required_evals=()) -> Plan:
+          roles=("train", "eval"), workdir: str | None = None, required_evals=(),
+          needs_checkpoint: bool = False) -> Plan:
     """Every check that needs no compilation; raises ConfigError listing all problems.
 
     `data` (the input_pipeline.pipeline module) adds the data checks for `roles`; without it
     only the config, model and paths are checked.
-    `required_evals` are evaluators the mode runs whatever config.evals says (captioning).
+    `required_evals` are evaluators the mode runs whatever config.evals says (captioning);
+    `needs_checkpoint`: the mode evaluates the workdir's checkpoint, which must be there.
     """
     c = _Checks(config)
     _fields(c)
@@ -358,7 +378,8 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
              else None)
     needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
                         if n in losses.LOSSES)
-    _paths(c, workdir, needs_teacher, model["shapes"] if model is not None else None)
+    _paths(c, workdir, needs_teacher, model["shapes"] if model is not None else None,
+           needs_checkpoint)
     evals = tuple(e for e in dict.fromkeys([*config.evals, *required_evals])
                   if e in evaluators.EVALUATORS)
     if data is None:

@@ -251,6 +251,42 @@ def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_conf
     assert after == before  # nothing was written
 
 
+def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path):
+    from mmjax import evaluation
+
+    with pytest.raises(preflight.ConfigError, match=r"--workdir = .*empty': holds no checkpoint "
+                       r"to evaluate\. Fix: train first"):
+        evaluation.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # Root writes anywhere but where the kernel forbids it (/proc/sys).
+        unwritable = next((p for p in (str(locked), "/proc/sys") if os.path.isdir(p)
+                           and not os.access(p, os.W_OK)), None)
+        if unwritable is None:
+            pytest.skip("no folder here is unwritable for this user")
+        assert re.search(r"--workdir = .*/run': cannot be written \(.* is not writable\)",
+                         problems(tiny_config, workdir=os.path.join(unwritable, "run")))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_captions_of_a_model_that_cannot_caption(finished_run, tiny_config):
+    from mmjax import evaluation
+
+    with pytest.raises(preflight.ConfigError, match=r"config\.model\.name = 'clip': this mode "
+                       r"runs the 'captioning' evaluator, which needs a model that has "
+                       r"\['start_decoding', 'decode_step'\]"):
+        evaluation.caption_checkpoint(tiny_config, finished_run[0])
+
+
+def test_a_warmup_longer_than_the_run_is_noted(tiny_config):
+    tiny_config.warmup_steps = 50
+    notes = preflight.check(tiny_config).notes
+    assert any("warmup_steps (50) is more than config.total_steps (8)" in n for n in notes)
+
+
 def test_a_workdir_from_an_older_version_still_evaluates(finished_run, tmp_path):
     """configs/from_workdir.py fills fields an older config.json lacks from the base config."""
     import json
