@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, data_checks, evaluators, image_tower, layers, losses,
-                   models, sharding, tokenizers)
+from mmjax import (checkpoint, conventions, data_checks, evaluators, layers, losses, models,
+                   sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -109,8 +109,7 @@ def _fields(c: _Checks) -> None:
     if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
               "for example 0.01 (stop when over 1% of the examples read are bad)")
-    for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES),
-                         ("model.image_tower.pooling", image_tower.POOLING_TYPES)):
+    for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES)):
         value = config
         for part in field.split("."):
             value = value.get(part)

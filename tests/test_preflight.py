@@ -62,7 +62,7 @@ BAD_FIELDS = [
     ("model.dtype", "float8", r"config\.model\.dtype = 'float8': is not a valid choice\. Fix: use "
      r"one of \['bfloat16', 'float16', 'float32'\]\.$"),
     ("model.remat", "everything", r"config\.model\.remat = 'everything'.*'save_dots'"),
-    ("model.image_tower.pooling", "max", r"config\.model\.image_tower\.pooling = 'max'.*'map'"),
+    ("model.image_tower.pooling", "max", r"config\.model: Unknown ViT pooling 'max'.*'map'"),
     ("model.image_tower.variant", "X/16", r"config\.model: Unknown ViT variant 'X/16'"),
     ("model.name", "blip", r"config\.model: Unknown model 'blip'; valid names: \['clip', "
      r"'coca', 'fusion', 'fusion_classifier'\]"),
