@@ -121,6 +121,7 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tiny_confi
 
     monkeypatch.setattr(pipeline.TrainBatches, "__next__", poisoned_next)
     tiny_config.total_steps = 6
+    tiny_config.data.eval = ""  # no evaluation: not what this tests
     tiny_config.checkpoint_every_steps = 2
     workdir = str(tmp_path / "diverged")
     with pytest.raises(train.TrainingDiverged, match="diverged at step 4"):
@@ -177,6 +178,7 @@ def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(finished_run
     tiny_config.frozen_params = ("image_tower", "image_projection")
     tiny_config.seed = 7  # the text tower starts fresh, from another seed
     tiny_config.total_steps = 3
+    tiny_config.data.eval = ""  # no evaluation: not what this tests
     workdir = str(tmp_path / "lit")
     train.train_and_evaluate(tiny_config, workdir, mesh=one_device_mesh())
 

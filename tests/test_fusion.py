@@ -304,6 +304,7 @@ def test_distillation_from_a_trained_teacher_checkpoint(finished_run, tfds_dir, 
     student_dir = tmp_path / "student"
     student = make_tiny_config(tfds_dir)
     student.total_steps = 6
+    student.data.eval = ""  # no evaluation: not what this tests
     student.warmup_steps = 0
     student.model.image_tower.update(width=16, mlp_dim=32)
     student.model.text_tower.update(width=16, mlp_dim=32)

@@ -24,6 +24,7 @@ def test_a_new_loss_is_one_function_and_one_entry(tiny_config, tmp_path, monkeyp
         settings=lambda config, tokenizer: {"target": config.learning_rate * 1000}))
     tiny_config.losses = {"clip": 1.0, "embedding_norm": 0.5}
     tiny_config.total_steps = 2
+    tiny_config.data.eval = ""  # no evaluation: not what this tests
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(tiny_config, workdir, mesh=one_device_mesh())
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
