@@ -110,13 +110,14 @@ def test_every_problem_is_reported_at_once(tiny_config):
         assert f"\n  - {field}: " in message, field
 
 
-def test_the_trainer_runs_the_preflight_before_compiling(tiny_config, monkeypatch):
+def test_the_trainer_runs_the_preflight_before_building_anything(tiny_config, monkeypatch):
+    """The trainer's state is not even traced (let alone compiled) for a config with a problem."""
     tiny_config.batch_size = 12
-    compiled = []
-    monkeypatch.setattr(jax, "jit", lambda *a, **k: compiled.append(a) or (lambda *x: None))
+    traced = []
+    monkeypatch.setattr(Trainer, "_init_state", lambda self: traced.append(1))
     with pytest.raises(preflight.ConfigError, match="config.batch_size = 12"):
         Trainer(tiny_config)
-    assert not compiled
+    assert not traced
 
 
 def test_bytes_from_the_command_line_switches_tokenizer(tiny_config):
