@@ -79,25 +79,6 @@ CLASSIFICATION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo
                             "a close-up photo of a {}.", "itap of a {}.", "art of the {}.")
 
 
-def _shapes_vqa_example(features: dict, index) -> dict:
-    """The question of type (id mod 5) about the image, its caption's answer as the label."""
-    del index
-    words = tf.strings.split(features["caption"])
-    kind = tf.cast(features["id"] % len(shapes.VQA_QUESTIONS), tf.int32)
-    # Caption: "{count} {size} {colour} {shape or plural} {position, 3 words}".
-    answer_word = tf.gather(words, tf.gather([2, 3, 0, 4, 1], kind))
-    position = tf.strings.reduce_join(words[4:], separator=" ")
-    answer = tf.where(kind == 3, position, answer_word)
-    keys = list(shapes.VQA_ANSWERS) + list(shapes.PLURALS.values())
-    values = list(range(len(shapes.VQA_ANSWERS))) + [shapes.VQA_ANSWERS.index(s)
-                                                     for s in shapes.PLURALS]
-    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(keys), tf.constant(values, tf.int64)), default_value=-1)
-    question = tf.gather(tf.constant(shapes.VQA_QUESTIONS), kind)
-    return {"image": features["image"], "captions": tf.reshape(question, [1]),
-            "label": table.lookup(answer), "id": features["id"]}
-
-
 ADAPTERS = {
     EMBEDDED_DATASET: Adapter(
         to_example=lambda f, index: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
@@ -105,7 +86,7 @@ ADAPTERS = {
         class_names=shapes.CLASS_NAMES,
         prompt_templates=shapes.PROMPT_TEMPLATES,
     ),
-    "mmjax_shapes_vqa": Adapter(to_example=_shapes_vqa_example),
+    "mmjax_shapes_vqa": Adapter(to_example=shapes.vqa_example),
 }
 
 

@@ -20,6 +20,7 @@ import struct
 import zlib
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 IMAGE_SIZE = 64
@@ -179,3 +180,22 @@ def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.D
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder
+
+
+def vqa_example(features: dict, index) -> dict:
+    """In-graph, for the VQA view (`mmjax_shapes_vqa`): the question of type (id mod 5) about
+    the image, its caption's answer as the label."""
+    del index
+    words = tf.strings.split(features["caption"])
+    kind = tf.cast(features["id"] % len(VQA_QUESTIONS), tf.int32)
+    # Caption: "{count} {size} {colour} {shape or plural} {position, 3 words}".
+    answer_word = tf.gather(words, tf.gather([2, 3, 0, 4, 1], kind))
+    position = tf.strings.reduce_join(words[4:], separator=" ")
+    answer = tf.where(kind == 3, position, answer_word)
+    keys = list(VQA_ANSWERS) + list(PLURALS.values())
+    values = list(range(len(VQA_ANSWERS))) + [VQA_ANSWERS.index(s) for s in PLURALS]
+    table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(keys), tf.constant(values, tf.int64)), default_value=-1)
+    question = tf.gather(tf.constant(VQA_QUESTIONS), kind)
+    return {"image": features["image"], "captions": tf.reshape(question, [1]),
+            "label": table.lookup(answer), "id": features["id"]}

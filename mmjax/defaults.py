@@ -150,3 +150,14 @@ def fill_missing(saved: dict, base=None) -> dict:
         elif isinstance(saved[key], dict) and hasattr(default, "to_dict"):
             fill_missing(saved[key], default)
     return saved
+
+
+def plain(value):
+    """A config value as plain data (ConfigDicts as dicts, tuples as lists), to compare or show."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

@@ -2,11 +2,12 @@
 
 `check(config, ...)` looks at the config's fields, the mesh against the devices, the tokenizer,
 the model (built abstractly: its parameter names and the outputs of one abstract forward pass),
-what each loss and evaluator declares it needs, the paths (init_from, teacher, workdir) and, given
-`data` (the input pipeline), a sample of each dataset (labels, class names, how the tokenizer reads its
-captions). It reports every problem at once, each with the field, its value and the fix, and
-returns a `Plan`: the evaluators that will run (those the eval data cannot feed are skipped, with
-a line saying why) and the eval batch size, padded to the batch devices.
+what each loss and evaluator declares it needs, the paths (init_from, teacher, workdir:
+`path_checks`) and, given `data` (the input pipeline: `data_checks`), a sample of each dataset
+(labels, class names, how the tokenizer reads its captions). It reports every problem at once,
+each with the field, its value and the fix, and returns a `Plan`: the evaluators that will run
+(those the eval data cannot feed are skipped, with a line saying why) and the eval batch size,
+padded to the batch devices.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, data_checks, evaluators, layers, losses, models,
-                   sharding, tokenizers)
+from mmjax import (conventions, data_checks, defaults, evaluators, layers, losses, models,
+                   path_checks, sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -56,17 +56,6 @@ class Plan:
                 print(f"Note: {note}", flush=True)
 
 
-def _comparable(value):
-    """Config values as plain data (ConfigDict, lists and tuples alike) for comparison."""
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        return {k: _comparable(v) for k, v in value.items() if k != "vocabulary_file"}
-    if isinstance(value, (list, tuple)):
-        return [_comparable(v) for v in value]
-    return value
-
-
 class _Checks:
     def __init__(self, config):
         self.config = config
@@ -77,7 +66,11 @@ class _Checks:
         node = self.config
         for part in field.removeprefix("config.").split("."):
             node = node.get(part) if hasattr(node, "get") else None
-        self.problems.append(Problem(field, _comparable(node), message, fix))
+        self.problems.append(Problem(field, defaults.plain(node), message, fix))
+
+    def flag(self, name: str, value, message: str, fix: str) -> None:
+        """A problem with something other than a config field (a flag such as --workdir)."""
+        self.problems.append(Problem(name, value, message, fix))
 
     def count(self, field: str, minimum: int = 1, fix: str = "") -> None:
         value = self.config
@@ -266,96 +259,6 @@ def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
     return {"outputs": outputs, "shapes": shapes}
 
 
-def _paths(c: _Checks, workdir: str | None, needs_teacher: bool, shapes: dict | None,
-           needs_checkpoint: bool) -> None:
-    config = c.config
-    init_from = config.init_from.get("checkpoint")
-    if config.init_from.params and not init_from:
-        c.add("config.init_from.params", "selects parameters but no checkpoint is given",
-              "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
-    if init_from and not _find(init_from):
-        c.add("config.init_from.checkpoint", "holds no mmjax checkpoint",
-              "give a trained run's workdir, its checkpoints/ folder or a checkpoints/STEP folder")
-    elif init_from and shapes is not None:
-        _init_from_shapes(c, shapes)
-    if needs_teacher:
-        teacher = config.distill.get("teacher")
-        if not teacher or not _find(teacher):
-            c.add("config.distill.teacher", "the distill loss needs a trained teacher and none "
-                  "is there", "set it to a trained run's workdir (or checkpoints/STEP)")
-        else:
-            _teacher_inputs(c, teacher)
-    if workdir is None:
-        return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        c.problems.append(Problem("--workdir", workdir, "is a file, not a folder",
-                                  "give a folder (it is created if missing)"))
-        return
-    existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        c.problems.append(Problem("--workdir", workdir, f"cannot be written ({existing} is not "
-                                  "writable)", "give a folder you can write to"))
-    found = _find(workdir)
-    if needs_checkpoint and not found:
-        c.problems.append(Problem("--workdir", workdir, "holds no checkpoint to evaluate",
-                                  "train first, or give a workdir that has checkpoints/"))
-    if found and shapes is not None:
-        saved = checkpoint.saved_parameter_shapes(*found)
-        differing = [f"{n}: {saved.get(n)} saved, {shape} here"
-                     for n, shape in shapes.items() if saved.get(n) != shape]
-        if differing:
-            c.problems.append(Problem(
-                "--workdir", workdir, f"holds checkpoints of another model, which this config "
-                f"cannot resume ({len(differing)} parameters differ, first: {differing[:2]})",
-                "use a new --workdir, or this run's own config "
-                f"(--config=configs/from_workdir.py:{workdir}); nothing was changed there"))
-
-
-def _init_from_shapes(c: _Checks, shapes: dict) -> None:
-    """The parameters config.init_from loads must be in its checkpoint, with this model's shapes."""
-    config = c.config
-    found = _find(config.init_from.checkpoint)
-    prefixes = tuple(config.init_from.params)
-    saved = checkpoint.saved_parameter_shapes(*found)
-    wanted = [n for n in shapes if not prefixes or conventions.under_prefixes(n, prefixes)]
-    missing = [n for n in wanted if n not in saved]
-    differing = [f"{n}: {saved[n]} saved, {shapes[n]} here" for n in wanted
-                 if n in saved and saved[n] != shapes[n]]
-    if missing or differing:
-        c.add("config.init_from.params", (f"{len(missing)} parameters are not in "
-              f"{config.init_from.checkpoint} (first: {missing[:2]}); " if missing else "")
-              + (f"shapes differ: {differing[:2]}" if differing else ""),
-              "select parameters the checkpoint has with these shapes, or make the model config "
-              "match the checkpoint's")
-
-
-def _find(path: str):
-    try:
-        return checkpoint.find_checkpoint(path)
-    except FileNotFoundError:
-        return None
-
-
-def _teacher_inputs(c: _Checks, teacher: str) -> None:
-    from mmjax import inference
-
-    try:
-        teacher_config = inference.load_config(teacher)
-    except FileNotFoundError as e:
-        c.add("config.distill.teacher", str(e).rstrip("."), "give a workdir written by mmjax")
-        return
-    for field, mine, theirs in (
-            ("config.tokenizer", c.config.tokenizer, teacher_config.tokenizer),
-            ("config.data.image_size", c.config.data.image_size, teacher_config.data.image_size),
-            ("config.data.normalization", c.config.data.normalization,
-             teacher_config.data.get("normalization", "minus_one_one"))):
-        if _comparable(mine) != _comparable(theirs):
-            c.add(field, f"differs from the teacher's ({_comparable(theirs)}): the teacher must "
-                  "see the same inputs", "set it to the teacher's")
-
-
 def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
           roles=("train", "eval"), workdir: str | None = None, required_evals=(),
           needs_checkpoint: bool = False) -> Plan:
@@ -377,8 +280,8 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
              else None)
     needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
                         if n in losses.LOSSES)
-    _paths(c, workdir, needs_teacher, model["shapes"] if model is not None else None,
-           needs_checkpoint)
+    path_checks.check_paths(c, workdir, needs_teacher,
+                            model["shapes"] if model is not None else None, needs_checkpoint)
     evals = tuple(e for e in dict.fromkeys([*config.evals, *required_evals])
                   if e in evaluators.EVALUATORS)
     if data is None:

@@ -252,25 +252,23 @@ def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_conf
     assert after == before  # nothing was written
 
 
-def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path):
+def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatch):
     from mmjax import evaluation
 
     with pytest.raises(preflight.ConfigError, match=r"--workdir = .*empty': holds no checkpoint "
                        r"to evaluate\. Fix: train first"):
         evaluation.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        # Root writes anywhere but where the kernel forbids it (/proc/sys).
-        unwritable = next((p for p in (str(locked), "/proc/sys") if os.path.isdir(p)
-                           and not os.access(p, os.W_OK)), None)
-        if unwritable is None:
-            pytest.skip("no folder here is unwritable for this user")
-        assert re.search(r"--workdir = .*/run': cannot be written \(.* is not writable\)",
-                         problems(tiny_config, workdir=os.path.join(unwritable, "run")))
-    finally:
-        locked.chmod(0o700)
+    # A folder this user cannot write to (made so by the check's view of it: root writes
+    # anywhere a real permission would forbid).
+    from mmjax import path_checks
+
+    locked = str(tmp_path / "locked")
+    os.mkdir(locked)
+    real_access = os.access
+    monkeypatch.setattr(path_checks.os, "access",
+                        lambda path, mode: path != locked and real_access(path, mode))
+    assert re.search(r"--workdir = .*/locked/run': cannot be written \(.*/locked is not "
+                     r"writable\)", problems(tiny_config, workdir=os.path.join(locked, "run")))
 
 
 def test_captions_of_a_model_that_cannot_caption(finished_run, tiny_config):

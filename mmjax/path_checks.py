@@ -1,0 +1,110 @@
+"""The preflight's path checks: init_from, the distillation teacher and the workdir.
+
+Names and shapes come from the checkpoints' metadata (no array is read), so a checkpoint that
+does not fit is refused before anything is compiled, and a workdir is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mmjax import checkpoint, conventions, defaults
+
+
+def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None,
+                needs_checkpoint: bool) -> None:
+    """init_from, the teacher and the workdir; `shapes` (parameter name -> shape) is the
+    model's, when it could be built."""
+    config = c.config
+    init_from = config.init_from.get("checkpoint")
+    if config.init_from.params and not init_from:
+        c.add("config.init_from.params", "selects parameters but no checkpoint is given",
+              "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
+    if init_from and not _find(init_from):
+        c.add("config.init_from.checkpoint", "holds no mmjax checkpoint",
+              "give a trained run's workdir, its checkpoints/ folder or a checkpoints/STEP folder")
+    elif init_from and shapes is not None:
+        _init_from_shapes(c, shapes)
+    if needs_teacher:
+        teacher = config.distill.get("teacher")
+        if not teacher or not _find(teacher):
+            c.add("config.distill.teacher", "the distill loss needs a trained teacher and none "
+                  "is there", "set it to a trained run's workdir (or checkpoints/STEP)")
+        else:
+            _teacher_inputs(c, teacher)
+    if workdir is None:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        c.flag("--workdir", workdir, "is a file, not a folder",
+               "give a folder (it is created if missing)")
+        return
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        c.flag("--workdir", workdir, f"cannot be written ({existing} is not writable)",
+               "give a folder you can write to")
+    found = _find(workdir)
+    if needs_checkpoint and not found:
+        c.flag("--workdir", workdir, "holds no checkpoint to evaluate",
+               "train first, or give a workdir that has checkpoints/")
+    if found and shapes is not None:
+        saved = checkpoint.saved_parameter_shapes(*found)
+        differing = [f"{n}: {saved.get(n)} saved, {shape} here"
+                     for n, shape in shapes.items() if saved.get(n) != shape]
+        if differing:
+            c.flag("--workdir", workdir, f"holds checkpoints of another model, which this "
+                   f"config cannot resume ({len(differing)} parameters differ, first: "
+                   f"{differing[:2]})", "use a new --workdir, or this run's own config "
+                   f"(--config=configs/from_workdir.py:{workdir}); nothing was changed there")
+
+
+def _init_from_shapes(c, shapes: dict) -> None:
+    """The parameters config.init_from loads must be in its checkpoint, with this model's shapes."""
+    config = c.config
+    found = _find(config.init_from.checkpoint)
+    prefixes = tuple(config.init_from.params)
+    saved = checkpoint.saved_parameter_shapes(*found)
+    wanted = [n for n in shapes if not prefixes or conventions.under_prefixes(n, prefixes)]
+    missing = [n for n in wanted if n not in saved]
+    differing = [f"{n}: {saved[n]} saved, {shapes[n]} here" for n in wanted
+                 if n in saved and saved[n] != shapes[n]]
+    if missing or differing:
+        c.add("config.init_from.params", (f"{len(missing)} parameters are not in "
+              f"{config.init_from.checkpoint} (first: {missing[:2]}); " if missing else "")
+              + (f"shapes differ: {differing[:2]}" if differing else ""),
+              "select parameters the checkpoint has with these shapes, or make the model config "
+              "match the checkpoint's")
+
+
+def _find(path: str):
+    try:
+        return checkpoint.find_checkpoint(path)
+    except FileNotFoundError:
+        return None
+
+
+def _teacher_inputs(c, teacher: str) -> None:
+    from mmjax import inference
+
+    try:
+        teacher_config = inference.load_config(teacher)
+    except FileNotFoundError as e:
+        c.add("config.distill.teacher", str(e).rstrip("."), "give a workdir written by mmjax")
+        return
+    for field, mine, theirs in (
+            ("config.tokenizer", c.config.tokenizer, teacher_config.tokenizer),
+            ("config.data.image_size", c.config.data.image_size, teacher_config.data.image_size),
+            ("config.data.normalization", c.config.data.normalization,
+             teacher_config.data.get("normalization", "minus_one_one"))):
+        mine, theirs = _without_vocabulary_file(mine), _without_vocabulary_file(theirs)
+        if mine != theirs:
+            c.add(field, f"differs from the teacher's ({theirs}): the teacher must see the same "
+                  "inputs", "set it to the teacher's")
+
+
+def _without_vocabulary_file(value):
+    """A config value as plain data; vocabulary files may live in different places."""
+    value = defaults.plain(value)
+    return ({k: v for k, v in value.items() if k != "vocabulary_file"}
+            if isinstance(value, dict) else value)
