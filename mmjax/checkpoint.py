@@ -140,6 +140,11 @@ def find_checkpoint(path: str) -> tuple[str, int]:
     )
 
 
+def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of a model's (possibly abstract) nnx parameters."""
+    return {name: tuple(leaf.shape) for name, leaf in _flat(nnx.to_pure_dict(params)).items()}
+
+
 def saved_parameter_shapes(directory: str, step: int) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape in a checkpoint, from its metadata (no array is read)."""
     with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:

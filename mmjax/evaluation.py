@@ -18,9 +18,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mmjax import checkpoint, conventions, decoding, evaluators, preflight, sharding
-from mmjax.trainer import Trainer
+from mmjax.trainer import MODEL_INPUTS, Trainer
 
-EVAL_INPUTS = {"image": 4, "tokens": 2, "label": 1, "valid": 1}  # name -> ndim
+EVAL_INPUTS = {**MODEL_INPUTS, "label": 1, "valid": 1}  # name -> ndim
 
 
 def all_rows(local: np.ndarray) -> np.ndarray:

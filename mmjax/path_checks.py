@@ -49,9 +49,7 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
         c.flag("--workdir", workdir, "holds no checkpoint to evaluate",
                "train first, or give a workdir that has checkpoints/")
     if found and shapes is not None:
-        saved = checkpoint.saved_parameter_shapes(*found)
-        differing = [f"{n}: {saved.get(n)} saved, {shape} here"
-                     for n, shape in shapes.items() if saved.get(n) != shape]
+        differing = _differing(checkpoint.saved_parameter_shapes(*found), shapes, shapes)
         if differing:
             c.flag("--workdir", workdir, f"holds checkpoints of another model, which this "
                    f"config cannot resume ({len(differing)} parameters differ, first: "
@@ -67,14 +65,19 @@ def _init_from_shapes(c, shapes: dict) -> None:
     saved = checkpoint.saved_parameter_shapes(*found)
     wanted = [n for n in shapes if not prefixes or conventions.under_prefixes(n, prefixes)]
     missing = [n for n in wanted if n not in saved]
-    differing = [f"{n}: {saved[n]} saved, {shapes[n]} here" for n in wanted
-                 if n in saved and saved[n] != shapes[n]]
+    differing = _differing(saved, shapes, [n for n in wanted if n in saved])
     if missing or differing:
         c.add("config.init_from.params", (f"{len(missing)} parameters are not in "
               f"{config.init_from.checkpoint} (first: {missing[:2]}); " if missing else "")
               + (f"shapes differ: {differing[:2]}" if differing else ""),
               "select parameters the checkpoint has with these shapes, or make the model config "
               "match the checkpoint's")
+
+
+def _differing(saved: dict, shapes: dict, names) -> list[str]:
+    """'name: (saved shape) saved, (model shape) here' for each of `names` whose shapes differ."""
+    return [f"{n}: {saved.get(n)} saved, {shapes[n]} here" for n in names
+            if saved.get(n) != shapes[n]]
 
 
 def _find(path: str):

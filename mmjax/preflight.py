@@ -21,8 +21,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax import (conventions, data_checks, defaults, evaluators, layers, losses, models,
-                   path_checks, sharding, tokenizers)
+from mmjax import (checkpoint, conventions, data_checks, defaults, evaluators, layers, losses,
+                   models, path_checks, sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -62,20 +62,22 @@ class _Checks:
         self.problems: list[Problem] = []
         self.notes: list[str] = []
 
-    def add(self, field: str, message: str, fix: str) -> None:
+    def value(self, field: str):
+        """The config's value at a dotted field ('data.image_size'); None where it is missing."""
         node = self.config
         for part in field.removeprefix("config.").split("."):
             node = node.get(part) if hasattr(node, "get") else None
-        self.problems.append(Problem(field, defaults.plain(node), message, fix))
+        return node
+
+    def add(self, field: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(field, defaults.plain(self.value(field)), message, fix))
 
     def flag(self, name: str, value, message: str, fix: str) -> None:
         """A problem with something other than a config field (a flag such as --workdir)."""
         self.problems.append(Problem(name, value, message, fix))
 
     def count(self, field: str, minimum: int = 1, fix: str = "") -> None:
-        value = self.config
-        for part in field.split("."):
-            value = value.get(part)
+        value = self.value(field)
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
             self.add(f"config.{field}", f"must be an integer of at least {minimum}",
                      fix or f"set it to {max(minimum, 1)} or more")
@@ -103,10 +105,7 @@ def _fields(c: _Checks) -> None:
         c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
               "for example 0.01 (stop when over 1% of the examples read are bad)")
     for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES)):
-        value = config
-        for part in field.split("."):
-            value = value.get(part)
-        if value not in valid:
+        if c.value(field) not in valid:
             c.add(f"config.{field}", "is not a valid choice", f"use one of {sorted(valid)}")
     if config.data.normalization not in conventions.IMAGE_NORMALIZATIONS:
         c.add("config.data.normalization", "is not a known normalisation",
@@ -161,7 +160,7 @@ def _mesh(c: _Checks, mesh) -> dict | None:
     return {"batch_devices": devices, "processes": processes}
 
 
-def _names(c: _Checks, required_evals) -> None:
+def _names(c: _Checks, evals) -> None:
     """The registries' names: losses and their weights, evaluators."""
     config = c.config
     weights = dict(config.losses)
@@ -172,7 +171,7 @@ def _names(c: _Checks, required_evals) -> None:
     for name, weight in weights.items():
         if not isinstance(weight, numbers.Real) or not weight > 0:
             c.add(f"config.losses.{name}", "a loss weight must be a positive number", "e.g. 1.0")
-    for name in dict.fromkeys([*config.evals, *required_evals]):
+    for name in evals:
         if name not in evaluators.EVALUATORS:
             c.add("config.evals", f"{name!r} is not an evaluator",
                   f"use names from {sorted(evaluators.EVALUATORS)}")
@@ -204,7 +203,7 @@ def _tokenizer(c: _Checks):
     return tokenizer
 
 
-def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
+def _model(c: _Checks, tokenizer, evals) -> dict | None:
     """Builds the model abstractly and checks what the losses and evaluators need of it."""
     config = c.config
     try:
@@ -222,8 +221,7 @@ def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
     except Exception as e:  # noqa: BLE001 - any failure of the forward pass is a config problem
         c.add("config.model", f"the model fails on a batch: {e}", "fix the model config")
         return None
-    shapes = {conventions.parameter_name(path): tuple(leaf.shape) for path, leaf in
-              jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]}
+    shapes = checkpoint.parameter_shapes(params)
     names = list(shapes)
 
     for name in config.losses:
@@ -245,7 +243,7 @@ def _model(c: _Checks, tokenizer, required_evals) -> dict | None:
                 c.add(field, f"{prefix!r} names no parameter", "use top-level names such as "
                       f"{sorted({n.split('/')[0] for n in names})}")
 
-    for name in dict.fromkeys([*config.evals, *required_evals]):
+    for name in evals:
         evaluator = evaluators.EVALUATORS.get(name)
         lacking = [m for m in (evaluator.model_methods if evaluator else ())
                    if not hasattr(model, m)]
@@ -270,20 +268,20 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     `needs_checkpoint`: the mode evaluates the workdir's checkpoint, which must be there.
     """
     c = _Checks(config)
+    named_evals = tuple(dict.fromkeys([*config.evals, *required_evals]))
     _fields(c)
-    _names(c, required_evals)
+    _names(c, named_evals)
     layout = _mesh(c, mesh)
     tokenizer = _tokenizer(c)
     # The model is built only from fields that passed (one problem, one line).
     model_fields_ok = not any(p.field.startswith("config.model") for p in c.problems)
-    model = (_model(c, tokenizer, required_evals) if tokenizer is not None and model_fields_ok
+    model = (_model(c, tokenizer, named_evals) if tokenizer is not None and model_fields_ok
              else None)
     needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
                         if n in losses.LOSSES)
     path_checks.check_paths(c, workdir, needs_teacher,
                             model["shapes"] if model is not None else None, needs_checkpoint)
-    evals = tuple(e for e in dict.fromkeys([*config.evals, *required_evals])
-                  if e in evaluators.EVALUATORS)
+    evals = tuple(e for e in named_evals if e in evaluators.EVALUATORS)
     if data is None:
         data_checks.check_keep_best_by(c, evals)
     elif not c.problems:
