@@ -4,11 +4,10 @@ python main.py --config=configs/from_workdir.py:DIR --workdir=DIR --mode=eval
 """
 
 import json
-import os
 
 import ml_collections
 
-from mmjax import defaults
+from mmjax import defaults, paths
 
 
 def _with_placeholders(value):
@@ -20,9 +19,9 @@ def _with_placeholders(value):
 
 
 def get_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         raise FileNotFoundError(f"{path} is missing: configs/from_workdir.py reads the config "
                                 "snapshot a run (or mmjax.tools.import_open_clip) wrote there.")
-    with open(path) as f:
-        return ml_collections.ConfigDict(_with_placeholders(defaults.fill_missing(json.load(f))))
+    return ml_collections.ConfigDict(_with_placeholders(defaults.fill_missing(
+        json.loads(paths.read_text(path)))))

@@ -20,7 +20,6 @@ reports how many records each position skipped and which.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable
 
 import numpy as np
@@ -28,6 +27,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import preprocess, shapes, shards, text
+from mmjax import paths
 
 EMBEDDED_DATASET = "mmjax_shapes"
 # Views of the embedded dataset's records under another name (same files, other examples).
@@ -43,20 +43,24 @@ class DatasetSpec:
     @property
     def short_name(self) -> str:
         """For metric names: `eval/<short_name>/...`."""
-        base = (os.path.basename(os.path.normpath(self.name)) if self.kind == "shards"
+        base = (paths.basename(self.name) if self.kind == "shards"
                 else self.name.split("/")[0])
         return base + ("" if self.split in ("test", "validation") else f"_{self.split}")
 
 
 def parse_spec(spec: str, default_split: str) -> DatasetSpec:
-    parts = spec.split(":")
-    if parts[0] not in ("tfds", "shards") or len(parts) not in (2, 3) or not parts[1]:
+    kind, _, rest = spec.partition(":")
+    scheme, separator, location = rest.partition("://")  # shards:gs://bucket/dir:train
+    if not separator:
+        scheme, location = "", rest
+    name, _, split = location.partition(":")
+    if kind not in ("tfds", "shards") or not name or ":" in split or (scheme and kind != "shards"):
         raise ValueError(
             f"Dataset spec {spec!r} is not of the form 'tfds:NAME[:SPLIT]' or "
-            "'shards:DIR[:SPLIT]', for example 'tfds:mmjax_shapes:train' or "
-            "'shards:/data/my_shards:train'."
+            "'shards:DIR[:SPLIT]', for example 'tfds:mmjax_shapes:train', "
+            "'shards:/data/my_shards:train' or 'shards:gs://bucket/my_shards:train'."
         )
-    return DatasetSpec(kind=parts[0], name=parts[1], split=parts[2] if len(parts) == 3 else default_split)
+    return DatasetSpec(kind=kind, name=scheme + separator + name, split=split or default_split)
 
 
 @dataclasses.dataclass
@@ -163,8 +167,8 @@ class TfdsSource(RecordSource):
                 builder = tfds.builder(spec.name, data_dir=data_dir)
             except tfds.core.registered.DatasetNotFoundError:
                 builder = None
-            if builder is None or not os.path.exists(
-                    os.path.join(builder.data_dir, "dataset_info.json")):
+            if builder is None or not paths.exists(
+                    paths.join(builder.data_dir, "dataset_info.json")):
                 where = builder.data_dir if builder is not None else (data_dir or "TFDS_DATA_DIR")
                 raise FileNotFoundError(
                     f"TFDS dataset {spec.name!r} is not prepared under {where}. mmjax never "

@@ -27,9 +27,11 @@ from multiprocessing.pool import ThreadPool
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 from input_pipeline import shards
+from mmjax import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SPLIT_FOLDERS = ("train", "validation", "test")
@@ -157,10 +159,9 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input {input_path} does not exist.")
     fingerprint = _fingerprint(input_path, examples_per_shard)
-    metadata_path = os.path.join(output_dir, shards.METADATA)
-    if os.path.exists(metadata_path) and not overwrite:
-        with open(metadata_path) as f:
-            previous = json.load(f)
+    metadata_path = paths.join(output_dir, shards.METADATA)
+    if paths.exists(metadata_path) and not overwrite:
+        previous = json.loads(paths.read_text(metadata_path))
         if previous.get("input_fingerprint") == fingerprint:
             if not quiet:
                 print(f"{output_dir} is up to date with {input_path}; nothing to do "
@@ -177,8 +178,10 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     splits: dict[str, list[Example]] = {}
     for example in examples:
         splits.setdefault(example.split, []).append(example)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = os.path.join(output_dir, f".partial-{os.getpid()}")
+    paths.makedirs(output_dir)
+    # Written locally, then moved in: beside the output, or in a temporary folder for a bucket.
+    staging = (tempfile.mkdtemp(prefix="mmjax_shards_") if paths.is_cloud(output_dir)
+               else os.path.join(output_dir, f".partial-{os.getpid()}"))
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     unreadable: list[str] = []
@@ -221,17 +224,19 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
         "left_out": {"unreadable": unreadable, "no_caption_file": uncaptioned},
     }
     # Swap in: old shard files go, new ones move in, metadata.json last.
-    if os.path.exists(metadata_path):
-        os.remove(metadata_path)
-    for name in os.listdir(output_dir):
+    if paths.exists(metadata_path):
+        paths.Path(metadata_path).unlink()
+    for name in paths.listdir(output_dir):
         if name.endswith(".array_record"):
-            os.remove(os.path.join(output_dir, name))
+            paths.Path(paths.join(output_dir, name)).unlink()
     for name in os.listdir(staging):
-        os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
+        if paths.is_cloud(output_dir):
+            paths.copy(os.path.join(staging, name), paths.join(output_dir, name))
+            os.remove(os.path.join(staging, name))
+        else:
+            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
     os.rmdir(staging)
-    with open(metadata_path + ".tmp", "w") as f:
-        json.dump(metadata, f, indent=2)
-    os.replace(metadata_path + ".tmp", metadata_path)
+    paths.write_text(metadata_path, json.dumps(metadata, indent=2))
     if not quiet:
         for split, info in sorted(split_info.items()):
             print(f"{split}: {info['num_examples']} images, {info['num_captions']} captions, "

@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import os
 import struct
 import zlib
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from mmjax import paths
 
 IMAGE_SIZE = 64
 COLORS = {
@@ -176,7 +177,7 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
     """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
     builder = MmjaxShapes(config=config, data_dir=data_dir, file_format="array_record")
-    if not os.path.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return builder

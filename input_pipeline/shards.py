@@ -11,9 +11,10 @@ the source has none). `python -m input_pipeline.make_shards` writes them.
 from __future__ import annotations
 
 import json
-import os
 
 import tensorflow as tf
+
+from mmjax import paths
 
 FORMAT = "mmjax_shards"
 VERSION = 1
@@ -61,13 +62,12 @@ def record_key(serialized: bytes) -> str:
 
 
 def read_metadata(directory: str) -> dict:
-    path = os.path.join(directory, METADATA)
-    if not os.path.exists(path):
+    path = paths.join(directory, METADATA)
+    if not paths.exists(path):
         raise FileNotFoundError(
             f"{directory} holds no mmjax shards ({METADATA} is missing). Write them with "
             f"`python -m input_pipeline.make_shards --input=FILE_OR_DIR --output_dir={directory}`.")
-    with open(path) as f:
-        metadata = json.load(f)
+    metadata = json.loads(paths.read_text(path))
     if metadata.get("format") != FORMAT or metadata.get("version", 0) > VERSION:
         raise ValueError(f"{path} is not mmjax shards metadata of version <= {VERSION}.")
     return metadata
@@ -84,12 +84,13 @@ class ShardsReader:
             raise ValueError(f"Shards at {directory} have no split {split!r}; they have "
                              f"{sorted(metadata['splits'])}.")
         info = metadata["splits"][split]
-        paths = [os.path.join(directory, name) for name in info["files"]]
-        missing = [p for p in paths if not os.path.exists(p)]
+        files = [paths.join(directory, name) for name in info["files"]]
+        missing = [p for p in files if not paths.exists(p)]
         if missing:
             raise FileNotFoundError(f"Shard files listed in {directory}/{METADATA} are missing "
                                     f"(first: {missing[0]}); run make_shards again.")
-        self.source = array_record_data_source.ArrayRecordDataSource(paths)
+        # gs:// files are read by ArrayRecord's own GCS reader.
+        self.source = array_record_data_source.ArrayRecordDataSource(files)
         if len(self.source) != info["num_examples"]:
             raise ValueError(f"{directory}: the {split} files hold {len(self.source)} records, "
                              f"{METADATA} says {info['num_examples']}; run make_shards again.")

@@ -1,110 +1,72 @@
-"""Orbax checkpoints of the whole train state (params, optimizer state, step), and the input
-position at each saved step (WORKDIR/data_state.json).
+"""Orbax checkpoints of the whole run: one folder a step, written asynchronously and atomically.
+
+    WORKDIR/checkpoints/STEP/state/    params, optimizer state, step (the train state)
+    WORKDIR/checkpoints/STEP/data/     the input position and the bad examples skipped so far
+    WORKDIR/checkpoints/STEP/metrics/  the evaluation at STEP (with config.keep_best_by only)
 
 The pipeline's batches depend only on the seed and the global input position, so restoring the
-position restores the data order (with another global batch size, too).
+position restores the data order (with another global batch size, too). Which steps stay is
+orbax's preservation policy: the last `keep` and, with `best_by`, the best by that eval metric.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from orbax.checkpoint import checkpoint_managers as policies
 
+from mmjax import paths
 from mmjax.conventions import parameter_name, under_prefixes
 
+STATE, DATA = "state", "data"
 
-def create_manager(workdir: str, *, max_to_keep: int | None, folder: str = "checkpoints"
-                   ) -> ocp.CheckpointManager:
-    """Saves are asynchronous and atomic (written to a temporary name, then renamed)."""
+
+def create_manager(workdir: str, *, keep: int | None, best_by: str | None = None,
+                   best_mode: str = "max") -> ocp.CheckpointManager:
+    """WORKDIR/checkpoints: keeps the last `keep` steps (all if None) and, with `best_by`, the
+    step with the best value of that eval metric (the earliest among equals)."""
+    keep_policies = [policies.LatestN(n=keep)]
+    sign = 1.0 if best_mode == "max" else -1.0
+
+    def best_fn(metrics):
+        return (sign * metrics[best_by], -metrics["step"])
+
+    if best_by:
+        keep_policies.append(policies.BestN(get_metric_fn=best_fn, n=1,
+                                            keep_checkpoints_without_metrics=False))
     return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, folder)),
+        paths.absolute(paths.join(workdir, "checkpoints")),
+        item_names=(STATE, DATA),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            create=True,
-        ),
+            create=True, best_fn=best_fn if best_by else None,
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies)),
     )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state) -> bool:
-    # The trainer decides when to save; force bypasses orbax's own interval logic.
-    return manager.save(step, args=ocp.args.StandardSave(state), force=True)
+def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | None = None,
+         eval_metrics: dict[str, float] | None = None) -> bool:
+    """Starts saving `step` (returns before the arrays are written). The trainer decides when
+    to save; force bypasses orbax's own interval logic."""
+    items = {STATE: ocp.args.StandardSave(state)}
+    if data_state is not None:
+        items[DATA] = ocp.args.JsonSave(data_state)
+    metrics = {**eval_metrics, "step": step} if eval_metrics else None
+    return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
-DATA_STATE = "data_state.json"
-
-
-def save_data_state(workdir: str, step: int, data_state: dict, keep_steps) -> None:
-    """Records {step: data_state} (input position, bad examples so far) next to the checkpoints;
-    written atomically, before the checkpoint itself, for the steps still kept."""
-    path = os.path.join(workdir, DATA_STATE)
-    states = load_data_states(workdir)
-    states[str(step)] = data_state
-    # Entries older than the oldest kept checkpoint go; newer ones stay (a save still in flight
-    # is not yet among the kept steps).
-    oldest = min([*keep_steps, step])
-    states = {k: v for k, v in states.items() if int(k) >= oldest}
-    with open(path + ".tmp", "w") as f:
-        json.dump(states, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def load_data_states(workdir: str) -> dict:
-    path = os.path.join(workdir, DATA_STATE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-class BestCheckpoint:
-    """Keeps, in WORKDIR/best/, the checkpoint with the best value of one eval metric so far.
-
-    The last `keep_checkpoints` stay in WORKDIR/checkpoints/ as usual; `best/best.json` records the
-    step and the value, so a resumed run keeps comparing against it.
-    """
-
-    def __init__(self, workdir: str, metric: str, mode: str):
-        if mode not in ("max", "min"):
-            raise ValueError(f"config.keep_best_mode must be 'max' or 'min', got {mode!r}.")
-        self.metric, self.mode = metric, mode
-        self.manager = create_manager(workdir, max_to_keep=1, folder="best")
-        self.record_path = os.path.join(workdir, "best", "best.json")
-        self.best = None
-        if os.path.exists(self.record_path):
-            with open(self.record_path) as f:
-                self.best = json.load(f)["value"]
-
-    def update(self, step: int, state, eval_metrics: dict[str, float]) -> bool:
-        if self.metric not in eval_metrics:
-            raise KeyError(f"config.keep_best_by names {self.metric!r}, which the evaluation does "
-                           f"not report; it reports {sorted(eval_metrics)}.")
-        value = eval_metrics[self.metric]
-        better = (self.best is None or (value > self.best if self.mode == "max"
-                                        else value < self.best))
-        if better:
-            save(self.manager, step, state)
-            self.manager.wait_until_finished()
-            self.best = value
-            if jax.process_index() == 0:
-                with open(self.record_path, "w") as f:
-                    json.dump({"step": step, "metric": self.metric, "value": value}, f)
-        return better
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """Restores `step` onto the shardings of `abstract_state` (jax.ShapeDtypeStruct leaves)."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state
+            ) -> tuple[Any, dict | None]:
+    """(train state on the shardings of `abstract_state`, the saved input position or None)."""
+    items = {STATE: ocp.args.StandardRestore(abstract_state)}
+    has_data = paths.exists(paths.join(str(manager.directory), str(step), DATA))
+    if has_data:
+        items[DATA] = ocp.args.JsonRestore()
     try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        restored = manager.restore(step, args=ocp.args.Composite(**items))
     except ValueError as e:
         if "not compatible with the stored shape" not in str(e):
             raise
@@ -114,6 +76,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
             "embedding size) differs from the run that saved it: run with that run's config "
             "(--config=configs/from_workdir.py:WORKDIR) or its vocabulary "
             "(--config.tokenizer.vocabulary_file=WORKDIR/vocabulary.txt).") from None
+    return restored[STATE], (restored[DATA] if has_data else None)
 
 
 def abstract_with_shardings(abstract_state, shardings):
@@ -123,13 +86,11 @@ def abstract_with_shardings(abstract_state, shardings):
 
 def find_checkpoint(path: str) -> tuple[str, int]:
     """(checkpoints directory, step) for a workdir, its `checkpoints/` folder or one step's folder."""
-    path = os.path.abspath(path)
-    candidates = [(os.path.join(path, "checkpoints"), None), (path, None),
-                  (os.path.dirname(path), os.path.basename(path))]
+    path = paths.absolute(path).rstrip("/")
+    candidates = [(paths.join(path, "checkpoints"), None), (path, None),
+                  (paths.dirname(path), paths.basename(path))]
     for directory, step in candidates:
-        if not os.path.isdir(directory):
-            continue
-        steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+        steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
         if step is not None and step.isdigit() and int(step) in steps:
             return directory, int(step)
         if step is None and steps:
@@ -147,10 +108,24 @@ def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
 
 def saved_parameter_shapes(directory: str, step: int) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape in a checkpoint, from its metadata (no array is read)."""
-    with ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler()) as manager:
-        saved = manager.item_metadata(step)
+    with _reader(directory) as manager:
+        saved = manager.item_metadata(step)[STATE]
     return {name: tuple(leaf.shape)
             for name, leaf in _flat(saved["params"], saved_variables=True).items()}
+
+
+def saved_data_state(path: str, step: int) -> dict:
+    """The input position saved with a workdir's checkpoint at `step`."""
+    directory, _ = find_checkpoint(path)
+    with _reader(directory) as manager:
+        return manager.restore(step, args=ocp.args.Composite(
+            **{DATA: ocp.args.JsonRestore()}))[DATA]
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(directory, item_handlers={
+        STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(read_only=True))
 
 
 def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
@@ -165,8 +140,9 @@ def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
 def load_params(path: str) -> dict[str, np.ndarray]:
     """The parameters of a checkpoint as a flat {name: array} dict, on the host."""
     directory, step = find_checkpoint(path)
-    with ocp.CheckpointManager(directory) as manager:
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    with _reader(directory) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore()}))[STATE]
     return {name: np.asarray(value)
             for name, value in _flat(restored["params"], saved_variables=True).items()}
 

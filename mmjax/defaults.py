@@ -40,13 +40,23 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 5_000
     # Save a checkpoint every this many steps (and always at the end).
     config.checkpoint_every_steps = 2_000
-    # Checkpoints kept in WORKDIR/checkpoints.
+    # The latest checkpoints kept in WORKDIR/checkpoints.
     config.keep_checkpoints = 2
-    # Also keep, in WORKDIR/best, the checkpoint with the best value of this eval metric (for
-    # example "eval/mmjax_shapes/i2t_recall@1"); None: do not.
+    # Also keep there the checkpoint with the best value of this eval metric (for example
+    # "eval/mmjax_shapes/i2t_recall@1"; each evaluated step is saved with its metrics, and
+    # orbax keeps the best); None: do not.
     config.keep_best_by = placeholder(str)
     # "max" or "min".
     config.keep_best_mode = "max"
+    # Weights & Biases, beside metrics.jsonl and TensorBoard: set project to log there
+    # (pip install wandb). mode "offline" writes locally for `wandb sync`; run_id None: one
+    # derived from the workdir, so a resumed run logs into the same W&B run.
+    config.wandb = ml_collections.ConfigDict()
+    config.wandb.project = placeholder(str)
+    config.wandb.entity = placeholder(str)
+    config.wandb.name = placeholder(str)
+    config.wandb.mode = "online"
+    config.wandb.run_id = placeholder(str)
 
     config.data = ml_collections.ConfigDict()
     # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Callable
 
 import jax
@@ -17,7 +16,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mmjax import checkpoint, conventions, decoding, evaluators, preflight, sharding
+from mmjax import checkpoint, conventions, decoding, evaluators, paths, preflight, sharding
 from mmjax.trainer import MODEL_INPUTS, Trainer
 
 EVAL_INPUTS = {**MODEL_INPUTS, "label": 1, "valid": 1}  # name -> ndim
@@ -185,7 +184,7 @@ def open_eval_data(trainer: Trainer, needs_probe: bool):
 
 
 def _restore_latest(trainer: Trainer, workdir: str):
-    manager = checkpoint.create_manager(workdir, max_to_keep=None)
+    manager = checkpoint.create_manager(workdir, keep=None)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
@@ -229,10 +228,9 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     metrics = {"step": step, **captioning.compute(context)}
     if jax.process_index() == 0:
         decode = trainer.tokenizer.decode
-        with open(os.path.join(workdir, "captions.jsonl"), "w") as f:
-            for reference, caption_row in zip(references, generated):
-                f.write(json.dumps({"reference": decode(reference),
-                                    "generated": decode(caption_row)}) + "\n")
+        paths.write_text(paths.join(workdir, "captions.jsonl"), "".join(
+            json.dumps({"reference": decode(reference), "generated": decode(caption_row)}) + "\n"
+            for reference, caption_row in zip(references, generated)))
         for reference, caption_row in list(zip(references, generated))[:5]:
             print(f"  {decode(caption_row)!r}  (reference: {decode(reference)!r})")
         for name, value in metrics.items():
@@ -254,13 +252,14 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
     metrics = evaluation.evaluate(state["params"], open_eval_data(trainer, evaluation.needs_probe),
                                   report=details)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-            json.dump({"step": step, **metrics}, f, indent=2)
+        paths.write_text(paths.join(workdir, "eval_results.json"),
+                         json.dumps({"step": step, **metrics}, indent=2))
         zeroshot = details["details"].get("zeroshot", {})
-        np.savez(os.path.join(workdir, "eval_embeddings.npz"),
-                 image=details["image_embeddings"], text=details["text_embeddings"],
-                 labels=details["labels"], **({"class_embeddings": zeroshot["class_embeddings"]}
-                                              if zeroshot else {}))
+        with paths.Path(paths.join(workdir, "eval_embeddings.npz")).open("wb") as f:
+            np.savez(f,
+                     image=details["image_embeddings"], text=details["text_embeddings"],
+                     labels=details["labels"],
+                     **({"class_embeddings": zeroshot["class_embeddings"]} if zeroshot else {}))
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}")
         from mmjax import report  # matplotlib is loaded only to write the report

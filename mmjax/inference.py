@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Sequence
 
 import jax
@@ -23,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, conventions, decoding, defaults, models, tokenizers
+from mmjax import checkpoint, conventions, decoding, defaults, models, paths, tokenizers
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -102,15 +101,15 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     """The config a workdir (or one of its checkpoints/STEP folders) was trained with, its
     vocabulary pointing at the workdir's own copy."""
     directory, _ = checkpoint.find_checkpoint(path)
-    workdir = os.path.dirname(directory.rstrip("/"))
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
+    workdir = paths.dirname(directory)
+    config_path = paths.join(workdir, "config.json")
+    if not paths.exists(config_path):
         raise FileNotFoundError(f"{config_path} is missing: a trained model is loaded with the "
                                 "run's config snapshot next to its checkpoints/ folder.")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(defaults.fill_missing(json.load(f)))
-    vocabulary_copy = os.path.join(workdir, "vocabulary.txt")
-    if config.tokenizer.get("vocabulary_file") and os.path.exists(vocabulary_copy):
+    config = ml_collections.ConfigDict(defaults.fill_missing(json.loads(
+        paths.read_text(config_path))))
+    vocabulary_copy = paths.join(workdir, "vocabulary.txt")
+    if config.tokenizer.get("vocabulary_file") and paths.exists(vocabulary_copy):
         config.tokenizer.vocabulary_file = vocabulary_copy  # the workdir travels with its vocabulary
     return config
 

@@ -1,56 +1,130 @@
-"""Metrics to `metrics.jsonl`, TensorBoard event files and a progress line (main process only)."""
+"""Metrics out of a run (main process only): `metrics.jsonl`, TensorBoard event files, optionally
+Weights & Biases, and a progress line.
+
+Each writer takes `write(step, metrics)` and `close()`; `MetricWriter` fans out to them. The
+workdir may be in cloud storage (paths library).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 
 import jax
 
+from mmjax import paths
 
-class MetricWriter:
-    def __init__(self, workdir: str, total_steps: int, resume_step: int = 0):
-        """`resume_step`: records after it (written before a crash) are dropped, so that the log
-        of a resumed run reads as if it had never stopped."""
-        self.enabled = jax.process_index() == 0
-        self.total_steps = total_steps
-        self.tensorboard = None
-        if not self.enabled:
-            return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(path):
-            kept = []
-            with open(path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["step"] <= resume_step:
-                            kept.append(line)
-                    except (json.JSONDecodeError, KeyError):
-                        pass  # a line cut short by a crash
-            with open(path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(path + ".tmp", path)
-        self.jsonl = open(path, "a")
-        try:
-            from tensorboardX import SummaryWriter  # no TensorFlow needed
-            self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:
-            logging.warning("tensorboardX is not installed: no TensorBoard event files.")
+
+class JsonlWriter:
+    """WORKDIR/metrics.jsonl, a JSON record a line. `resume_step`: records after it (written
+    before a crash) are dropped, so the log of a resumed run reads as if it never stopped.
+
+    A cloud object cannot be appended to: there the whole file is uploaded again at each write
+    (one line per log interval keeps that small), and a crash loses at most the last interval,
+    which the resumed run writes again.
+    """
+
+    def __init__(self, workdir: str, resume_step: int = 0):
+        self.path = paths.join(workdir, "metrics.jsonl")
+        self.lines = []
+        if paths.exists(self.path):
+            for line in paths.read_text(self.path).splitlines(keepends=True):
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        self.lines.append(line if line.endswith("\n") else line + "\n")
+                except (json.JSONDecodeError, KeyError):
+                    pass  # a line cut short by a crash
+        paths.write_text(self.path, "".join(self.lines))
+        self.file = None if paths.is_cloud(self.path) else open(self.path, "a")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        line = json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n"
+        if self.file is not None:
+            self.file.write(line)
+            self.file.flush()
+        else:
+            self.lines.append(line)
+            paths.write_text(self.path, "".join(self.lines))
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class TensorBoardWriter:
+    """WORKDIR/tensorboard/ event files through tensorboardX (no TensorFlow needed). For a cloud
+    workdir they are written locally and uploaded whole at each write (as tensorboardX's own
+    gs:// writer would, which also uploads again whenever it is garbage-collected)."""
+
+    def __init__(self, workdir: str):
+        from tensorboardX import SummaryWriter
+
+        self.destination = paths.join(workdir, "tensorboard")
+        self.local = (tempfile.mkdtemp(prefix="mmjax_tensorboard_") if paths.is_cloud(workdir)
+                      else self.destination)
+        self.writer = SummaryWriter(self.local)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            # TensorBoard tags may not hold '@': recall@1 -> recall_at_1.
+            self.writer.add_scalar(name.replace("@", "_at_"), float(value), int(step))
+        self.writer.flush()
+        if self.local != self.destination:
+            for name in os.listdir(self.local):
+                paths.copy(os.path.join(self.local, name), paths.join(self.destination, name))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbWriter:
+    """A Weights & Biases run (config.wandb.project). Its id comes from the workdir unless
+    config.wandb.run_id sets it, so a resumed run goes on logging into the same W&B run.
+    config.wandb.mode='offline' writes it locally for `wandb sync` later."""
+
+    def __init__(self, workdir: str, config):
+        import wandb
+
+        settings = config.wandb
+        run_id = settings.get("run_id") or hashlib.sha256(
+            paths.absolute(workdir).encode()).hexdigest()[:16]
+        self.run = wandb.init(
+            project=settings.project, entity=settings.get("entity"),
+            name=settings.get("name") or paths.basename(workdir), id=run_id, resume="allow",
+            mode=settings.get("mode") or "online",
+            dir=None if paths.is_cloud(workdir) else workdir,
+            config=json.loads(config.to_json_best_effort()))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log({k: float(v) for k, v in metrics.items()}, step=int(step))
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, total_steps: int, resume_step: int = 0, config=None):
+        self.enabled = jax.process_index() == 0
+        self.total_steps = total_steps
+        self.writers = []
         if not self.enabled:
             return
-        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
-        self.jsonl.write(json.dumps(record) + "\n")
-        self.jsonl.flush()
-        if self.tensorboard is not None:
-            for name, value in metrics.items():
-                # TensorBoard tags may not hold '@': recall@1 -> recall_at_1.
-                self.tensorboard.add_scalar(name.replace("@", "_at_"), float(value), int(step))
-            self.tensorboard.flush()
+        paths.makedirs(workdir)
+        self.writers.append(JsonlWriter(workdir, resume_step))
+        try:
+            self.writers.append(TensorBoardWriter(workdir))
+        except ImportError:
+            logging.warning("tensorboardX is not installed: no TensorBoard event files.")
+        if config is not None and config.get("wandb") and config.wandb.get("project"):
+            self.writers.append(WandbWriter(workdir, config))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        for writer in self.writers:
+            writer.write(step, metrics)
 
     def progress(self, step: int, loss: float, steps_per_sec: float, skipped: int = 0) -> None:
         if not self.enabled:
@@ -61,7 +135,5 @@ class MetricWriter:
               + (f" | {skipped} bad examples skipped" if skipped else ""), flush=True)
 
     def close(self) -> None:
-        if self.enabled:
-            self.jsonl.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+        for writer in self.writers:
+            writer.close()

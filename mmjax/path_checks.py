@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from mmjax import checkpoint, conventions, defaults
+from mmjax import checkpoint, conventions, defaults, paths
 
 
 def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None,
@@ -34,16 +34,17 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
             _teacher_inputs(c, teacher)
     if workdir is None:
         return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    if paths.isfile(workdir):
         c.flag("--workdir", workdir, "is a file, not a folder",
                "give a folder (it is created if missing)")
         return
-    existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        c.flag("--workdir", workdir, f"cannot be written ({existing} is not writable)",
-               "give a folder you can write to")
+    if not paths.is_cloud(workdir):  # a bucket's permissions show only when writing
+        existing = os.path.abspath(workdir)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.access(existing, os.W_OK):
+            c.flag("--workdir", workdir, f"cannot be written ({existing} is not writable)",
+                   "give a folder you can write to")
     found = _find(workdir)
     if needs_checkpoint and not found:
         c.flag("--workdir", workdir, "holds no checkpoint to evaluate",

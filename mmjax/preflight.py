@@ -13,6 +13,7 @@ padded to the batch devices.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
 from typing import Any
@@ -122,6 +123,12 @@ def _fields(c: _Checks) -> None:
               "for example '(10, 14)' (five steps), or () for none")
     if not config.data.train:
         c.add("config.data.train", "no training data", "give a spec, e.g. 'shards:/data/x:train'")
+    if config.wandb.project:
+        if config.wandb.mode not in ("online", "offline", "disabled"):
+            c.add("config.wandb.mode", "is not a W&B mode", "use 'online', 'offline' or 'disabled'")
+        if importlib.util.find_spec("wandb") is None:
+            c.add("config.wandb.project", "logging to Weights & Biases needs the wandb package, "
+                  "which is not installed", "pip install wandb, or unset config.wandb.project")
 
 
 def _mesh(c: _Checks, mesh) -> dict | None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
+
+from mmjax import paths
 
 MATCH, MISS = "#1a9850", "#d73027"
 
@@ -69,7 +70,7 @@ def retrieval_figure(plt, path: str, details: dict, thumbnails: np.ndarray, capt
     fig.suptitle("Retrieval: top-5 for each query (green: the query's own pair; another image's "
                  "identical caption counts as a miss, as in recall@k)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -101,7 +102,7 @@ def similarity_figure(plt, path: str, similarity: np.ndarray):
     ax.set_title(f"Image-text similarity, first {len(similarity)} pairs\n(matches on the diagonal)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -114,7 +115,7 @@ def per_class_figure(plt, path: str, class_names: list, accuracy: list):
     ax.set_xlabel("zero-shot accuracy")
     ax.set_title("Zero-shot accuracy per class", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -142,7 +143,7 @@ def curves_figure(plt, path: str, history: list[dict]) -> bool:
         ax.set_title("Held-out metrics", fontsize=10)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -151,10 +152,10 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
                  config_name: str = "") -> str:
     """Writes WORKDIR/eval_report.md and its figures; returns the report's path."""
     plt = _pyplot()
-    figures_dir = os.path.join(workdir, "report")
-    os.makedirs(figures_dir, exist_ok=True)
+    figures_dir = paths.join(workdir, "report")
+    paths.makedirs(figures_dir)
     evaluator_details = details.get("details", {})
-    lines = [f"# Evaluation report: {config_name or os.path.basename(workdir)}", "",
+    lines = [f"# Evaluation report: {config_name or paths.basename(workdir)}", "",
              f"Checkpoint step {step}, dataset `{details.get('dataset', '')}`, "
              f"{len(details.get('labels', []))} examples. All numbers: `eval_results.json`.", ""]
 
@@ -168,9 +169,9 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
         lines.append("")
         if group == "retrieval" and "retrieval" in evaluator_details:
             retrieval = evaluator_details["retrieval"]
-            retrieval_figure(plt, os.path.join(figures_dir, "retrieval_examples.png"), retrieval,
+            retrieval_figure(plt, paths.join(figures_dir, "retrieval_examples.png"), retrieval,
                              details["thumbnails"], details["captions"])
-            similarity_figure(plt, os.path.join(figures_dir, "similarity.png"),
+            similarity_figure(plt, paths.join(figures_dir, "similarity.png"),
                               retrieval["similarity"])
             lines += ["![retrieval examples](report/retrieval_examples.png)", "",
                       "![similarity matrix](report/similarity.png)", ""]
@@ -181,20 +182,24 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
             lines.append("")
         if group == "zero-shot" and "zeroshot" in evaluator_details:
             zeroshot = evaluator_details["zeroshot"]
-            per_class_figure(plt, os.path.join(figures_dir, "zeroshot_per_class.png"),
+            per_class_figure(plt, paths.join(figures_dir, "zeroshot_per_class.png"),
                              zeroshot["class_names"], zeroshot["per_class_accuracy"])
             lines += ["![zero-shot accuracy per class](report/zeroshot_per_class.png)", ""]
 
-    history_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(history_path):
-        with open(history_path) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-        if curves_figure(plt, os.path.join(figures_dir, "training_curves.png"), history):
+    history_path = paths.join(workdir, "metrics.jsonl")
+    if paths.exists(history_path):
+        history = [json.loads(line) for line in paths.read_text(history_path).splitlines()
+                   if line.strip()]
+        if curves_figure(plt, paths.join(figures_dir, "training_curves.png"), history):
             lines += ["## training", "", "![training curves](report/training_curves.png)", ""]
-    path = os.path.join(workdir, "eval_report.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    path = paths.join(workdir, "eval_report.md")
+    paths.write_text(path, "\n".join(lines))
     return path
+
+
+def _save(fig, path: str) -> None:
+    with paths.Path(path).open("wb") as f:
+        fig.savefig(f, dpi=90, format="png")
 
 
 def _format(value) -> str:

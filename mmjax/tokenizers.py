@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from mmjax import paths
+
 PAD_ID, BOS_ID, EOT_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL_IDS = 4
 WORD_PATTERN = r"[^a-z0-9]+"
@@ -59,8 +61,8 @@ class WordTokenizer:
     bos_id, eot_id, pad_id, unk_id = BOS_ID, EOT_ID, PAD_ID, UNK_ID
 
     def __init__(self, context_length: int, vocabulary_file: str):
-        with open(vocabulary_file) as f:
-            self.vocabulary = [line.strip() for line in f if line.strip()]
+        lines = paths.read_text(vocabulary_file).splitlines()
+        self.vocabulary = [line.strip() for line in lines if line.strip()]
         if len(set(self.vocabulary)) != len(self.vocabulary):
             raise ValueError(f"Vocabulary file {vocabulary_file} repeats words.")
         self.word_to_id = {w: i + NUM_SPECIAL_IDS for i, w in enumerate(self.vocabulary)}
@@ -124,8 +126,7 @@ class ClipBpeTokenizer:
             raise ImportError("The clip_bpe tokenizer needs the ftfy and regex packages "
                               "(pip install -r requirements.txt).") from e
         self._fix_text = ftfy.fix_text
-        with open(vocabulary_file, "rb") as f:
-            data = f.read()
+        data = paths.read_bytes(vocabulary_file)
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
         merges = [tuple(m.split()) for m in data.decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
@@ -204,8 +205,7 @@ class SentencePieceTokenizer:
         except ImportError as e:
             raise ImportError("The sentencepiece tokenizer needs the sentencepiece package "
                               "(pip install -r requirements.txt).") from e
-        with open(vocabulary_file, "rb") as f:
-            self.model_proto = f.read()
+        self.model_proto = paths.read_bytes(vocabulary_file)
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
         self.pad_id, self.bos_id, self.eot_id = (self.processor.pad_id(), self.processor.bos_id(),
                                                  self.processor.eos_id())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mmjax import checkpoint, preflight
+from mmjax import checkpoint, paths, preflight
 from mmjax.evaluation import Evaluation, open_eval_data
 from mmjax.metric_writers import MetricWriter
 from mmjax.trainer import Trainer
@@ -74,65 +74,76 @@ class Throughput:
 
 class Profiler:
     """Traces steps [first, last] of config.profile_steps with jax.profiler into
-    WORKDIR/profile (TensorBoard's profile plugin or Perfetto read it); () traces nothing."""
+    WORKDIR/profile (TensorBoard's profile plugin or Perfetto read it); () traces nothing. With
+    the workdir in cloud storage the trace is written locally, then copied there."""
 
     def __init__(self, steps, workdir: str):
         self.first, self.last = tuple(steps) if steps else (None, None)
-        self.directory = os.path.join(workdir, "profile")
+        self.directory = paths.join(workdir, "profile")
         self.active = False
 
     def before_step(self, step: int) -> None:
         if step == self.first and jax.process_index() == 0:
-            jax.profiler.start_trace(self.directory)
+            self.trace_dir = (tempfile.mkdtemp(prefix="mmjax_profile_")
+                              if paths.is_cloud(self.directory) else self.directory)
+            jax.profiler.start_trace(self.trace_dir)
             self.active = True
 
     def after_step(self, step: int, state) -> None:
         if self.active and step >= self.last:
             jax.block_until_ready(state)  # the traced steps' device work, not just its dispatch
-            jax.profiler.stop_trace()
-            self.active = False
+            self.close()
             print(f"Profile of steps {self.first}-{self.last}: {self.directory}", flush=True)
 
     def close(self) -> None:
         if self.active:
             jax.profiler.stop_trace()
             self.active = False
+            if self.trace_dir != self.directory:
+                for root, _, names in os.walk(self.trace_dir):
+                    relative = os.path.relpath(root, self.trace_dir)
+                    target = (self.directory if relative == "." else
+                              paths.join(self.directory, relative))
+                    paths.makedirs(target)
+                    for name in names:
+                        paths.copy(os.path.join(root, name), paths.join(target, name))
 
 
 class PreemptionHandler:
     """SIGTERM / SIGINT: finish the current step, save and exit 0; a second signal exits at once.
 
-    TPU VMs and cloud schedulers send SIGTERM before preempting. With several processes the
-    request is shared with a collective, so every process saves the same step; to keep that
-    collective off the step time it runs every `check_every_steps` steps only (all processes
-    on the same steps). A single process reacts at the next step.
+    TPU VMs and cloud schedulers send SIGTERM before preempting. A single process reacts at the
+    next step. With several processes every one must save the same step: JAX's preemption
+    service (started by jax.distributed.initialize) takes SIGTERM, agrees on the step through
+    the coordination service and `reached_preemption_sync_point` says when it is here; a step
+    costs no collective. SIGINT is handed to it as SIGTERM.
     """
 
-    def __init__(self, check_every_steps: int = 10):
-        self._requested = False
+    def __init__(self):
+        self._signalled = self._requested = False
         self._previous = {}
-        self.check_every_steps = check_every_steps
+        self.shared = jax.process_count() > 1
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            # Several processes: SIGTERM stays with JAX's preemption notifier.
+            for signum in (signal.SIGINT,) if self.shared else (signal.SIGTERM, signal.SIGINT):
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         del frame
-        if self._requested:
+        if self._signalled:
             os._exit(128 + signum)
-        self._requested = True
+        self._signalled = True
+        self._requested = not self.shared
         print(f"Received {signal.Signals(signum).name}: finishing this step and saving "
               "(send it again to exit at once).", flush=True)
+        if self.shared:
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    def requested(self, step: int, force_check: bool = False) -> bool:
-        """Whether to stop after `step`: any process signalled, as of the last shared check.
-        Every process calls it every step with the same arguments."""
-        if jax.process_count() == 1:
-            return self._requested
-        if force_check or step % self.check_every_steps == 0:
-            flags = multihost_utils.process_allgather(np.asarray(self._requested, np.int32))
-            return bool(np.any(flags))
-        return False
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step`. Every process calls it at every step."""
+        if self.shared:
+            self._requested = multihost_utils.reached_preemption_sync_point(step)
+        return self._requested
 
     @property
     def stopped(self) -> bool:
@@ -146,13 +157,13 @@ class PreemptionHandler:
 def write_config_snapshot(config, workdir: str) -> None:
     """config.json, and a copy of the tokenizer's vocabulary, so the workdir stands alone."""
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        paths.makedirs(workdir)
+        paths.write_text(paths.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2, sort_keys=True))
         vocabulary = config.tokenizer.get("vocabulary_file")
-        if vocabulary and os.path.abspath(vocabulary) != os.path.abspath(
-                os.path.join(workdir, "vocabulary.txt")):
-            shutil.copyfile(vocabulary, os.path.join(workdir, "vocabulary.txt"))
+        copy = paths.join(workdir, "vocabulary.txt")
+        if vocabulary and not paths.same(vocabulary, copy):
+            paths.copy(vocabulary, copy)
 
 
 def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
@@ -169,14 +180,15 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     trainer = Trainer(config, mesh=mesh, plan=plan)
     config = trainer.config  # the snapshot: what was checked is what runs
     write_config_snapshot(config, workdir)
-    manager = checkpoint.create_manager(workdir, max_to_keep=config.keep_checkpoints)
-    state = trainer.initial_state(manager)
+    manager = checkpoint.create_manager(workdir, keep=config.keep_checkpoints,
+                                        best_by=config.get("keep_best_by"),
+                                        best_mode=config.keep_best_mode)
+    state, data_state = trainer.initial_state(manager)
     start_step = int(jax.device_get(state["step"]))
 
-    writer = MetricWriter(workdir, config.total_steps, resume_step=start_step)
-    data_state = checkpoint.load_data_states(workdir).get(str(start_step)) or {
-        # Runs saved before positions were recorded: the order was step-based.
-        "position": start_step * config.batch_size, "skipped": 0}
+    writer = MetricWriter(workdir, config.total_steps, resume_step=start_step, config=config)
+    # A checkpoint without an input position (imported weights) continues the step-based order.
+    data_state = data_state or {"position": start_step * config.batch_size, "skipped": 0}
     if start_step and jax.process_index() == 0:
         print(f"Input continues at position {data_state['position']}.", flush=True)
     train_batches = pipeline.train_batches(config, trainer.tokenizer,
@@ -194,17 +206,12 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     eval_data = open_eval_data(trainer, evaluation.needs_probe) if evaluation else None
     eval_metrics: dict[str, float] = {}
 
-    best = (checkpoint.BestCheckpoint(workdir, config.keep_best_by, config.keep_best_mode)
-            if config.get("keep_best_by") else None)
-
     def run_eval(step: int) -> None:
         nonlocal eval_metrics
         eval_started = time.time()
         eval_metrics = evaluation.evaluate(state["params"], eval_data)
         eval_metrics["eval/seconds"] = time.time() - eval_started
         writer.write(step, eval_metrics)
-        if best is not None:
-            best.update(step, state, eval_metrics)
         if jax.process_index() == 0:
             print(f"eval at step {step}: " + ", ".join(
                 f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()
@@ -234,26 +241,28 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
                 train_batches.check_bad_fraction(skipped, train_batches.position,
                                                  config.data.max_bad_fraction)
                 throughput.restart(step)
-            stop = preemption.requested(step, force_check=is_last)
-            if step % config.checkpoint_every_steps == 0 or is_last or stop:
+            stop = preemption.requested(step)
+            evaluated = evaluation is not None and not stop and (
+                (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last)
+            if evaluated:
+                run_eval(step)
+            # With keep_best_by each evaluated step is saved with its metrics: orbax's policy
+            # then keeps the best beside the latest.
+            saving = (step % config.checkpoint_every_steps == 0 or is_last or stop
+                      or (evaluated and bool(config.get("keep_best_by"))))
+            if saving:
                 check_finite(trainer, state)
-                skipped = skipped_so_far()
-                if jax.process_index() == 0:
-                    checkpoint.save_data_state(workdir, step, {
-                        "position": train_batches.position, "skipped": skipped,
-                        "global_batch_size": config.batch_size, "train": config.data.train,
-                        "seed": config.seed}, manager.all_steps())
-                checkpoint.save(manager, step, state)
-                throughput.restart(step)
+                checkpoint.save(manager, step, state, data_state={
+                    "position": train_batches.position, "skipped": skipped_so_far(),
+                    "global_batch_size": config.batch_size, "train": config.data.train,
+                    "seed": config.seed}, eval_metrics=eval_metrics if evaluated else None)
+            if evaluated or saving:
+                throughput.restart(step)  # steps/s counts training only
             if stop:
                 if jax.process_index() == 0:
                     print(f"Stopped by a signal: saved step {step} to {manager.directory}; run the "
                           "same command to continue.", flush=True)
                 break
-            if evaluation is not None and (
-                    (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last):
-                run_eval(step)
-                throughput.restart(step)  # steps/s counts training only
         if start_step >= config.total_steps and evaluation is not None:
             run_eval(start_step)
     finally:
@@ -261,12 +270,10 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
         preemption.restore()
         manager.wait_until_finished()
         manager.close()
-        if best is not None:
-            best.close()
         writer.close()
     if preemption.stopped:
         return {}
     if jax.process_index() == 0 and eval_metrics:
-        with open(os.path.join(workdir, "eval_results.json"), "w") as f:
-            json.dump({"step": config.total_steps, **eval_metrics}, f, indent=2)
+        paths.write_text(paths.join(workdir, "eval_results.json"), json.dumps(
+            {"step": config.total_steps, **eval_metrics}, indent=2))
     return eval_metrics

@@ -92,13 +92,14 @@ class Trainer:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
         return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
-    def initial_state(self, manager) -> dict[str, Any]:
-        """The resume order: this workdir's latest checkpoint; else config.init_from; else fresh."""
+    def initial_state(self, manager) -> tuple[dict[str, Any], dict | None]:
+        """The resume order: this workdir's latest checkpoint; else config.init_from; else fresh.
+        Returns the state and the input position saved with it (None when starting)."""
         latest = manager.latest_step()
         if latest is not None:
             if jax.process_index() == 0:
                 print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
-            return self.restore(manager, latest)
+            return self._restore(manager, latest)
         state = self.create_state()
         init_from = self.config.init_from.get("checkpoint")
         if init_from:
@@ -108,10 +109,13 @@ class Trainer:
             if jax.process_index() == 0:
                 print(f"Initialised {list(prefixes) or 'all parameters'} from {init_from}.",
                       flush=True)
-        return state
+        return state, None
 
     def restore(self, manager, step: int) -> dict[str, Any]:
-        """A checkpoint laid out for this trainer's mesh, whatever mesh saved it."""
+        """A checkpoint's train state laid out for this trainer's mesh, whatever mesh saved it."""
+        return self._restore(manager, step)[0]
+
+    def _restore(self, manager, step: int):
         return checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
             self.abstract_state, self.state_shardings))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import copy_run, one_device_mesh
-from mmjax import evaluation, sharding, train
+from mmjax import checkpoint, evaluation, sharding, train
 from mmjax.trainer import Trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +198,7 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
     workdir, _ = finished_run
     model = inference.load(workdir)
     trainer = Trainer(tiny_config, mesh=one_device_mesh())
-    state = trainer.restore(checkpoint.create_manager(workdir, max_to_keep=None), 8)
+    state = trainer.restore(checkpoint.create_manager(workdir, keep=None), 8)
     batch = next(evaluation.open_eval_data(trainer, needs_probe=False).batches())
     expected = jax.device_get(evaluation.Evaluation(trainer).encode_step(
         state["params"], trainer.global_batch(batch, keys=tuple(evaluation.EVAL_INPUTS))))
@@ -217,6 +217,8 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
 
 
 def test_best_checkpoint_by_an_eval_metric_is_kept_beside_the_last(tiny_config, tmp_path):
+    """orbax's preservation policy keeps the latest and the best (the earliest among equal
+    values); each checkpoint holds its input position and, when evaluated, its metrics."""
     metric = "eval/mmjax_shapes/t2i_recall@5"
     tiny_config.keep_best_by = metric
     tiny_config.eval_every_steps = 2
@@ -226,12 +228,17 @@ def test_best_checkpoint_by_an_eval_metric_is_kept_beside_the_last(tiny_config, 
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = [(r[metric], -r["step"]) for r in map(json.loads, f) if metric in r]
     assert [-step for _, step in evals] == [2, 4, 6, 8]
-    best_value, best_step = max(evals)  # the earliest step among equal values
-    with open(os.path.join(workdir, "best", "best.json")) as f:
-        record = json.load(f)
-    assert (record["step"], record["value"]) == (-best_step, best_value)
-    assert sorted(os.listdir(os.path.join(workdir, "best"))) == sorted(["best.json", str(-best_step)])
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]
+    best_value, best_step = max(evals)
+    best_step = -best_step
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert sorted(int(d) for d in os.listdir(checkpoints) if d.isdigit()) == sorted({best_step, 8})
+    with checkpoint.create_manager(workdir, keep=1, best_by=metric) as manager:
+        assert manager.best_step() == best_step
+    with open(os.path.join(checkpoints, str(best_step), "metrics", "metrics")) as f:
+        assert json.load(f)[metric] == best_value
+    assert checkpoint.saved_data_state(workdir, best_step)["position"] == best_step * 16
+    assert not os.path.exists(os.path.join(workdir, "data_state.json"))
+    assert not os.path.exists(os.path.join(workdir, "best"))
 
 
 def test_eval_writes_a_report_and_numbers_a_brute_force_recount_confirms(finished_run, tiny_config,

@@ -282,8 +282,8 @@ def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path
     config.init_from.checkpoint = str(pretrained)
     config.init_from.params = ("image_tower", "text_tower", "fusion_encoder")
     trainer = Trainer(config, mesh=one_device_mesh())
-    manager = checkpoint.create_manager(str(tmp_path / "vqa"), max_to_keep=1)
-    state = trainer.initial_state(manager)
+    manager = checkpoint.create_manager(str(tmp_path / "vqa"), keep=1)
+    state, _ = trainer.initial_state(manager)
     loaded = checkpoint.load_params(str(pretrained))
     got = state["params"]["fusion_encoder"]["itm_head"]["kernel"][...]
     np.testing.assert_array_equal(got, loaded["fusion_encoder/itm_head/kernel"])

@@ -1,8 +1,10 @@
-"""Two processes x 4 CPU devices (jax.distributed on loopback, gloo) log the same losses as
-one process x 8 devices: the global batch at a step does not depend on the number of processes."""
+"""Two processes x 4 CPU devices (jax.distributed on loopback, gloo): they log the same losses as
+one process x 8 devices (the global batch at a step does not depend on the number of
+processes), and a SIGTERM to one of them stops both at the same saved step."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,20 +25,24 @@ def losses(workdir):
         return {r["step"]: r["train/loss"] for r in map(json.loads, f) if "train/loss" in r}
 
 
+def start_two(workdir, tfds_dir, *overrides):
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    command = [sys.executable, "-u", os.path.join(REPO_ROOT, "main.py"),
+               f"--config={os.path.join(REPO_ROOT, 'tests', 'tiny_config.py')}",
+               f"--workdir={workdir}", f"--config.data.tfds_data_dir={tfds_dir}",
+               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", *overrides]
+    return [subprocess.Popen(command + [f"--process_id={i}"], env=env, cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+
 def test_two_processes_match_one(finished_run, tfds_dir, tmp_path):
     single, single_metrics = finished_run  # 1 process x 8 devices
 
     multi = str(tmp_path / "multi")
-    port = free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, os.path.join(REPO_ROOT, "main.py"),
-               f"--config={os.path.join(REPO_ROOT, 'tests', 'tiny_config.py')}",
-               f"--workdir={multi}", f"--config.data.tfds_data_dir={tfds_dir}",
-               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    processes = [subprocess.Popen(command + [f"--process_id={i}"], env=env, cwd=REPO_ROOT,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(2)]
+    processes = start_two(multi, tfds_dir)
     outputs = []
     for process in processes:
         try:
@@ -57,3 +63,32 @@ def test_two_processes_match_one(finished_run, tfds_dir, tmp_path):
     for name, value in single_metrics.items():
         if name != "eval/seconds":
             assert multi_eval[name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both_and_exits_zero(tfds_dir, tmp_path):
+    """JAX's preemption service shares the notice: both processes stop after the same step,
+    save it together and exit 0."""
+    workdir = str(tmp_path / "preempted")
+    processes = start_two(workdir, tfds_dir, "--config.total_steps=1000",
+                          "--config.checkpoint_every_steps=1000")
+    head = []
+    for line in processes[0].stdout:
+        head.append(line)
+        if line.startswith("step      4/"):
+            break
+    processes[0].send_signal(signal.SIGTERM)
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=180)[0])
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        pytest.fail("the preempted processes did not stop within 3 minutes")
+    outputs[0] = "".join(head) + outputs[0]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert len(saved) == 1 and 4 <= saved[0] < 1000, (saved, outputs[0][-2000:])
+    assert f"saved step {saved[0]}" in outputs[0]
+    assert os.path.exists(os.path.join(workdir, "checkpoints", str(saved[0]), "data"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import datasets, make_shards, pipeline, shards, synthetic
-from mmjax import tokenizers
+from mmjax import checkpoint, tokenizers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
@@ -174,10 +174,10 @@ def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data
         expected[step] = batches.skipped
     assert logged == {9: expected[9], 18: expected[18]}
     assert logged[18] >= NUM_CORRUPT
-    with open(os.path.join(workdir, "data_state.json")) as f:
-        state = json.load(f)
-    assert state["18"]["position"] == 288 and state["18"]["skipped"] == logged[18]
-    assert state["9"]["position"] == 144
+    # The input position is saved inside each checkpoint.
+    final = checkpoint.saved_data_state(workdir, 18)
+    assert final["position"] == 288 and final["skipped"] == logged[18]
+    assert checkpoint.saved_data_state(workdir, 9)["position"] == 144
 
 
 def _varied_captions(count, seed=0):

@@ -133,20 +133,80 @@ def test_the_wait_for_input_is_measured_per_interval():
     assert throughput.data_wait == 0.0
 
 
-def test_preemption_is_shared_every_few_steps_not_every_step(monkeypatch):
-    """With several processes, the signal flag is all-gathered every check_every_steps steps
-    (and when forced), not at every step."""
+def test_several_processes_agree_on_the_preemption_step_without_a_collective(monkeypatch):
+    """With several processes SIGTERM is left to JAX's preemption service, and the loop asks
+    its sync point at each step: no collective (the all-gather is made to fail here)."""
+    import signal
+
     from jax.experimental import multihost_utils
 
-    calls = []
+    asked = []
     monkeypatch.setattr(jax, "process_count", lambda: 2)
     monkeypatch.setattr(multihost_utils, "process_allgather",
-                        lambda x: calls.append(int(x)) or np.asarray([x, 1]))
-    handler = train.PreemptionHandler(check_every_steps=10)
+                        lambda x: pytest.fail("a collective for preemption"))
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                        lambda step: asked.append(step) or step == 57)
+    handler = train.PreemptionHandler()
     try:
+        assert signal.getsignal(signal.SIGTERM) != handler._handle
+        assert signal.getsignal(signal.SIGINT) == handler._handle
         stops = [handler.requested(step) for step in range(1, 101)]
-        assert len(calls) == 10
-        assert stops == [step % 10 == 0 for step in range(1, 101)]  # the other process asked
-        assert handler.requested(7, force_check=True) and len(calls) == 11
+        assert asked == list(range(1, 101))
+        assert stops == [step == 57 for step in range(1, 101)]
     finally:
         handler.restore()
+
+
+def _wandb_history(run_file: str) -> dict[int, dict[str, float]]:
+    """The history records of an offline W&B run file: protobuf Records in 32 KiB blocks of
+    chunks, each chunk behind a 7-byte header (checksum, length, kind: 1 whole, 2-4 parts)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = open(run_file, "rb").read()
+    position, pending, history = 7, b"", {}  # after the file header
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+        if kind == 0:
+            break
+        pending += chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record.FromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "history":
+                items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                         for item in record.history.item}
+                history[record.history.step.num] = {k: v for k, v in items.items()
+                                                    if not k.startswith("_")}
+    return history
+
+
+def test_the_wandb_writer_logs_what_metrics_jsonl_gets(tiny_config, tmp_path):
+    """config.wandb.project turns on the W&B writer beside JSONL and TensorBoard (offline here:
+    the run file is read back), with a run id that a resumed run shares."""
+    import glob
+
+    from mmjax.metric_writers import MetricWriter
+
+    tiny_config.wandb.update(project="mmjax-tests", mode="offline")
+    workdir = str(tmp_path / "run")
+    writer = MetricWriter(workdir, total_steps=3, config=tiny_config)
+    logged = {step: {"train/loss": 1.0 / step, "eval/x/i2t_recall@1": 0.25 * step}
+              for step in (1, 2, 3)}
+    for step, metrics in logged.items():
+        writer.write(step, metrics)
+    writer.close()
+    assert {r["step"]: {k: v for k, v in r.items() if k != "step"}
+            for r in read_metrics(workdir)} == logged
+    (run_file,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
+    assert _wandb_history(run_file) == logged
+    resumed = MetricWriter(workdir, total_steps=3, resume_step=3, config=tiny_config)
+    resumed.close()
+    run_ids = {os.path.basename(p).split("-")[-1]
+               for p in glob.glob(os.path.join(workdir, "wandb", "offline-run-*"))}
+    assert len(run_ids) == 1

