@@ -23,6 +23,10 @@ from mmjax import paths
 from mmjax.conventions import parameter_name, under_prefixes
 
 STATE, DATA = "state", "data"
+# Before 2026-12-02 the train state was orbax's single item and the input positions sat in
+# WORKDIR/data_state.json: such checkpoints still load as parameters (init_from, a teacher,
+# inference), but are not resumed.
+LEGACY_STATE = "default"
 
 
 def create_manager(workdir: str, *, keep: int | None, best_by: str | None = None,
@@ -108,8 +112,9 @@ def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
 
 def saved_parameter_shapes(directory: str, step: int) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape in a checkpoint, from its metadata (no array is read)."""
+    item = _state_item(directory, step)
     with _reader(directory) as manager:
-        saved = manager.item_metadata(step)[STATE]
+        saved = manager.item_metadata(step)[item]
     return {name: tuple(leaf.shape)
             for name, leaf in _flat(saved["params"], saved_variables=True).items()}
 
@@ -122,10 +127,20 @@ def saved_data_state(path: str, step: int) -> dict:
             **{DATA: ocp.args.JsonRestore()}))[DATA]
 
 
+def is_legacy(directory: str, step: int) -> bool:
+    """Whether the checkpoint at `step` has the layout of before the input position moved in."""
+    return not paths.exists(paths.join(directory, str(step), STATE)) and paths.exists(
+        paths.join(directory, str(step), LEGACY_STATE))
+
+
+def _state_item(directory: str, step: int) -> str:
+    return LEGACY_STATE if is_legacy(directory, step) else STATE
+
+
 def _reader(directory: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, item_handlers={
-        STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(read_only=True))
+        STATE: ocp.StandardCheckpointHandler(), LEGACY_STATE: ocp.StandardCheckpointHandler(),
+        DATA: ocp.JsonCheckpointHandler()}, options=ocp.CheckpointManagerOptions(read_only=True))
 
 
 def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
@@ -140,9 +155,10 @@ def _flat(tree, saved_variables: bool = False) -> dict[str, Any]:
 def load_params(path: str) -> dict[str, np.ndarray]:
     """The parameters of a checkpoint as a flat {name: array} dict, on the host."""
     directory, step = find_checkpoint(path)
+    item = _state_item(directory, step)
     with _reader(directory) as manager:
         restored = manager.restore(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore()}))[STATE]
+            **{item: ocp.args.StandardRestore()}))[item]
     return {name: np.asarray(value)
             for name, value in _flat(restored["params"], saved_variables=True).items()}
 

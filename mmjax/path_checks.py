@@ -46,6 +46,13 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
             c.flag("--workdir", workdir, f"cannot be written ({existing} is not writable)",
                    "give a folder you can write to")
     found = _find(workdir)
+    if found and checkpoint.is_legacy(*found):
+        c.flag("--workdir", workdir, "holds checkpoints in the layout of mmjax before 2026-12-02 "
+               "(checkpoints/STEP/default and data_state.json), which this version does not "
+               "resume", "finish that run with the version that started it, or start a new "
+               f"--workdir with --config.init_from.checkpoint={workdir} (its parameters load); "
+               "nothing was changed there")
+        return
     if needs_checkpoint and not found:
         c.flag("--workdir", workdir, "holds no checkpoint to evaluate",
                "train first, or give a workdir that has checkpoints/")

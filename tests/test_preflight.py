@@ -5,6 +5,7 @@ import os
 import re
 
 import jax
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, copy_run
@@ -250,6 +251,38 @@ def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_conf
                      message, re.S)
     after = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
     assert after == before  # nothing was written
+
+
+def test_a_workdir_of_the_older_checkpoint_layout_is_refused_its_parameters_load(
+        finished_run, tiny_config, tmp_path):
+    """Checkpoints saved as orbax's single item with data_state.json beside them (before the
+    input position moved into the checkpoint): not resumed, said so, left as they are; their
+    parameters still load (init_from, a teacher, inference)."""
+    import orbax.checkpoint as ocp
+
+    from mmjax import checkpoint
+
+    directory, step = checkpoint.find_checkpoint(finished_run[0])
+    with ocp.CheckpointManager(directory, item_handlers={
+            "state": ocp.StandardCheckpointHandler()}) as manager:
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore()))["state"]
+    old = tmp_path / "old"
+    with ocp.CheckpointManager(str(old / "checkpoints"),
+                               item_handlers=ocp.StandardCheckpointHandler()) as manager:
+        manager.save(step, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+    (old / "data_state.json").write_text("{}")
+    before = sorted(os.listdir(old / "checkpoints" / str(step)))
+    assert re.search(r"--workdir = .*old': holds checkpoints in the layout of mmjax before "
+                     r"2026-12-02.*Fix: finish that run .* --config.init_from.checkpoint=",
+                     problems(tiny_config, workdir=str(old)), re.S)
+    assert sorted(os.listdir(old / "checkpoints" / str(step))) == before
+    assert "default" in before and "state" not in before
+    loaded, expected = checkpoint.load_params(str(old)), checkpoint.load_params(finished_run[0])
+    assert sorted(loaded) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(loaded[name], expected[name])
 
 
 def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatch):
