@@ -1,27 +1,27 @@
 """Converts users' captioned images into mmjax shards (see input_pipeline/shards.py).
 
     python -m input_pipeline.make_shards --input=captions.csv --output_dir=/data/my_shards
+    python -m input_pipeline.make_shards --input='/data/laion/*.tar' --output_dir=gs://b/laion
 
-Inputs:
-- CSV with a header: columns `image` (a path relative to the CSV file) and `caption`; optional
-  `split` (default "train") and `label` (an integer). Several rows with one image give it several
-  captions.
-- JSONL: one object per line with the same keys; `caption` may also be a list (or use `captions`).
-- A folder: every image (jpg, jpeg, png, gif, bmp, webp) with a same-named .txt beside it, one
-  caption per line. Images under a top-level train/, validation/ or test/ folder go to that split.
+Inputs (input_pipeline/sources.py): a CSV or JSONL table, a folder of images with .txt
+captions, webdataset .tar shards as img2dataset writes them, or parquet files.
 
-Images are copied as they are (never decoded or re-encoded here): the training pipeline decodes
-them and skips, counting, those it cannot. Missing or unreadable files are left out and listed in
-metadata.json. Files are read in parallel threads; everything is written to a temporary folder and moved
-into place at the end, metadata.json last, so an interrupted or repeated run never leaves a mix;
-a run whose input has not changed since the last complete one does nothing.
+Examples stream from the reader to the shard writer a window at a time, so memory does not grow
+with the dataset. Images are copied as they are (never re-encoded); by default each is decoded
+once (at a reduced scale) to leave out those that cannot be, and the training pipeline still
+skips, counting, any it cannot decode. What is left out is counted and named in metadata.json.
+
+The shards depend only on the input and the options: files are read by parallel threads but
+written in input order, so any number of workers gives byte-identical shards. Shards are written
+to a staging folder named by the input's fingerprint; an interrupted run, started again, goes on
+from its last finished shard; at the end they move into place, metadata.json last, so the output
+never holds a mix. A run whose input has not changed since the last complete one does nothing.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import hashlib
+import itertools
 import json
 from multiprocessing.pool import ThreadPool
 import os
@@ -30,108 +30,25 @@ import sys
 import tempfile
 import time
 
-from input_pipeline import shards
+from input_pipeline import shards, sources
 from mmjax import paths
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-SPLIT_FOLDERS = ("train", "validation", "test")
+PROGRESS = "progress.json"
+LEFT_OUT = ("unreadable", "undecodable", "no_caption_file")
 
 
-@dataclasses.dataclass
-class Example:
-    image_path: str  # absolute
-    key: str  # as the input named it
-    captions: list[str]
-    split: str = "train"
-    label: int = -1
-
-
-def _add(examples: dict, key, image_path: str, captions, split: str, label) -> None:
-    split = split or "train"
-    example = examples.setdefault((split, key), Example(image_path, key, [], split))
-    example.captions.extend(captions)
-    if label not in (None, ""):
-        example.label = int(label)
-
-
-def read_table(path: str) -> list[Example]:
-    """Rows of a CSV or JSONL file, merged per (split, image), in first-appearance order."""
-    base = os.path.dirname(os.path.abspath(path))
-    examples: dict = {}
-    if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"image", "caption"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; it has "
-                                 f"{reader.fieldnames}. Name them image and caption (optional: "
-                                 "split, label).")
-            for row in reader:
-                _add(examples, row["image"], os.path.join(base, row["image"]), [row["caption"]],
-                     row.get("split"), row.get("label"))
-    elif path.endswith((".jsonl", ".json")):
-        with open(path, encoding="utf-8") as f:
-            for line_number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                captions = row.get("captions", row.get("caption"))
-                if "image" not in row or captions is None:
-                    raise ValueError(f"{path}:{line_number} needs the keys image and caption "
-                                     f"(or captions); it has {sorted(row)}.")
-                captions = [captions] if isinstance(captions, str) else list(captions)
-                _add(examples, row["image"], os.path.join(base, row["image"]), captions,
-                     row.get("split"), row.get("label"))
-    else:
-        raise ValueError(f"{path}: give a .csv or .jsonl file, or a folder of images with "
-                         ".txt captions.")
-    return list(examples.values())
-
-
-def read_folder(directory: str) -> tuple[list[Example], list[str]]:
-    """Images with a same-named .txt; the second list names images that have none."""
-    examples, uncaptioned = [], []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            stem, extension = os.path.splitext(name)
-            if extension.lower() not in IMAGE_EXTENSIONS:
-                continue
-            image_path = os.path.join(root, name)
-            key = os.path.relpath(image_path, directory)
-            caption_path = os.path.join(root, stem + ".txt")
-            if not os.path.exists(caption_path):
-                uncaptioned.append(key)
-                continue
-            with open(caption_path, encoding="utf-8") as f:
-                captions = [line.strip() for line in f if line.strip()]
-            top = key.split(os.sep)[0]
-            examples.append(Example(image_path, key, captions,
-                                    top if top in SPLIT_FOLDERS and top != key else "train"))
-    return examples, uncaptioned
-
-
-def _read_image(example: Example) -> tuple[bytes | None, str]:
-    try:
-        with open(example.image_path, "rb") as f:
-            return f.read(), ""
-    except OSError as e:
-        return None, f"{example.key}: {e.strerror or e}"
-
-
-def _fingerprint(input_path: str, examples_per_shard: int) -> str:
-    """Changes when the input (the table, or any file of the folder) changes."""
-    digest = hashlib.sha256(f"{os.path.abspath(input_path)}|{examples_per_shard}".encode())
-    paths = [input_path] if os.path.isfile(input_path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(input_path) for name in names)
-    for path in paths:
+def _fingerprint(input_path: str, files: list[str], options: dict) -> str:
+    """Changes when the input (the table, or any file it is made of) or an option changes."""
+    digest = hashlib.sha256(json.dumps([os.path.abspath(input_path), options],
+                                       sort_keys=True).encode())
+    for path in files:
         stat = os.stat(path)
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 
 class Progress:
-    def __init__(self, total: int, stream=sys.stderr):
+    def __init__(self, total: int | None, stream=sys.stderr):
         self.total, self.done, self.stream, self.started = total, 0, stream, time.time()
         self.last_print = 0.0
 
@@ -139,26 +56,99 @@ class Progress:
         self.done += count
         now = time.time()
         if now - self.last_print > 0.5 or self.done == self.total:
-            rate = self.done / max(now - self.started, 1e-9)
-            eta = (self.total - self.done) / max(rate, 1e-9)
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
-                              f" images, {rate:.0f}/s, ETA {eta:.0f}s ")
-            if self.done == self.total:
-                self.stream.write("\n")
-            self.stream.flush()
             self.last_print = now
+            rate = self.done / max(now - self.started, 1e-9)
+            if self.total:
+                eta = (self.total - self.done) / max(rate, 1e-9)
+                filled = int(30 * self.done / max(self.total, 1))
+                self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/"
+                                  f"{self.total} images, {rate:.0f}/s, ETA {eta:.0f}s ")
+            else:
+                self.stream.write(f"\r{self.done} images, {rate:.0f}/s ")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write("\n")
+
+
+def _load(example: sources.Example, check_images: bool) -> tuple[bytes | None, str, str]:
+    """(bytes or None, the left_out list it goes to, why)."""
+    try:
+        data = example.load()
+    except OSError as e:
+        return None, "unreadable", f"{example.key}: {e.strerror or e}"
+    problem = sources.check_decodes(data) if check_images else None
+    if problem:
+        return None, "undecodable", f"{example.key}: {problem}"
+    return data, "", ""
+
+
+class SplitWriter:
+    """One split's shards, `examples_per_shard` each, written in input order; after each
+    finished shard the progress (input items consumed, ids given, what was left out) is saved,
+    which is where a restarted run goes on from."""
+
+    def __init__(self, staging: str, split: str, examples_per_shard: int, state: dict,
+                 save_progress):
+        self.staging, self.split, self.examples_per_shard = staging, split, examples_per_shard
+        self.state, self.save_progress = state, save_progress
+        self.writer = None
+
+    def add(self, data: bytes, example: sources.Example) -> None:
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        if self.writer is None:
+            name = f"{self.split}-{len(self.state['shards']):05d}.array_record"
+            self.writer = ArrayRecordWriter(os.path.join(self.staging, name),
+                                            shards.WRITER_OPTIONS)
+        self.writer.write(shards.encode_record(data, example.captions, self.state["written"],
+                                               example.key, example.label))
+        self.state["written"] += 1
+        self.state["captions"] += len(example.captions)
+        if self.state["written"] % self.examples_per_shard == 0:
+            self.finish_shard()
+
+    def finish_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.state["shards"].append(self.state["written"])
+        self.save_progress()
+
+
+def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, window: int,
+                   check_images: bool, progress: Progress | None) -> None:
+    state = writer.state
+    items = itertools.islice(source.stream(split), state["consumed"], None)
+    while True:
+        chunk = list(itertools.islice(items, window))  # bounded: a window of images at a time
+        if not chunk:
+            break
+        examples = [item for item in chunk if isinstance(item, sources.Example)]
+        loaded = iter(pool.map(lambda e: _load(e, check_images), examples, chunksize=4))
+        for item in chunk:
+            state["consumed"] += 1  # before add(): a shard finished here includes this item
+            if isinstance(item, sources.LeftOut):
+                state["left_out"][item.reason].append(item.what)
+                continue
+            data, reason, why = next(loaded)
+            if data is None:
+                state["left_out"][reason].append(why)
+            else:
+                writer.add(data, item)
+            if progress:
+                progress.advance()
+    writer.finish_shard()
 
 
 def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 10_000,
-                workers: int | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
+                workers: int | None = None, overwrite: bool = False, quiet: bool = False,
+                check_images: bool = True, columns: sources.ParquetColumns | None = None) -> dict:
     """Writes the shards and returns the metadata (also in output_dir/metadata.json)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
-    if not os.path.exists(input_path):
-        raise FileNotFoundError(f"--input {input_path} does not exist.")
-    fingerprint = _fingerprint(input_path, examples_per_shard)
+    source = sources.open_input(input_path, columns)
+    options = {"examples_per_shard": examples_per_shard, "check_images": check_images,
+               "columns": vars(columns or sources.ParquetColumns())}
+    fingerprint = _fingerprint(input_path, source.files, options)
     metadata_path = paths.join(output_dir, shards.METADATA)
     if paths.exists(metadata_path) and not overwrite:
         previous = json.loads(paths.read_text(metadata_path))
@@ -168,80 +158,86 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                       "(--overwrite to write it again).")
             return previous
 
-    if os.path.isdir(input_path):
-        examples, uncaptioned = read_folder(input_path)
-    else:
-        examples, uncaptioned = read_table(input_path), []
-    if not examples:
-        raise ValueError(f"{input_path} has no captioned images.")
-
-    splits: dict[str, list[Example]] = {}
-    for example in examples:
-        splits.setdefault(example.split, []).append(example)
     paths.makedirs(output_dir)
-    # Written locally, then moved in: beside the output, or in a temporary folder for a bucket.
-    staging = (tempfile.mkdtemp(prefix="mmjax_shards_") if paths.is_cloud(output_dir)
-               else os.path.join(output_dir, f".partial-{os.getpid()}"))
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    unreadable: list[str] = []
-    split_info = {}
-    progress = None if quiet else Progress(len(examples))
-    # Threads: reading files releases the GIL, and nothing here is decoded.
-    with ThreadPool(workers or 2 * (os.cpu_count() or 1)) as pool:
-        for split, members in sorted(splits.items()):
-            # Unreadable files are dropped before ids are given, so ids stay contiguous.
-            readable = []
-            for example, (data, error) in zip(
-                    members, pool.imap(_read_image, members, chunksize=16)):
-                if data is None:
-                    unreadable.append(error)
-                else:
-                    readable.append((example, data))
-                if progress:
-                    progress.advance()
-            count = max(1, -(-len(readable) // examples_per_shard))
-            names = [shards.shard_name(split, i, count) for i in range(count)]
-            for index, name in enumerate(names):
-                writer = ArrayRecordWriter(os.path.join(staging, name), shards.WRITER_OPTIONS)
-                first = index * examples_per_shard
-                for example_id in range(first, min(first + examples_per_shard, len(readable))):
-                    example, data = readable[example_id]
-                    writer.write(shards.encode_record(data, example.captions, example_id,
-                                                      example.key, example.label))
-                writer.close()
-            split_info[split] = {
-                "num_examples": len(readable),
-                "num_captions": sum(len(e.captions) for e, _ in readable),
-                "files": names,
-            }
+    # Beside the output, or in the local temporary folder for a bucket; named by the
+    # fingerprint, so a run of the same conversion finds it again.
+    staging = (os.path.join(tempfile.gettempdir(), f"mmjax_shards_{fingerprint[:16]}")
+               if paths.is_cloud(output_dir)
+               else os.path.join(output_dir, f".partial-{fingerprint[:16]}"))
+    progress_path = os.path.join(staging, PROGRESS)
+    if overwrite or not os.path.exists(progress_path):
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        states = {}
+    else:
+        with open(progress_path) as f:
+            states = json.load(f)
+        if not quiet:
+            print(f"Resuming the conversion in {staging}.")
 
+    def save_progress():
+        with open(progress_path + ".tmp", "w") as f:
+            json.dump(states, f)
+        os.replace(progress_path + ".tmp", progress_path)
+
+    total = (len(source.examples) + len(source.left_out)
+             if isinstance(source, sources.ListedSource) else None)
+    progress = None if quiet else Progress(total)
+    with ThreadPool(workers or 2 * (os.cpu_count() or 1)) as pool:
+        for split in source.splits():
+            state = states.setdefault(split, {"consumed": 0, "written": 0, "captions": 0,
+                                              "shards": [], "left_out": {k: [] for k in LEFT_OUT},
+                                              "done": False})
+            if state["done"]:
+                continue
+            writer = SplitWriter(staging, split, examples_per_shard, state, save_progress)
+            _convert_split(source, split, writer, pool, 64 * (workers or os.cpu_count() or 1),
+                           check_images, progress)
+            state["done"] = True
+            save_progress()
+    if progress:
+        progress.close()
+    if sum(s["written"] for s in states.values()) == 0:
+        raise ValueError(f"{input_path} has no usable captioned images.")
+    return _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet)
+
+
+def _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet) -> dict:
+    split_info, left_out = {}, {k: [] for k in LEFT_OUT}
+    renames = {}
+    for split, state in sorted(states.items()):
+        count = len(state["shards"])
+        names = [shards.shard_name(split, i, count) for i in range(count)]
+        renames.update({f"{split}-{i:05d}.array_record": n for i, n in enumerate(names)})
+        split_info[split] = {"num_examples": state["written"], "num_captions": state["captions"],
+                             "files": names}
+        for reason, names_left_out in state["left_out"].items():
+            left_out[reason] += names_left_out
     metadata = {
         "format": shards.FORMAT, "version": shards.VERSION,
         "input": os.path.abspath(input_path), "input_fingerprint": fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "splits": split_info,
-        "left_out": {"unreadable": unreadable, "no_caption_file": uncaptioned},
+        "splits": split_info, "left_out": left_out,
     }
     # Swap in: old shard files go, new ones move in, metadata.json last.
+    metadata_path = paths.join(output_dir, shards.METADATA)
     if paths.exists(metadata_path):
         paths.Path(metadata_path).unlink()
     for name in paths.listdir(output_dir):
         if name.endswith(".array_record"):
             paths.Path(paths.join(output_dir, name)).unlink()
-    for name in os.listdir(staging):
+    for staged, name in renames.items():
         if paths.is_cloud(output_dir):
-            paths.copy(os.path.join(staging, name), paths.join(output_dir, name))
-            os.remove(os.path.join(staging, name))
+            paths.copy(os.path.join(staging, staged), paths.join(output_dir, name))
         else:
-            os.replace(os.path.join(staging, name), os.path.join(output_dir, name))
-    os.rmdir(staging)
+            os.replace(os.path.join(staging, staged), os.path.join(output_dir, name))
+    shutil.rmtree(staging)
     paths.write_text(metadata_path, json.dumps(metadata, indent=2))
     if not quiet:
         for split, info in sorted(split_info.items()):
             print(f"{split}: {info['num_examples']} images, {info['num_captions']} captions, "
                   f"{len(info['files'])} file(s)")
-        for what, keys in metadata["left_out"].items():
+        for what, keys in left_out.items():
             if keys:
                 print(f"left out ({what.replace('_', ' ')}): {len(keys)}, first: {keys[:3]}")
         print(f"wrote {output_dir}; train on it with --config.data.train=shards:{output_dir}:train")
@@ -250,18 +246,26 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
 
 def main(argv) -> None:
     del argv
+    columns = sources.ParquetColumns(FLAGS.image_column, FLAGS.caption_column, FLAGS.key_column)
     make_shards(FLAGS.input, FLAGS.output_dir, examples_per_shard=FLAGS.examples_per_shard,
-                workers=FLAGS.workers, overwrite=FLAGS.overwrite)
+                workers=FLAGS.workers, overwrite=FLAGS.overwrite, check_images=FLAGS.check_images,
+                columns=columns)
 
 
 if __name__ == "__main__":
     from absl import app, flags
 
-    flags.DEFINE_string("input", None, "A .csv or .jsonl file, or a folder of images with .txt "
-                        "captions.", required=True)
-    flags.DEFINE_string("output_dir", None, "Where the shards go.", required=True)
+    flags.DEFINE_string("input", None, "A .csv or .jsonl file, a folder of images with .txt "
+                        "captions, or webdataset .tar / .parquet files (a folder or a glob).",
+                        required=True)
+    flags.DEFINE_string("output_dir", None, "Where the shards go (a folder or gs://...).",
+                        required=True)
     flags.DEFINE_integer("examples_per_shard", 10_000, "Images per ArrayRecord file.")
     flags.DEFINE_integer("workers", None, "Reader threads (default: two per core).")
     flags.DEFINE_bool("overwrite", False, "Write again even if the input has not changed.")
+    flags.DEFINE_bool("check_images", True, "Leave out images that do not decode.")
+    flags.DEFINE_string("image_column", "jpg", "Parquet: the column of image bytes.")
+    flags.DEFINE_string("caption_column", "caption", "Parquet: the caption column.")
+    flags.DEFINE_string("key_column", "key", "Parquet: the column naming each row (if any).")
     FLAGS = flags.FLAGS
     app.run(main)

@@ -39,7 +39,7 @@ def test_make_shards_writes_every_image_with_all_its_captions(user_data):
 def test_make_shards_is_safe_to_run_again(user_data, tmp_path, capsys):
     output = user_data["output"]
     before = {n: os.path.getmtime(os.path.join(output, n)) for n in os.listdir(output)}
-    make_shards.make_shards(user_data["csv"], output, examples_per_shard=100)
+    make_shards.make_shards(user_data["csv"], output, examples_per_shard=100, check_images=False)
     assert "nothing to do" in capsys.readouterr().out
     assert before == {n: os.path.getmtime(os.path.join(output, n)) for n in os.listdir(output)}
     # A different shard size rewrites: old files go, no staging folder is left behind.

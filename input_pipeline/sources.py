@@ -1,0 +1,259 @@
+"""What `make_shards` reads: captioned images in the layouts users and real datasets have them.
+
+- A CSV table with a header: `image` (a path relative to the file) and `caption`; optional
+  `split` (default "train") and `label` (an integer). Rows naming one image give it several
+  captions.
+- JSONL: one object per line with the same keys; `caption` may be a list (or use `captions`).
+- A folder: every image (jpg, jpeg, png, gif, bmp, webp) with a same-named .txt beside it, one
+  caption per line; images under a top-level train/, validation/ or test/ folder go there.
+- webdataset `.tar` shards as img2dataset writes them (`KEY.jpg|png|webp` + `KEY.txt`, optional
+  `KEY.json`): a folder of them or a glob. Streamed member by member.
+- Parquet files (a file, a folder or a glob) with image bytes and caption columns, img2dataset's
+  names by default (`jpg`, `caption`, `key`). Streamed a row group at a time.
+
+Each source gives its splits and, per split, a deterministic stream of `Example`s and
+`LeftOut`s (what cannot be used, named), in input order.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import json
+import os
+import re
+import tarfile
+from typing import Iterator
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+SPLIT_FOLDERS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass
+class Example:
+    key: str  # as the input names it
+    captions: list[str]
+    split: str = "train"
+    label: int = -1
+    image_path: str | None = None  # read when loaded, or
+    data: bytes | None = None  # already read (tar members, parquet cells)
+
+    def load(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.image_path, "rb") as f:
+            return f.read()
+
+
+@dataclasses.dataclass
+class LeftOut:
+    reason: str  # a metadata.json "left_out" list: unreadable, undecodable, no_caption_file
+    what: str
+
+
+@dataclasses.dataclass
+class ParquetColumns:
+    image: str = "jpg"
+    caption: str = "caption"
+    key: str = "key"
+
+
+class ListedSource:
+    """A table or a folder: the examples' metadata is listed up front (no image is read)."""
+
+    def __init__(self, examples: list[Example], left_out: list[LeftOut], files: list[str]):
+        self.examples, self.left_out, self.files = examples, left_out, files
+
+    def splits(self) -> list[str]:
+        return sorted({e.split for e in self.examples})
+
+    def stream(self, split: str) -> Iterator[Example | LeftOut]:
+        if split == self.splits()[0]:
+            yield from self.left_out  # found while listing: reported once, with the first split
+        yield from (e for e in self.examples if e.split == split)
+
+
+class StreamedSource:
+    """Files read one after another (tar shards, parquet files): one split, "train"."""
+
+    def __init__(self, files: list[str], read_file):
+        self.files, self._read_file = files, read_file
+
+    def splits(self) -> list[str]:
+        return ["train"]
+
+    def stream(self, split: str) -> Iterator[Example | LeftOut]:
+        for path in self.files:
+            yield from self._read_file(path)
+
+
+def open_input(input_path: str, columns: ParquetColumns | None = None):
+    """The source for a table, a folder (of images, of .tar or of .parquet files) or a glob."""
+    files = sorted(glob.glob(input_path)) if glob.has_magic(input_path) else (
+        [input_path] if os.path.isfile(input_path) else _files_under(input_path))
+    if not files:
+        raise FileNotFoundError(f"--input {input_path} does not exist or matches no file.")
+    if all(f.endswith(".tar") for f in files):
+        return StreamedSource(files, read_tar)
+    if all(f.endswith(".parquet") for f in files):
+        columns = columns or ParquetColumns()
+        return StreamedSource(files, lambda path: read_parquet(path, columns))
+    if os.path.isdir(input_path):
+        examples, uncaptioned = read_folder(input_path)
+        return ListedSource(examples, [LeftOut("no_caption_file", k) for k in uncaptioned], files)
+    if len(files) == 1 and files[0].endswith((".csv", ".jsonl", ".json")):
+        return ListedSource(read_table(files[0]), [], files)
+    raise ValueError(f"{input_path}: give a .csv or .jsonl file, a folder of images with .txt "
+                     "captions, or webdataset .tar / .parquet files (a folder or a glob).")
+
+
+def _files_under(directory: str) -> list[str]:
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
+                  for name in names)
+
+
+def _add(examples: dict, key, base: str, captions, split: str, label) -> None:
+    split = split or "train"
+    example = examples.setdefault((split, key), Example(key, [], split,
+                                                        image_path=os.path.join(base, key)))
+    example.captions.extend(captions)
+    if label not in (None, ""):
+        example.label = int(label)
+
+
+def read_table(path: str) -> list[Example]:
+    """Rows of a CSV or JSONL file, merged per (split, image), in first-appearance order."""
+    base = os.path.dirname(os.path.abspath(path))
+    examples: dict = {}
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"image", "caption"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; it has "
+                                 f"{reader.fieldnames}. Name them image and caption (optional: "
+                                 "split, label).")
+            for row in reader:
+                _add(examples, row["image"], base, [row["caption"]], row.get("split"),
+                     row.get("label"))
+    else:
+        with open(path, encoding="utf-8") as f:
+            for line_number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                captions = row.get("captions", row.get("caption"))
+                if "image" not in row or captions is None:
+                    raise ValueError(f"{path}:{line_number} needs the keys image and caption "
+                                     f"(or captions); it has {sorted(row)}.")
+                captions = [captions] if isinstance(captions, str) else list(captions)
+                _add(examples, row["image"], base, captions, row.get("split"), row.get("label"))
+    return list(examples.values())
+
+
+def read_folder(directory: str) -> tuple[list[Example], list[str]]:
+    """Images with a same-named .txt; the second list names images that have none."""
+    examples, uncaptioned = [], []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            stem, extension = os.path.splitext(name)
+            if extension.lower() not in IMAGE_EXTENSIONS:
+                continue
+            image_path = os.path.join(root, name)
+            key = os.path.relpath(image_path, directory)
+            caption_path = os.path.join(root, stem + ".txt")
+            if not os.path.exists(caption_path):
+                uncaptioned.append(key)
+                continue
+            with open(caption_path, encoding="utf-8") as f:
+                captions = [line.strip() for line in f if line.strip()]
+            top = key.split(os.sep)[0]
+            split = top if top in SPLIT_FOLDERS and top != key else "train"
+            examples.append(Example(key, captions, split, image_path=image_path))
+    return examples, uncaptioned
+
+
+def read_tar(path: str) -> Iterator[Example | LeftOut]:
+    """One webdataset shard: members grouped by key (the path up to the basename's first dot),
+    as they come. A truncated or corrupt member ends the shard (nothing after it can be found),
+    named as unreadable."""
+    name = os.path.basename(path)
+    group_key, group = None, {}
+    try:
+        with tarfile.open(path, "r|*") as tar:  # a stream: members are read in order, once
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, base = os.path.split(member.name)
+                stem, _, extension = base.partition(".")
+                key = os.path.join(directory, stem)
+                if key != group_key:
+                    yield from _tar_example(name, group_key, group)
+                    group_key, group = key, {}
+                group[extension.lower()] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        yield LeftOut("unreadable", f"{name}: {e} (after {group_key or 'the start'})")
+        return
+    yield from _tar_example(name, group_key, group)
+
+
+def _tar_example(tar_name: str, key: str | None, group: dict) -> Iterator[Example | LeftOut]:
+    if key is None:
+        return
+    image = next((group[e] for e in ("jpg", "jpeg", "png", "webp") if e in group), None)
+    if image is None:
+        return  # not an image sample (webdataset shards may hold other members)
+    captions = []
+    if "txt" in group:
+        captions = [line.strip() for line in group["txt"].decode("utf-8", "replace").splitlines()
+                    if line.strip()]
+    elif "json" in group:
+        caption = json.loads(group["json"]).get("caption")
+        captions = [caption] if caption else []
+    if not captions:
+        yield LeftOut("no_caption_file", f"{tar_name}/{key}")
+        return
+    yield Example(f"{tar_name}/{key}", captions, data=image)
+
+
+def read_parquet(path: str, columns: ParquetColumns) -> Iterator[Example | LeftOut]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    names = parquet.schema_arrow.names
+    missing = [c for c in (columns.image, columns.caption) if c not in names]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}; it has {names}. Name them with "
+                         "--image_column / --caption_column.")
+    wanted = [columns.image, columns.caption] + ([columns.key] if columns.key in names else [])
+    name, row = os.path.basename(path), 0
+    for batch in parquet.iter_batches(batch_size=256, columns=wanted):
+        table = batch.to_pydict()
+        for index in range(batch.num_rows):
+            key = str(table[columns.key][index]) if columns.key in table else str(row)
+            image, caption = table[columns.image][index], table[columns.caption][index]
+            row += 1
+            if not image:
+                yield LeftOut("unreadable", f"{name}/{key}: no image bytes")
+            elif not caption:
+                yield LeftOut("no_caption_file", f"{name}/{key}")
+            else:
+                yield Example(f"{name}/{key}", [caption], data=bytes(image))
+
+
+def check_decodes(data: bytes) -> str | None:
+    """None if the image decodes, else why not. JPEGs are decoded at a reduced scale (fast,
+    and still every byte is read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+    except Exception as e:  # PIL raises many kinds for bad data
+        # Without the BytesIO's address, so the same input gives the same metadata.json.
+        return f"{type(e).__name__}: " + re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(e))
+    return None

@@ -1,0 +1,138 @@
+"""make_shards on the layouts real datasets come in (img2dataset's webdataset tars and parquet),
+streamed: bad members are counted and named, any number of workers gives the same bytes, and an
+interrupted conversion goes on from its last finished shard."""
+
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import one_device_mesh
+from input_pipeline import datasets, make_shards, shapes, shards
+
+SAMPLES_PER_TAR = 20
+TRUNCATED_AT = 14  # the image of this sample of the second tar is cut short
+
+
+def _jpeg(index: int) -> bytes:
+    example = shapes.render_example("train", index)
+    buffer = io.BytesIO()
+    Image.fromarray(example["image"]).resize((32, 32)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _caption(index: int) -> str:
+    return shapes.render_example("train", index)["caption"]
+
+
+def _add(tar, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def img2dataset_output(tmp_path_factory):
+    """Two tars as img2dataset writes them (KEY.jpg, KEY.txt, KEY.json), one JPEG of random
+    bytes in the first, the second cut inside a member; and a parquet file with one row
+    without a caption."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("img2dataset")
+    tars = root / "tars"
+    tars.mkdir()
+    for shard in range(2):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for i in range(SAMPLES_PER_TAR):
+                index, key = shard * SAMPLES_PER_TAR + i, f"{shard:05d}{i:04d}"
+                image = np.random.default_rng(i).bytes(900) if (shard, i) == (0, 3) else _jpeg(index)
+                if (shard, i) == (1, TRUNCATED_AT):
+                    cut = buffer.tell() + 512 + len(image) // 2  # the header, half the image
+                _add(tar, f"{key}.jpg", image)
+                _add(tar, f"{key}.txt", _caption(index).encode())
+                _add(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
+        data = buffer.getvalue()
+        (tars / f"{shard:05d}.tar").write_bytes(data[:cut] if shard == 1 else data)
+    rows = [{"key": f"p{i}", "caption": None if i == 4 else _caption(i), "jpg": _jpeg(i),
+             "url": f"https://example.invalid/{i}.jpg"} for i in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows), root / "part-00000.parquet", row_group_size=4)
+    return root
+
+
+def _shard_bytes(directory) -> dict[str, bytes]:
+    return {name: open(os.path.join(directory, name), "rb").read()
+            for name in sorted(os.listdir(directory)) if name.endswith(".array_record")}
+
+
+def test_webdataset_tars_convert_with_exact_counts_and_the_same_bytes_on_any_workers(
+        img2dataset_output, tmp_path):
+    tars = str(img2dataset_output / "tars")
+    one = make_shards.make_shards(tars, str(tmp_path / "one"), examples_per_shard=10,
+                                  workers=1, quiet=True)
+    expected_examples = SAMPLES_PER_TAR - 1 + TRUNCATED_AT
+    assert one["splits"]["train"]["num_examples"] == expected_examples  # 19 + 14
+    assert one["splits"]["train"]["files"] == [shards.shard_name("train", i, 4) for i in range(4)]
+    assert [name.split(":")[0] for name in one["left_out"]["undecodable"]] == ["00000.tar/000000003"]
+    (unreadable,) = one["left_out"]["unreadable"]
+    assert unreadable.startswith("00001.tar: ") and f"00001{TRUNCATED_AT:04d}" in unreadable
+    four = make_shards.make_shards(f"{tars}/*.tar", str(tmp_path / "four"), examples_per_shard=10,
+                                   workers=4, quiet=True)
+    assert _shard_bytes(tmp_path / "one") == _shard_bytes(tmp_path / "four")
+    assert (four["splits"], four["left_out"]) == (one["splits"], one["left_out"])
+
+    source = datasets.open_source(datasets.parse_spec(f"shards:{tmp_path / 'one'}:train",
+                                                      "train"), None)
+    record = shards.decode_record(source.fetch(np.array([SAMPLES_PER_TAR - 1]))[0])  # tar 2, first
+    assert record["key"].numpy().decode() == "00001.tar/000010000"
+    assert record["image"].numpy() == _jpeg(SAMPLES_PER_TAR)
+    assert [c.decode() for c in record["captions"].numpy()] == [_caption(SAMPLES_PER_TAR)]
+
+
+def test_an_interrupted_conversion_goes_on_from_its_last_shard(img2dataset_output, tmp_path,
+                                                               monkeypatch, capsys):
+    tars = str(img2dataset_output / "tars")
+    reference = make_shards.make_shards(tars, str(tmp_path / "whole"), examples_per_shard=10,
+                                        quiet=True)
+    finish_shard = make_shards.SplitWriter.finish_shard
+
+    def killed_after_two(self):
+        finish_shard(self)
+        if len(self.state["shards"]) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(make_shards.SplitWriter, "finish_shard", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        make_shards.make_shards(tars, str(tmp_path / "resumed"), examples_per_shard=10)
+    assert not os.path.exists(tmp_path / "resumed" / "metadata.json")
+    monkeypatch.setattr(make_shards.SplitWriter, "finish_shard", finish_shard)
+    capsys.readouterr()
+    resumed = make_shards.make_shards(tars, str(tmp_path / "resumed"), examples_per_shard=10)
+    assert "Resuming the conversion" in capsys.readouterr().out
+    assert _shard_bytes(tmp_path / "resumed") == _shard_bytes(tmp_path / "whole")
+    assert resumed["left_out"] == reference["left_out"]
+    assert sorted(os.listdir(tmp_path / "resumed")) == ["metadata.json"] + [
+        shards.shard_name("train", i, 4) for i in range(4)]
+
+
+def test_parquet_converts_and_trains(img2dataset_output, tiny_config, tmp_path):
+    from mmjax import train
+
+    output = str(tmp_path / "parquet_shards")
+    metadata = make_shards.make_shards(str(img2dataset_output / "part-00000.parquet"), output,
+                                       quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 9
+    assert metadata["left_out"]["no_caption_file"] == ["part-00000.parquet/p4"]
+    tiny_config.data.train = f"shards:{output}:train"
+    tiny_config.data.eval = ""
+    tiny_config.batch_size, tiny_config.total_steps = 8, 2
+    tiny_config.tokenizer.update(name="bytes", context_length=64)
+    train.train_and_evaluate(tiny_config, str(tmp_path / "run"), mesh=one_device_mesh())
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        losses = [json.loads(line)["train/loss"] for line in f]
+    assert len(losses) == 2 and all(np.isfinite(losses))
