@@ -90,7 +90,7 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     the bucket: checkpoints, metrics, TensorBoard events and the config snapshot land there, the
     losses equal the local run's bitwise; with its last checkpoint gone, the run resumes from
     the bucket and ends with the same losses and evaluation."""
-    from mmjax import train
+    from mmjax import evaluation, train
 
     monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would land here
     reference, reference_eval = finished_run
@@ -111,6 +111,15 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     reference_eval = {k: v for k, v in reference_eval.items() if k != "eval/seconds"}
     assert {k: v for k, v in resumed_eval.items() if k != "eval/seconds"} == pytest.approx(
         reference_eval, abs=1e-6)
+
+    # --mode=eval there, its tokenizer reading the workdir's vocabulary copy from the bucket:
+    # the numbers, the embeddings and the report with its figures land in the bucket.
+    tiny_config.tokenizer.vocabulary_file = f"{workdir}/vocabulary.txt"
+    evaluated = evaluation.evaluate_checkpoint(tiny_config, workdir)
+    assert {k: v for k, v in evaluated.items() if k != "eval/seconds"} == pytest.approx(
+        reference_eval, abs=1e-6)
+    assert {"eval_report.md", "eval_embeddings.npz", "report"} <= set(paths.listdir(workdir))
+    assert "training_curves.png" in paths.listdir(f"{workdir}/report")
     assert not _local_gs_folders(str(tmp_path), REPO_ROOT)
 
 
