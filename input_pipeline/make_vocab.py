@@ -12,23 +12,24 @@ caption per line. The model uses mmjax's special ids: pad 0, bos 1, eos 2, unk 3
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Iterator
 
 import tensorflow as tf
 
 from input_pipeline import datasets
+from mmjax import paths
 
 
 def captions(input_spec: str, *, data_dir: str | None = None,
              max_captions: int = 2_000_000) -> Iterator[str]:
     """Every caption of a dataset split (or lines of a text file), at most `max_captions`."""
-    if os.path.isfile(input_spec):
-        with open(input_spec, encoding="utf-8") as f:
-            for count, line in enumerate(f):
-                if count >= max_captions:
-                    return
-                if line.strip():
-                    yield line.rstrip("\n")
+    if not input_spec.startswith(("shards:", "tfds:")) and paths.isfile(input_spec):
+        for count, line in enumerate(paths.read_text(input_spec).splitlines()):
+            if count >= max_captions:
+                return
+            if line.strip():
+                yield line
         return
     source = datasets.open_source(datasets.parse_spec(input_spec, "train"), data_dir)
     records = (tf.data.Dataset.range(source.num_examples).batch(256)
@@ -48,16 +49,22 @@ def captions(input_spec: str, *, data_dir: str | None = None,
 def train_vocabulary(input_spec: str, output_prefix: str, *, vocab_size: int,
                      model_type: str = "unigram", data_dir: str | None = None,
                      max_captions: int = 2_000_000, lowercase: bool = False) -> str:
-    """Trains and writes OUTPUT_PREFIX.model; returns its path."""
+    """Trains and writes OUTPUT_PREFIX.model (and .vocab; a gs:// prefix too); returns its path."""
     import sentencepiece
 
-    os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
+    # SentencePiece writes local files: for a bucket, into a temporary folder, then copied.
+    local_prefix = (os.path.join(tempfile.mkdtemp(prefix="mmjax_vocab_"), "vocab")
+                    if paths.is_cloud(output_prefix) else output_prefix)
+    paths.makedirs(paths.dirname(paths.absolute(output_prefix)))
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=captions(input_spec, data_dir=data_dir, max_captions=max_captions),
-        model_prefix=output_prefix, vocab_size=vocab_size, model_type=model_type,
+        model_prefix=local_prefix, vocab_size=vocab_size, model_type=model_type,
         pad_id=0, bos_id=1, eos_id=2, unk_id=3,
         normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
         character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2)
+    if local_prefix != output_prefix:
+        for suffix in (".model", ".vocab"):
+            paths.copy(local_prefix + suffix, output_prefix + suffix)
     return output_prefix + ".model"
 
 

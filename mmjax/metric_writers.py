@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 
@@ -74,8 +73,7 @@ class TensorBoardWriter:
             self.writer.add_scalar(name.replace("@", "_at_"), float(value), int(step))
         self.writer.flush()
         if self.local != self.destination:
-            for name in os.listdir(self.local):
-                paths.copy(os.path.join(self.local, name), paths.join(self.destination, name))
+            paths.copy_tree(self.local, self.destination)
 
     def close(self) -> None:
         self.writer.close()

@@ -49,10 +49,6 @@ def exists(path) -> bool:
     return Path(path).exists()
 
 
-def isdir(path) -> bool:
-    return Path(path).is_dir()
-
-
 def isfile(path) -> bool:
     path = Path(path)
     return path.exists() and not path.is_dir()
@@ -91,6 +87,17 @@ def write_text(path, text: str) -> None:
 def copy(source, destination) -> None:
     """One file, across storages too (a local vocabulary into a bucket's workdir)."""
     Path(destination).write_bytes(Path(source).read_bytes())
+
+
+def copy_tree(local_directory: str, destination) -> None:
+    """Every file under a local folder to the same place under `destination` (a bucket's folder,
+    for what is written locally first: TensorBoard events, profiles)."""
+    for root, _, names in os.walk(local_directory):
+        relative = os.path.relpath(root, local_directory)
+        target = os.fspath(destination) if relative == "." else join(destination, relative)
+        makedirs(target)
+        for name in names:
+            copy(os.path.join(root, name), join(target, name))
 
 
 def same(a, b) -> bool:

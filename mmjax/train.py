@@ -100,13 +100,7 @@ class Profiler:
             jax.profiler.stop_trace()
             self.active = False
             if self.trace_dir != self.directory:
-                for root, _, names in os.walk(self.trace_dir):
-                    relative = os.path.relpath(root, self.trace_dir)
-                    target = (self.directory if relative == "." else
-                              paths.join(self.directory, relative))
-                    paths.makedirs(target)
-                    for name in names:
-                        paths.copy(os.path.join(root, name), paths.join(target, name))
+                paths.copy_tree(self.trace_dir, self.directory)
 
 
 class PreemptionHandler:

@@ -125,7 +125,7 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
 
 def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, monkeypatch):
     """make_shards into gs://, then the records read through a `shards:gs://...` spec are the
-    local shards' records."""
+    local shards' records; make_vocab reads them and writes its model there."""
     from input_pipeline import datasets, make_shards
 
     monkeypatch.chdir(tmp_path)
@@ -142,4 +142,15 @@ def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, m
     indices = np.array([0, 7, 150, source.num_examples - 1])
     assert source.num_examples == user_data["source"].num_examples
     assert list(source.fetch(indices)) == list(user_data["source"].fetch(indices))
+
+    # A SentencePiece vocabulary trained on the bucket's shards, written there and used from there.
+    from input_pipeline import make_vocab
+    from mmjax import tokenizers
+
+    model = make_vocab.train_vocabulary(f"shards:{output}:train", f"{bucket}/vocab/user",
+                                        vocab_size=120)
+    assert model == f"{bucket}/vocab/user.model" and paths.exists(f"{bucket}/vocab/user.vocab")
+    tokenizer = tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
+                                                vocabulary_file=model))
+    assert tokenizer.vocab_size <= 120 and tokenizer(["two red circles"]).shape == (1, 24)
     assert not _local_gs_folders(str(tmp_path), REPO_ROOT)
