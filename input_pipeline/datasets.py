@@ -20,16 +20,15 @@ reports how many records each position skipped and which.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import preprocess, shapes, shards, text
-from mmjax import paths
+from input_pipeline.adapters import ADAPTERS, EMBEDDED_DATASET, Adapter, infer_adapter
+from mmjax import paths, tokenizers
 
-EMBEDDED_DATASET = "mmjax_shapes"
 # Views of the embedded dataset's records under another name (same files, other examples).
 EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET}
 
@@ -63,74 +62,6 @@ def parse_spec(spec: str, default_split: str) -> DatasetSpec:
     return DatasetSpec(kind=kind, name=scheme + separator + name, split=split or default_split)
 
 
-@dataclasses.dataclass
-class Adapter:
-    """Maps one dataset's features to mmjax's: `image` (encoded), `captions` [K], `label`, `id`.
-
-    `to_example(features, index)`: `index` is the record's index in its split (an id for datasets
-    that have none).
-    """
-
-    to_example: Callable[[dict, tf.Tensor], dict]
-    class_names: tuple[str, ...] = ()
-    prompt_templates: tuple[str, ...] = ()
-
-
-# CLIP's short prompt ensemble (a subset of OpenAI's 80 ImageNet templates) for TFDS
-# classification datasets without their own.
-CLASSIFICATION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
-                            "a photo of the small {}.", "a cropped photo of a {}.",
-                            "a close-up photo of a {}.", "itap of a {}.", "art of the {}.")
-
-
-ADAPTERS = {
-    EMBEDDED_DATASET: Adapter(
-        to_example=lambda f, index: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["label"], "id": f["id"]},
-        class_names=shapes.CLASS_NAMES,
-        prompt_templates=shapes.PROMPT_TEMPLATES,
-    ),
-    "mmjax_shapes_vqa": Adapter(to_example=shapes.vqa_example),
-}
-
-
-def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
-    """An adapter from a TFDS dataset's features, for datasets not in ADAPTERS:
-
-    - several captions, coco_captions style: `captions` a Sequence with a `text` feature;
-    - one caption: a Text feature `caption` (or `text`);
-    - image classification: a ClassLabel `label`; the caption is a prompt with the class name
-      (for training) and zero-shot uses the class names with CLIP's prompt templates.
-    """
-    if "image" not in features:
-        raise ValueError(f"TFDS dataset {name!r} has no `image` feature (it has "
-                         f"{sorted(features.keys())}); add an adapter in input_pipeline/datasets.py.")
-    label = features["label"] if "label" in features else None
-    class_names = tuple(n.replace("_", " ") for n in label.names) if isinstance(
-        label, tfds.features.ClassLabel) else ()
-
-    def common(f, index):
-        return {"image": f["image"],
-                "label": tf.cast(f["label"], tf.int64) if class_names else tf.constant(-1, tf.int64),
-                "id": tf.cast(index, tf.int64)}
-
-    captions = features["captions"] if "captions" in features else None
-    if isinstance(captions, tfds.features.Sequence) and "text" in getattr(captions, "feature", {}):
-        to_example = lambda f, index: {**common(f, index), "captions": f["captions"]["text"]}
-    elif "caption" in features or "text" in features:
-        key = "caption" if "caption" in features else "text"
-        to_example = lambda f, index: {**common(f, index), "captions": tf.reshape(f[key], [1])}
-    elif class_names:
-        prompts = tf.constant([CLASSIFICATION_TEMPLATES[0].format(n) for n in class_names])
-        to_example = lambda f, index: {**common(f, index),
-                                       "captions": tf.reshape(tf.gather(prompts, f["label"]), [1])}
-    else:
-        raise ValueError(f"TFDS dataset {name!r} has neither captions nor a ClassLabel `label` "
-                         f"(features: {sorted(features.keys())}); add an adapter in "
-                         "input_pipeline/datasets.py.")
-    return Adapter(to_example, class_names, CLASSIFICATION_TEMPLATES if class_names else ())
-
-
 class RecordSource:
     """Serialized records by index (`records` has __getitems__) and how to read one: `parse`
     gives the stored features, the adapter maps them to mmjax's example."""
@@ -138,6 +69,12 @@ class RecordSource:
     spec: DatasetSpec
     adapter: Adapter
     num_examples: int
+    tokenized_with: dict | None = None  # shards tokenized at conversion: that tokenizer
+
+    def stored_tokens(self, tokenizer) -> bool:
+        """Whether examples carry `caption_tokens` that `tokenizer` would give."""
+        return self.tokenized_with is not None and (
+            self.tokenized_with == tokenizers.identity(tokenizer))
 
     def fetch(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
@@ -202,17 +139,18 @@ class TfdsSource(RecordSource):
 class ShardsSource(RecordSource):
     """mmjax shards (input_pipeline/shards.py): a split of `shards:DIR[:SPLIT]`."""
 
-    # Records carry their id; they have no class names.
-    adapter = Adapter(to_example=lambda record, index: {
-        k: record[k] for k in ("image", "captions", "label", "id")})
-
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.records = shards.ShardsReader(spec.name, spec.split)
         self.num_examples = len(self.records)
+        self.tokenized_with = self.records.tokenized_with
+        # Records carry their id (and, tokenized, their captions' ids); no class names.
+        keys = ("image", "captions", "label", "id") + (
+            ("caption_tokens",) if self.tokenized_with else ())
+        self.adapter = Adapter(to_example=lambda record, index: {k: record[k] for k in keys})
 
     def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        return shards.decode_record(serialized)
+        return shards.decode_record(serialized, (self.tokenized_with or {}).get("context_length"))
 
     def describe(self, index: int) -> str:
         key = shards.record_key(self.fetch(np.array([index]))[0])
@@ -287,6 +225,8 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
     if local_batch_size > num_examples:
         raise ValueError(f"The per-process batch ({local_batch_size}) is larger than the dataset "
                          f"{source.spec.name}:{source.spec.split} ({num_examples} examples).")
+    # Tokenized shards give the chosen caption's stored ids (no tokenizer in the loop).
+    stored = source.stored_tokens(tokenizer)
     tokenize = text.make_tokenize_fn(tokenizer)
     image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
                                      normalization=normalization)
@@ -306,10 +246,12 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
 
     def process(example, position, attempt, candidates):
         example_seed = tf.stack([tf.cast(seed, tf.int64), position])
+        choice = preprocess.caption_choice(example["captions"], example_seed)
         return {
             "image": tf.ensure_shape(image_ops(example["image"], example_seed),
                                      [image_size, image_size, 3]),
-            "tokens": tokenize(preprocess.sample_caption(example["captions"], example_seed)),
+            "tokens": (example["caption_tokens"][choice] if stored
+                       else tokenize(example["captions"][choice])),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
             "attempt": attempt,
@@ -338,7 +280,9 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
     local_batch_size = global_batch_size // process_count
     num_examples = min(source.num_examples, max_examples or source.num_examples)
     num_batches = -(-num_examples // global_batch_size)
+    stored = source.stored_tokens(tokenizer)
     tokenize = text.make_tokenize_fn(tokenizer)
+    empty_row = tf.constant(tokenizer([""])[0]) if stored else None
     image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
                                      normalization=normalization)
 
@@ -353,21 +297,27 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
             "image": tf.ensure_shape(
                 image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
                 [image_size, image_size, 3]),
-            "tokens": tokenize(example["captions"][0]),
+            "tokens": (example["caption_tokens"][0] if stored
+                       else tokenize(example["captions"][0])),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
             "valid": position < num_examples,
             "skipped": False,
-            **all_captions(example["captions"]),
+            **all_captions(example),
         }
 
-    def all_captions(captions):
+    def all_captions(example):
         if captions_per_image == 1:
             return {}
-        captions = tf.concat([captions[:captions_per_image],
-                              tf.fill([captions_per_image], "")], 0)[:captions_per_image]
-        return {"all_tokens": tf.map_fn(tokenize, captions, fn_output_signature=tf.TensorSpec(
-                    [tokenizer.context_length], tf.int32)),
+        k = captions_per_image
+        captions = tf.concat([example["captions"][:k], tf.fill([k], "")], 0)[:k]
+        if stored:  # missing captions as the tokenizer writes "": bos, eot, padding
+            rows = tf.concat([example["caption_tokens"][:k], tf.tile(empty_row[None], [k, 1])],
+                             0)[:k]
+        else:
+            rows = tf.map_fn(tokenize, captions, fn_output_signature=tf.TensorSpec(
+                [tokenizer.context_length], tf.int32))
+        return {"all_tokens": rows,
                 "all_valid": tf.strings.length(tf.strings.strip(captions)) > 0}
 
     def stand_in(position, candidates):

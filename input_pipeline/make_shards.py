@@ -89,9 +89,9 @@ class SplitWriter:
     which is where a restarted run goes on from."""
 
     def __init__(self, staging: str, split: str, examples_per_shard: int, state: dict,
-                 save_progress):
+                 save_progress, tokenizer=None):
         self.staging, self.split, self.examples_per_shard = staging, split, examples_per_shard
-        self.state, self.save_progress = state, save_progress
+        self.state, self.save_progress, self.tokenizer = state, save_progress, tokenizer
         self.writer = None
 
     def add(self, data: bytes, example: sources.Example) -> None:
@@ -101,8 +101,9 @@ class SplitWriter:
             name = f"{self.split}-{len(self.state['shards']):05d}.array_record"
             self.writer = ArrayRecordWriter(os.path.join(self.staging, name),
                                             shards.WRITER_OPTIONS)
+        tokens = self.tokenizer(example.captions) if self.tokenizer else None
         self.writer.write(shards.encode_record(data, example.captions, self.state["written"],
-                                               example.key, example.label))
+                                               example.key, example.label, tokens))
         self.state["written"] += 1
         self.state["captions"] += len(example.captions)
         if self.state["written"] % self.examples_per_shard == 0:
@@ -143,11 +144,20 @@ def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, wi
 
 def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 10_000,
                 workers: int | None = None, overwrite: bool = False, quiet: bool = False,
-                check_images: bool = True, columns: sources.ParquetColumns | None = None) -> dict:
-    """Writes the shards and returns the metadata (also in output_dir/metadata.json)."""
+                check_images: bool = True, columns: sources.ParquetColumns | None = None,
+                tokenizer: dict | None = None) -> dict:
+    """Writes the shards and returns the metadata (also in output_dir/metadata.json).
+
+    `tokenizer` (a config.tokenizer: name, context_length, vocabulary_file): also store every
+    caption's token ids, so training reads them instead of tokenizing (the tokenizer is
+    recorded; a run with another one is refused by the preflight)."""
+    from mmjax import tokenizers
+
     source = sources.open_input(input_path, columns)
+    tokenizer = tokenizers.build_tokenizer(tokenizer) if tokenizer else None
+    identity = tokenizers.identity(tokenizer) if tokenizer else None
     options = {"examples_per_shard": examples_per_shard, "check_images": check_images,
-               "columns": vars(columns or sources.ParquetColumns())}
+               "columns": vars(columns or sources.ParquetColumns()), "tokenizer": identity}
     fingerprint = _fingerprint(input_path, source.files, options)
     metadata_path = paths.join(output_dir, shards.METADATA)
     if paths.exists(metadata_path) and not overwrite:
@@ -190,7 +200,8 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                                               "done": False})
             if state["done"]:
                 continue
-            writer = SplitWriter(staging, split, examples_per_shard, state, save_progress)
+            writer = SplitWriter(staging, split, examples_per_shard, state, save_progress,
+                                 tokenizer)
             _convert_split(source, split, writer, pool, 64 * (workers or os.cpu_count() or 1),
                            check_images, progress)
             state["done"] = True
@@ -199,10 +210,12 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
         progress.close()
     if sum(s["written"] for s in states.values()) == 0:
         raise ValueError(f"{input_path} has no usable captioned images.")
-    return _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet)
+    return _move_into_place(input_path, output_dir, staging, states, fingerprint, identity,
+                            quiet)
 
 
-def _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet) -> dict:
+def _move_into_place(input_path, output_dir, staging, states, fingerprint, identity,
+                     quiet) -> dict:
     split_info, left_out = {}, {k: [] for k in LEFT_OUT}
     renames = {}
     for split, state in sorted(states.items()):
@@ -218,6 +231,7 @@ def _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet
         "input": os.path.abspath(input_path), "input_fingerprint": fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "splits": split_info, "left_out": left_out,
+        **({"tokenizer": identity} if identity else {}),
     }
     # Swap in: old shard files go, new ones move in, metadata.json last.
     metadata_path = paths.join(output_dir, shards.METADATA)
@@ -247,9 +261,12 @@ def _move_into_place(input_path, output_dir, staging, states, fingerprint, quiet
 def main(argv) -> None:
     del argv
     columns = sources.ParquetColumns(FLAGS.image_column, FLAGS.caption_column, FLAGS.key_column)
+    tokenizer = FLAGS.tokenizer and {"name": FLAGS.tokenizer,
+                                     "context_length": FLAGS.context_length,
+                                     "vocabulary_file": FLAGS.vocabulary_file}
     make_shards(FLAGS.input, FLAGS.output_dir, examples_per_shard=FLAGS.examples_per_shard,
                 workers=FLAGS.workers, overwrite=FLAGS.overwrite, check_images=FLAGS.check_images,
-                columns=columns)
+                columns=columns, tokenizer=tokenizer)
 
 
 if __name__ == "__main__":
@@ -267,5 +284,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("image_column", "jpg", "Parquet: the column of image bytes.")
     flags.DEFINE_string("caption_column", "caption", "Parquet: the caption column.")
     flags.DEFINE_string("key_column", "key", "Parquet: the column naming each row (if any).")
+    flags.DEFINE_string("tokenizer", None, "Also store the captions' token ids from this "
+                        "tokenizer (as config.tokenizer.name, e.g. clip_bpe): training then "
+                        "reads them instead of tokenizing.")
+    flags.DEFINE_integer("context_length", 77, "With --tokenizer: its context length.")
+    flags.DEFINE_string("vocabulary_file", None, "With --tokenizer: its vocabulary file.")
     FLAGS = flags.FLAGS
     app.run(main)

@@ -154,7 +154,8 @@ def describe_data(config, spec: str, default_split: str,
         spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
-        class_names=tuple(datasets.zeroshot_prompts(source)[0]), captions=tuple(captions))
+        class_names=tuple(datasets.zeroshot_prompts(source)[0]), captions=tuple(captions),
+        tokenized_with=source.tokenized_with)
 
 
 def preprocess_error(config, chain: str) -> str | None:

@@ -58,7 +58,12 @@ def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tens
 def sample_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """One of several captions, chosen by a stateless seed (the same every run). Empty captions
     are never chosen; an example with none but empty ones raises (and is skipped)."""
-    non_empty = tf.boolean_mask(captions, tf.strings.length(tf.strings.strip(captions)) > 0)
+    return captions[caption_choice(captions, seed)]
+
+
+def caption_choice(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """The index (into `captions`) of the caption `sample_caption` takes."""
+    non_empty = tf.where(tf.strings.length(tf.strings.strip(captions)) > 0)[:, 0]
     count = tf.shape(non_empty)[0]
     with tf.control_dependencies([tf.debugging.assert_positive(count, message="no caption")]):
         index = tf.random.stateless_uniform([], seed=seed, maxval=tf.maximum(count, 1),

@@ -28,6 +28,9 @@ FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.int64),
     "key": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    # Token ids of every caption, [captions x context_length] flattened, in shards tokenized at
+    # conversion (make_shards --tokenizer); metadata.json names the tokenizer.
+    "tokens": tf.io.VarLenFeature(tf.int64),
 }
 
 
@@ -36,9 +39,12 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 
 def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
-                  label: int = -1) -> bytes:
+                  label: int = -1, tokens=None) -> bytes:
     feature = tf.train.Feature
+    extra = {} if tokens is None else {
+        "tokens": feature(int64_list=tf.train.Int64List(value=[int(t) for t in tokens.ravel()]))}
     return tf.train.Example(features=tf.train.Features(feature={
+        **extra,
         "image": feature(bytes_list=tf.train.BytesList(value=[image])),
         "captions": feature(bytes_list=tf.train.BytesList(value=[c.encode("utf-8")
                                                                    for c in captions])),
@@ -48,10 +54,15 @@ def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
     })).SerializeToString()
 
 
-def decode_record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-    """In-graph: a serialized record -> image (encoded), captions [K], id, key, label."""
+def decode_record(serialized: tf.Tensor, context_length: int | None = None
+                  ) -> dict[str, tf.Tensor]:
+    """In-graph: a serialized record -> image (encoded), captions [K], id, key, label, and with
+    the shards' `context_length` (tokenized shards), caption_tokens [K, context_length]."""
     parsed = tf.io.parse_single_example(serialized, FEATURES)
     parsed["captions"] = tf.sparse.to_dense(parsed["captions"], default_value="")
+    tokens = tf.sparse.to_dense(parsed.pop("tokens"))
+    if context_length:
+        parsed["caption_tokens"] = tf.reshape(tf.cast(tokens, tf.int32), [-1, context_length])
     return parsed
 
 
@@ -91,6 +102,7 @@ class ShardsReader:
                                     f"(first: {missing[0]}); run make_shards again.")
         # gs:// files are read by ArrayRecord's own GCS reader.
         self.source = array_record_data_source.ArrayRecordDataSource(files)
+        self.tokenized_with = metadata.get("tokenizer")  # None: captions only
         if len(self.source) != info["num_examples"]:
             raise ValueError(f"{directory}: the {split} files hold {len(self.source)} records, "
                              f"{METADATA} says {info['num_examples']}; run make_shards again.")

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmjax import evaluators
+from mmjax import evaluators, tokenizers
 
 # More unknown tokens, or more truncated captions, than these shares stops the run.
 MAX_UNKNOWN_TOKEN_SHARE = 0.02
@@ -32,6 +32,7 @@ class DataFacts:
     has_labels: bool
     class_names: tuple[str, ...]
     captions: tuple[str, ...]  # every caption of the sampled examples
+    tokenized_with: dict | None = None  # shards tokenized at conversion: tokenizers.identity
 
 
 class DataAccess(Protocol):
@@ -106,6 +107,17 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, evals, needs_label
             facts[role] = data.describe_data(config, spec, split)
         except (ValueError, FileNotFoundError, OSError) as e:
             c.add(field, str(e).rstrip("."), "point it at prepared data (README, Your own data)")
+    for role, described in facts.items():
+        if tokenizer is not None and described.tokenized_with and (
+                described.tokenized_with != tokenizers.identity(tokenizer)):
+            theirs = described.tokenized_with
+            c.add("config.tokenizer", f"is not the tokenizer {described.spec} was tokenized with "
+                  f"at conversion ({theirs['name']}, context {theirs['context_length']}, "
+                  f"{theirs['vocab_size']} ids), so its stored token ids would be wrong here",
+                  f"set config.tokenizer to that one (name={theirs['name']}, "
+                  f"context_length={theirs['context_length']}, its vocabulary file), or convert "
+                  "again with make_shards --tokenizer=YOURS (or without --tokenizer: captions are "
+                  "then tokenized while training)")
     if "train" in facts:
         train = facts["train"]
         if tokenizer is not None:

@@ -10,6 +10,7 @@ pools at. `bytes` and `words` reserve ids 0-3 (pad, bos, eot, unk); `clip_bpe` u
 from __future__ import annotations
 
 import gzip
+import hashlib
 import html
 import inspect
 import re
@@ -61,7 +62,9 @@ class WordTokenizer:
     bos_id, eot_id, pad_id, unk_id = BOS_ID, EOT_ID, PAD_ID, UNK_ID
 
     def __init__(self, context_length: int, vocabulary_file: str):
-        lines = paths.read_text(vocabulary_file).splitlines()
+        data = paths.read_bytes(vocabulary_file)
+        self.vocabulary_sha256 = hashlib.sha256(data).hexdigest()
+        lines = data.decode("utf-8").splitlines()
         self.vocabulary = [line.strip() for line in lines if line.strip()]
         if len(set(self.vocabulary)) != len(self.vocabulary):
             raise ValueError(f"Vocabulary file {vocabulary_file} repeats words.")
@@ -127,6 +130,7 @@ class ClipBpeTokenizer:
                               "(pip install -r requirements.txt).") from e
         self._fix_text = ftfy.fix_text
         data = paths.read_bytes(vocabulary_file)
+        self.vocabulary_sha256 = hashlib.sha256(data).hexdigest()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
         merges = [tuple(m.split()) for m in data.decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]]
@@ -206,6 +210,7 @@ class SentencePieceTokenizer:
             raise ImportError("The sentencepiece tokenizer needs the sentencepiece package "
                               "(pip install -r requirements.txt).") from e
         self.model_proto = paths.read_bytes(vocabulary_file)
+        self.vocabulary_sha256 = hashlib.sha256(self.model_proto).hexdigest()
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
         self.pad_id, self.bos_id, self.eot_id = (self.processor.pad_id(), self.processor.bos_id(),
                                                  self.processor.eos_id())
@@ -251,6 +256,14 @@ class IdsOnlyTokenizer:
 
     def decode(self, ids) -> str:
         return " ".join(str(i) for i in _content_ids(ids, self.bos_id, self.eot_id))
+
+
+def identity(tokenizer) -> dict:
+    """What a tokenizer's ids depend on (not where its file lies): shards tokenized at conversion
+    record it, and are read with their stored tokens only by the same tokenizer."""
+    return {"name": tokenizer.name, "context_length": int(tokenizer.context_length),
+            "vocab_size": int(tokenizer.vocab_size),
+            "vocabulary_sha256": getattr(tokenizer, "vocabulary_sha256", "")}
 
 
 TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer,

@@ -55,7 +55,9 @@ def img2dataset_output(tmp_path_factory):
                 if (shard, i) == (1, TRUNCATED_AT):
                     cut = buffer.tell() + 512 + len(image) // 2  # the header, half the image
                 _add(tar, f"{key}.jpg", image)
-                _add(tar, f"{key}.txt", _caption(index).encode())
+                captions = [_caption(index)] + ([f"another view: {_caption(index)}"] if i % 2
+                                                 else [])  # one caption or two
+                _add(tar, f"{key}.txt", "\n".join(captions).encode())
                 _add(tar, f"{key}.json", json.dumps({"key": key, "status": "success"}).encode())
         data = buffer.getvalue()
         (tars / f"{shard:05d}.tar").write_bytes(data[:cut] if shard == 1 else data)
@@ -135,3 +137,54 @@ def test_parquet_converts_and_trains(img2dataset_output, tiny_config, tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         losses = [json.loads(line)["train/loss"] for line in f]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+CLIP_BPE = os.path.join(os.path.dirname(__file__), "fixtures", "bpe_simple_vocab_16e6.txt.gz")
+
+
+def test_shards_tokenized_at_conversion_feed_the_same_ids_and_refuse_another_tokenizer(
+        img2dataset_output, tiny_config, tmp_path):
+    """make_shards --tokenizer=clip_bpe stores every caption's ids: the train and eval
+    pipelines read them (no tokenizer in the loop) and give exactly the batches that tokenizing
+    gives; a run with another tokenizer is refused before compiling, naming the fix."""
+    from input_pipeline import pipeline
+    from mmjax import preflight, tokenizers
+
+    tars = str(img2dataset_output / "tars")
+    tokenizer_config = {"name": "clip_bpe", "context_length": 24, "vocabulary_file": CLIP_BPE}
+    tokenizer = tokenizers.build_tokenizer(tokenizer_config)
+    stored = make_shards.make_shards(tars, str(tmp_path / "tokenized"), examples_per_shard=10,
+                                     quiet=True, tokenizer=tokenizer_config)
+    make_shards.make_shards(tars, str(tmp_path / "plain"), examples_per_shard=10, quiet=True)
+    assert stored["tokenizer"] == tokenizers.identity(tokenizer)
+    sources_ = {name: datasets.open_source(datasets.parse_spec(
+        f"shards:{tmp_path / name}:train", "train"), None) for name in ("tokenized", "plain")}
+    assert sources_["tokenized"].stored_tokens(tokenizer)
+    assert not sources_["plain"].stored_tokens(tokenizer)
+    assert not sources_["tokenized"].stored_tokens(tokenizers.build_tokenizer(
+        dict(tokenizer_config, context_length=32)))
+
+    def batches(source, make):
+        return list(make(source).take(3).as_numpy_iterator())
+
+    def train(source):
+        return datasets.train_dataset(source, tokenizer, global_batch_size=8, image_size=16,
+                                      seed=3)
+
+    def evaluation(source):
+        return datasets.eval_dataset(source, tokenizer, global_batch_size=8, image_size=16,
+                                     captions_per_image=2)
+
+    for make in (train, evaluation):
+        got, expected = batches(sources_["tokenized"], make), batches(sources_["plain"], make)
+        for a, b in zip(got, expected):
+            assert sorted(a) == sorted(b)
+            for key in a:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+    tiny_config.data.train = f"shards:{tmp_path / 'tokenized'}:train"
+    tiny_config.data.eval = ""
+    with pytest.raises(preflight.ConfigError, match=r"config.tokenizer: is not the tokenizer "
+                       r"shards:.*tokenized:train was tokenized with at conversion \(clip_bpe, "
+                       r"context 24.*Fix: set config.tokenizer to that one"):
+        preflight.check(tiny_config, mesh=one_device_mesh(), data=pipeline)

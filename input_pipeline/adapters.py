@@ -1,0 +1,83 @@
+"""How a dataset's stored features become mmjax's example: `image` (encoded), `captions` [K],
+`label`, `id`. The embedded dataset and its VQA view have their own adapters; other TFDS
+datasets get one inferred from their features (captions, a caption, or class labels)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from input_pipeline import shapes
+
+EMBEDDED_DATASET = "mmjax_shapes"
+
+
+@dataclasses.dataclass
+class Adapter:
+    """Maps one dataset's features to mmjax's: `image` (encoded), `captions` [K], `label`, `id`.
+
+    `to_example(features, index)`: `index` is the record's index in its split (an id for datasets
+    that have none).
+    """
+
+    to_example: Callable[[dict, tf.Tensor], dict]
+    class_names: tuple[str, ...] = ()
+    prompt_templates: tuple[str, ...] = ()
+
+
+# CLIP's short prompt ensemble (a subset of OpenAI's 80 ImageNet templates) for TFDS
+# classification datasets without their own.
+CLASSIFICATION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
+                            "a photo of the small {}.", "a cropped photo of a {}.",
+                            "a close-up photo of a {}.", "itap of a {}.", "art of the {}.")
+
+
+ADAPTERS = {
+    EMBEDDED_DATASET: Adapter(
+        to_example=lambda f, index: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["label"], "id": f["id"]},
+        class_names=shapes.CLASS_NAMES,
+        prompt_templates=shapes.PROMPT_TEMPLATES,
+    ),
+    "mmjax_shapes_vqa": Adapter(to_example=shapes.vqa_example),
+}
+
+
+def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
+    """An adapter from a TFDS dataset's features, for datasets not in ADAPTERS:
+
+    - several captions, coco_captions style: `captions` a Sequence with a `text` feature;
+    - one caption: a Text feature `caption` (or `text`);
+    - image classification: a ClassLabel `label`; the caption is a prompt with the class name
+      (for training) and zero-shot uses the class names with CLIP's prompt templates.
+    """
+    if "image" not in features:
+        raise ValueError(f"TFDS dataset {name!r} has no `image` feature (it has "
+                         f"{sorted(features.keys())}); add an adapter in input_pipeline/adapters.py.")
+    label = features["label"] if "label" in features else None
+    class_names = tuple(n.replace("_", " ") for n in label.names) if isinstance(
+        label, tfds.features.ClassLabel) else ()
+
+    def common(f, index):
+        return {"image": f["image"],
+                "label": tf.cast(f["label"], tf.int64) if class_names else tf.constant(-1, tf.int64),
+                "id": tf.cast(index, tf.int64)}
+
+    captions = features["captions"] if "captions" in features else None
+    if isinstance(captions, tfds.features.Sequence) and "text" in getattr(captions, "feature", {}):
+        to_example = lambda f, index: {**common(f, index), "captions": f["captions"]["text"]}
+    elif "caption" in features or "text" in features:
+        key = "caption" if "caption" in features else "text"
+        to_example = lambda f, index: {**common(f, index), "captions": tf.reshape(f[key], [1])}
+    elif class_names:
+        prompts = tf.constant([CLASSIFICATION_TEMPLATES[0].format(n) for n in class_names])
+        to_example = lambda f, index: {**common(f, index),
+                                       "captions": tf.reshape(tf.gather(prompts, f["label"]), [1])}
+    else:
+        raise ValueError(f"TFDS dataset {name!r} has neither captions nor a ClassLabel `label` "
+                         f"(features: {sorted(features.keys())}); add an adapter in "
+                         "input_pipeline/adapters.py.")
+    return Adapter(to_example, class_names, CLASSIFICATION_TEMPLATES if class_names else ())
