@@ -208,6 +208,15 @@ def _skip_record(attempt, candidates):
                     tf.constant(-1, tf.int64))
 
 
+def _caption_ids(source: RecordSource, tokenizer):
+    """(example, caption index) -> that caption's ids: read from tokenized shards (no tokenizer
+    in the loop), else tokenized here."""
+    if source.stored_tokens(tokenizer):
+        return lambda example, index: example["caption_tokens"][index]
+    tokenize = text.make_tokenize_fn(tokenizer)
+    return lambda example, index: tokenize(example["captions"][index])
+
+
 def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
                   start_position: int = 0, process_index: int = 0, process_count: int = 1,
                   normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize",
@@ -225,9 +234,7 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
     if local_batch_size > num_examples:
         raise ValueError(f"The per-process batch ({local_batch_size}) is larger than the dataset "
                          f"{source.spec.name}:{source.spec.split} ({num_examples} examples).")
-    # Tokenized shards give the chosen caption's stored ids (no tokenizer in the loop).
-    stored = source.stored_tokens(tokenizer)
-    tokenize = text.make_tokenize_fn(tokenizer)
+    caption_ids = _caption_ids(source, tokenizer)
     image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
                                      normalization=normalization)
 
@@ -250,8 +257,7 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         return {
             "image": tf.ensure_shape(image_ops(example["image"], example_seed),
                                      [image_size, image_size, 3]),
-            "tokens": (example["caption_tokens"][choice] if stored
-                       else tokenize(example["captions"][choice])),
+            "tokens": caption_ids(example, choice),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
             "attempt": attempt,
@@ -280,6 +286,7 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
     local_batch_size = global_batch_size // process_count
     num_examples = min(source.num_examples, max_examples or source.num_examples)
     num_batches = -(-num_examples // global_batch_size)
+    caption_ids = _caption_ids(source, tokenizer)
     stored = source.stored_tokens(tokenizer)
     tokenize = text.make_tokenize_fn(tokenizer)
     empty_row = tf.constant(tokenizer([""])[0]) if stored else None
@@ -297,8 +304,7 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
             "image": tf.ensure_shape(
                 image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
                 [image_size, image_size, 3]),
-            "tokens": (example["caption_tokens"][0] if stored
-                       else tokenize(example["captions"][0])),
+            "tokens": caption_ids(example, 0),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
             "valid": position < num_examples,

@@ -55,14 +55,10 @@ def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tens
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def sample_caption(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """One of several captions, chosen by a stateless seed (the same every run). Empty captions
-    are never chosen; an example with none but empty ones raises (and is skipped)."""
-    return captions[caption_choice(captions, seed)]
-
-
 def caption_choice(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """The index (into `captions`) of the caption `sample_caption` takes."""
+    """The index (into `captions`) of one of several captions, chosen by a stateless seed (the
+    same every run). Empty captions are never chosen; an example with none but empty ones
+    raises (and is skipped)."""
     non_empty = tf.where(tf.strings.length(tf.strings.strip(captions)) > 0)[:, 0]
     count = tf.shape(non_empty)[0]
     with tf.control_dependencies([tf.debugging.assert_positive(count, message="no caption")]):
