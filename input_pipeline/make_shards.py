@@ -186,9 +186,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
             print(f"Resuming the conversion in {staging}.")
 
     def save_progress():
-        with open(progress_path + ".tmp", "w") as f:
-            json.dump(states, f)
-        os.replace(progress_path + ".tmp", progress_path)
+        paths.write_text(progress_path, json.dumps(states))  # whole or not at all
 
     total = (len(source.examples) + len(source.left_out)
              if isinstance(source, sources.ListedSource) else None)
