@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import image_tower, text_tower, tokenizers
+from mmjax import host_memory, image_tower, text_tower, tokenizers
 from mmjax.trainer import Trainer
 
 # Dense bf16 peak TFLOP/s per device, matched against jax.Device.device_kind.
@@ -167,6 +167,8 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
+    if flags.FLAGS.config.get("reuse_host_memory"):
+        host_memory.keep_freed_memory_on_cpu()  # before JAX starts its CPU threads
     result = run(flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup_steps)
     print(format_table(result))
     with open(flags.FLAGS.out, "w") as f:

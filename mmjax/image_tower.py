@@ -30,6 +30,19 @@ VIT_SIZES = {
 POOLING_TYPES = ("cls", "gap", "map")
 
 
+def patches_kept(num_patches: int, patch_dropout: float) -> int:
+    """How many patch tokens an image keeps in training under `patch_dropout` (at least one)."""
+    return max(1, round(num_patches * (1.0 - patch_dropout)))
+
+
+def keep_random_patches(tokens: jax.Array, rng: jax.Array, keep: int) -> jax.Array:
+    """`keep` of each image's patch tokens [batch, patches, width], chosen uniformly at random
+    without replacement, independently per image (FLIP). The count is static, so shapes are."""
+    scores = jax.random.uniform(rng, tokens.shape[:2])
+    _, indices = jax.lax.top_k(scores, keep)
+    return jnp.take_along_axis(tokens, indices[..., None], axis=1)
+
+
 def decode_variant(variant: str) -> dict:
     """"B/16" -> width, depth, mlp_dim, num_heads and patch_size."""
     match = re.fullmatch(r"(\w+)/(\d+)", variant)
@@ -58,8 +71,11 @@ class VisionTransformer(nnx.Module):
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
                  remat: str = "none", scan_layers: bool = False,
                  attention_implementation: str | None = None, pre_norm: bool = False,
-                 norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
-        """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre)."""
+                 norm_epsilon: float = 1e-6, patch_dropout: float = 0.0, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre).
+        `patch_dropout`: the share of patch tokens dropped in training (FLIP), when the tower is
+        given an rng; the class token is always kept, and evaluation (no rng) sees every patch."""
         shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
                             num_heads=num_heads, patch_size=patch_size)
         if pooling not in POOLING_TYPES:
@@ -68,9 +84,13 @@ class VisionTransformer(nnx.Module):
             raise ValueError(
                 f"image_size {image_size} is not divisible by patch size {shape['patch_size']}."
             )
+        if not 0.0 <= patch_dropout < 1.0:
+            raise ValueError(f"patch_dropout {patch_dropout} must be in [0, 1).")
         self.patch_size = shape["patch_size"]
         self.width = width = shape["width"]
         num_patches = (image_size // self.patch_size) ** 2
+        self.patch_dropout = patch_dropout
+        self.patches_kept = patches_kept(num_patches, patch_dropout)
         patch_dim = self.patch_size * self.patch_size * 3
         self.patch_embedding = layers.Dense(patch_dim, width, ("patch", "embed"), rngs=rngs,
                                             dtype=dtype)
@@ -103,7 +123,8 @@ class VisionTransformer(nnx.Module):
     # Set by models.build_model from config.data.normalization.
     input_normalization = "minus_one_one"
 
-    def __call__(self, images: jax.Array):
+    def __call__(self, images: jax.Array, rng: jax.Array | None = None):
+        """`rng` marks training: patch dropout, if configured, draws from it."""
         if images.dtype == jnp.uint8:
             # Pixels straight from the input pipeline (4x fewer bytes to the device than float32):
             # normalised here, where it fuses into the patch embedding.
@@ -111,6 +132,8 @@ class VisionTransformer(nnx.Module):
             images = (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
         tokens = self.patch_embedding(self.patchify(images))
         tokens = tokens + self.position_embedding[...].astype(self.dtype)
+        if rng is not None and self.patch_dropout:
+            tokens = keep_random_patches(tokens, rng, self.patches_kept)
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype),
                                    (tokens.shape[0], 1, self.width))

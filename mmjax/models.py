@@ -30,6 +30,12 @@ def _lookup(registry: dict, name: str, what: str):
     return registry[name]
 
 
+def image_tower_rng(rng: jax.Array | None) -> jax.Array | None:
+    """The image tower's own stream of a training step's rng (patch dropout), apart from what
+    the model draws elsewhere; None (evaluation) stays None."""
+    return None if rng is None else jax.random.fold_in(rng, 0x1A6E)
+
+
 def _tower_kwargs(tower_config) -> dict[str, Any]:
     kwargs = dict(tower_config)
     kwargs.pop("name")
@@ -59,8 +65,9 @@ class CLIP(nnx.Module):
         self.logit_bias = (None if logit_bias_init is None else
                            nnx.Param(jnp.asarray(logit_bias_init, jnp.float32), logical_axes=()))
 
-    def encode_image(self, images: jax.Array):
-        pooled, aux = self.image_tower(images)
+    def encode_image(self, images: jax.Array, rng: jax.Array | None = None):
+        """`rng` only in training: the image tower may drop patches (evaluation passes none)."""
+        pooled, aux = self.image_tower(images, rng=image_tower_rng(rng))
         return self.image_projection(pooled).astype(jnp.float32), aux
 
     def encode_text(self, tokens: jax.Array):
@@ -74,8 +81,7 @@ class CLIP(nnx.Module):
     def __call__(self, images: jax.Array, tokens: jax.Array,
                  rng: jax.Array | None = None) -> dict[str, jax.Array]:
         """What the losses need: per-example outputs (batch-major) and global scalars."""
-        del rng  # contrastive models draw nothing at random
-        image_embedding, _ = self.encode_image(images)
+        image_embedding, _ = self.encode_image(images, rng)
         text_embedding, _ = self.encode_text(tokens)
         return self._contrastive_outputs(image_embedding, text_embedding)
 
@@ -123,8 +129,7 @@ class CoCa(CLIP):
             **_cross_modal_kwargs(self, dict(decoder), _lookup(DTYPES, dtype, "dtype"), shared))
 
     def __call__(self, images, tokens, rng=None):
-        del rng
-        image_embedding, image_aux = self.encode_image(images)
+        image_embedding, image_aux = self.encode_image(images, rng)
         text_embedding, text_aux = self.encode_text(tokens)
         outputs = self._contrastive_outputs(image_embedding, text_embedding)
         outputs["caption_logits"] = self.decoder(text_aux["tokens"], image_aux["tokens"])
@@ -199,7 +204,7 @@ class FusionModel(CLIP):
     def __call__(self, images, tokens, rng=None):
         if rng is None:
             raise ValueError("The fusion model draws negatives and masks: pass an rng key.")
-        image_embedding, image_aux = self.encode_image(images)
+        image_embedding, image_aux = self.encode_image(images, rng)
         text_embedding, text_aux = self.encode_text(tokens)
         outputs = self._contrastive_outputs(image_embedding, text_embedding)
         negatives_rng, mask_rng = jax.random.split(rng)
