@@ -42,7 +42,9 @@ def forward_flops_per_example(config) -> dict[str, float]:
     text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                      ("variant",) + text_tower.SHAPE_FIELDS})
     patches = (config.data.image_size // vit["patch_size"]) ** 2
-    image_tokens = patches + (1 if model.image_tower.get("pooling") == "cls" else 0)
+    # Patch dropout (FLIP): every patch is embedded, the blocks see only the kept ones.
+    kept = image_tower.patches_kept(patches, model.image_tower.get("patch_dropout", 0.0))
+    image_tokens = kept + (1 if model.image_tower.get("pooling") == "cls" else 0)
     width = vit["width"]
     image = 2 * patches * vit["patch_size"] ** 2 * 3 * width
     image += transformer_flops(image_tokens, width, vit["depth"], vit["mlp_dim"])
@@ -129,6 +131,7 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
         "image_size": config.data.image_size,
         "dtype": config.model.dtype,
         "remat": config.model.remat,
+        "patch_dropout": config.model.image_tower.get("patch_dropout", 0.0),
         "attention": config.model.get("attention_implementation") or "xla",
         "step_seconds": step_seconds,
         "pairs_per_second": config.batch_size / step_seconds,

@@ -112,8 +112,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.attention_implementation = "xla"
     # The image tower (mmjax.models.IMAGE_TOWERS) and its size: a variant "SIZE/PATCH"; any of
     # width, depth, mlp_dim, num_heads, patch_size given overrides the variant's.
+    # patch_dropout: the share of patch tokens dropped at random in training (FLIP; the class
+    # token is always kept, evaluation sees every patch); 0 keeps them all.
     config.model.image_tower = ml_collections.ConfigDict(dict(
-        name="vit", variant="B/16", pooling="cls", **_shape_fields(image=True)))
+        name="vit", variant="B/16", pooling="cls", patch_dropout=0.0,
+        **_shape_fields(image=True)))
     # The text tower (mmjax.models.TEXT_TOWERS), sized the same way; its context length and pad /
     # end-of-text ids are the tokenizer's unless set here.
     config.model.text_tower = ml_collections.ConfigDict(dict(

@@ -7,6 +7,7 @@ softmax statistics and logits in float32.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -47,6 +48,36 @@ class Dense(nnx.Module):
         return y
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
+    """(x - mean) / sqrt(variance + epsilon) * scale + bias over the last axis, in x's dtype.
+
+    The gradient is written out rather than derived op by op: one pass over the normalised
+    values and two means, where autodiff's has several more elementwise passes (on the CPU the
+    layer norms were a fifth of the CLIP step's operation time, BENCHMARKS.md)."""
+    return _layer_norm_forward(x, scale, bias, epsilon)[0]
+
+
+def _layer_norm_forward(x, scale, bias, epsilon):
+    centred = x - x.mean(-1, keepdims=True)
+    inverse_std = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + epsilon)
+    normalised = centred * inverse_std
+    return normalised * scale + bias, (normalised, inverse_std, scale)
+
+
+def _layer_norm_backward(epsilon, residuals, grad):
+    del epsilon
+    normalised, inverse_std, scale = residuals
+    grad_normalised = grad * scale
+    grad_x = inverse_std * (grad_normalised - grad_normalised.mean(-1, keepdims=True)
+                            - normalised * (grad_normalised * normalised).mean(-1, keepdims=True))
+    batch_axes = tuple(range(grad.ndim - 1))
+    return grad_x, (grad * normalised).sum(batch_axes), grad.sum(batch_axes)
+
+
+layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
+
+
 class LayerNorm(nnx.Module):
     def __init__(self, features: int, *, dtype=jnp.float32, epsilon: float = 1e-6):
         self.scale = nnx.Param(jnp.ones((features,), jnp.float32), logical_axes=("norm",))
@@ -55,15 +86,12 @@ class LayerNorm(nnx.Module):
         self.epsilon = epsilon
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x.astype(jnp.float32)
-        mean = x.mean(-1, keepdims=True)
-        variance = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(variance + self.epsilon)
-        return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
+        return layer_norm(x.astype(jnp.float32), self.scale[...], self.bias[...],
+                          self.epsilon).astype(self.dtype)
 
 
 class MultiHeadAttention(nnx.Module):
-    """Multi-head attention through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU).
+    """Multi-head attention: `xla_attention`, or cuDNN's flash attention on NVIDIA GPUs.
 
     Queries come from `x`; keys and values from `context` (cross-attention) or `x` itself.
     """
@@ -115,9 +143,7 @@ class MultiHeadAttention(nnx.Module):
             attended = padded_attention(q, k, v, is_causal=is_causal, key_lengths=key_lengths,
                                         implementation="cudnn")
         else:
-            attended = jax.nn.dot_product_attention(
-                q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths,
-                implementation=self.implementation)
+            attended = xla_attention(q, k, v, is_causal=is_causal, key_lengths=key_lengths)
         return (jnp.einsum("btnh,nhd->btd", attended, self._cast(self.out))
                 + self._cast(self.out_bias))
 
@@ -151,6 +177,27 @@ class MultiHeadAttention(nnx.Module):
         return {"key": zeros, "value": zeros}
 
 
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False,
+                  key_lengths: jax.Array | None = None) -> jax.Array:
+    """Attention [batch, length, heads, head_dim] as plain XLA ops, logits and softmax in
+    float32: the computation of jax.nn.dot_product_attention's XLA path, without the vmap over
+    head groups that wraps every product there in transposes and a five-axis layout (on the
+    CPU that made attention 40 % of the CLIP step's operation time, BENCHMARKS.md)."""
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * jnp.float32(q.shape[-1] ** -0.5)
+    query_length, key_length = logits.shape[-2:]
+    keep = None
+    if is_causal:
+        keep = jnp.tril(jnp.ones((query_length, key_length), bool))
+    if key_lengths is not None:
+        real = (jnp.arange(key_length) < key_lengths[:, None])[:, None, None, :]
+        keep = real if keep is None else keep & real
+    if keep is not None:
+        logits = jnp.where(keep, logits, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
+    probabilities = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probabilities, v)
+
+
 def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool,
                      key_lengths: jax.Array | None, multiple: int = 8,
                      implementation: str | None = None) -> jax.Array:
@@ -174,8 +221,8 @@ def padded_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: boo
     return attended[:, :query_length]
 
 
-# None and "xla": XLA's fused attention everywhere; "cudnn": cuDNN flash attention (NVIDIA GPUs,
-# bfloat16 / float16 only).
+# None and "xla": plain XLA ops everywhere (xla_attention); "cudnn": cuDNN flash attention
+# (NVIDIA GPUs, bfloat16 / float16 only).
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
 
 

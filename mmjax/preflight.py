@@ -105,6 +105,10 @@ def _fields(c: _Checks) -> None:
     if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
               "for example 0.01 (stop when over 1% of the examples read are bad)")
+    dropout = config.model.image_tower.get("patch_dropout", 0.0)
+    if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        c.add("config.model.image_tower.patch_dropout", "must be a fraction in [0, 1)",
+              "for example 0.5 (FLIP: half of the patches dropped in training), or 0 for none")
     for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES)):
         if c.value(field) not in valid:
             c.add(f"config.{field}", "is not a valid choice", f"use one of {sorted(valid)}")

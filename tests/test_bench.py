@@ -20,6 +20,17 @@ def test_analytic_flops_match_published_counts():
         2 * 4.41e9, rel=0.02)
 
 
+def test_patch_dropout_counts_the_tokens_the_blocks_see():
+    config = clip_b16.get_config()
+    full = bench.forward_flops_per_example(config)
+    config.model.image_tower.patch_dropout = 0.5
+    half = bench.forward_flops_per_example(config)
+    # 98 of 196 patches and the class token: a little under half (attention is quadratic, every
+    # patch is still embedded); the text tower is untouched.
+    assert half["image"] / full["image"] == pytest.approx(0.4956, abs=1e-3)
+    assert half["text"] == full["text"]
+
+
 def test_benchmark_runs_without_tensorflow(tmp_path):
     """The benchmark (and the trainer it uses) must run where TensorFlow is not installed."""
     out = tmp_path / "bench.json"

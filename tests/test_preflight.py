@@ -63,6 +63,8 @@ BAD_FIELDS = [
     ("model.dtype", "float8", r"config\.model\.dtype = 'float8': is not a valid choice\. Fix: use "
      r"one of \['bfloat16', 'float16', 'float32'\]\.$"),
     ("model.remat", "everything", r"config\.model\.remat = 'everything'.*'save_dots'"),
+    ("model.image_tower.patch_dropout", 1.0, r"config\.model\.image_tower\.patch_dropout = "
+     r"1\.0: must be a fraction in \[0, 1\)\. Fix: for example 0\.5"),
     ("model.image_tower.pooling", "max", r"config\.model: Unknown ViT pooling 'max'.*'map'"),
     ("model.image_tower.variant", "X/16", r"config\.model: Unknown ViT variant 'X/16'"),
     ("model.name", "blip", r"config\.model: Unknown model 'blip'; valid names: \['clip', "
@@ -371,7 +373,8 @@ CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, "configs"))
                  if f.endswith(".py") and f not in ("__init__.py", "common.py", "from_workdir.py"))
 # Runs these configs start from, which a fresh clone has not trained.
 UNTRAINED_PATHS = {"smoke_distill": "config.distill.teacher",
-                   "smoke_vqa": "config.init_from.checkpoint"}
+                   "smoke_vqa": "config.init_from.checkpoint",
+                   "clip_b16_flip_unmasked": "config.init_from.checkpoint"}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

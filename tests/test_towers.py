@@ -126,3 +126,91 @@ def test_padded_attention_equals_unpadded(query_length, key_length, is_causal, w
     np.testing.assert_allclose(got, expected, atol=1e-5)
     for g, e in zip(got_grads, expected_grads):
         np.testing.assert_allclose(g, e, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+@pytest.mark.parametrize("query_length,key_length,is_causal,with_lengths", [
+    (65, 65, False, False), (32, 32, True, True), (5, 13, False, True)])
+def test_xla_attention_equals_jax_dot_product_attention(query_length, key_length, is_causal,
+                                                        with_lengths, dtype, tolerance):
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (jax.random.normal(key, (3, length, 2, 8)).astype(dtype)
+               for key, length in zip(keys, (query_length, key_length, key_length)))
+    lengths = jnp.array([key_length, 4, key_length - 2]) if with_lengths else None
+    probe = jax.random.normal(keys[3], (3, query_length, 2, 8))
+
+    def loss(attention, q, k, v):
+        out = attention(q, k, v, is_causal=is_causal, key_lengths=lengths)
+        return jnp.sum(out.astype(jnp.float32) * probe), out
+
+    reference = lambda q, k, v, is_causal, key_lengths: jax.nn.dot_product_attention(
+        q, k, v, is_causal=is_causal, key_value_seq_lengths=key_lengths)
+    (_, expected), expected_grads = jax.value_and_grad(
+        functools.partial(loss, reference), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    (_, got), got_grads = jax.value_and_grad(
+        functools.partial(loss, layers.xla_attention), argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(expected), atol=tolerance)
+    for g, e in zip(got_grads, expected_grads):
+        np.testing.assert_allclose(np.float32(g), np.float32(e), atol=tolerance, rtol=tolerance)
+
+
+def test_layer_norm_gradient_equals_autodiff():
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = 3 * jax.random.normal(keys[0], (4, 7, 16)) + 1
+    scale, bias = 1 + jax.random.normal(keys[1], (16,)), jax.random.normal(keys[2], (16,))
+    probe = jax.random.normal(keys[3], (4, 7, 16))
+
+    def plain(x, scale, bias):
+        mean = x.mean(-1, keepdims=True)
+        variance = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(variance + 1e-6) * scale + bias
+
+    loss = lambda norm: lambda *args: jnp.sum(jnp.sin(norm(*args)) * probe)
+    np.testing.assert_array_equal(layers.layer_norm(x, scale, bias, 1e-6), plain(x, scale, bias))
+    got = jax.grad(loss(lambda *a: layers.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x, scale, bias)
+    expected = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_dropout_keeps_the_class_token_and_the_requested_count():
+    tower = image_tower.VisionTransformer(image_size=16, width=32, depth=2, mlp_dim=64,
+                                          num_heads=4, patch_size=4, pooling="cls",
+                                          patch_dropout=0.5, rngs=nnx.Rngs(0))
+    images = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3))
+    rng = jax.random.key(2)
+    pooled, aux = tower(images, rng=rng)
+    assert aux["tokens"].shape == (3, 8, 32)  # 8 of the 16 patches; the class token is apart
+
+    # The same forward pass spelled out: the kept patches after their position embeddings,
+    # the class token put in front of them, and pooling from it.
+    patches = tower.patch_embedding(tower.patchify(images)) + tower.position_embedding[...]
+    kept = image_tower.keep_random_patches(patches, rng, 8)
+    cls = jnp.broadcast_to(tower.cls_token[...], (3, 1, 32))
+    expected = tower.encoder(jnp.concatenate([cls, kept], axis=1))
+    np.testing.assert_allclose(pooled, expected[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux["tokens"], expected[:, 1:], rtol=1e-5, atol=1e-6)
+
+    # Which patches: distinct within an image, drawn independently per image.
+    positions = jnp.broadcast_to(jnp.arange(16.0)[None, :, None], (3, 16, 1))
+    chosen = np.asarray(image_tower.keep_random_patches(positions, rng, 8))[..., 0]
+    assert all(len(set(row)) == 8 for row in chosen)
+    assert len({tuple(sorted(row)) for row in chosen}) == 3
+
+
+def test_patch_dropout_is_off_without_an_rng_and_at_rate_zero():
+    def vit(rate):
+        return image_tower.VisionTransformer(image_size=16, width=32, depth=1, mlp_dim=64,
+                                             num_heads=4, patch_size=4, pooling="cls",
+                                             patch_dropout=rate, rngs=nnx.Rngs(0))
+
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
+    full, _ = vit(0.0)(images)
+    evaluated, aux = vit(0.75)(images)  # no rng: evaluation sees every patch
+    assert aux["tokens"].shape == (2, 16, 32)
+    np.testing.assert_array_equal(evaluated, full)
+    trained_at_zero, _ = vit(0.0)(images, rng=jax.random.key(3))
+    np.testing.assert_array_equal(trained_at_zero, full)
+    with pytest.raises(ValueError, match="patch_dropout 1.0 must be in"):
+        vit(1.0)

@@ -36,6 +36,27 @@ def test_a_few_steps_on_one_batch_lower_the_loss(tiny_config):
     assert int(state["step"]) == 10
 
 
+def test_patch_dropout_draws_per_step_and_evaluation_sees_every_patch(tiny_config):
+    tiny_config.model.image_tower.patch_dropout = 0.5
+    trainer = Trainer(tiny_config, mesh=one_device_mesh())
+    params = trainer.create_state()["params"]
+    batch = {"image": np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8),
+             "tokens": np.full((4, trainer.tokenizer.context_length), 5, np.int32)}
+
+    def trained(step):  # the train step's forward pass at `step`
+        return np.asarray(trainer.forward(params, batch, trainer.step_rng(step))["image_embedding"])
+
+    np.testing.assert_array_equal(trained(3), trained(3))  # a resumed step drops the same patches
+    assert np.abs(trained(3) - trained(4)).max() > 1e-3
+    # Evaluation encodes every patch: equal to the same parameters without patch dropout.
+    tiny_config.model.image_tower.patch_dropout = 0.0
+    without = Trainer(tiny_config, mesh=one_device_mesh())
+    evaluated = trainer.model(params).encode_image(batch["image"])[0]
+    np.testing.assert_array_equal(evaluated, without.model(params).encode_image(batch["image"])[0])
+    np.testing.assert_array_equal(
+        without.forward(params, batch, trainer.step_rng(3))["image_embedding"], evaluated)
+
+
 def test_a_resumed_run_matches_the_uninterrupted_one(finished_run, tiny_config, tmp_path):
     reference, final_metrics = finished_run
     expected = train_losses(reference)
