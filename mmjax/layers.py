@@ -50,29 +50,37 @@ class Dense(nnx.Module):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) -> jax.Array:
-    """(x - mean) / sqrt(variance + epsilon) * scale + bias over the last axis, in x's dtype.
+    """(x - mean) / sqrt(variance + epsilon) * scale + bias over the last axis, in float32.
 
     The gradient is written out rather than derived op by op: one pass over the normalised
     values and two means, where autodiff's has several more elementwise passes (on the CPU the
-    layer norms were a fifth of the CLIP step's operation time, BENCHMARKS.md)."""
+    layer norms were a fifth of the CLIP step's operation time, BENCHMARKS.md). What the
+    backward pass keeps is x in its own dtype (bfloat16 activations stay bfloat16) and two
+    numbers per row; the normalised values are recomputed from them."""
     return _layer_norm_forward(x, scale, bias, epsilon)[0]
 
 
+def _normalise(x, mean, inverse_std):
+    return (x.astype(jnp.float32) - mean) * inverse_std
+
+
 def _layer_norm_forward(x, scale, bias, epsilon):
-    centred = x - x.mean(-1, keepdims=True)
-    inverse_std = jax.lax.rsqrt(jnp.square(centred).mean(-1, keepdims=True) + epsilon)
-    normalised = centred * inverse_std
-    return normalised * scale + bias, (normalised, inverse_std, scale)
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    inverse_std = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + epsilon)
+    return _normalise(x, mean, inverse_std) * scale + bias, (x, mean, inverse_std, scale)
 
 
 def _layer_norm_backward(epsilon, residuals, grad):
     del epsilon
-    normalised, inverse_std, scale = residuals
+    x, mean, inverse_std, scale = residuals
+    normalised = _normalise(x, mean, inverse_std)
     grad_normalised = grad * scale
     grad_x = inverse_std * (grad_normalised - grad_normalised.mean(-1, keepdims=True)
                             - normalised * (grad_normalised * normalised).mean(-1, keepdims=True))
     batch_axes = tuple(range(grad.ndim - 1))
-    return grad_x, (grad * normalised).sum(batch_axes), grad.sum(batch_axes)
+    return (grad_x.astype(x.dtype), (grad * normalised).sum(batch_axes),
+            grad.sum(batch_axes))
 
 
 layer_norm.defvjp(_layer_norm_forward, _layer_norm_backward)
@@ -86,8 +94,7 @@ class LayerNorm(nnx.Module):
         self.epsilon = epsilon
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return layer_norm(x.astype(jnp.float32), self.scale[...], self.bias[...],
-                          self.epsilon).astype(self.dtype)
+        return layer_norm(x, self.scale[...], self.bias[...], self.epsilon).astype(self.dtype)
 
 
 class MultiHeadAttention(nnx.Module):

@@ -9,6 +9,7 @@ declare -A VARIANTS=(
   [cudnn_b256]="--config.model.attention_implementation=cudnn"
   [xla_b256]=""
   [cudnn_b512]="--config.model.attention_implementation=cudnn --config.batch_size=512"
+  [flip_b512]="--config.model.attention_implementation=cudnn --config.batch_size=512 --config.model.image_tower.patch_dropout=0.5"
 )
 for name in "$@"; do
   cmd="python3 -m mmjax.bench --config=configs/clip_b16.py ${VARIANTS[$name]} --out=$out/$name.json"

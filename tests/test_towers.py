@@ -172,6 +172,16 @@ def test_layer_norm_gradient_equals_autodiff():
     expected = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    # bfloat16 activations: the gradient comes back in bfloat16, equal to autodiff's of the
+    # float32 computation to bfloat16's precision.
+    x16 = x.astype(jnp.bfloat16)
+    got = jax.grad(loss(lambda *a: layers.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x16, scale,
+                                                                                    bias)
+    expected = jax.grad(loss(lambda x, *a: plain(x.astype(jnp.float32), *a)),
+                        argnums=(0, 1, 2))(x16, scale, bias)
+    assert got[0].dtype == jnp.bfloat16
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.float32(g), np.float32(e), rtol=2e-2, atol=2e-2)
 
 
 def test_patch_dropout_keeps_the_class_token_and_the_requested_count():

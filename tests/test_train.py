@@ -112,8 +112,10 @@ def test_gradient_accumulation_gives_the_one_batch_update(tiny_config):
     (accum_loss, _), accum_grads = jax.jit(accumulated.loss_and_grads)(state["params"], batch,
                                                                        rng)
     assert float(accum_loss) == pytest.approx(float(loss), abs=1e-6)
+    # Up to float32 rounding (a sum over four micro-batches is not the one-batch sum); an
+    # accumulation that keeps one micro-batch's share is off by 0.25.
     for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(accum_grads)):
-        np.testing.assert_allclose(a, g, atol=1e-6, rtol=1e-4)
+        np.testing.assert_allclose(a, g, atol=5e-6, rtol=1e-4)
     # Warm the schedule past step 0 so the update is not zero.
     state["step"] = jax.numpy.asarray(3, jax.numpy.int32)
     copy = jax.tree.map(jax.numpy.copy, state)
