@@ -95,8 +95,9 @@ def open_input(input_path: str, columns: ParquetColumns | None = None):
         [input_path] if os.path.isfile(input_path) else _files_under(input_path))
     if not files:
         raise FileNotFoundError(f"--input {input_path} does not exist or matches no file.")
-    if all(f.endswith(".tar") for f in files):
-        return StreamedSource(files, read_tar)
+    tars = [f for f in files if f.endswith(".tar")]
+    if tars:  # img2dataset writes NNNNN.parquet and NNNNN_stats.json metadata beside its tars
+        return StreamedSource(tars, read_tar)
     if all(f.endswith(".parquet") for f in files):
         columns = columns or ParquetColumns()
         return StreamedSource(files, lambda path: read_parquet(path, columns))

@@ -188,3 +188,25 @@ def test_shards_tokenized_at_conversion_feed_the_same_ids_and_refuse_another_tok
                        r"shards:.*tokenized:train was tokenized with at conversion \(clip_bpe, "
                        r"context 24.*Fix: set config.tokenizer to that one"):
         preflight.check(tiny_config, mesh=one_device_mesh(), data=pipeline)
+
+
+def test_the_loader_benchmark_reads_its_webdataset_tars_both_ways(tmp_path):
+    """input_pipeline.bench --source=webdataset: img2dataset-style tars of 341x256 JPEGs (with
+    img2dataset's NNNNN_stats.json beside them, which make_shards skips), converted with and
+    without stored tokens, both fed through the training pipeline."""
+    from input_pipeline import bench
+
+    shard_dirs, pattern = bench.prepare_webdataset(str(tmp_path), 12, per_tar=5)
+    assert pattern == str(tmp_path / "tars" / "{00000..00002}.tar")
+    with tarfile.open(tmp_path / "tars" / "00002.tar") as tar:
+        names = tar.getnames()
+        image = Image.open(tar.extractfile(names[0]))
+    assert names == ["000000010.jpg", "000000010.txt", "000000010.json",
+                     "000000011.jpg", "000000011.txt", "000000011.json"]
+    assert image.size == (341, 256) and image.format == "JPEG"
+    for label, directory in shard_dirs.items():
+        with open(os.path.join(directory, "metadata.json")) as f:
+            metadata = json.load(f)
+        assert metadata["splits"]["train"]["num_examples"] == 12, label
+        assert ("tokenizer" in json.dumps(metadata)) == (label == "tokens stored by make_shards")
+        assert bench.time_mmjax(directory, bench.FAST, batch_size=4, batches=1, warmup=0) > 0
