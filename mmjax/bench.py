@@ -158,27 +158,35 @@ def format_table(result: dict) -> str:
     return "\n".join(f"{n.ljust(width)}  {v}" for n, v in rows)
 
 
-def define_flags() -> None:
-    """Command-line flags, defined only when run as a program (importing defines none)."""
-    flags.DEFINE_integer("steps", 20, "Timed steps.")
-    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation.")
-    flags.DEFINE_string("out", "bench_results.json", "Where to write the results (JSON).")
+def define_config_flag() -> None:
+    """--config, for the programs that measure a config's step (this one, mmjax.profile_step)."""
     config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
                                     lock_config=True)
     flags.mark_flags_as_required(["config"])
 
 
-def main(argv):
-    del argv
-    if flags.FLAGS.config.get("reuse_host_memory"):
-        host_memory.keep_freed_memory_on_cpu()  # before JAX starts its CPU threads
-    result = run(flags.FLAGS.config, flags.FLAGS.steps, flags.FLAGS.warmup_steps)
-    print(format_table(result))
-    with open(flags.FLAGS.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"results written to {flags.FLAGS.out}")
+def program(measure, format_result):
+    """main() of such a program: `measure(config)` (with reuse_host_memory set first, before
+    JAX starts its CPU threads), its table printed and its result written to --out as JSON."""
+
+    def main(argv):
+        del argv
+        config = flags.FLAGS.config
+        if config.get("reuse_host_memory"):
+            host_memory.keep_freed_memory_on_cpu()
+        result = measure(config)
+        print(format_result(result))
+        with open(flags.FLAGS.out, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"results written to {flags.FLAGS.out}")
+
+    return main
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    flags.DEFINE_integer("steps", 20, "Timed steps.")
+    flags.DEFINE_integer("warmup_steps", 3, "Untimed steps after compilation.")
+    flags.DEFINE_string("out", "bench_results.json", "Where to write the results (JSON).")
+    define_config_flag()
+    app.run(program(lambda config: run(config, flags.FLAGS.steps, flags.FLAGS.warmup_steps),
+                    format_table))

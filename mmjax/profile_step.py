@@ -23,9 +23,8 @@ import time
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
-from mmjax import bench, host_memory
+from mmjax import bench
 from mmjax.trainer import Trainer
 
 # Innermost-first: the first frame of an operation's source stack ("file.py:Function") that holds
@@ -113,8 +112,10 @@ def breakdown(trace_dir: str, names: dict[str, tuple[str, str]], steps: int) -> 
     return totals
 
 
-def run(config, steps: int) -> dict:
-    trainer = Trainer(config)
+def run(config, steps: int, mesh=None) -> dict:
+    """The breakdown of `steps` traced steps of config's train step (on `mesh`, default the
+    config's)."""
+    trainer = Trainer(config, mesh=mesh)
     state = trainer.create_state()
     batch = bench.synthetic_batch(trainer)
     compiled = trainer.train_step.lower(state, batch, *trainer.step_args).compile()
@@ -152,26 +153,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def define_flags() -> None:
+if __name__ == "__main__":
     flags.DEFINE_integer("steps", 5, "Traced steps (after 3 untraced ones).")
     flags.DEFINE_string("out", "profile_step.json", "Where to write the breakdown (JSON).")
-    config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
-                                    lock_config=True)
-    flags.mark_flags_as_required(["config"])
-
-
-def main(argv):
-    del argv
-    config = flags.FLAGS.config
-    if config.get("reuse_host_memory"):
-        host_memory.keep_freed_memory_on_cpu()
-    result = run(config, flags.FLAGS.steps)
-    print(format_table(result))
-    with open(flags.FLAGS.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"results written to {flags.FLAGS.out}")
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    bench.define_config_flag()
+    app.run(bench.program(lambda config: run(config, flags.FLAGS.steps), format_table))

@@ -36,7 +36,7 @@ def test_benchmark_runs_without_tensorflow(tmp_path):
     out = tmp_path / "bench.json"
     script = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-        "from mmjax import bench; bench.define_flags(); bench.app.run(bench.main)\n"
+        "import runpy; runpy.run_module('mmjax.bench', run_name='__main__')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, f"--config={REPO_ROOT}/tests/tiny_config.py", "--steps=2",
@@ -58,3 +58,17 @@ def test_benchmark_lowers_a_distillation_step_with_its_teacher(finished_run, tin
     tiny_config.distill.teacher = teacher
     result = bench.run(tiny_config, steps=1, warmup_steps=0)
     assert result["step_seconds"] > 0 and result["final_loss"] > 0
+
+
+def test_the_step_profile_attributes_operations_to_model_parts(tiny_config):
+    from conftest import one_device_mesh
+    from mmjax import profile_step
+
+    result = profile_step.run(tiny_config, steps=2, mesh=one_device_mesh())
+    time = {(row["part"], row["kind"]): row["ms_per_step"] for row in result["rows"]}
+    for part in ("attention", "mlp", "image embedding", "projections"):
+        assert time.get((part, "matmul"), 0) > 0, part
+    for part in ("layer norm", "optimizer update", "metrics", "loss"):
+        assert sum(v for (p, _), v in time.items() if p == part) > 0, part
+    assert sum(v for (p, _), v in time.items() if p == "other") < 0.2 * result["op_ms_per_step"]
+    assert "mlp" in profile_step.format_table(result)
