@@ -54,9 +54,10 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float) 
 
     The gradient is written out rather than derived op by op: one pass over the normalised
     values and two means, where autodiff's has several more elementwise passes (on the CPU the
-    layer norms were a fifth of the CLIP step's operation time, BENCHMARKS.md). What the
-    backward pass keeps is x in its own dtype (bfloat16 activations stay bfloat16) and two
-    numbers per row; the normalised values are recomputed from them."""
+    layer norms were a fifth of the CLIP step's operation time, BENCHMARKS.md). The backward
+    pass keeps the smaller of two things: the float32 normalised values when x is float32, or
+    x itself when its dtype is narrower (bfloat16 activations: half the bytes), from which the
+    normalised values are recomputed."""
     return _layer_norm_forward(x, scale, bias, epsilon)[0]
 
 
@@ -68,18 +69,20 @@ def _layer_norm_forward(x, scale, bias, epsilon):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     inverse_std = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + epsilon)
-    return _normalise(x, mean, inverse_std) * scale + bias, (x, mean, inverse_std, scale)
+    normalised = _normalise(x, mean, inverse_std)
+    kept = normalised if x.dtype == jnp.float32 else x
+    return normalised * scale + bias, (kept, mean, inverse_std, scale)
 
 
 def _layer_norm_backward(epsilon, residuals, grad):
     del epsilon
-    x, mean, inverse_std, scale = residuals
-    normalised = _normalise(x, mean, inverse_std)
+    kept, mean, inverse_std, scale = residuals
+    normalised = kept if kept.dtype == jnp.float32 else _normalise(kept, mean, inverse_std)
     grad_normalised = grad * scale
     grad_x = inverse_std * (grad_normalised - grad_normalised.mean(-1, keepdims=True)
                             - normalised * (grad_normalised * normalised).mean(-1, keepdims=True))
     batch_axes = tuple(range(grad.ndim - 1))
-    return (grad_x.astype(x.dtype), (grad * normalised).sum(batch_axes),
+    return (grad_x.astype(kept.dtype), (grad * normalised).sum(batch_axes),
             grad.sum(batch_axes))
 
 
