@@ -47,6 +47,7 @@ def devices_will_be_cpus() -> bool:
 
 
 def keep_freed_memory_on_cpu() -> bool:
-    """keep_freed_memory() when the devices will be CPUs; called first thing by main.py and
-    mmjax.bench. Returns whether it was set."""
+    """keep_freed_memory() when the devices will be CPUs; main.py, mmjax.bench and
+    mmjax.profile_step call it first when config.reuse_host_memory is set. Returns whether it
+    was set."""
     return devices_will_be_cpus() and keep_freed_memory()
