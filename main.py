@@ -29,10 +29,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-    if FLAGS.config.get("reuse_host_memory"):
-        from mmjax import host_memory
+    from mmjax import host_memory
 
-        host_memory.keep_freed_memory_on_cpu()  # before JAX starts its CPU threads
+    host_memory.configure(FLAGS.config)  # before JAX starts its CPU threads
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes:

@@ -10,7 +10,7 @@ training) in img2dataset's webdataset tars, converted by make_shards (with and w
 captions' tokens stored at conversion). Then times mmjax's train pipeline and, if
 --open_clip_python is given, open_clip's own training loader (open_clip_train.data's CSV or
 webdataset path, scripts/bench_open_clip_loader.py) on the same files, each pinned to the same
-cores. Prints a table and writes WORKDIR/loader_bench.json.
+cores. Prints a table and writes WORKDIR/loader_bench_SOURCE.json.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def prepare_webdataset(workdir: str, count: int, per_tar: int = 250) -> tuple[di
         os.makedirs(tars, exist_ok=True)
         rng = np.random.default_rng(0)
         for shard in range(num_tars):
+            indices = range(shard * per_tar, min(count, (shard + 1) * per_tar))
             with tarfile.open(os.path.join(tars, f"{shard:05d}.tar"), "w") as tar:
-                for index in range(shard * per_tar, min(count, (shard + 1) * per_tar)):
+                for index in indices:
                     jpeg, caption = textured_jpeg(index, 341, 256, 95, rng)
                     key = f"{index:09d}"
                     meta = json.dumps({"key": key, "caption": caption}).encode()
@@ -98,7 +99,7 @@ def prepare_webdataset(workdir: str, count: int, per_tar: int = 250) -> tuple[di
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
             with open(stats(shard), "w") as f:  # img2dataset's sidecar, which readers skip
-                json.dump({"count": min(count, (shard + 1) * per_tar) - shard * per_tar}, f)
+                json.dump({"count": len(indices)}, f)
     shards = {"tokenizing while training": os.path.join(workdir, "shards"),
               "tokens stored by make_shards": os.path.join(workdir, "shards_tokens")}
     make_shards.make_shards(tars, shards["tokenizing while training"], quiet=True)

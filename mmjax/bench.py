@@ -95,26 +95,35 @@ def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
                                         for k, ndim in trainer.model_inputs.items()})()
 
 
-def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
-    trainer = Trainer(config)
+def compiled_step(config, mesh=None):
+    """(trainer, its train step compiled, a fresh state, a synthetic batch, compile seconds)
+    for `config` on `mesh` (default: the config's)."""
+    trainer = Trainer(config, mesh=mesh)
     state = trainer.create_state()
     batch = synthetic_batch(trainer)
-
-    compile_start = time.perf_counter()
+    start = time.perf_counter()
     compiled = trainer.train_step.lower(state, batch, *trainer.step_args).compile()
-    compile_seconds = time.perf_counter() - compile_start
+    return trainer, compiled, state, batch, time.perf_counter() - start
+
+
+def advance(trainer, compiled, state, batch, steps: int):
+    """(state, metrics) after `steps` compiled steps on the same batch, finished on the devices."""
+    metrics = None
+    for _ in range(steps):
+        state, metrics = compiled(state, batch, *trainer.step_args)
+    return jax.block_until_ready((state, metrics))
+
+
+def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
+    trainer, compiled, state, batch, compile_seconds = compiled_step(config)
     # XLA's own count of the bytes the step moves through device memory: divided by the
     # device's bandwidth it is the step's floor when elementwise work, not matmuls, dominates.
     cost = compiled.cost_analysis()
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
-    for _ in range(warmup_steps):
-        state, metrics = compiled(state, batch, *trainer.step_args)
-    jax.block_until_ready(state)
+    state, _ = advance(trainer, compiled, state, batch, warmup_steps)
     start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = compiled(state, batch, *trainer.step_args)
-    jax.block_until_ready(metrics)
+    state, metrics = advance(trainer, compiled, state, batch, steps)
     step_seconds = (time.perf_counter() - start) / steps
 
     devices = trainer.mesh.devices.size
@@ -166,14 +175,13 @@ def define_config_flag() -> None:
 
 
 def program(measure, format_result):
-    """main() of such a program: `measure(config)` (with reuse_host_memory set first, before
-    JAX starts its CPU threads), its table printed and its result written to --out as JSON."""
+    """main() of such a program: `measure(config)` (after host_memory.configure, before JAX
+    starts its CPU threads), its table printed and its result written to --out as JSON."""
 
     def main(argv):
         del argv
         config = flags.FLAGS.config
-        if config.get("reuse_host_memory"):
-            host_memory.keep_freed_memory_on_cpu()
+        host_memory.configure(config)
         result = measure(config)
         print(format_result(result))
         with open(flags.FLAGS.out, "w") as f:

@@ -46,8 +46,9 @@ def devices_will_be_cpus() -> bool:
     return not any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu"))
 
 
-def keep_freed_memory_on_cpu() -> bool:
-    """keep_freed_memory() when the devices will be CPUs; main.py, mmjax.bench and
-    mmjax.profile_step call it first when config.reuse_host_memory is set. Returns whether it
-    was set."""
-    return devices_will_be_cpus() and keep_freed_memory()
+def configure(config) -> bool:
+    """keep_freed_memory() when config.reuse_host_memory is set and the devices will be CPUs;
+    main.py, mmjax.bench and mmjax.profile_step call it first, before JAX starts its CPU
+    threads. Returns whether it was set."""
+    return bool(config.get("reuse_host_memory")) and devices_will_be_cpus() and \
+        keep_freed_memory()

@@ -25,7 +25,6 @@ import jax
 from absl import app, flags
 
 from mmjax import bench
-from mmjax.trainer import Trainer
 
 # Innermost-first: the first frame of an operation's source stack ("file.py:Function") that holds
 # one of these names its part.
@@ -115,20 +114,13 @@ def breakdown(trace_dir: str, names: dict[str, tuple[str, str]], steps: int) -> 
 def run(config, steps: int, mesh=None) -> dict:
     """The breakdown of `steps` traced steps of config's train step (on `mesh`, default the
     config's)."""
-    trainer = Trainer(config, mesh=mesh)
-    state = trainer.create_state()
-    batch = bench.synthetic_batch(trainer)
-    compiled = trainer.train_step.lower(state, batch, *trainer.step_args).compile()
+    trainer, compiled, state, batch, _ = bench.compiled_step(config, mesh)
     names = attribute(compiled.as_text())
-    for _ in range(3):
-        state, metrics = compiled(state, batch, *trainer.step_args)
-    jax.block_until_ready(state)
+    state, _ = bench.advance(trainer, compiled, state, batch, 3)
     with tempfile.TemporaryDirectory() as trace_dir:
         start = time.perf_counter()
         with jax.profiler.trace(trace_dir):
-            for _ in range(steps):
-                state, metrics = compiled(state, batch, *trainer.step_args)
-            jax.block_until_ready(state)
+            bench.advance(trainer, compiled, state, batch, steps)
         wall = (time.perf_counter() - start) / steps
         totals = breakdown(trace_dir, names, steps)
     traced = sum(totals.values())
