@@ -71,11 +71,16 @@ class VisionTransformer(nnx.Module):
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
                  remat: str = "none", scan_layers: bool = False,
                  attention_implementation: str | None = None, pre_norm: bool = False,
-                 norm_epsilon: float = 1e-6, patch_dropout: float = 0.0, dtype=jnp.float32,
+                 norm_epsilon: float = 1e-6, patch_dropout: float = 0.0, patch_bias: bool = True,
+                 class_position: bool = False, key_bias: bool = False, dtype=jnp.float32,
                  rngs: nnx.Rngs):
         """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre).
         `patch_dropout`: the share of patch tokens dropped in training (FLIP), when the tower is
-        given an rng; the class token is always kept, and evaluation (no rng) sees every patch."""
+        given an rng; the class token is always kept, and evaluation (no rng) sees every patch.
+        `patch_bias`, `class_position` (a position embedding for the class token too) and
+        `key_bias` (in attention) give OpenAI CLIP's parameter set exactly, so that its weights
+        go in and come back out unchanged (open_clip and transformers: no patch bias, a class
+        position, a key bias)."""
         shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
                             num_heads=num_heads, patch_size=patch_size)
         if pooling not in POOLING_TYPES:
@@ -84,6 +89,8 @@ class VisionTransformer(nnx.Module):
             raise ValueError(
                 f"image_size {image_size} is not divisible by patch size {shape['patch_size']}."
             )
+        if class_position and pooling != "cls":
+            raise ValueError("class_position needs a class token: set pooling='cls'.")
         if not 0.0 <= patch_dropout < 1.0:
             raise ValueError(f"patch_dropout {patch_dropout} must be in [0, 1).")
         self.patch_size = shape["patch_size"]
@@ -93,9 +100,10 @@ class VisionTransformer(nnx.Module):
         self.patches_kept = patches_kept(num_patches, patch_dropout)
         patch_dim = self.patch_size * self.patch_size * 3
         self.patch_embedding = layers.Dense(patch_dim, width, ("patch", "embed"), rngs=rngs,
-                                            dtype=dtype)
+                                            dtype=dtype, use_bias=patch_bias)
+        self.class_position = class_position
         self.position_embedding = nnx.Param(
-            jax.random.normal(rngs.params(), (num_patches, width)) * 0.02,
+            jax.random.normal(rngs.params(), (num_patches + class_position, width)) * 0.02,
             logical_axes=("length", "embed"))
         self.cls_token = (nnx.Param(jnp.zeros((1, width)), logical_axes=(None, "embed"))
                           if pooling == "cls" else None)
@@ -103,12 +111,14 @@ class VisionTransformer(nnx.Module):
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
                                           activation=activation, remat=remat,
                                           scan_layers=scan_layers, norm_epsilon=norm_epsilon,
-                                          attention_implementation=attention_implementation)
+                                          attention_implementation=attention_implementation,
+                                          key_bias=key_bias)
         self.pre_norm = (layers.LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
                          if pre_norm else None)
         self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
                                                     rngs=rngs, dtype=dtype, norm_epsilon=norm_epsilon,
-                                                    attention_implementation=attention_implementation)
+                                                    attention_implementation=attention_implementation,
+                                                    key_bias=key_bias)
                                if pooling == "map" else None)
         self.pooling = pooling
         self.dtype = dtype
@@ -131,12 +141,15 @@ class VisionTransformer(nnx.Module):
             mean, std = image_normalization(self.input_normalization)
             images = (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
         tokens = self.patch_embedding(self.patchify(images))
-        tokens = tokens + self.position_embedding[...].astype(self.dtype)
+        positions = self.position_embedding[...].astype(self.dtype)
+        tokens = tokens + positions[int(self.class_position):]
         if rng is not None and self.patch_dropout:
             tokens = keep_random_patches(tokens, rng, self.patches_kept)
         if self.cls_token is not None:
-            cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype),
-                                   (tokens.shape[0], 1, self.width))
+            cls = self.cls_token[...].astype(self.dtype)
+            if self.class_position:
+                cls = cls + positions[:1]
+            cls = jnp.broadcast_to(cls, (tokens.shape[0], 1, self.width))
             tokens = jnp.concatenate([cls, tokens], axis=1)
         if self.pre_norm is not None:
             tokens = self.pre_norm(tokens)

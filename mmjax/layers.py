@@ -107,7 +107,11 @@ class MultiHeadAttention(nnx.Module):
     """
 
     def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 context_width: int | None = None, implementation: str | None = None):
+                 context_width: int | None = None, implementation: str | None = None,
+                 key_bias: bool = False):
+        """`key_bias`: a bias on the keys too. It adds one amount to all of a query's scores,
+        which softmax ignores, so it is off unless imported weights carry one (open_clip,
+        transformers and big_vision models have it) and must come back out unchanged."""
         if implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"Unknown attention implementation {implementation!r}; valid: "
                              f"{ATTENTION_IMPLEMENTATIONS}.")
@@ -126,6 +130,8 @@ class MultiHeadAttention(nnx.Module):
         self.value = projection(context_width)
         self.query_bias = nnx.Param(jnp.zeros((num_heads, head_dim)), logical_axes=("heads", "kv"))
         self.value_bias = nnx.Param(jnp.zeros((num_heads, head_dim)), logical_axes=("heads", "kv"))
+        self.key_bias = (nnx.Param(jnp.zeros((num_heads, head_dim)), logical_axes=("heads", "kv"))
+                         if key_bias else None)
         out_init = xavier_uniform(rngs.params(), (width, width), jnp.float32)
         self.out = nnx.Param(out_init.reshape(num_heads, head_dim, width),
                              logical_axes=("heads", "kv", "embed"))
@@ -141,6 +147,8 @@ class MultiHeadAttention(nnx.Module):
         context = context.astype(self.dtype)
         k = jnp.einsum("bsd,dnh->bsnh", context, self._cast(self.key))
         v = jnp.einsum("bsd,dnh->bsnh", context, self._cast(self.value))
+        if self.key_bias is not None:
+            k = k + self._cast(self.key_bias)
         return k, v + self._cast(self.value_bias)
 
     def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool = False,
@@ -273,10 +281,12 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", context_width: int | None = None,
-                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6):
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
+                 key_bias: bool = False):
         self.attention_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
-                                            implementation=attention_implementation)
+                                            implementation=attention_implementation,
+                                            key_bias=key_bias)
         if context_width is not None:
             self.cross_attention_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
             self.cross_attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
@@ -315,14 +325,15 @@ class Transformer(nnx.Module):
     def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, activation: str = "gelu", remat: str = "none",
                  scan_layers: bool = False, context_width: int | None = None,
-                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6):
+                 attention_implementation: str | None = None, norm_epsilon: float = 1e-6,
+                 key_bias: bool = False):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"Unknown remat policy {remat!r}; valid: {sorted(REMAT_POLICIES)}.")
         self.blocks = nnx.List([
             TransformerBlock(width, num_heads, mlp_dim, rngs=rngs, dtype=dtype,
                              activation=activation, context_width=context_width,
                              attention_implementation=attention_implementation,
-                             norm_epsilon=norm_epsilon)
+                             norm_epsilon=norm_epsilon, key_bias=key_bias)
             for _ in range(depth)
         ])
         self.final_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
@@ -370,11 +381,12 @@ class AttentionPool(nnx.Module):
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  dtype=jnp.float32, attention_implementation: str | None = None,
-                 norm_epsilon: float = 1e-6):
+                 norm_epsilon: float = 1e-6, key_bias: bool = False):
         self.probe = nnx.Param(xavier_uniform(rngs.params(), (1, width), jnp.float32),
                                logical_axes=(None, "embed"))
         self.attention = MultiHeadAttention(width, num_heads, rngs=rngs, dtype=dtype,
-                                            implementation=attention_implementation)
+                                            implementation=attention_implementation,
+                                            key_bias=key_bias)
         self.norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
 

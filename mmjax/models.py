@@ -47,7 +47,11 @@ class CLIP(nnx.Module):
                  image_size: int, dtype: str = "float32", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
-                 logit_bias_init: float | None = None, rngs: nnx.Rngs):
+                 logit_bias_init: float | None = None, image_projection: bool = True,
+                 text_projection_bias: bool = False, rngs: nnx.Rngs):
+        """`image_projection` False: the image tower's pooled vector is the embedding (SigLIP's
+        MAP head output; embed_dim must equal the tower's width). `text_projection_bias`: a bias
+        on the text projection (SigLIP's text head)."""
         compute_dtype = _lookup(DTYPES, dtype, "dtype")
         image_cls = _lookup(IMAGE_TOWERS, image_tower["name"], "image tower")
         text_cls = _lookup(TEXT_TOWERS, text_tower["name"], "text tower")
@@ -55,10 +59,15 @@ class CLIP(nnx.Module):
                       attention_implementation=attention_implementation)
         self.image_tower = image_cls(image_size=image_size, **shared, **_tower_kwargs(image_tower))
         self.text_tower = text_cls(vocab_size=vocab_size, **shared, **_tower_kwargs(text_tower))
-        self.image_projection = layers.Dense(self.image_tower.width, embed_dim, ("embed", None),
-                                             rngs=rngs, use_bias=False, dtype=compute_dtype)
+        if not image_projection and embed_dim != self.image_tower.width:
+            raise ValueError(f"image_projection=False needs embed_dim ({embed_dim}) equal to the "
+                             f"image tower's width ({self.image_tower.width}).")
+        self.image_projection = (layers.Dense(self.image_tower.width, embed_dim, ("embed", None),
+                                              rngs=rngs, use_bias=False, dtype=compute_dtype)
+                                 if image_projection else None)
         self.text_projection = layers.Dense(self.text_tower.width, embed_dim, ("embed", None),
-                                            rngs=rngs, use_bias=False, dtype=compute_dtype)
+                                            rngs=rngs, use_bias=text_projection_bias,
+                                            dtype=compute_dtype)
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), logical_axes=())
         self.logit_scale_max = logit_scale_max
         # SigLIP's learned bias on the logits (None: no bias, as in CLIP).
@@ -68,7 +77,9 @@ class CLIP(nnx.Module):
     def encode_image(self, images: jax.Array, rng: jax.Array | None = None):
         """`rng` only in training: the image tower may drop patches (evaluation passes none)."""
         pooled, aux = self.image_tower(images, rng=image_tower_rng(rng))
-        return self.image_projection(pooled).astype(jnp.float32), aux
+        if self.image_projection is not None:
+            pooled = self.image_projection(pooled)
+        return pooled.astype(jnp.float32), aux
 
     def encode_text(self, tokens: jax.Array):
         pooled, aux = self.text_tower(tokens)

@@ -75,12 +75,17 @@ def read_bytes(path) -> bytes:
 def write_text(path, text: str) -> None:
     """Whole or not at all: a local file through a temporary name and a rename; a cloud object
     is replaced whole by its upload anyway."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> None:
+    """As write_text."""
     path = os.fspath(path)
     if is_cloud(path):
-        Path(path).write_text(text)
+        Path(path).write_bytes(data)
         return
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
     os.replace(path + ".tmp", path)
 
 

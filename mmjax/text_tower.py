@@ -33,6 +33,7 @@ def end_of_text_index(tokens: jax.Array, eot_id: int) -> jax.Array:
 
 
 SHAPE_FIELDS = ("width", "depth", "mlp_dim", "num_heads")
+TEXT_POOLING = ("eot", "last")
 
 
 def tower_shape(variant: str | None = None, **explicit) -> dict:
@@ -50,7 +51,15 @@ class TextTransformer(nnx.Module):
                  num_heads: int | None = None, causal: bool = True, pad_id: int = 0,
                  eot_id: int = 2, activation: str = "gelu", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
-                 norm_epsilon: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_epsilon: float = 1e-6, pooling: str = "eot", mask_padding: bool = True,
+                 key_bias: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
+        """`pooling`: the text's state at its first end-of-text token ("eot", CLIP) or at the
+        last position ("last", SigLIP, whose texts are padded to the full context).
+        `mask_padding` (non-causal towers): keys limited to each text's real tokens; False lets
+        every position attend to the padding too, as SigLIP was trained. `key_bias`: see
+        layers.MultiHeadAttention."""
+        if pooling not in TEXT_POOLING:
+            raise ValueError(f"Unknown text pooling {pooling!r}; valid: {list(TEXT_POOLING)}.")
         shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
                             num_heads=num_heads)
         self.width = shape["width"]
@@ -64,9 +73,11 @@ class TextTransformer(nnx.Module):
                                           shape["mlp_dim"], rngs=rngs, dtype=dtype,
                                           activation=activation, remat=remat,
                                           scan_layers=scan_layers, norm_epsilon=norm_epsilon,
-                                          attention_implementation=attention_implementation)
+                                          attention_implementation=attention_implementation,
+                                          key_bias=key_bias)
         self.context_length = context_length
         self.causal, self.pad_id, self.eot_id = causal, pad_id, eot_id
+        self.pooling, self.mask_padding = pooling, mask_padding
         self.dtype = dtype
 
     def __call__(self, tokens: jax.Array):
@@ -79,10 +90,15 @@ class TextTransformer(nnx.Module):
         x = sharding.constrain(x, ("batch", "length", "embed"))
         if self.causal:
             x = self.encoder(x, is_causal=True)
-        else:  # texts are laid out [bos, ..., eot, pad, ...]: real tokens lead
+        elif self.mask_padding:  # texts are laid out [bos, ..., eot, pad, ...]: real tokens lead
             x = self.encoder(x, key_lengths=(tokens != self.pad_id).sum(axis=1).astype(jnp.int32))
-        pooled = jnp.take_along_axis(
-            x, end_of_text_index(tokens, self.eot_id)[:, None, None], axis=1)[:, 0]
+        else:
+            x = self.encoder(x)
+        if self.pooling == "last":
+            pooled = x[:, -1]
+        else:
+            pooled = jnp.take_along_axis(
+                x, end_of_text_index(tokens, self.eot_id)[:, None, None], axis=1)[:, 0]
         return pooled, {"tokens": x, "pre_logits": pooled}
 
     # -- incremental decoding ---------------------------------------------------------------

@@ -242,9 +242,10 @@ class IdsOnlyTokenizer:
     pad_id = PAD_ID
     unk_id = None
 
-    def __init__(self, context_length: int, vocab_size: int, bos_id: int, eot_id: int):
+    def __init__(self, context_length: int, vocab_size: int, bos_id: int, eot_id: int,
+                 pad_id: int = PAD_ID):
         self.context_length, self.vocab_size = context_length, vocab_size
-        self.bos_id, self.eot_id = bos_id, eot_id
+        self.bos_id, self.eot_id, self.pad_id = bos_id, eot_id, pad_id
 
     def content_ids(self, text: str) -> list[int]:
         return self([text])

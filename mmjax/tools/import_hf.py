@@ -1,0 +1,77 @@
+"""Import a Hugging Face transformers CLIPModel or SiglipModel folder into an mmjax workdir.
+
+python -m mmjax.tools.import_hf --weights=DIR --out=W
+
+DIR is what `save_pretrained` writes: `config.json` and `model.safetensors` (or
+`pytorch_model.bin`, read with torch's `weights_only=True`). W becomes a workdir that
+`main.py --mode=eval`, `config.init_from` and `mmjax.inference.load` read, with the original's
+parameter set (export_hf writes the same tensors back). A CLIP folder's `merges.txt` (CLIP's BPE)
+comes along as the clip_bpe tokenizer when its vocabulary size is the model's; otherwise the
+workdir takes token ids (`config.tokenizer.name=ids_only`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import ml_collections
+from absl import app, flags
+
+from mmjax import paths
+from mmjax.tools import hf_layout, weight_files
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def import_hf(folder: str, out_dir: str) -> str:
+    from mmjax import defaults, tokenizers
+
+    config_path = paths.join(folder, "config.json")
+    if not paths.exists(config_path):
+        raise FileNotFoundError(f"{config_path} is missing: --weights is a save_pretrained folder.")
+    hf_config = json.loads(paths.read_text(config_path))
+    fields = hf_layout.mmjax_fields(hf_config)
+    found = [paths.join(folder, n) for n in WEIGHT_FILES if paths.exists(paths.join(folder, n))]
+    if not found:
+        raise FileNotFoundError(f"{folder} has none of {list(WEIGHT_FILES)} (sharded checkpoints "
+                                "are not read; save with max_shard_size large enough for one file).")
+    params = hf_layout.from_hf(weight_files.read_weights(found[0]), hf_config, found[0])
+
+    config = defaults.base_config()
+    config.name = f"hf_{hf_config['model_type']}"
+    model = fields["model"]
+    for key, value in model.items():
+        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    config.data.update(fields["data"])
+    text = model["text_tower"]
+    merges = paths.join(folder, "merges.txt")
+    tokenizer = None
+    if hf_config["model_type"] == "clip" and paths.exists(merges):
+        candidate = dict(name="clip_bpe", context_length=text["context_length"],
+                         vocabulary_file=merges)
+        if tokenizers.build_tokenizer(candidate).vocab_size == model["vocab_size"]:
+            tokenizer = candidate
+            del config.model.text_tower["pad_id"]  # causal: padding is never attended to
+    config.tokenizer = ml_collections.ConfigDict(tokenizer or dict(
+        name="ids_only", context_length=text["context_length"], vocab_size=model["vocab_size"],
+        bos_id=hf_config["text_config"].get("bos_token_id", 0), eot_id=text["eot_id"],
+        pad_id=text["pad_id"]))
+    return weight_files.write_workdir(config, params, out_dir, found[0])
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("weights", None, "A save_pretrained folder of a CLIPModel or SiglipModel.")
+    flags.DEFINE_string("out", None, "The workdir to write.")
+    flags.mark_flags_as_required(["weights", "out"])
+
+
+def main(argv):
+    del argv
+    out = import_hf(flags.FLAGS.weights, flags.FLAGS.out)
+    print(f"Wrote {out}: evaluate with python main.py --config=configs/from_workdir.py:{out} "
+          f"--workdir={out} --mode=eval")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,138 @@
+"""open_clip's CLIP (ViT image tower) against mmjax's: weight names, and its model config.
+
+Used by import_open_clip (their weights in) and export_open_clip (ours out). Exact both ways:
+an imported model carries open_clip's key biases, class-token position and missing patch bias
+(image_tower.key_bias / class_position / patch_bias), so exporting it gives the same tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmjax.tools import layouts
+from mmjax.tools.layouts import Rule
+
+# open_clip's LayerNorm epsilon when its config gives none.
+OPEN_CLIP_NORM_EPSILON = 1e-5
+# mmjax activation -> (open_clip's quick_gelu flag, the act_kwargs its nn.GELU then takes).
+ACTIVATIONS = {"gelu_exact": (False, None), "gelu": (False, {"approximate": "tanh"}),
+               "quick_gelu": (True, None)}
+
+
+def rules(vision_depth: int, vision_heads: int, text_depth: int, text_heads: int, *,
+          pre_norm: bool = True, logit_bias: bool = False) -> list[Rule]:
+    """open_clip CLIP (after layouts.split_in_proj) <-> an mmjax CLIP with key biases and a
+    class position."""
+    block = layouts.OPEN_CLIP_BLOCK
+    return ([Rule("image_tower/patch_embedding/kernel", "visual.conv1.weight", "patch"),
+             Rule("image_tower/cls_token", "visual.class_embedding", "row"),
+             Rule("image_tower/position_embedding", "visual.positional_embedding", "same")]
+            + (layouts.norm("image_tower/pre_norm", "visual.ln_pre") if pre_norm else [])
+            + layouts.blocks("image_tower/encoder", "visual.transformer.resblocks", vision_depth,
+                             vision_heads, block)
+            + layouts.norm("image_tower/encoder/final_norm", "visual.ln_post")
+            + [Rule("image_projection/kernel", "visual.proj", "same"),
+               Rule("text_tower/token_embedding", "token_embedding.weight", "same"),
+               Rule("text_tower/position_embedding", "positional_embedding", "same")]
+            + layouts.blocks("text_tower/encoder", "transformer.resblocks", text_depth, text_heads,
+                             block)
+            + layouts.norm("text_tower/encoder/final_norm", "ln_final")
+            + [Rule("text_projection/kernel", "text_projection", "same"),
+               Rule("logit_scale", "logit_scale", "scalar")]
+            + ([Rule("logit_bias", "logit_bias", "scalar")] if logit_bias else []))
+
+
+def attention_modules(vision_depth: int, text_depth: int) -> list[str]:
+    return ([f"visual.transformer.resblocks.{i}.attn" for i in range(vision_depth)]
+            + [f"transformer.resblocks.{i}.attn" for i in range(text_depth)])
+
+
+def _heads(params, tower: str) -> int:
+    return params[f"{tower}/encoder/blocks/0/attention/query"].shape[1]
+
+
+def to_open_clip(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An mmjax CLIP's parameters as open_clip's state dict. What open_clip always has and the
+    model may lack is filled so the function is the same: zero key biases, and a zero position
+    for the class token when the model adds none (its class token then is the whole sum)."""
+    params = layouts.fill_exact(params)
+    vision_depth = layouts.count_blocks(params, "image_tower/encoder/blocks")
+    text_depth = layouts.count_blocks(params, "text_tower/encoder/blocks")
+    table = rules(vision_depth, _heads(params, "image_tower"), text_depth,
+                  _heads(params, "text_tower"), pre_norm="image_tower/pre_norm/scale" in params,
+                  logit_bias="logit_bias" in params)
+    weights = layouts.apply_to_theirs(table, params)
+    return layouts.fuse_in_proj(weights, attention_modules(vision_depth, text_depth))
+
+
+def model_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
+    """open_clip's model_cfg for an mmjax run, or ValueError naming every config field that
+    open_clip cannot represent and the value it needs. `text_ids`: the text tower's resolved
+    pad_id and eot_id (models.text_tower_ids, overridden by the config)."""
+    model = config.model
+    image, text = model.image_tower, model.text_tower
+    needs = []
+
+    def need(field, value, wanted):
+        if value != wanted:
+            needs.append(f"config.model.{field}={wanted!r} (is {value!r})")
+
+    need("name", model.name, "clip")
+    need("image_tower.name", image.name, "vit")
+    need("image_tower.pooling", image.get("pooling"), "cls")
+    need("image_tower.patch_bias", image.get("patch_bias", True), False)
+    need("image_projection", model.get("image_projection", True), True)
+    need("text_projection_bias", model.get("text_projection_bias", False), False)
+    need("text_tower.name", text.name, "transformer")
+    need("text_tower.causal", text.get("causal", True), True)
+    need("text_tower.pooling", text.get("pooling", "eot"), "eot")
+    activations = (image.get("activation", "gelu"), text.get("activation", "gelu"))
+    for field, activation in zip(("image_tower", "text_tower"), activations):
+        if activation not in ACTIVATIONS:
+            needs.append(f"config.model.{field}.activation in {sorted(ACTIVATIONS)} "
+                         f"(is {activation!r})")
+    if all(a in ACTIVATIONS for a in activations) and \
+            ACTIVATIONS[activations[0]][0] != ACTIVATIONS[activations[1]][0]:
+        needs.append("one activation form for both towers: open_clip's quick_gelu flag is the "
+                     f"model's (image {activations[0]!r}, text {activations[1]!r})")
+    if needs:
+        raise ValueError("open_clip cannot represent this model; it needs "
+                         + "; ".join(needs) + ".")
+
+    def tower(prefix, cfg):
+        width = params[f"{prefix}/encoder/final_norm/scale"].shape[0]
+        mlp_dim = params[f"{prefix}/encoder/blocks/0/mlp/up/kernel"].shape[1]
+        heads = _heads(params, prefix)
+        fields = dict(width=int(width), layers=layouts.count_blocks(params, f"{prefix}/encoder/blocks"),
+                      mlp_ratio=mlp_dim / width)
+        if int(width * fields["mlp_ratio"]) != mlp_dim:
+            raise ValueError(f"{prefix}: mlp_dim {mlp_dim} is not width x a ratio open_clip "
+                             "rounds back to it.")
+        epsilon = cfg.get("norm_epsilon", 1e-6)
+        if epsilon != OPEN_CLIP_NORM_EPSILON:
+            fields["norm_kwargs"] = {"eps": epsilon}
+        act_kwargs = ACTIVATIONS[cfg.get("activation", "gelu")][1]
+        if act_kwargs:
+            fields["act_kwargs"] = act_kwargs
+        return fields, heads
+
+    vision, vision_heads = tower("image_tower", image)
+    vision.update(head_width=vision["width"] // vision_heads, image_size=config.data.image_size,
+                  patch_size=int(round((params["image_tower/patch_embedding/kernel"].shape[0]
+                                        // 3) ** 0.5)),
+                  patch_dropout=float(image.get("patch_dropout", 0.0)),
+                  no_ln_pre="image_tower/pre_norm/scale" not in params)
+    text_cfg, text_heads = tower("text_tower", text)
+    vocab_size, context_length = params["text_tower/token_embedding"].shape[0], \
+        params["text_tower/position_embedding"].shape[0]
+    eot_id = text_ids["eot_id"]
+    text_cfg.update(heads=text_heads, vocab_size=int(vocab_size),
+                    context_length=int(context_length), pad_id=int(text_ids["pad_id"]))
+    # open_clip pools at the largest id (argmax) by default; "eos" finds any end-of-text id.
+    if eot_id != vocab_size - 1:
+        text_cfg.update(pool_type="eos", eos_id=int(eot_id))
+    cfg = dict(embed_dim=int(params["text_projection/kernel"].shape[1]),
+               quick_gelu=ACTIVATIONS[activations[0]][0], vision_cfg=vision, text_cfg=text_cfg)
+    if "logit_bias" in params:
+        cfg["init_logit_bias"] = float(params["logit_bias"])
+    return cfg

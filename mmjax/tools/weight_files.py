@@ -1,0 +1,75 @@
+"""Weight files and workdirs, for the converters in and out of mmjax.
+
+`.safetensors` through the safetensors package's numpy API (no torch); PyTorch state dicts
+(`.pt`, `.bin`) through torch with `weights_only=True` (never arbitrary pickle); big_vision's
+`.npz` (nested names joined with "/"). Every path goes through mmjax.paths, so a bucket works
+wherever a local folder does.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import safetensors.numpy
+
+from mmjax import paths
+
+
+def read_weights(path: str) -> dict[str, np.ndarray]:
+    """{name: float32 array} of a weights file ("module." prefixes of DDP checkpoints dropped)."""
+    if not paths.exists(path):
+        raise FileNotFoundError(f"No weights file at {path}.")
+    if path.endswith(".safetensors"):
+        tensors = safetensors.numpy.load(paths.read_bytes(path))
+    elif path.endswith(".npz"):
+        with np.load(io.BytesIO(paths.read_bytes(path))) as archive:
+            tensors = {name: archive[name] for name in archive.files}
+    else:
+        try:
+            import torch
+        except ImportError as e:
+            raise ImportError(f"{path} is a PyTorch file: install torch to read it, or convert it "
+                              "to .safetensors.") from e
+        loaded = torch.load(io.BytesIO(paths.read_bytes(path)), map_location="cpu",
+                            weights_only=True)
+        loaded = loaded.get("state_dict", loaded)
+        tensors = {k: v.float().numpy() for k, v in loaded.items() if hasattr(v, "numpy")}
+    return {re.sub(r"^module\.", "", k): np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+def write_safetensors(tensors: dict[str, np.ndarray], path: str,
+                      metadata: dict[str, str] | None = None) -> None:
+    # Copies in C order (np.ascontiguousarray would turn a 0-d logit scale into shape [1]).
+    tensors = {k: np.array(v, np.float32, order="C") for k, v in tensors.items()}
+    paths.write_bytes(path, safetensors.numpy.save(tensors, metadata=metadata))
+
+
+def read_workdir(path: str):
+    """(config, {parameter name: array}) of a workdir's latest checkpoint, or of the given
+    checkpoints/STEP folder."""
+    from mmjax import checkpoint, inference
+
+    return inference.load_config(path), checkpoint.load_params(path)
+
+
+def write_workdir(config, params: dict[str, np.ndarray], out_dir: str, source: str) -> str:
+    """A workdir at `out_dir` (config.json and checkpoints/0) holding `params`, every one of
+    which must have its place in the model `config` builds; `main.py --mode=eval`,
+    `config.init_from` and `mmjax.inference.load` read it."""
+    from mmjax import checkpoint, train
+    from mmjax.trainer import Trainer
+
+    if paths.exists(paths.join(out_dir, "checkpoints")):
+        raise FileExistsError(f"{out_dir} already holds checkpoints; choose an empty --out.")
+    config.total_steps = 1
+    trainer = Trainer(config)
+    state = trainer.create_state()
+    state["params"] = checkpoint.merge_params(state["params"], params, (), source,
+                                              require_all_used=True)
+    train.write_config_snapshot(config, out_dir)
+    with checkpoint.create_manager(out_dir, keep=None) as manager:
+        checkpoint.save(manager, 0, state)
+        manager.wait_until_finished()
+    return out_dir
