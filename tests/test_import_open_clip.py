@@ -1,16 +1,18 @@
-"""open_clip weights in: embeddings match open_clip's own on a tiny fixture (no PyTorch needed).
+"""open_clip weights in and out: embeddings match open_clip's own on a tiny fixture, and the
+export gives open_clip's tensors back exactly (no PyTorch needed).
 
 The fixtures were written by scripts/make_open_clip_fixture.py with open_clip; their .npz holds
 open_clip's embeddings of fixed images and token ids.
 """
 
+import json
 import os
 
 import numpy as np
 import pytest
 
 from mmjax import inference
-from mmjax.tools import import_open_clip
+from mmjax.tools import export_open_clip, import_open_clip, weight_files
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -34,10 +36,22 @@ def test_imported_model_matches_open_clip(activation, tmp_path):
     with pytest.raises(ValueError, match="no tokenizer: pass token ids.*--vocab"):
         model.encode_text(["a photo of a cat"])
 
+    # ... and back out: open_clip's own tensors, exactly (names, shapes and values).
+    exported = export_open_clip.export_open_clip(out, str(tmp_path / "exported"))
+    original = weight_files.read_weights(weights)
+    written = weight_files.read_weights(os.path.join(exported, export_open_clip.WEIGHTS_NAME))
+    assert set(written) == set(original)
+    for name, value in original.items():
+        assert written[name].shape == value.shape, name
+        np.testing.assert_array_equal(written[name], value, err_msg=name)
+    with open(os.path.join(exported, export_open_clip.CONFIG_NAME)) as f:
+        model_cfg = json.load(f)["model_cfg"]
+    assert model_cfg["quick_gelu"] == (activation == "quickgelu")
+    assert model_cfg["vision_cfg"]["head_width"] == 16 and model_cfg["text_cfg"]["heads"] == 2
+
 
 def test_safetensors_reader_and_clear_errors(tmp_path):
-    tensors = import_open_clip.read_safetensors(
-        os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"))
+    tensors = weight_files.read_weights(os.path.join(FIXTURES, "open_clip_tiny_gelu.safetensors"))
     assert tensors["visual.conv1.weight"].shape == (32, 3, 8, 8)
     with pytest.raises(ValueError, match="Not an open_clip .* missing"):
         import_open_clip.convert({"foo": np.zeros(1)}, 2, 2, False)

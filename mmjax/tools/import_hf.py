@@ -2,7 +2,8 @@
 
 python -m mmjax.tools.import_hf --weights=DIR --out=W
 
-DIR is what `save_pretrained` writes: `config.json` and `model.safetensors` (or
+DIR is what `save_pretrained` writes (or a big_vision SigLIP `.npz` file, as big_vision publishes
+them: B/16 and other sizes, MAP head, sigmoid-loss bias): `config.json` and `model.safetensors` (or
 `pytorch_model.bin`, read with torch's `weights_only=True`). W becomes a workdir that
 `main.py --mode=eval`, `config.init_from` and `mmjax.inference.load` read, with the original's
 parameter set (export_hf writes the same tensors back). A CLIP folder's `merges.txt` (CLIP's BPE)
@@ -18,17 +19,47 @@ import ml_collections
 from absl import app, flags
 
 from mmjax import paths
-from mmjax.tools import hf_layout, weight_files
+from mmjax.tools import big_vision_layout, hf_layout, weight_files
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def import_hf(folder: str, out_dir: str) -> str:
-    from mmjax import defaults, tokenizers
+def _base_config(name: str, fields: dict):
+    from mmjax import defaults
 
+    config = defaults.base_config()
+    config.name = name
+    for key, value in fields["model"].items():
+        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    config.data.update(fields["data"])
+    return config
+
+
+def _ids_only(text: dict, vocab_size: int, bos_id: int) -> dict:
+    return dict(name="ids_only", context_length=text["context_length"], vocab_size=vocab_size,
+                bos_id=bos_id, eot_id=text["eot_id"], pad_id=text["pad_id"])
+
+
+def import_big_vision(path: str, out_dir: str) -> str:
+    """A big_vision SigLIP .npz -> a workdir (token ids in: SigLIP texts are the SentencePiece
+    ids, end-of-text 1, padded with 1 to the context length)."""
+    fields, params = big_vision_layout.convert(weight_files.read_weights(path), path)
+    config = _base_config("big_vision_siglip", fields)
+    config.tokenizer = ml_collections.ConfigDict(_ids_only(
+        fields["model"]["text_tower"], fields["model"]["vocab_size"], bos_id=-1))
+    return weight_files.write_workdir(config, params, out_dir, path)
+
+
+def import_hf(folder: str, out_dir: str) -> str:
+    """A save_pretrained folder (or a big_vision SigLIP .npz file) -> a workdir at `out_dir`."""
+    from mmjax import tokenizers
+
+    if folder.endswith(".npz"):
+        return import_big_vision(folder, out_dir)
     config_path = paths.join(folder, "config.json")
     if not paths.exists(config_path):
-        raise FileNotFoundError(f"{config_path} is missing: --weights is a save_pretrained folder.")
+        raise FileNotFoundError(f"{config_path} is missing: --weights is a save_pretrained folder "
+                                "(or a big_vision .npz file).")
     hf_config = json.loads(paths.read_text(config_path))
     fields = hf_layout.mmjax_fields(hf_config)
     found = [paths.join(folder, n) for n in WEIGHT_FILES if paths.exists(paths.join(folder, n))]
@@ -37,12 +68,8 @@ def import_hf(folder: str, out_dir: str) -> str:
                                 "are not read; save with max_shard_size large enough for one file).")
     params = hf_layout.from_hf(weight_files.read_weights(found[0]), hf_config, found[0])
 
-    config = defaults.base_config()
-    config.name = f"hf_{hf_config['model_type']}"
+    config = _base_config(f"hf_{hf_config['model_type']}", fields)
     model = fields["model"]
-    for key, value in model.items():
-        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-    config.data.update(fields["data"])
     text = model["text_tower"]
     merges = paths.join(folder, "merges.txt")
     tokenizer = None
@@ -52,10 +79,8 @@ def import_hf(folder: str, out_dir: str) -> str:
         if tokenizers.build_tokenizer(candidate).vocab_size == model["vocab_size"]:
             tokenizer = candidate
             del config.model.text_tower["pad_id"]  # causal: padding is never attended to
-    config.tokenizer = ml_collections.ConfigDict(tokenizer or dict(
-        name="ids_only", context_length=text["context_length"], vocab_size=model["vocab_size"],
-        bos_id=hf_config["text_config"].get("bos_token_id", 0), eot_id=text["eot_id"],
-        pad_id=text["pad_id"]))
+    config.tokenizer = ml_collections.ConfigDict(tokenizer or _ids_only(
+        text, model["vocab_size"], hf_config["text_config"].get("bos_token_id", 0)))
     return weight_files.write_workdir(config, params, out_dir, found[0])
 
 

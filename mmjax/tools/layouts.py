@@ -20,7 +20,8 @@ class Rule(NamedTuple):
     theirs: str
     # "same"; "dense" (torch Linear [out, in] vs our kernel [in, out]); "heads_in", "heads_bias",
     # "heads_out" (attention kernels split by head); "patch" (a conv over patches vs our kernel
-    # over flattened patches); "row" ([w] vs our [1, w]); "scalar" ([] or [1] vs our []).
+    # over flattened patches); "row" ([w] vs our [1, w]); "scalar" ([] or [1] vs our []);
+    # "flatten" (leading axes folded into one; import only).
     kind: str
     heads: int = 0
 
@@ -41,11 +42,15 @@ def to_ours(rule: Rule, x: np.ndarray) -> np.ndarray:
         return x[None]
     if kind == "scalar":
         return x.reshape(())
+    if kind == "flatten":  # big_vision's leading axes: [1, n, w], [p, p, 3, w] -> [..., w]
+        return x.reshape(-1, x.shape[-1])
     return x
 
 
 def to_theirs(rule: Rule, x: np.ndarray, scalar_shape=()) -> np.ndarray:
     kind = rule.kind
+    if kind == "flatten":
+        raise NotImplementedError("big_vision layouts are read, not written.")
     if kind == "dense":
         return x.T
     if kind == "heads_in":
@@ -64,9 +69,10 @@ def to_theirs(rule: Rule, x: np.ndarray, scalar_shape=()) -> np.ndarray:
     return x
 
 
-def norm(ours: str, theirs: str) -> list[Rule]:
-    return [Rule(f"{ours}/scale", f"{theirs}.weight", "same"),
-            Rule(f"{ours}/bias", f"{theirs}.bias", "same")]
+def norm(ours: str, theirs: str, names: str = ".weight .bias") -> list[Rule]:
+    scale, bias = names.split()
+    return [Rule(f"{ours}/scale", f"{theirs}{scale}", "same"),
+            Rule(f"{ours}/bias", f"{theirs}{bias}", "same")]
 
 
 def dense(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
@@ -106,8 +112,8 @@ def blocks(ours: str, theirs: str, depth: int, heads: int, names: dict) -> list[
 
 
 def count_blocks(names, prefix: str) -> int:
-    """How many numbered blocks `prefix.N.` (or `prefix/N/`) the names hold."""
-    pattern = re.compile(re.escape(prefix) + r"[./](\d+)[./]")
+    """How many numbered blocks `prefix.N.` (or `prefix/N/`, `prefix_N/`) the names hold."""
+    pattern = re.compile(re.escape(prefix) + r"[./_](\d+)[./]")
     return 1 + max(int(m.group(1)) for n in names if (m := pattern.match(n)))
 
 
