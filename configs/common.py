@@ -1,5 +1,7 @@
 """Helpers the configs share (big_vision style): one change applied to any base."""
 
+import os
+
 import ml_collections
 
 
@@ -11,4 +13,24 @@ def as_coca(config, decoder_depth: int):
     # CoCa weights captioning twice as much as the contrastive loss.
     config.losses = {"clip": 1.0, "caption": 2.0}
     config.evals = ("retrieval", "zeroshot", "captioning")
+    return config
+
+
+# CLIP's BPE merges file (open_clip's bpe_simple_vocab_16e6.txt.gz, shipped with the tests).
+CLIP_BPE_VOCABULARY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   "tests", "fixtures", "bpe_simple_vocab_16e6.txt.gz")
+
+
+def as_open_clip_architecture(config, context_length: int = 77):
+    """OpenAI CLIP's architecture exactly, as open_clip and transformers build it: exact GELU,
+    LayerNorm epsilon 1e-5, no patch bias, a position for the class token, key biases, a layer
+    norm before the image blocks, class-token pooling, and CLIP's BPE tokenizer (end-of-text the
+    last id). Such a run exports to both with mmjax.tools.export_open_clip / export_hf."""
+    exact = dict(activation="gelu_exact", norm_epsilon=1e-5, key_bias=True)
+    config.model.image_tower.update(pooling="cls", patch_bias=False, class_position=True,
+                                    pre_norm=True, **exact)
+    config.model.text_tower.update(causal=True, **exact)
+    config.tokenizer = ml_collections.ConfigDict(dict(
+        name="clip_bpe", context_length=context_length, vocabulary_file=CLIP_BPE_VOCABULARY))
+    config.model.vocab_size = None  # the tokenizer's 49,408
     return config
