@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
-
-from mmjax import conventions, models, paths, tokenizers
+from mmjax import conventions, paths
 from mmjax.tools import hf_layout, weight_files
 
 
@@ -35,10 +33,7 @@ def preprocessor_config(config, kind: str) -> dict:
 
 
 def export_hf(workdir: str, out_dir: str) -> str:
-    config, params = weight_files.read_workdir(workdir)
-    tokenizer = tokenizers.build_tokenizer(config.tokenizer)
-    text_ids = dict(models.text_tower_ids(tokenizer), bos_id=tokenizer.bos_id, **{
-        k: v for k, v in config.model.text_tower.items() if k in ("pad_id", "eot_id")})
+    config, params, text_ids = weight_files.export_source(workdir)
     hf_config = hf_layout.hf_config(config, params, text_ids)  # refuses before writing
     kind = hf_config["model_type"]
     paths.makedirs(out_dir)
@@ -50,18 +45,5 @@ def export_hf(workdir: str, out_dir: str) -> str:
     return out_dir
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "A workdir or one of its checkpoints/STEP folders.")
-    flags.DEFINE_string("out", None, "The folder to write.")
-    flags.mark_flags_as_required(["workdir", "out"])
-
-
-def main(argv):
-    del argv
-    out = export_hf(flags.FLAGS.workdir, flags.FLAGS.out)
-    print(f"Wrote {out}: transformers.AutoModel.from_pretrained('{out}')")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    weight_files.run_export(export_hf, "transformers.AutoModel.from_pretrained('{out}')")

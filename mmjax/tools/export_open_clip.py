@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
-
-from mmjax import conventions, models, paths, tokenizers
+from mmjax import conventions, paths
 from mmjax.tools import open_clip_layout, weight_files
 
 CONFIG_NAME, WEIGHTS_NAME = "open_clip_config.json", "open_clip_model.safetensors"
@@ -30,10 +28,7 @@ def preprocess_config(config) -> dict:
 
 
 def export_open_clip(workdir: str, out_dir: str) -> str:
-    config, params = weight_files.read_workdir(workdir)
-    tokenizer = tokenizers.build_tokenizer(config.tokenizer)
-    text_ids = dict(models.text_tower_ids(tokenizer), **{
-        k: v for k, v in config.model.text_tower.items() if k in ("pad_id", "eot_id")})
+    config, params, text_ids = weight_files.export_source(workdir)
     model_cfg = open_clip_layout.model_config(config, params, text_ids)  # refuses before writing
     weights = open_clip_layout.to_open_clip(params)
     paths.makedirs(out_dir)
@@ -44,18 +39,6 @@ def export_open_clip(workdir: str, out_dir: str) -> str:
     return out_dir
 
 
-def define_flags() -> None:
-    flags.DEFINE_string("workdir", None, "A workdir or one of its checkpoints/STEP folders.")
-    flags.DEFINE_string("out", None, "The folder to write.")
-    flags.mark_flags_as_required(["workdir", "out"])
-
-
-def main(argv):
-    del argv
-    out = export_open_clip(flags.FLAGS.workdir, flags.FLAGS.out)
-    print(f"Wrote {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
-
-
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    weight_files.run_export(export_open_clip,
+                            "open_clip.create_model_and_transforms('local-dir:{out}')")

@@ -116,43 +116,30 @@ def hf_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
     the target model cannot represent and the value it needs. SigLIP-trained models (those with
     a logit bias) become SiglipModel, others CLIPModel."""
     kind = "siglip" if "logit_bias" in params else "clip"
-    model = config.model
-    image, text = model.image_tower, model.text_tower
-    needs = []
-
-    def need(field, value, wanted):
-        if value != wanted:
-            needs.append(f"config.model.{field}={wanted!r} (is {value!r})")
-
-    need("name", model.name, "clip")
-    need("image_tower.name", image.name, "vit")
-    need("text_tower.name", text.name, "transformer")
+    image, text = config.model.image_tower, config.model.text_tower
+    needs = layouts.Needs(config, f"transformers' {ARCHITECTURES[kind]}")
     for field, tower in (("image_tower", image), ("text_tower", text)):
         if tower.get("activation", "gelu") not in HF_ACTIVATIONS:
-            needs.append(f"config.model.{field}.activation in {sorted(HF_ACTIVATIONS)}")
+            needs.add(f"config.model.{field}.activation in {sorted(HF_ACTIVATIONS)}")
+    wanted = [("name", "clip", None), ("image_tower.name", "vit", None),
+              ("text_tower.name", "transformer", None)]
     if kind == "clip":
-        need("image_tower.pooling", image.get("pooling"), "cls")
-        need("image_tower.patch_bias", image.get("patch_bias", True), False)
-        need("image_tower.pre_norm", image.get("pre_norm", False), True)
-        need("image_projection", model.get("image_projection", True), True)
-        need("text_projection_bias", model.get("text_projection_bias", False), False)
-        need("text_tower.causal", text.get("causal", True), True)
-        need("text_tower.pooling", text.get("pooling", "eot"), "eot")
+        wanted += [("image_tower.pooling", "cls", None), ("image_tower.patch_bias", False, True),
+                   ("image_tower.pre_norm", True, False), ("image_projection", True, True),
+                   ("text_projection_bias", False, False), ("text_tower.causal", True, True),
+                   ("text_tower.pooling", "eot", "eot")]
         vocab_size = params["text_tower/token_embedding"].shape[0]
         if text_ids["eot_id"] == 2 and vocab_size - 1 != 2:
-            needs.append("an end-of-text id other than 2 (transformers' CLIP takes eos_token_id 2 "
-                         "to mean 'pool at the largest id'); use another tokenizer")
+            needs.add("an end-of-text id other than 2 (transformers' CLIP takes eos_token_id 2 "
+                      "to mean 'pool at the largest id'); use another tokenizer")
     else:
-        need("image_tower.pooling", image.get("pooling"), "map")
-        need("image_tower.pre_norm", image.get("pre_norm", False), False)
-        need("image_tower.activation", image.get("activation", "gelu"), "gelu")
-        need("image_projection", model.get("image_projection", True), False)
-        need("text_tower.causal", text.get("causal", True), False)
-        need("text_tower.pooling", text.get("pooling", "eot"), "last")
-        need("text_tower.mask_padding", text.get("mask_padding", True), False)
-    if needs:
-        raise ValueError(f"transformers' {ARCHITECTURES[kind]} cannot represent this model; it "
-                         "needs " + "; ".join(needs) + ".")
+        wanted += [("image_tower.pooling", "map", None), ("image_tower.pre_norm", False, False),
+                   ("image_tower.activation", "gelu", "gelu"), ("image_projection", False, True),
+                   ("text_tower.causal", False, True), ("text_tower.pooling", "last", "eot"),
+                   ("text_tower.mask_padding", False, True)]
+    for name, value, default in wanted:
+        needs.field(name, value, default)
+    needs.check()
 
     def tower(prefix, cfg):
         return dict(hidden_size=int(params[f"{prefix}/encoder/final_norm/scale"].shape[0]),

@@ -131,6 +131,28 @@ def fill_exact(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return params
 
 
+class Needs:
+    """What a target format needs of config.model, gathered so that a refusal names it all."""
+
+    def __init__(self, config, target: str):
+        self.model, self.target, self.items = config.model, target, []
+
+    def field(self, name: str, wanted, default=None):
+        value = self.model
+        for part in name.split("."):
+            value = value.get(part, default) if hasattr(value, "get") else default
+        if value != wanted:
+            self.items.append(f"config.model.{name}={wanted!r} (is {value!r})")
+
+    def add(self, text: str):
+        self.items.append(text)
+
+    def check(self):
+        if self.items:
+            raise ValueError(f"{self.target} cannot represent this model; it needs "
+                             + "; ".join(self.items) + ".")
+
+
 def split_in_proj(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Fused `X.in_proj_weight` / `X.in_proj_bias` [3 * width, ...] as X.q_proj/k_proj/v_proj."""
     split = {}

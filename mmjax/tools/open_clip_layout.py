@@ -69,35 +69,25 @@ def model_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
     """open_clip's model_cfg for an mmjax run, or ValueError naming every config field that
     open_clip cannot represent and the value it needs. `text_ids`: the text tower's resolved
     pad_id and eot_id (models.text_tower_ids, overridden by the config)."""
-    model = config.model
-    image, text = model.image_tower, model.text_tower
-    needs = []
-
-    def need(field, value, wanted):
-        if value != wanted:
-            needs.append(f"config.model.{field}={wanted!r} (is {value!r})")
-
-    need("name", model.name, "clip")
-    need("image_tower.name", image.name, "vit")
-    need("image_tower.pooling", image.get("pooling"), "cls")
-    need("image_tower.patch_bias", image.get("patch_bias", True), False)
-    need("image_projection", model.get("image_projection", True), True)
-    need("text_projection_bias", model.get("text_projection_bias", False), False)
-    need("text_tower.name", text.name, "transformer")
-    need("text_tower.causal", text.get("causal", True), True)
-    need("text_tower.pooling", text.get("pooling", "eot"), "eot")
+    image, text = config.model.image_tower, config.model.text_tower
+    needs = layouts.Needs(config, "open_clip")
+    for name, wanted, default in (
+            ("name", "clip", None), ("image_tower.name", "vit", None),
+            ("image_tower.pooling", "cls", None), ("image_tower.patch_bias", False, True),
+            ("image_projection", True, True), ("text_projection_bias", False, False),
+            ("text_tower.name", "transformer", None), ("text_tower.causal", True, True),
+            ("text_tower.pooling", "eot", "eot")):
+        needs.field(name, wanted, default)
     activations = (image.get("activation", "gelu"), text.get("activation", "gelu"))
     for field, activation in zip(("image_tower", "text_tower"), activations):
         if activation not in ACTIVATIONS:
-            needs.append(f"config.model.{field}.activation in {sorted(ACTIVATIONS)} "
-                         f"(is {activation!r})")
+            needs.add(f"config.model.{field}.activation in {sorted(ACTIVATIONS)} "
+                      f"(is {activation!r})")
     if all(a in ACTIVATIONS for a in activations) and \
             ACTIVATIONS[activations[0]][0] != ACTIVATIONS[activations[1]][0]:
-        needs.append("one activation form for both towers: open_clip's quick_gelu flag is the "
-                     f"model's (image {activations[0]!r}, text {activations[1]!r})")
-    if needs:
-        raise ValueError("open_clip cannot represent this model; it needs "
-                         + "; ".join(needs) + ".")
+        needs.add("one activation form for both towers: open_clip's quick_gelu flag is the "
+                  f"model's (image {activations[0]!r}, text {activations[1]!r})")
+    needs.check()
 
     def tower(prefix, cfg):
         width = params[f"{prefix}/encoder/final_norm/scale"].shape[0]

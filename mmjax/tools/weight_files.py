@@ -54,6 +54,36 @@ def read_workdir(path: str):
     return inference.load_config(path), checkpoint.load_params(path)
 
 
+def export_source(workdir: str):
+    """(config, params, the text tower's resolved ids) of a workdir being exported."""
+    from mmjax import models, tokenizers
+
+    config, params = read_workdir(workdir)
+    tokenizer = tokenizers.build_tokenizer(config.tokenizer)
+    text_ids = dict(models.text_tower_ids(tokenizer), bos_id=tokenizer.bos_id, **{
+        k: v for k, v in config.model.text_tower.items() if k in ("pad_id", "eot_id")})
+    return config, params, text_ids
+
+
+def run_export(export, how_to_load: str) -> None:
+    """The command line of an exporter: `export(workdir, out)` from --workdir and --out."""
+    from absl import app, flags
+
+    flags.DEFINE_string("workdir", None, "A workdir or one of its checkpoints/STEP folders.")
+    flags.DEFINE_string("out", None, "The folder to write.")
+    flags.mark_flags_as_required(["workdir", "out"])
+
+    def main(argv):
+        del argv
+        try:
+            out = export(flags.FLAGS.workdir, flags.FLAGS.out)
+        except (ValueError, FileNotFoundError) as e:  # the message names the problem and the fix
+            raise SystemExit(f"Not exported: {e}") from None
+        print(f"Wrote {out}: {how_to_load.format(out=out)}")
+
+    app.run(main)
+
+
 def write_workdir(config, params: dict[str, np.ndarray], out_dir: str, source: str) -> str:
     """A workdir at `out_dir` (config.json and checkpoints/0) holding `params`, every one of
     which must have its place in the model `config` builds; `main.py --mode=eval`,
