@@ -10,7 +10,9 @@ Two steps, in two environments (mmjax's has no torch; the other needs no JAX):
 
 `compare` loads D/open_clip with open_clip.create_model("local-dir:...") and D/hf with
 transformers.AutoModel.from_pretrained, embeds the same inputs, prints the largest relative
-error per package and tower, writes D/check_exports.json, and exits 1 above --tolerance.
+error per package and tower, checks that both packages' tokenizers give mmjax's token ids for
+the captions (a clip_bpe run), writes D/check_exports.json, and exits 1 above --tolerance or on
+different ids.
 """
 
 import argparse
@@ -60,6 +62,15 @@ def compare(out: str, tolerance: float) -> int:
                ("open_clip", "text"): clip_model.encode_text(tokens).numpy(),
                ("transformers", "image"): pooled(hf_model.get_image_features(pixel_values=images)),
                ("transformers", "text"): pooled(hf_model.get_text_features(input_ids=tokens))}
+    # The tokenizers that came along: the same ids as mmjax's for the same captions.
+    context = reference["tokens"].shape[1]
+    hf_tokens = transformers.AutoTokenizer.from_pretrained(os.path.join(out, "hf"))(
+        CAPTIONS, padding="max_length", max_length=context, truncation=True)["input_ids"]
+    open_clip_tokens = open_clip.get_tokenizer(f"local-dir:{os.path.join(out, 'open_clip')}")(
+        CAPTIONS).numpy()
+    same_ids = {"transformers": bool(np.array_equal(hf_tokens, reference["tokens"])),
+                "open_clip": bool(np.array_equal(open_clip_tokens, reference["tokens"]))}
+    print(f"token ids equal to mmjax's: {same_ids}")
     rows = {}
     print(f"{'package':<14}{'tower':<7}{'max relative error':>20}")
     for (package, tower), value in got.items():
@@ -71,8 +82,9 @@ def compare(out: str, tolerance: float) -> int:
     versions = dict(open_clip=open_clip.__version__, transformers=transformers.__version__,
                     torch=torch.__version__)
     with open(os.path.join(out, "check_exports.json"), "w") as f:
-        json.dump(dict(max_relative_error=rows, tolerance=tolerance, versions=versions), f, indent=2)
-    return int(max(rows.values()) > tolerance)
+        json.dump(dict(max_relative_error=rows, same_token_ids=same_ids, tolerance=tolerance,
+                       versions=versions), f, indent=2)
+    return int(max(rows.values()) > tolerance or not all(same_ids.values()))
 
 
 def main():

@@ -103,3 +103,24 @@ def test_exports_refuse_what_the_target_cannot_represent(imported, tmp_path):
         hf_layout.hf_config(config, params, dict(pad_id=0, eot_id=2))
     with pytest.raises(ValueError, match="model_type 'bert'"):
         hf_layout.mmjax_fields({"model_type": "bert"})
+
+
+def test_clip_bpe_tokenizer_written_for_transformers(tmp_path):
+    """transformers' CLIPTokenizer files of CLIP's BPE: its vocabulary with transformers' names
+    for the two special tokens, the merges in rank order, mmjax's padding id."""
+    from mmjax import tokenizers
+
+    tokenizer = tokenizers.build_tokenizer(dict(
+        name="clip_bpe", context_length=16,
+        vocabulary_file=os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz")))
+    export_hf.write_clip_tokenizer(tokenizer, str(tmp_path))
+    with open(tmp_path / "vocab.json") as f:
+        vocabulary = json.load(f)
+    assert len(vocabulary) == 49408
+    assert vocabulary["<|startoftext|>"] == 49406 and vocabulary["<|endoftext|>"] == 49407
+    merges = (tmp_path / "merges.txt").read_text().splitlines()
+    assert merges[0] == "#version: 0.2" and len(merges) == 1 + 48894
+    assert vocabulary["".join(merges[1].split())] == 512  # the first merge follows the 512 bytes
+    with open(tmp_path / "tokenizer_config.json") as f:
+        config = json.load(f)
+    assert config["model_max_length"] == 16 and vocabulary[config["pad_token"]] == tokenizer.pad_id

@@ -6,15 +6,16 @@ DIR gets `config.json`, `model.safetensors` and `preprocessor_config.json`: a `C
 `SiglipModel` for a SigLIP-trained model (one with a logit bias), that
 `transformers.AutoModel.from_pretrained(DIR)` loads and that gives mmjax's embeddings. A model
 the target cannot represent is refused before anything is written, naming the config fields
-and the values it needs. Tokenizers: strings are tokenised with mmjax's tokenizer (the
-workdir's) and passed as input_ids.
+and the values it needs. A model trained with CLIP's BPE (tokenizer clip_bpe) gets transformers'
+CLIPTokenizer files, giving mmjax's token ids (`padding="max_length"`); others take the ids
+from mmjax's tokenizer.
 """
 
 from __future__ import annotations
 
 import json
 
-from mmjax import conventions, paths
+from mmjax import conventions, paths, tokenizers
 from mmjax.tools import hf_layout, weight_files
 
 
@@ -42,7 +43,25 @@ def export_hf(workdir: str, out_dir: str) -> str:
     paths.write_text(paths.join(out_dir, "config.json"), json.dumps(hf_config, indent=2))
     paths.write_text(paths.join(out_dir, "preprocessor_config.json"),
                      json.dumps(preprocessor_config(config, kind), indent=2))
+    if config.tokenizer.name == "clip_bpe":
+        write_clip_tokenizer(tokenizers.build_tokenizer(config.tokenizer), out_dir)
     return out_dir
+
+
+def write_clip_tokenizer(tokenizer, out_dir: str) -> None:
+    """CLIP's BPE as transformers' CLIPTokenizer files (vocab.json, merges.txt), with mmjax's
+    layout: [start, ..., end, padding with id 0] to the context length."""
+    hf_names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocabulary = {hf_names.get(token, token): i for token, i in tokenizer.encoder.items()}
+    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
+    paths.write_text(paths.join(out_dir, "vocab.json"), json.dumps(vocabulary, ensure_ascii=False))
+    paths.write_text(paths.join(out_dir, "merges.txt"),
+                     "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    pad = next(token for token, i in vocabulary.items() if i == tokenizer.pad_id)
+    paths.write_text(paths.join(out_dir, "tokenizer_config.json"), json.dumps(dict(
+        tokenizer_class="CLIPTokenizer", model_max_length=int(tokenizer.context_length),
+        bos_token="<|startoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+        pad_token=pad), indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
