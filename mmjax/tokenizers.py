@@ -239,7 +239,6 @@ class IdsOnlyTokenizer:
     accepted as they are, strings are refused with the fix."""
 
     name = "ids_only"
-    pad_id = PAD_ID
     unk_id = None
 
     def __init__(self, context_length: int, vocab_size: int, bos_id: int, eot_id: int,

@@ -142,16 +142,14 @@ def hf_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
     needs.check()
 
     def tower(prefix, cfg):
-        return dict(hidden_size=int(params[f"{prefix}/encoder/final_norm/scale"].shape[0]),
-                    intermediate_size=int(params[f"{prefix}/encoder/blocks/0/mlp/up/kernel"].shape[1]),
-                    num_attention_heads=int(params[f"{prefix}/encoder/blocks/0/attention/query"].shape[1]),
-                    num_hidden_layers=layouts.count_blocks(params, f"{prefix}/encoder/blocks"),
+        shape = layouts.tower_shape(params, prefix)
+        return dict(hidden_size=shape["width"], intermediate_size=shape["mlp_dim"],
+                    num_attention_heads=shape["num_heads"], num_hidden_layers=shape["depth"],
                     hidden_act=HF_ACTIVATIONS[cfg.get("activation", "gelu")],
                     layer_norm_eps=float(cfg.get("norm_epsilon", 1e-6)))
 
-    patch = int(round((params["image_tower/patch_embedding/kernel"].shape[0] // 3) ** 0.5))
     vision = dict(tower("image_tower", image), image_size=int(config.data.image_size),
-                  patch_size=patch, num_channels=3)
+                  patch_size=layouts.patch_size(params), num_channels=3)
     text_config = dict(tower("text_tower", text),
                        vocab_size=int(params["text_tower/token_embedding"].shape[0]),
                        max_position_embeddings=int(params["text_tower/position_embedding"].shape[0]),
@@ -176,11 +174,8 @@ def to_hf(params: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
         for name, rows in (("image_tower/patch_embedding/bias", "image_tower/patch_embedding/kernel"),
                            ("text_projection/bias", "text_projection/kernel")):
             params.setdefault(name, np.zeros(params[rows].shape[1], np.float32))
-    heads = {t: params[f"{t}/encoder/blocks/0/attention/query"].shape[1]
-             for t in ("image_tower", "text_tower")}
-    table = rules(kind, layouts.count_blocks(params, "image_tower/encoder/blocks"),
-                  heads["image_tower"], layouts.count_blocks(params, "text_tower/encoder/blocks"),
-                  heads["text_tower"])
+    vision, text = (layouts.tower_shape(params, t) for t in ("image_tower", "text_tower"))
+    table = rules(kind, vision["depth"], vision["num_heads"], text["depth"], text["num_heads"])
     weights = layouts.apply_to_theirs(table, params, scalar_shape=() if kind == "clip" else (1,))
     if kind == "siglip":
         weights = layouts.fuse_in_proj(weights, ["vision_model.head.attention"])

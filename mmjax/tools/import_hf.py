@@ -24,28 +24,13 @@ from mmjax.tools import big_vision_layout, hf_layout, weight_files
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _base_config(name: str, fields: dict):
-    from mmjax import defaults
-
-    config = defaults.base_config()
-    config.name = name
-    for key, value in fields["model"].items():
-        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-    config.data.update(fields["data"])
-    return config
-
-
-def _ids_only(text: dict, vocab_size: int, bos_id: int) -> dict:
-    return dict(name="ids_only", context_length=text["context_length"], vocab_size=vocab_size,
-                bos_id=bos_id, eot_id=text["eot_id"], pad_id=text["pad_id"])
-
-
 def import_big_vision(path: str, out_dir: str) -> str:
     """A big_vision SigLIP .npz -> a workdir (token ids in: SigLIP texts are the SentencePiece
     ids, end-of-text 1, padded with 1 to the context length)."""
+    weight_files.require_new_workdir(out_dir)
     fields, params = big_vision_layout.convert(weight_files.read_weights(path), path)
-    config = _base_config("big_vision_siglip", fields)
-    config.tokenizer = ml_collections.ConfigDict(_ids_only(
+    config = weight_files.imported_config("big_vision_siglip", fields)
+    config.tokenizer = ml_collections.ConfigDict(weight_files.ids_only_tokenizer(
         fields["model"]["text_tower"], fields["model"]["vocab_size"], bos_id=-1))
     return weight_files.write_workdir(config, params, out_dir, path)
 
@@ -56,6 +41,7 @@ def import_hf(folder: str, out_dir: str) -> str:
 
     if folder.endswith(".npz"):
         return import_big_vision(folder, out_dir)
+    weight_files.require_new_workdir(out_dir)
     config_path = paths.join(folder, "config.json")
     if not paths.exists(config_path):
         raise FileNotFoundError(f"{config_path} is missing: --weights is a save_pretrained folder "
@@ -68,7 +54,7 @@ def import_hf(folder: str, out_dir: str) -> str:
                                 "are not read; save with max_shard_size large enough for one file).")
     params = hf_layout.from_hf(weight_files.read_weights(found[0]), hf_config, found[0])
 
-    config = _base_config(f"hf_{hf_config['model_type']}", fields)
+    config = weight_files.imported_config(f"hf_{hf_config['model_type']}", fields)
     model = fields["model"]
     text = model["text_tower"]
     merges = paths.join(folder, "merges.txt")
@@ -79,7 +65,7 @@ def import_hf(folder: str, out_dir: str) -> str:
         if tokenizers.build_tokenizer(candidate).vocab_size == model["vocab_size"]:
             tokenizer = candidate
             del config.model.text_tower["pad_id"]  # causal: padding is never attended to
-    config.tokenizer = ml_collections.ConfigDict(tokenizer or _ids_only(
+    config.tokenizer = ml_collections.ConfigDict(tokenizer or weight_files.ids_only_tokenizer(
         text, model["vocab_size"], hf_config["text_config"].get("bos_token_id", 0)))
     return weight_files.write_workdir(config, params, out_dir, found[0])
 

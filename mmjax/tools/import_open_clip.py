@@ -24,7 +24,6 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from mmjax import paths
 from mmjax.tools import layouts, open_clip_layout, weight_files
 
 # name -> (vision heads, text heads, quick_gelu). Shapes come from the weights.
@@ -84,7 +83,7 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     With `vocabulary_file` (CLIP's bpe_simple_vocab_16e6.txt.gz) the workdir gets the CLIP BPE
     tokenizer, so strings tokenise exactly as in open_clip; it is copied into the workdir.
     """
-    from mmjax import defaults, tokenizers
+    from mmjax import tokenizers
 
     if arch is not None and arch not in ARCHITECTURES:
         raise ValueError(f"Unknown --arch {arch!r}; known: {sorted(ARCHITECTURES)} (or give "
@@ -96,21 +95,12 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     if vision_heads is None or text_heads is None or quick_gelu is None:
         raise ValueError("Give --arch, or --vision_heads, --text_heads and --quick_gelu: head counts "
                          "and the activation are not recorded in the weights.")
-    if paths.exists(paths.join(out_dir, "checkpoints")):
-        raise FileExistsError(f"{out_dir} already holds checkpoints; choose an empty --out.")
+    weight_files.require_new_workdir(out_dir)
 
     fields, params = convert(weight_files.read_weights(weights_path), vision_heads, text_heads,
                              quick_gelu)
-    config = defaults.base_config()
-    config.name = f"open_clip_{arch or 'custom'}"
+    config = weight_files.imported_config(f"open_clip_{arch or 'custom'}", fields)
     model = fields["model"]
-    config.model.embed_dim, config.model.vocab_size = model["embed_dim"], model["vocab_size"]
-    if "logit_bias_init" in model:
-        config.model.logit_bias_init = model["logit_bias_init"]
-    config.model.image_tower = ml_collections.ConfigDict(model["image_tower"])
-    config.model.text_tower = ml_collections.ConfigDict(model["text_tower"])
-    config.data.image_size = fields["data"]["image_size"]
-    config.data.normalization = fields["data"]["normalization"]
     context_length = model["text_tower"]["context_length"]
     if vocabulary_file:
         config.tokenizer = ml_collections.ConfigDict(dict(
@@ -121,10 +111,8 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
             raise ValueError(f"{vocabulary_file} gives {tokenizer.vocab_size} ids but the model's "
                              f"vocabulary has {model['vocab_size']}; give the model's own file.")
     else:  # token ids only; strings need --vocab
-        vocab_size = model["vocab_size"]
-        config.tokenizer = ml_collections.ConfigDict(dict(
-            name="ids_only", context_length=context_length, vocab_size=vocab_size,
-            bos_id=vocab_size - 2, eot_id=vocab_size - 1))
+        config.tokenizer = ml_collections.ConfigDict(weight_files.ids_only_tokenizer(
+            model["text_tower"], model["vocab_size"], bos_id=model["vocab_size"] - 2))
     return weight_files.write_workdir(config, params, out_dir, weights_path)
 
 

@@ -49,8 +49,8 @@ def to_ours(rule: Rule, x: np.ndarray) -> np.ndarray:
 
 def to_theirs(rule: Rule, x: np.ndarray, scalar_shape=()) -> np.ndarray:
     kind = rule.kind
-    if kind == "flatten":
-        raise NotImplementedError("big_vision layouts are read, not written.")
+    if kind == "flatten":  # the folded axes' sizes are not in the rule: one way only
+        raise ValueError(f"{rule.theirs}: a 'flatten' rule converts into mmjax's layout only.")
     if kind == "dense":
         return x.T
     if kind == "heads_in":
@@ -115,6 +115,20 @@ def count_blocks(names, prefix: str) -> int:
     """How many numbered blocks `prefix.N.` (or `prefix/N/`, `prefix_N/`) the names hold."""
     pattern = re.compile(re.escape(prefix) + r"[./_](\d+)[./]")
     return 1 + max(int(m.group(1)) for n in names if (m := pattern.match(n)))
+
+
+def tower_shape(params: dict[str, np.ndarray], tower: str) -> dict[str, int]:
+    """width, mlp_dim, num_heads and depth of an mmjax tower, read from its parameters."""
+    block = f"{tower}/encoder/blocks/0"
+    return dict(width=int(params[f"{tower}/encoder/final_norm/scale"].shape[0]),
+                mlp_dim=int(params[f"{block}/mlp/up/kernel"].shape[1]),
+                num_heads=int(params[f"{block}/attention/query"].shape[1]),
+                depth=count_blocks(params, f"{tower}/encoder/blocks"))
+
+
+def patch_size(params: dict[str, np.ndarray]) -> int:
+    """The ViT's patch size, from its kernel over flattened RGB patches [p * p * 3, width]."""
+    return int(round((params["image_tower/patch_embedding/kernel"].shape[0] // 3) ** 0.5))
 
 
 def fill_exact(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -47,22 +47,17 @@ def attention_modules(vision_depth: int, text_depth: int) -> list[str]:
             + [f"transformer.resblocks.{i}.attn" for i in range(text_depth)])
 
 
-def _heads(params, tower: str) -> int:
-    return params[f"{tower}/encoder/blocks/0/attention/query"].shape[1]
-
-
 def to_open_clip(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """An mmjax CLIP's parameters as open_clip's state dict. What open_clip always has and the
     model may lack is filled so the function is the same: zero key biases, and a zero position
     for the class token when the model adds none (its class token then is the whole sum)."""
     params = layouts.fill_exact(params)
-    vision_depth = layouts.count_blocks(params, "image_tower/encoder/blocks")
-    text_depth = layouts.count_blocks(params, "text_tower/encoder/blocks")
-    table = rules(vision_depth, _heads(params, "image_tower"), text_depth,
-                  _heads(params, "text_tower"), pre_norm="image_tower/pre_norm/scale" in params,
+    vision, text = (layouts.tower_shape(params, t) for t in ("image_tower", "text_tower"))
+    table = rules(vision["depth"], vision["num_heads"], text["depth"], text["num_heads"],
+                  pre_norm="image_tower/pre_norm/scale" in params,
                   logit_bias="logit_bias" in params)
     weights = layouts.apply_to_theirs(table, params)
-    return layouts.fuse_in_proj(weights, attention_modules(vision_depth, text_depth))
+    return layouts.fuse_in_proj(weights, attention_modules(vision["depth"], text["depth"]))
 
 
 def model_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
@@ -90,11 +85,9 @@ def model_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
     needs.check()
 
     def tower(prefix, cfg):
-        width = params[f"{prefix}/encoder/final_norm/scale"].shape[0]
-        mlp_dim = params[f"{prefix}/encoder/blocks/0/mlp/up/kernel"].shape[1]
-        heads = _heads(params, prefix)
-        fields = dict(width=int(width), layers=layouts.count_blocks(params, f"{prefix}/encoder/blocks"),
-                      mlp_ratio=mlp_dim / width)
+        shape = layouts.tower_shape(params, prefix)
+        width, mlp_dim, heads = shape["width"], shape["mlp_dim"], shape["num_heads"]
+        fields = dict(width=width, layers=shape["depth"], mlp_ratio=mlp_dim / width)
         if int(width * fields["mlp_ratio"]) != mlp_dim:
             raise ValueError(f"{prefix}: mlp_dim {mlp_dim} is not width x a ratio open_clip "
                              "rounds back to it.")
@@ -108,8 +101,7 @@ def model_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
 
     vision, vision_heads = tower("image_tower", image)
     vision.update(head_width=vision["width"] // vision_heads, image_size=config.data.image_size,
-                  patch_size=int(round((params["image_tower/patch_embedding/kernel"].shape[0]
-                                        // 3) ** 0.5)),
+                  patch_size=layouts.patch_size(params),
                   patch_dropout=float(image.get("patch_dropout", 0.0)),
                   no_ln_pre="image_tower/pre_norm/scale" not in params)
     text_cfg, text_heads = tower("text_tower", text)

@@ -84,6 +84,33 @@ def run_export(export, how_to_load: str) -> None:
     app.run(main)
 
 
+def require_new_workdir(out_dir: str) -> None:
+    """Importers call this before converting anything: a workdir is never overwritten."""
+    if paths.exists(paths.join(out_dir, "checkpoints")):
+        raise FileExistsError(f"{out_dir} already holds checkpoints; choose an empty --out.")
+
+
+def imported_config(name: str, fields: dict):
+    """The base config with a converter's config.model and config.data fields."""
+    import ml_collections
+
+    from mmjax import defaults
+
+    config = defaults.base_config()
+    config.name = name
+    for key, value in fields["model"].items():
+        config.model[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    config.data.update(fields["data"])
+    return config
+
+
+def ids_only_tokenizer(text_tower: dict, vocab_size: int, bos_id: int) -> dict:
+    """config.tokenizer for a model imported without its vocabulary: token ids in."""
+    return dict(name="ids_only", context_length=text_tower["context_length"],
+                vocab_size=vocab_size, bos_id=bos_id, eot_id=text_tower["eot_id"],
+                pad_id=text_tower["pad_id"])
+
+
 def write_workdir(config, params: dict[str, np.ndarray], out_dir: str, source: str) -> str:
     """A workdir at `out_dir` (config.json and checkpoints/0) holding `params`, every one of
     which must have its place in the model `config` builds; `main.py --mode=eval`,
@@ -91,8 +118,7 @@ def write_workdir(config, params: dict[str, np.ndarray], out_dir: str, source: s
     from mmjax import checkpoint, train
     from mmjax.trainer import Trainer
 
-    if paths.exists(paths.join(out_dir, "checkpoints")):
-        raise FileExistsError(f"{out_dir} already holds checkpoints; choose an empty --out.")
+    require_new_workdir(out_dir)
     config.total_steps = 1
     trainer = Trainer(config)
     state = trainer.create_state()
