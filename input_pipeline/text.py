@@ -7,10 +7,11 @@ import tensorflow as tf
 from mmjax import tokenizers
 
 
-def _layout(ids: tf.Tensor, context_length: int, bos_id: int = tokenizers.BOS_ID,
+def _layout(ids: tf.Tensor, context_length: int, bos_id: int | None = tokenizers.BOS_ID,
             eot_id: int = tokenizers.EOT_ID, pad_id: int = tokenizers.PAD_ID) -> tf.Tensor:
-    ids = tf.cast(ids[: context_length - 2], tf.int32)
-    ids = tf.concat([[bos_id], ids, [eot_id]], axis=0)
+    start = [] if bos_id is None else [bos_id]
+    ids = tf.cast(ids[: context_length - 1 - len(start)], tf.int32)
+    ids = tf.concat([tf.constant(start, tf.int32), ids, [eot_id]], axis=0)
     padding = context_length - tf.shape(ids)[0]
     return tf.ensure_shape(tf.pad(ids, [[0, padding]], constant_values=pad_id),
                            [context_length])

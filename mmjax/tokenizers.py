@@ -25,9 +25,12 @@ NUM_SPECIAL_IDS = 4
 WORD_PATTERN = r"[^a-z0-9]+"
 
 
-def _layout(ids: list[int], context_length: int, bos_id: int = BOS_ID,
+def _layout(ids: list[int], context_length: int, bos_id: int | None = BOS_ID,
             eot_id: int = EOT_ID, pad_id: int = PAD_ID) -> list[int]:
-    ids = [bos_id] + ids[: context_length - 2] + [eot_id]
+    """[bos, ids..., eot, pad, ...]; without a bos id (SigLIP's SentencePiece) [ids..., eot,
+    pad, ...]."""
+    start = [] if bos_id is None else [bos_id]
+    ids = start + ids[: context_length - 1 - len(start)] + [eot_id]
     return ids + [pad_id] * (context_length - len(ids))
 
 
@@ -199,11 +202,14 @@ class ClipBpeTokenizer:
 class SentencePieceTokenizer:
     """A SentencePiece model file (`python -m input_pipeline.make_vocab` trains one from a
     dataset's captions). The input pipeline runs the same model in-graph (tensorflow-text);
-    a test keeps the two equal. Uses the model's own pad, bos and eos ids."""
+    a test keeps the two equal. Uses the model's own pad, bos and eos ids; `add_bos=False` lays
+    texts out without a begin-of-text token and `pad_id` pads with another id, as SigLIP's
+    tokenisation does (big_vision's c4_en model: no bos, padded with eos, id 1)."""
 
     name = "sentencepiece"
 
-    def __init__(self, context_length: int, vocabulary_file: str):
+    def __init__(self, context_length: int, vocabulary_file: str, add_bos: bool = True,
+                 pad_id: int | None = None):
         try:
             import sentencepiece
         except ImportError as e:
@@ -212,15 +218,20 @@ class SentencePieceTokenizer:
         self.model_proto = paths.read_bytes(vocabulary_file)
         self.vocabulary_sha256 = hashlib.sha256(self.model_proto).hexdigest()
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
-        self.pad_id, self.bos_id, self.eot_id = (self.processor.pad_id(), self.processor.bos_id(),
-                                                 self.processor.eos_id())
-        self.unk_id = self.processor.unk_id()
-        if min(self.pad_id, self.bos_id, self.eot_id) < 0:
-            raise ValueError(
-                f"SentencePiece model {vocabulary_file} lacks a pad, bos or eos piece (ids "
-                f"{self.pad_id}, {self.bos_id}, {self.eot_id}); mmjax lays texts out as [bos, ..., "
-                "eos, pad, ...]. Train one with `python -m input_pipeline.make_vocab`.")
+        self.pad_id = self.processor.pad_id() if pad_id is None else int(pad_id)
+        self.bos_id = self.processor.bos_id() if add_bos else None
+        self.eot_id, self.unk_id = self.processor.eos_id(), self.processor.unk_id()
         self.vocab_size = self.processor.get_piece_size()
+        needed = {"pad": self.pad_id, "eos": self.eot_id, **({"bos": self.bos_id} if add_bos
+                                                            else {})}
+        lacking = [name for name, i in needed.items() if not 0 <= i < self.vocab_size]
+        if lacking:
+            raise ValueError(
+                f"SentencePiece model {vocabulary_file} lacks a {' and a '.join(lacking)} piece "
+                f"(ids {needed}); mmjax lays texts out as [bos, ..., eos, pad, ...]. Train one "
+                "with `python -m input_pipeline.make_vocab`"
+                + (", or set config.tokenizer.add_bos=False" if "bos" in lacking else "")
+                + (", or set config.tokenizer.pad_id" if "pad" in lacking else "") + ".")
         self.context_length = context_length
 
     def content_ids(self, text: str) -> list[int]:
@@ -261,9 +272,15 @@ class IdsOnlyTokenizer:
 def identity(tokenizer) -> dict:
     """What a tokenizer's ids depend on (not where its file lies): shards tokenized at conversion
     record it, and are read with their stored tokens only by the same tokenizer."""
-    return {"name": tokenizer.name, "context_length": int(tokenizer.context_length),
-            "vocab_size": int(tokenizer.vocab_size),
-            "vocabulary_sha256": getattr(tokenizer, "vocabulary_sha256", "")}
+    identity = {"name": tokenizer.name, "context_length": int(tokenizer.context_length),
+                "vocab_size": int(tokenizer.vocab_size),
+                "vocabulary_sha256": getattr(tokenizer, "vocabulary_sha256", "")}
+    if isinstance(tokenizer, SentencePieceTokenizer):  # only where not the default layout
+        if tokenizer.bos_id is None:
+            identity["add_bos"] = False
+        if tokenizer.pad_id != tokenizer.processor.pad_id():
+            identity["pad_id"] = tokenizer.pad_id
+    return identity
 
 
 TOKENIZERS = {"bytes": ByteTokenizer, "words": WordTokenizer, "clip_bpe": ClipBpeTokenizer,

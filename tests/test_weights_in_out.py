@@ -18,14 +18,63 @@ from mmjax.tools import (big_vision_layout, export_hf, export_open_clip, hf_layo
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
+CAPTIONS = ["a red circle on the left", "two blue squares at the top", "a small green triangle",
+            "three yellow stars in a row near the bottom of the picture"]
+
+
+def c4_like_sentencepiece(path: str) -> str:
+    """A SentencePiece model laid out as big_vision's c4_en: pad 0, eos 1, unk 2, no bos."""
+    import sentencepiece
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CAPTIONS * 20), model_prefix=path, vocab_size=48,
+        model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False,
+        minloglevel=2)
+    return path + ".model"
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
-    """kind -> workdir imported from the fixture (each written once for the module)."""
+    """kind -> workdir imported from the fixture (each written once for the module); the
+    big_vision SigLIP with a SentencePiece model laid out as its c4_en."""
     root = tmp_path_factory.mktemp("imported")
     sources = {"clip": "hf_tiny_clip", "siglip": "hf_tiny_siglip",
                "big_vision": "big_vision_tiny_siglip.npz"}
-    return {kind: import_hf.import_hf(os.path.join(FIXTURES, name), str(root / kind))
+    vocab = c4_like_sentencepiece(str(root / "c4_like"))
+    return {kind: import_hf.import_hf(os.path.join(FIXTURES, name), str(root / kind),
+                                      vocab=vocab if kind == "big_vision" else None)
             for kind, name in sources.items()}
+
+
+def test_big_vision_siglip_tokenizes_as_siglip_without_begin_of_text(imported, tmp_path):
+    """SigLIP's layout: pieces, end-of-text 1, padded with 1 (no begin-of-text token), in Python
+    and in the input pipeline; a model file with another end-of-text id is refused."""
+    import sentencepiece
+    import tensorflow as tf
+
+    from input_pipeline import text
+
+    model = inference.load(imported["big_vision"])
+    tokenizer, context = model.tokenizer, model.tokenizer.context_length
+    processor = sentencepiece.SentencePieceProcessor(model_proto=tokenizer.model_proto)
+    expected = np.ones((len(CAPTIONS), context), np.int32)
+    for row, pieces in zip(expected, processor.encode(CAPTIONS)):
+        row[:min(len(pieces), context - 1)] = pieces[:context - 1]
+    assert len(processor.encode(CAPTIONS[-1])) >= context  # the last one is cut, eos kept
+    np.testing.assert_array_equal(tokenizer(CAPTIONS), expected)
+    in_graph = text.make_tokenize_fn(tokenizer)
+    np.testing.assert_array_equal(np.stack([in_graph(tf.constant(c)).numpy() for c in CAPTIONS]),
+                                  expected)
+    np.testing.assert_allclose(model.encode_text(CAPTIONS), model.encode_text(expected),
+                               rtol=1e-6, atol=1e-6)
+    other = tmp_path / "other"
+    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(CAPTIONS * 20), model_prefix=str(other),
+                                   vocab_size=48, pad_id=0, eos_id=2, unk_id=1, bos_id=-1,
+                                   hard_vocab_limit=False, minloglevel=2)
+    with pytest.raises(ValueError, match="end-of-text id 2, the model 300 ids and end-of-text 1"):
+        import_hf.import_hf(os.path.join(FIXTURES, "big_vision_tiny_siglip.npz"),
+                            str(tmp_path / "refused"), vocab=str(other) + ".model")
+    assert not os.path.exists(tmp_path / "refused")
 
 
 def relative_error(got, expected):

@@ -154,7 +154,9 @@ def hf_config(config, params: dict[str, np.ndarray], text_ids: dict) -> dict:
                        vocab_size=int(params["text_tower/token_embedding"].shape[0]),
                        max_position_embeddings=int(params["text_tower/position_embedding"].shape[0]),
                        pad_token_id=int(text_ids["pad_id"]), eos_token_id=int(text_ids["eot_id"]),
-                       bos_token_id=int(text_ids.get("bos_id", 0)))
+                       # -1: a tokenizer without one (SigLIP's).
+                       bos_token_id=int(-1 if text_ids.get("bos_id") is None
+                                        else text_ids["bos_id"]))
     embed_dim = int(params["text_projection/kernel"].shape[1])
     if kind == "clip":
         return dict(architectures=["CLIPModel"], model_type="clip", projection_dim=embed_dim,

@@ -24,23 +24,39 @@ from mmjax.tools import big_vision_layout, hf_layout, weight_files
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def import_big_vision(path: str, out_dir: str) -> str:
-    """A big_vision SigLIP .npz -> a workdir (token ids in: SigLIP texts are the SentencePiece
-    ids, end-of-text 1, padded with 1 to the context length)."""
+def import_big_vision(path: str, out_dir: str, vocab: str | None = None) -> str:
+    """A big_vision SigLIP .npz -> a workdir. SigLIP texts are SentencePiece ids without a
+    begin-of-text token, end-of-text 1, padded with 1 to the context length: with `vocab` (the
+    SentencePiece model it was trained with, c4_en for the published ones) the workdir
+    tokenizes text so; without it, it takes token ids."""
+    from mmjax import tokenizers
+
     weight_files.require_new_workdir(out_dir)
     fields, params = big_vision_layout.convert(weight_files.read_weights(path), path)
     config = weight_files.imported_config("big_vision_siglip", fields)
-    config.tokenizer = ml_collections.ConfigDict(weight_files.ids_only_tokenizer(
-        fields["model"]["text_tower"], fields["model"]["vocab_size"], bos_id=-1))
+    text, vocab_size = fields["model"]["text_tower"], fields["model"]["vocab_size"]
+    tokenizer = weight_files.ids_only_tokenizer(text, vocab_size, bos_id=-1)
+    if vocab:
+        tokenizer = dict(name="sentencepiece", vocabulary_file=vocab, add_bos=False,
+                         pad_id=text["pad_id"], context_length=text["context_length"])
+        built = tokenizers.build_tokenizer(tokenizer)
+        if built.vocab_size > vocab_size or built.eot_id != text["eot_id"]:
+            raise ValueError(
+                f"{vocab} is not this model's SentencePiece model: it has {built.vocab_size} "
+                f"pieces and end-of-text id {built.eot_id}, the model {vocab_size} ids and "
+                f"end-of-text {text['eot_id']}. Give the model's own (c4_en for big_vision's "
+                "published SigLIP), or leave --vocab out to pass token ids.")
+    config.tokenizer = ml_collections.ConfigDict(tokenizer)
     return weight_files.write_workdir(config, params, out_dir, path)
 
 
-def import_hf(folder: str, out_dir: str) -> str:
-    """A save_pretrained folder (or a big_vision SigLIP .npz file) -> a workdir at `out_dir`."""
+def import_hf(folder: str, out_dir: str, vocab: str | None = None) -> str:
+    """A save_pretrained folder (or a big_vision SigLIP .npz file, with its SentencePiece
+    `vocab`) -> a workdir at `out_dir`."""
     from mmjax import tokenizers
 
     if folder.endswith(".npz"):
-        return import_big_vision(folder, out_dir)
+        return import_big_vision(folder, out_dir, vocab)
     weight_files.require_new_workdir(out_dir)
     config_path = paths.join(folder, "config.json")
     if not paths.exists(config_path):
@@ -73,12 +89,14 @@ def import_hf(folder: str, out_dir: str) -> str:
 def define_flags() -> None:
     flags.DEFINE_string("weights", None, "A save_pretrained folder of a CLIPModel or SiglipModel.")
     flags.DEFINE_string("out", None, "The workdir to write.")
+    flags.DEFINE_string("vocab", None, "big_vision SigLIP: the SentencePiece model its texts "
+                        "were tokenized with (c4_en); without it the workdir takes token ids.")
     flags.mark_flags_as_required(["weights", "out"])
 
 
 def main(argv):
     del argv
-    out = import_hf(flags.FLAGS.weights, flags.FLAGS.out)
+    out = import_hf(flags.FLAGS.weights, flags.FLAGS.out, flags.FLAGS.vocab)
     print(f"Wrote {out}: evaluate with python main.py --config=configs/from_workdir.py:{out} "
           f"--workdir={out} --mode=eval")
 
