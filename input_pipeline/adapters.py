@@ -10,7 +10,7 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import shapes
+from input_pipeline import prompts, shapes
 
 EMBEDDED_DATASET = "mmjax_shapes"
 
@@ -26,13 +26,8 @@ class Adapter:
     to_example: Callable[[dict, tf.Tensor], dict]
     class_names: tuple[str, ...] = ()
     prompt_templates: tuple[str, ...] = ()
-
-
-# CLIP's short prompt ensemble (a subset of OpenAI's 80 ImageNet templates) for TFDS
-# classification datasets without their own.
-CLASSIFICATION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the large {}.",
-                            "a photo of the small {}.", "a cropped photo of a {}.",
-                            "a close-up photo of a {}.", "itap of a {}.", "art of the {}.")
+    # Zero-shot picks among the classes present in the split only (ImageNet-A, -R).
+    present_classes_only: bool = False
 
 
 ADAPTERS = {
@@ -52,14 +47,17 @@ def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
     - several captions, coco_captions style: `captions` a Sequence with a `text` feature;
     - one caption: a Text feature `caption` (or `text`);
     - image classification: a ClassLabel `label`; the caption is a prompt with the class name
-      (for training) and zero-shot uses the class names with CLIP's prompt templates.
+      (for training) and zero-shot uses the class names with the dataset's prompt templates
+      (input_pipeline/prompts.py: OpenAI's names and templates for the datasets CLIP papers
+      report, WordNet-id labels read as ImageNet class names).
     """
     if "image" not in features:
         raise ValueError(f"TFDS dataset {name!r} has no `image` feature (it has "
                          f"{sorted(features.keys())}); add an adapter in input_pipeline/adapters.py.")
     label = features["label"] if "label" in features else None
-    class_names = tuple(n.replace("_", " ") for n in label.names) if isinstance(
+    class_names = prompts.class_names(label.names) if isinstance(
         label, tfds.features.ClassLabel) else ()
+    zeroshot = prompts.zeroshot(name)
 
     def common(f, index):
         return {"image": f["image"],
@@ -73,11 +71,15 @@ def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
         key = "caption" if "caption" in features else "text"
         to_example = lambda f, index: {**common(f, index), "captions": tf.reshape(f[key], [1])}
     elif class_names:
-        prompts = tf.constant([CLASSIFICATION_TEMPLATES[0].format(n) for n in class_names])
-        to_example = lambda f, index: {**common(f, index),
-                                       "captions": tf.reshape(tf.gather(prompts, f["label"]), [1])}
+        # Training captions: the plain prompt where the dataset's ensemble has it.
+        template = ("a photo of a {}." if "a photo of a {}." in zeroshot.templates
+                    else zeroshot.templates[0])
+        captions = tf.constant([template.format(n) for n in class_names])
+        to_example = lambda f, index: {**common(f, index), "captions": tf.reshape(
+            tf.gather(captions, f["label"]), [1])}
     else:
         raise ValueError(f"TFDS dataset {name!r} has neither captions nor a ClassLabel `label` "
                          f"(features: {sorted(features.keys())}); add an adapter in "
                          "input_pipeline/adapters.py.")
-    return Adapter(to_example, class_names, CLASSIFICATION_TEMPLATES if class_names else ())
+    return Adapter(to_example, class_names, zeroshot.templates if class_names else (),
+                   present_classes_only=zeroshot.present_classes_only)

@@ -339,7 +339,3 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
     dataset = _robust_map(source, batches, process, stand_in)
     return dataset.batch(local_batch_size, drop_remainder=True).prefetch(2)
 
-
-def zeroshot_prompts(source: RecordSource) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(class names, prompt templates) for zero-shot classification, or empty if unlabelled."""
-    return source.adapter.class_names, source.adapter.prompt_templates

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import datasets, preprocess
+from input_pipeline import datasets, preprocess, prompts
 from mmjax import data_checks
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
@@ -99,20 +99,19 @@ class EvalData:
     num_examples: int
     # Labelled training examples, for evaluators that need them (the linear probe).
     probe: "EvalData | None" = None
+    # Zero-shot among the classes present in the split only (ImageNet-A, -R).
+    present_classes_only: bool = False
+    # The dataset's name in clip_benchmark-style results ("imagenet1k", "mscoco_captions").
+    benchmark_name: str = ""
 
     def batches(self) -> Iterator[dict[str, np.ndarray]]:
         return self.dataset.as_numpy_iterator()
 
 
-def eval_data(config, tokenizer, *, global_batch_size: int, spec: str | None = None,
-              default_split: str = "test", max_examples: int | None = None,
-              with_probe: bool = False) -> EvalData:
-    """The eval split (config.data.eval), or another `spec`'s first `max_examples` (the
-    linear probe's training features), in global batches of `global_batch_size` (the
-    preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe` adds
-    the probe's labelled training images."""
-    spec = datasets.parse_spec(spec or config.data.eval, default_split)
-    source = datasets.open_source(spec, _data_dir(config))
+def _split(config, tokenizer, spec: str, default_split: str, *, global_batch_size: int,
+           max_examples: int | None, captions_per_image: int, name: str | None) -> EvalData:
+    parsed = datasets.parse_spec(spec, default_split)
+    source = datasets.open_source(parsed, _data_dir(config))
     if global_batch_size % jax.process_count():
         raise ValueError(f"The eval batch of {global_batch_size} is not divisible by the "
                          f"{jax.process_count()} processes.")
@@ -120,16 +119,29 @@ def eval_data(config, tokenizer, *, global_batch_size: int, spec: str | None = N
         source, tokenizer, global_batch_size=global_batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
         normalization=config.data.normalization, max_examples=max_examples,
-        preprocess_ops=config.data.eval_preprocess,
-        captions_per_image=config.data.eval_captions_per_image if max_examples is None else 1)
-    class_names, templates = datasets.zeroshot_prompts(source)
-    probe = None
+        preprocess_ops=config.data.eval_preprocess, captions_per_image=captions_per_image)
+    return EvalData(name or parsed.short_name, dataset.cache(), source.adapter.class_names,
+                    source.adapter.prompt_templates,
+                    min(source.num_examples, max_examples or source.num_examples),
+                    present_classes_only=source.adapter.present_classes_only,
+                    benchmark_name=(parsed.kind == "tfds" and prompts.zeroshot(
+                        parsed.name).clip_benchmark_name) or parsed.short_name)
+
+
+def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
+              with_probe: bool = False) -> EvalData:
+    """An eval set's split (mmjax.eval_sets.EvalSet) in global batches of `global_batch_size`
+    (the preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe`
+    adds the first probe_examples of its probe data (the linear probe's training features)."""
+    data = _split(config, tokenizer, eval_set.data, "test", global_batch_size=global_batch_size,
+                  max_examples=eval_set.max_examples,
+                  captions_per_image=eval_set.captions_per_image, name=eval_set.name)
     if with_probe:
-        probe = eval_data(config, tokenizer, global_batch_size=global_batch_size,
-                          spec=config.data.probe_train or config.data.train,
-                          default_split="train", max_examples=config.data.probe_examples)
-    return EvalData(spec.short_name, dataset.cache(), class_names, templates,
-                    min(source.num_examples, max_examples or source.num_examples), probe)
+        data.probe = _split(config, tokenizer, eval_set.probe_train, "train",
+                            global_batch_size=global_batch_size,
+                            max_examples=eval_set.probe_examples, captions_per_image=1,
+                            name=None)
+    return data
 
 
 def describe_data(config, spec: str, default_split: str,
@@ -154,7 +166,7 @@ def describe_data(config, spec: str, default_split: str,
         spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
-        class_names=tuple(datasets.zeroshot_prompts(source)[0]), captions=tuple(captions),
+        class_names=source.adapter.class_names, captions=tuple(captions),
         tokenized_with=source.tokenized_with)
 
 

@@ -80,46 +80,50 @@ def check_captions(c, tokenizer, facts: DataFacts) -> None:
                        f"cut; {needed} would hold 99% of them.")
 
 
-def check_data(c, data: DataAccess, roles, tokenizer, layout, evals, needs_labels
-               ) -> tuple[str, ...]:
-    """Describes each dataset; returns the evaluators the eval data can feed."""
+def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels) -> tuple:
+    """Describes each dataset; returns the eval sets (mmjax.eval_sets), each with the
+    evaluators its data can feed."""
     config = c.config
     for field in ("train_preprocess", "eval_preprocess"):
         error = data.preprocess_error(config, config.data[field])
         if error:
             c.add(f"config.data.{field}", error.rstrip("."), "see README, Preprocessing")
-    facts = {}
-    probe_needed = any(evaluators.EVALUATORS[e].needs_probe for e in evals)
-    specs = {"train": ("config.data.train", config.data.train, "train"),
-             "eval": ("config.data.eval", config.data.eval, "test"),
-             "probe": ("config.data.probe_train", config.data.probe_train or config.data.train,
-                       "train")}
-    for role in [*roles, *(["probe"] if probe_needed and "eval" in roles else [])]:
-        field, spec, split = specs[role]
-        if not spec:
-            continue
-        if role == "probe" and spec == config.data.train:
-            if "train" in facts:  # the probe reads the train data: described, or reported, once
-                facts["probe"] = facts["train"]
-            if "train" in roles:
-                continue
-        try:
-            facts[role] = data.describe_data(config, spec, split)
-        except (ValueError, FileNotFoundError, OSError) as e:
-            c.add(field, str(e).rstrip("."), "point it at prepared data (README, Your own data)")
-    for role, described in facts.items():
-        if tokenizer is not None and described.tokenized_with and (
-                described.tokenized_with != tokenizers.identity(tokenizer)):
-            theirs = described.tokenized_with
-            c.add("config.tokenizer", f"is not the tokenizer {described.spec} was tokenized with "
+    described: dict[tuple[str, str], DataFacts | None] = {}
+
+    def describe(field: str, spec: str, split: str) -> DataFacts | None:
+        # Each dataset is read, or reported, once (the probe often reads the train data).
+        if (spec, split) not in described:
+            try:
+                described[spec, split] = data.describe_data(config, spec, split)
+            except (ValueError, FileNotFoundError, OSError) as e:
+                described[spec, split] = None
+                c.add(field, str(e).rstrip("."),
+                      "point it at prepared data (README, Your own data)")
+        return described[spec, split]
+
+    train = describe("config.data.train", config.data.train, "train") if (
+        "train" in roles and config.data.train) else None
+    evaluated = {}  # set -> (its data, its probe data)
+    if "eval" in roles:
+        for s in sets:
+            needs_probe = any(evaluators.EVALUATORS[e].needs_probe for e in s.evals)
+            probe_field = ("config.data.probe_train" if s.field == "config.data.eval"
+                           else s.field)
+            evaluated[s] = (describe(s.field, s.data, "test"),
+                            describe(probe_field, s.probe_train, "train") if needs_probe
+                            else None)
+    for facts in described.values():
+        if tokenizer is not None and facts is not None and facts.tokenized_with and (
+                facts.tokenized_with != tokenizers.identity(tokenizer)):
+            theirs = facts.tokenized_with
+            c.add("config.tokenizer", f"is not the tokenizer {facts.spec} was tokenized with "
                   f"at conversion ({theirs['name']}, context {theirs['context_length']}, "
                   f"{theirs['vocab_size']} ids), so its stored token ids would be wrong here",
                   f"set config.tokenizer to that one (name={theirs['name']}, "
                   f"context_length={theirs['context_length']}, its vocabulary file), or convert "
                   "again with make_shards --tokenizer=YOURS (or without --tokenizer: captions are "
                   "then tokenized while training)")
-    if "train" in facts:
-        train = facts["train"]
+    if train is not None:
         if tokenizer is not None:
             check_captions(c, tokenizer, train)
         if needs_labels and not train.has_labels:
@@ -130,37 +134,55 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, evals, needs_label
             c.add("config.batch_size", f"is larger than the {train.num_examples} examples of "
                   f"{train.spec} (per process)", f"use at most {train.num_examples}")
     if "eval" not in roles:
-        return tuple(evals)
-    if not config.data.eval:
-        if evals:
+        return tuple(sets)
+    if not sets:
+        if config.evals:
             c.notes.append("config.data.eval is empty: no evaluation.")
         return ()
-    if "eval" not in facts:
-        return tuple(evals)
-    runnable = []
-    for name in evals:
-        why = _unmet_data_need(evaluators.EVALUATORS[name], facts)
-        if why is None:
-            runnable.append(name)
-        else:
-            c.notes.append(f"evaluator {name!r} skipped: {why}.")
-    check_keep_best_by(c, runnable, facts["eval"].name)
-    return tuple(runnable)
+    planned, names = [], {}
+    for s in sets:
+        facts, probe = evaluated[s]
+        if facts is None:
+            planned.append(s)
+            continue
+        runnable = []
+        for name in s.evals:
+            why = _unmet_data_need(evaluators.EVALUATORS[name], {"eval": facts, "probe": probe})
+            if why is None:
+                runnable.append(name)
+            else:
+                c.notes.append(f"evaluator {name!r} skipped{_on(s)}: {why}.")
+        planned.append(dataclasses.replace(s, evals=tuple(runnable)))
+        names[planned[-1]] = s.name or facts.name
+    check_keep_best_by(c, planned, names)
+    return tuple(planned)
 
 
-def check_keep_best_by(c, evals, dataset_name: str | None = None) -> None:
+def _on(eval_set) -> str:
+    return f" on {eval_set.name}" if eval_set.name else ""
+
+
+def check_keep_best_by(c, sets, names: dict | None = None) -> None:
     """config.keep_best_by must be a metric the planned evaluators log (else the run would stop
-    at its first evaluation)."""
+    at its first evaluation). `names`: each set's name in metric names, where known."""
     metric = c.config.keep_best_by
     if not metric or not str(metric).startswith("eval/"):
         return
-    logged = sorted(m for e in evals for m in evaluators.EVALUATORS[e].metrics)
+    logged = {}  # set name in metric names -> its metrics
+    for s in sets:
+        name = (names or {}).get(s, s.name) or "DATASET"
+        logged.setdefault(name, set()).update(
+            m for e in s.evals for m in evaluators.EVALUATORS[e].metrics)
     parts = str(metric).split("/")
-    if len(parts) != 3 or parts[2] not in logged or (dataset_name and parts[1] != dataset_name):
-        example = f"eval/{dataset_name or 'DATASET'}/{logged[0] if logged else 'METRIC'}"
-        c.add("config.keep_best_by", "is not a metric this run's evaluation logs",
-              f"name one of eval/{dataset_name or 'DATASET'}/{{{', '.join(logged)}}}, e.g. "
-              f"{example!r}")
+    if len(parts) == 3 and any(parts[2] in metrics and name in (parts[1], "DATASET")
+                               for name, metrics in logged.items()):
+        return
+    choices = " or ".join(f"eval/{name}/{{{', '.join(sorted(metrics))}}}"
+                          for name, metrics in logged.items())
+    example = next((f"eval/{n}/{sorted(m)[0]}" for n, m in logged.items() if m),
+                   "eval/DATASET/METRIC")
+    c.add("config.keep_best_by", "is not a metric this run's evaluation logs",
+          f"name one of {choices or 'the logged metrics'}, e.g. {example!r}")
 
 
 def _unmet_data_need(evaluator, facts: dict) -> str | None:

@@ -96,6 +96,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.tokenizer.context_length = 77
     # The vocabulary file of 'words', 'sentencepiece' and 'clip_bpe' (others ignore it).
     config.tokenizer.vocabulary_file = placeholder(str)
+    # SentencePiece only: False lays texts out without a begin-of-text token, and pad_id pads
+    # with another id than the model's pad piece (SigLIP's c4_en tokenisation: add_bos=False,
+    # pad_id=1, its end-of-text). Captioning needs the begin-of-text token.
+    config.tokenizer.add_bos = True
+    config.tokenizer.pad_id = placeholder(int)
 
     config.model = ml_collections.ConfigDict()
     # A name in mmjax.models.MODELS.
@@ -127,6 +132,11 @@ def base_config() -> ml_collections.ConfigDict:
     # Evaluators, by name in mmjax.evaluators.EVALUATORS; those the eval data cannot feed
     # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
     config.evals = ("retrieval", "zeroshot", "linear_probe")
+    # Several evaluation datasets, each with its own evaluators and interval, by set name
+    # (mmjax/eval_sets.py): config.eval_sets.coco = dict(data="tfds:coco_captions:test",
+    # evals=("retrieval",), captions_per_image=5, every_steps=1000); metrics log as
+    # eval/<set name>/<metric>. Empty: config.data.eval with config.evals.
+    config.eval_sets = ml_collections.ConfigDict()
     # Caption generation (captioning evaluator and --mode=caption): 1 is greedy, more is beam search.
     config.caption = ml_collections.ConfigDict(dict(beam_size=1))
     # Knowledge distillation (the `distill` loss): a trained model's workdir (or checkpoints/STEP)

@@ -7,6 +7,7 @@ then turn it into metrics (mmjax.evaluators). Also `--mode=eval` and `--mode=cap
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from typing import Callable
@@ -16,7 +17,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mmjax import checkpoint, conventions, decoding, evaluators, paths, preflight, sharding
+from mmjax import (benchmark_results, checkpoint, conventions, decoding, evaluators, paths,
+                   preflight, sharding)
+from mmjax.eval_sets import EvalSet
 from mmjax.trainer import MODEL_INPUTS, Trainer
 
 EVAL_INPUTS = {**MODEL_INPUTS, "label": 1, "valid": 1}  # name -> ndim
@@ -46,11 +49,13 @@ def report_thumbnails(images: np.ndarray, normalization: str, size: int = 48) ->
 
 
 class Evaluation:
-    """The compiled encode steps of a trainer and the evaluators of its plan."""
+    """The compiled encode steps of a trainer and the evaluators of one eval set of its plan
+    (mmjax.eval_sets; the first by default)."""
 
-    def __init__(self, trainer: Trainer):
+    def __init__(self, trainer: Trainer, eval_set: EvalSet | None = None):
         self.trainer = trainer
-        self.evaluators = {name: evaluators.EVALUATORS[name] for name in trainer.plan.evals}
+        self.eval_set = eval_set or trainer.plan.eval_sets[0]
+        self.evaluators = {name: evaluators.EVALUATORS[name] for name in self.eval_set.evals}
         self.settings = evaluators.EvalSettings(
             tokenizer=trainer.tokenizer, beam_size=int(trainer.config.caption.beam_size))
 
@@ -154,6 +159,7 @@ class Evaluation:
             labels=outputs.pop("label"), tokens=outputs.pop("tokens"), extra=outputs,
             tokenizer=trainer.tokenizer, class_names=eval_data.class_names,
             prompt_templates=eval_data.prompt_templates,
+            present_classes_only=eval_data.present_classes_only,
             encode_texts=lambda texts: self.encode_token_rows(params, trainer.tokenizer(texts)))
         if all_captions:
             tokens = np.concatenate([t for t, _ in all_captions])
@@ -173,14 +179,15 @@ class Evaluation:
         return metrics
 
 
-def open_eval_data(trainer: Trainer, needs_probe: bool):
-    """The eval split (and the probe's training images, if an evaluator needs them), batched
-    as the plan says."""
+def open_eval_data(evaluation: Evaluation):
+    """An evaluation's eval split (and the probe's training images, if an evaluator needs
+    them), batched as the plan says."""
     from input_pipeline import pipeline  # TensorFlow stays out of the model and trainer modules
 
-    return pipeline.eval_data(trainer.config, trainer.tokenizer,
+    trainer = evaluation.trainer
+    return pipeline.eval_data(trainer.config, trainer.tokenizer, evaluation.eval_set,
                               global_batch_size=trainer.plan.eval_batch_size,
-                              with_probe=needs_probe)
+                              with_probe=evaluation.needs_probe)
 
 
 def _restore_latest(trainer: Trainer, workdir: str):
@@ -211,10 +218,11 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     """
     trainer = _planned_trainer(config, workdir, mesh, required_evals=("captioning",))
     captioning = evaluators.EVALUATORS["captioning"]
-    evaluation = Evaluation(trainer)
+    evaluation = Evaluation(trainer, dataclasses.replace(trainer.plan.eval_sets[0],
+                                                         evals=("captioning",)))
     manager, step, state = _restore_latest(trainer, workdir)
     generated, references = [], []
-    for local_batch in open_eval_data(trainer, needs_probe=False).batches():
+    for local_batch in open_eval_data(evaluation).batches():
         batch = trainer.global_batch(local_batch, keys=("image",))
         tokens = jax.device_get(evaluation.caption_step(state["params"], batch["image"]))
         keep = all_rows(local_batch["valid"]).astype(bool)
@@ -239,33 +247,74 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     return metrics
 
 
+class EvalSuite:
+    """Every eval set of a trainer's plan: each set's evaluation, and its data once opened."""
+
+    def __init__(self, trainer: Trainer):
+        self.evaluations = [Evaluation(trainer, s) for s in trainer.plan.eval_sets if s.evals]
+        self.data: dict[int, object] = {}  # index -> EvalData, opened on first use
+
+    def __bool__(self) -> bool:
+        return bool(self.evaluations)
+
+    def run(self, params, step: int, is_last: bool = True,
+            reports: list | None = None) -> dict[str, float]:
+        """The metrics of the sets due at `step` (all of them at the last); `reports`, if
+        given, gets (EvalSet, EvalData, report) triples."""
+        metrics = {}
+        for i, evaluation in enumerate(self.evaluations):
+            if not evaluation.eval_set.due(step, is_last):
+                continue
+            if i not in self.data:
+                self.data[i] = open_eval_data(evaluation)
+            details = {} if reports is not None else None
+            metrics.update(evaluation.evaluate(params, self.data[i], report=details))
+            if reports is not None:
+                reports.append((evaluation.eval_set, self.data[i], details))
+        return metrics
+
+    def write_benchmark_results(self, config, workdir: str, step: int,
+                                metrics: dict[str, float]) -> list[str]:
+        """clip_benchmark-style files of the sets evaluated so far (mmjax.benchmark_results)."""
+        named = [(data.name, data.benchmark_name) for data in self.data.values()]
+        return benchmark_results.write(workdir, named, metrics, model=config.get("name", ""),
+                                       step=step)
+
+
 def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
-    """`--mode=eval`: evaluates the workdir's latest checkpoint; writes eval_results.json, the
-    embeddings (eval_embeddings.npz) and the report (eval_report.md with PNG figures).
+    """`--mode=eval`: evaluates the workdir's latest checkpoint on every eval set; writes
+    eval_results.json, clip_benchmark/*.json, the embeddings (eval_embeddings.npz) and the report
+    (eval_report.md with PNG figures; those of a named eval set have its name:
+    eval_report_coco.md).
 
     The checkpoint may come from any mesh; it is laid out for this one (`mesh`, or config.mesh).
     """
     trainer = _planned_trainer(config, workdir, mesh)
-    evaluation = Evaluation(trainer)
     manager, step, state = _restore_latest(trainer, workdir)
-    details: dict = {}
-    metrics = evaluation.evaluate(state["params"], open_eval_data(trainer, evaluation.needs_probe),
-                                  report=details)
+    reports: list = []
+    suite = EvalSuite(trainer)
+    metrics = suite.run(state["params"], step, reports=reports)
     if jax.process_index() == 0:
         paths.write_text(paths.join(workdir, "eval_results.json"),
                          json.dumps({"step": step, **metrics}, indent=2))
-        zeroshot = details["details"].get("zeroshot", {})
-        with paths.Path(paths.join(workdir, "eval_embeddings.npz")).open("wb") as f:
-            np.savez(f,
-                     image=details["image_embeddings"], text=details["text_embeddings"],
-                     labels=details["labels"],
-                     **({"class_embeddings": zeroshot["class_embeddings"]} if zeroshot else {}))
+        suite.write_benchmark_results(config, workdir, step, metrics)
         for name, value in metrics.items():
             print(f"{name}: {value:.4f}")
         from mmjax import report  # matplotlib is loaded only to write the report
 
-        path = report.write_report(workdir, step=step, metrics=metrics, details=details,
-                                   config_name=config.get("name", ""))
-        print(f"Report: {path}")
+        for eval_set, data, details in reports:
+            suffix = f"_{eval_set.name}" if eval_set.name else ""
+            zeroshot = details["details"].get("zeroshot", {})
+            with paths.Path(paths.join(workdir, f"eval_embeddings{suffix}.npz")).open("wb") as f:
+                np.savez(f, image=details["image_embeddings"], text=details["text_embeddings"],
+                         labels=details["labels"], **(
+                             {"class_embeddings": zeroshot["class_embeddings"]} if zeroshot
+                             else {}))
+            set_metrics = {k: v for k, v in metrics.items()
+                           if k.startswith(f"eval/{data.name}/")}
+            path = report.write_report(workdir, step=step, metrics=set_metrics, details=details,
+                                       config_name=config.get("name", ""),
+                                       set_name=suffix.lstrip("_"))
+            print(f"Report: {path}")
     manager.close()
     return metrics

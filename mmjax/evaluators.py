@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax import caption_metrics, decoding, losses
+from mmjax import caption_metrics, decoding, linear_probe, losses
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -91,6 +91,8 @@ class EvalContext:
     # image each describes. Retrieval then counts any of an image's captions.
     all_text_embeddings: np.ndarray | None = None
     all_text_image: np.ndarray | None = None
+    # Zero-shot picks among the classes the eval labels have (ImageNet-A and -R: 200 of 1,000).
+    present_classes_only: bool = False
 
 
 def example_queries(count: int, num: int = 4) -> np.ndarray:
@@ -113,23 +115,28 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
     return metrics
 
 
-def class_embeddings(context: EvalContext) -> np.ndarray:
+def class_embeddings(context: EvalContext, class_names=None) -> np.ndarray:
     """One embedding per class: the normalised mean over prompt templates (CLIP's ensembling)."""
+    class_names = context.class_names if class_names is None else class_names
     templates = list(context.prompt_templates) or ["{}"]
-    prompts = [template.format(name) for name in context.class_names for template in templates]
+    prompts = [template.format(name) for name in class_names for template in templates]
     embeddings = normalize(context.encode_texts(prompts))
-    return normalize(embeddings.reshape(len(context.class_names), len(templates), -1).mean(axis=1))
+    return normalize(embeddings.reshape(len(class_names), len(templates), -1).mean(axis=1))
 
 
 def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
-    classes = class_embeddings(context)
+    names, labels = list(context.class_names), context.labels
+    if context.present_classes_only:  # classify among those classes, labels renumbered
+        present = np.unique(labels)
+        names, labels = [names[c] for c in present], np.searchsorted(present, labels)
+    classes = class_embeddings(context, names)
     predicted = np.argmax(normalize(context.image_embeddings) @ classes.T, axis=1)
     context.details["zeroshot"] = {
-        "class_names": list(context.class_names), "class_embeddings": classes,
-        "per_class_accuracy": [float((predicted[context.labels == c] == c).mean())
-                               if (context.labels == c).any() else float("nan")
-                               for c in range(len(context.class_names))]}
-    return zeroshot_metrics(context.image_embeddings, classes, context.labels)
+        "class_names": names, "class_embeddings": classes,
+        "per_class_accuracy": [float((predicted[labels == c] == c).mean())
+                               if (labels == c).any() else float("nan")
+                               for c in range(len(names))]}
+    return zeroshot_metrics(context.image_embeddings, classes, labels)
 
 
 def caption_token_accuracy(generated: np.ndarray, references: np.ndarray, eot_id: int):
@@ -192,55 +199,8 @@ def evaluate_classification(context: EvalContext) -> dict[str, float]:
             float((context.extra["class_logits"].argmax(1) == context.labels).mean())}
 
 
-def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
-                         test_features: np.ndarray, test_labels: np.ndarray,
-                         l2_values: Sequence[float] = (1e-6, 1e-4, 1e-2, 1.0),
-                         steps: int = 300) -> dict[str, float]:
-    """Logistic regression on frozen features: the L2 weight is picked on a held-out fifth of
-    the training features, then the classifier is refitted on all of them and tested."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    standardize = lambda x: jnp.asarray((x - mean) / std, jnp.float32)
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
-
-    @jax.jit
-    def fit(x, y, l2):
-        params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
-        optimizer = optax.adam(0.05)
-
-        def loss(params):
-            logits = x @ params[0] + params[1]
-            return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-                    + l2 * jnp.sum(params[0] ** 2))
-
-        def step(carry, _):
-            params, state = carry
-            updates, state = optimizer.update(jax.grad(loss)(params), state)
-            return (optax.apply_updates(params, updates), state), None
-
-        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, steps)
-        return params
-
-    def accuracy(params, x, y):
-        return float(jnp.mean(jnp.argmax(x @ params[0] + params[1], axis=1) == y))
-
-    order = np.random.default_rng(0).permutation(len(train_labels))
-    split = len(order) * 4 // 5
-    fit_part, held_part = order[:split], order[split:]
-    x_fit, x_held = standardize(train_features[fit_part]), standardize(train_features[held_part])
-    held_accuracy = {l2: accuracy(fit(x_fit, train_labels[fit_part], l2), x_held,
-                                  train_labels[held_part]) for l2 in l2_values}
-    best = max(l2_values, key=lambda l2: (held_accuracy[l2], l2))
-    params = fit(standardize(train_features), train_labels, best)
-    return {"linear_probe_top1": accuracy(params, standardize(test_features), test_labels),
-            "linear_probe_l2": float(best)}
-
-
 def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
-    return linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
+    return linear_probe.linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
                                 context.image_embeddings, context.labels)
 
 
@@ -312,5 +272,6 @@ EVALUATORS: dict[str, Evaluator] = {
         device_outputs=lambda model, batch, encoded, settings: {
             "class_logits": model.classify(batch["image"], batch["tokens"])}),
     "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
-                              metrics=("linear_probe_top1", "linear_probe_l2")),
+                              metrics=("linear_probe_top1", "linear_probe_top5",
+                                       "linear_probe_mean_per_class", "linear_probe_c")),
 }

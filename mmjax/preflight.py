@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, data_checks, defaults, evaluators, layers, losses,
-                   models, path_checks, sharding, tokenizers)
+from mmjax import (checkpoint, conventions, data_checks, defaults, eval_sets, evaluators, layers,
+                   losses, models, path_checks, sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -47,9 +47,11 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class Plan:
-    evals: tuple[str, ...]
+    evals: tuple[str, ...]  # every evaluator some eval set runs
     eval_batch_size: int
     notes: list[str] = dataclasses.field(default_factory=list)
+    # The eval sets, each with the evaluators its data can feed (mmjax.eval_sets).
+    eval_sets: tuple[eval_sets.EvalSet, ...] = ()
 
     def print_notes(self) -> None:
         if jax.process_index() == 0:
@@ -171,7 +173,28 @@ def _mesh(c: _Checks, mesh) -> dict | None:
     return {"batch_devices": devices, "processes": processes}
 
 
-def _names(c: _Checks, evals) -> None:
+def _eval_sets(c: _Checks) -> tuple[eval_sets.EvalSet, ...]:
+    """config.eval_sets' entries: known fields, a dataset each, sensible numbers."""
+    for name, unknown in eval_sets.unknown_fields(c.config).items():
+        c.add(f"config.eval_sets.{name}", f"has fields no eval set has: {unknown}",
+              f"use only {list(eval_sets.FIELDS)}")
+    sets = eval_sets.eval_sets(c.config)
+    for s in sets:
+        if s.field == "config.data.eval":
+            continue
+        if not s.data or not isinstance(s.data, str):
+            c.add(s.field, "names no dataset", "set its data, e.g. 'tfds:coco_captions:test'")
+        for key, minimum in (("every_steps", 0), ("captions_per_image", 1),
+                             ("probe_examples", 1)) + ((("max_examples", 1),)
+                                                       if s.max_examples is not None else ()):
+            value = getattr(s, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                c.add(s.field, f"{key} = {value!r} must be an integer of at least {minimum}",
+                      f"set {key} to {max(minimum, 1)} or more")
+    return sets
+
+
+def _names(c: _Checks, sets) -> None:
     """The registries' names: losses and their weights, evaluators."""
     config = c.config
     weights = dict(config.losses)
@@ -182,10 +205,12 @@ def _names(c: _Checks, evals) -> None:
     for name, weight in weights.items():
         if not isinstance(weight, numbers.Real) or not weight > 0:
             c.add(f"config.losses.{name}", "a loss weight must be a positive number", "e.g. 1.0")
-    for name in evals:
-        if name not in evaluators.EVALUATORS:
-            c.add("config.evals", f"{name!r} is not an evaluator",
-                  f"use names from {sorted(evaluators.EVALUATORS)}")
+    for s in sets:
+        field = "config.evals" if s.field == "config.data.eval" else s.field
+        for name in s.evals:
+            if name not in evaluators.EVALUATORS:
+                c.add(field, f"{name!r} is not an evaluator",
+                      f"use names from {sorted(evaluators.EVALUATORS)}")
 
 
 def _tokenizer(c: _Checks):
@@ -214,7 +239,7 @@ def _tokenizer(c: _Checks):
     return tokenizer
 
 
-def _model(c: _Checks, tokenizer, evals) -> dict | None:
+def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
     """Builds the model abstractly and checks what the losses and evaluators need of it."""
     config = c.config
     try:
@@ -258,10 +283,12 @@ def _model(c: _Checks, tokenizer, evals) -> dict | None:
         evaluator = evaluators.EVALUATORS.get(name)
         lacking = [m for m in (evaluator.model_methods if evaluator else ())
                    if not hasattr(model, m)]
-        if lacking and name in config.evals:
-            c.add("config.evals", f"the {name!r} evaluator needs a model that has {lacking}, "
+        naming = [s for s in sets if name in s.evals]
+        if lacking and naming:
+            field = "config.evals" if naming[0].field == "config.data.eval" else naming[0].field
+            c.add(field, f"the {name!r} evaluator needs a model that has {lacking}, "
                   f"which the {config.model.name!r} model has not",
-                  f"remove {name!r} from config.evals, or use a model that has them")
+                  f"remove {name!r} from its evals, or use a model that has them")
         elif lacking:  # the mode itself runs it (--mode=caption)
             c.add("config.model.name", f"this mode runs the {name!r} evaluator, which needs a "
                   f"model that has {lacking}", "give a workdir and config of such a model")
@@ -279,29 +306,38 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     `needs_checkpoint`: the mode evaluates the workdir's checkpoint, which must be there.
     """
     c = _Checks(config)
-    named_evals = tuple(dict.fromkeys([*config.evals, *required_evals]))
     _fields(c)
-    _names(c, named_evals)
+    sets = _eval_sets(c)
+    named_evals = tuple(dict.fromkeys([*(e for s in sets for e in s.evals), *required_evals]))
+    _names(c, sets)
     layout = _mesh(c, mesh)
     tokenizer = _tokenizer(c)
+    if tokenizer is not None and tokenizer.bos_id is None and "captioning" in named_evals:
+        c.add("config.tokenizer.add_bos", "captioning starts each caption from the "
+              "begin-of-text token, which this tokenizer leaves out",
+              "set it to True (a model trained with it), or drop 'captioning' from the evals")
     # The model is built only from fields that passed (one problem, one line).
     model_fields_ok = not any(p.field.startswith("config.model") for p in c.problems)
-    model = (_model(c, tokenizer, named_evals) if tokenizer is not None and model_fields_ok
+    model = (_model(c, tokenizer, named_evals, sets) if tokenizer is not None and model_fields_ok
              else None)
     needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
                         if n in losses.LOSSES)
     path_checks.check_paths(c, workdir, needs_teacher,
                             model["shapes"] if model is not None else None, needs_checkpoint)
-    evals = tuple(e for e in named_evals if e in evaluators.EVALUATORS)
+    known = lambda names: tuple(e for e in names if e in evaluators.EVALUATORS)
+    # A mode's required evaluators run on the first set.
+    sets = tuple(dataclasses.replace(s, evals=known((*s.evals, *(required_evals if not i else ()))))
+                 for i, s in enumerate(sets))
     if data is None:
-        data_checks.check_keep_best_by(c, evals)
+        data_checks.check_keep_best_by(c, sets)
     elif not c.problems:
         needs_labels = any("label" in losses.LOSSES[n].batch_keys for n in config.losses
                            if n in losses.LOSSES)
-        evals = data_checks.check_data(c, data, roles, tokenizer, layout, evals, needs_labels)
-        missing = [e for e in required_evals if e not in evals]
+        sets = data_checks.check_data(c, data, roles, tokenizer, layout, sets, needs_labels)
+        missing = [e for e in required_evals if not sets or e not in sets[0].evals]
         if missing:
-            c.add("config.data.eval", f"cannot feed the {missing} evaluator", "see the notes")
+            c.add(sets[0].field if sets else "config.data.eval",
+                  f"cannot feed the {missing} evaluator", "see the notes")
     if c.problems:
         raise ConfigError(c.problems)
     multiple = math.lcm(layout["batch_devices"], layout["processes"])
@@ -310,4 +346,5 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
         c.notes.append(f"config.data.eval_batch_size {config.data.eval_batch_size} is padded to "
                        f"{eval_batch_size}, a multiple of the {layout['batch_devices']} batch "
                        "devices (padding rows are not counted).")
-    return Plan(evals=evals, eval_batch_size=eval_batch_size, notes=c.notes)
+    return Plan(evals=tuple(dict.fromkeys(e for s in sets for e in s.evals)),
+                eval_batch_size=eval_batch_size, notes=c.notes, eval_sets=sets)

@@ -106,14 +106,21 @@ def similarity_figure(plt, path: str, similarity: np.ndarray):
     plt.close(fig)
 
 
-def per_class_figure(plt, path: str, class_names: list, accuracy: list):
-    order = np.argsort(np.nan_to_num(accuracy, nan=-1.0))
-    fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.22 * len(class_names) + 1)))
-    ax.barh(np.arange(len(order)), np.asarray(accuracy)[order], color="#4575b4")
+def per_class_figure(plt, path: str, class_names: list, accuracy: list, shown: int = 40):
+    """Classes the eval split has, by accuracy; past `shown` of them, the lowest and highest."""
+    accuracy = np.asarray(accuracy, np.float64)
+    present = np.nonzero(~np.isnan(accuracy))[0]
+    order = present[np.argsort(accuracy[present], kind="stable")]
+    title = "Zero-shot accuracy per class"
+    if len(order) > shown:
+        title += f" ({shown // 2} lowest and {shown // 2} highest of {len(order)})"
+        order = np.concatenate([order[:shown // 2], order[-(shown // 2):]])
+    fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.22 * len(order) + 1)))
+    ax.barh(np.arange(len(order)), accuracy[order], color="#4575b4")
     ax.set_yticks(np.arange(len(order)), [class_names[i] for i in order], fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("zero-shot accuracy")
-    ax.set_title("Zero-shot accuracy per class", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
@@ -149,8 +156,10 @@ def curves_figure(plt, path: str, history: list[dict]) -> bool:
 
 
 def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
-                 config_name: str = "") -> str:
-    """Writes WORKDIR/eval_report.md and its figures; returns the report's path."""
+                 config_name: str = "", set_name: str = "") -> str:
+    """Writes WORKDIR/eval_report.md (eval_report_NAME.md for a further eval set) and its
+    figures; returns the report's path."""
+    prefix = f"{set_name}_" if set_name else ""
     plt = _pyplot()
     figures_dir = paths.join(workdir, "report")
     paths.makedirs(figures_dir)
@@ -169,12 +178,12 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
         lines.append("")
         if group == "retrieval" and "retrieval" in evaluator_details:
             retrieval = evaluator_details["retrieval"]
-            retrieval_figure(plt, paths.join(figures_dir, "retrieval_examples.png"), retrieval,
-                             details["thumbnails"], details["captions"])
-            similarity_figure(plt, paths.join(figures_dir, "similarity.png"),
+            retrieval_figure(plt, paths.join(figures_dir, f"{prefix}retrieval_examples.png"),
+                             retrieval, details["thumbnails"], details["captions"])
+            similarity_figure(plt, paths.join(figures_dir, f"{prefix}similarity.png"),
                               retrieval["similarity"])
-            lines += ["![retrieval examples](report/retrieval_examples.png)", "",
-                      "![similarity matrix](report/similarity.png)", ""]
+            lines += [f"![retrieval examples](report/{prefix}retrieval_examples.png)", "",
+                      f"![similarity matrix](report/{prefix}similarity.png)", ""]
         if group == "captioning" and "captioning" in evaluator_details:
             lines += ["| reference | generated |", "| --- | --- |"]
             lines += [f"| {reference} | {generated} |"
@@ -182,17 +191,19 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
             lines.append("")
         if group == "zero-shot" and "zeroshot" in evaluator_details:
             zeroshot = evaluator_details["zeroshot"]
-            per_class_figure(plt, paths.join(figures_dir, "zeroshot_per_class.png"),
+            per_class_figure(plt, paths.join(figures_dir, f"{prefix}zeroshot_per_class.png"),
                              zeroshot["class_names"], zeroshot["per_class_accuracy"])
-            lines += ["![zero-shot accuracy per class](report/zeroshot_per_class.png)", ""]
+            lines += [f"![zero-shot accuracy per class](report/{prefix}zeroshot_per_class.png)",
+                      ""]
 
     history_path = paths.join(workdir, "metrics.jsonl")
     if paths.exists(history_path):
         history = [json.loads(line) for line in paths.read_text(history_path).splitlines()
                    if line.strip()]
-        if curves_figure(plt, paths.join(figures_dir, "training_curves.png"), history):
-            lines += ["## training", "", "![training curves](report/training_curves.png)", ""]
-    path = paths.join(workdir, "eval_report.md")
+        if curves_figure(plt, paths.join(figures_dir, f"{prefix}training_curves.png"), history):
+            lines += ["## training", "",
+                      f"![training curves](report/{prefix}training_curves.png)", ""]
+    path = paths.join(workdir, f"eval_report{'_' + set_name if set_name else ''}.md")
     paths.write_text(path, "\n".join(lines))
     return path
 

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from mmjax import checkpoint, paths, preflight
-from mmjax.evaluation import Evaluation, open_eval_data
+from mmjax.evaluation import EvalSuite
 from mmjax.metric_writers import MetricWriter
 from mmjax.trainer import Trainer
 
@@ -196,20 +196,26 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
             skipped = int(np.sum(multihost_utils.process_allgather(np.int64(skipped))))
         return skipped + data_state["skipped"]
 
-    evaluation = Evaluation(trainer) if config.data.eval and plan.evals else None
-    eval_data = open_eval_data(trainer, evaluation.needs_probe) if evaluation else None
+    eval_suite = EvalSuite(trainer)
+    # The latest metrics of each eval set (sets may have their own intervals).
     eval_metrics: dict[str, float] = {}
 
-    def run_eval(step: int) -> None:
-        nonlocal eval_metrics
+    def run_eval(step: int, is_last: bool) -> bool:
         eval_started = time.time()
-        eval_metrics = evaluation.evaluate(state["params"], eval_data)
-        eval_metrics["eval/seconds"] = time.time() - eval_started
-        writer.write(step, eval_metrics)
+        latest = eval_suite.run(state["params"], step, is_last)
+        if not latest:
+            return False
+        latest["eval/seconds"] = time.time() - eval_started
+        eval_metrics.update(latest)
+        writer.write(step, latest)
         if jax.process_index() == 0:
+            # With several sets each metric keeps its set's name: "coco/i2t_recall@1".
+            several = len(eval_suite.evaluations) > 1
+            label = lambda k: k.removeprefix("eval/") if several else k.split("/")[-1]
             print(f"eval at step {step}: " + ", ".join(
-                f"{k.split('/')[-1]} {v:.4f}" for k, v in eval_metrics.items()
-                if k.split("/")[-1] != "seconds"), flush=True)
+                f"{label(k)} {v:.4f}" for k, v in latest.items() if k != "eval/seconds"),
+                flush=True)
+        return True
 
     throughput = Throughput(start_step)
     profiler = Profiler(config.profile_steps, workdir)
@@ -236,10 +242,7 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
                                                  config.data.max_bad_fraction)
                 throughput.restart(step)
             stop = preemption.requested(step)
-            evaluated = evaluation is not None and not stop and (
-                (config.eval_every_steps and step % config.eval_every_steps == 0) or is_last)
-            if evaluated:
-                run_eval(step)
+            evaluated = bool(eval_suite) and not stop and run_eval(step, is_last)
             # With keep_best_by each evaluated step is saved with its metrics: orbax's policy
             # then keeps the best beside the latest.
             saving = (step % config.checkpoint_every_steps == 0 or is_last or stop
@@ -257,8 +260,8 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
                     print(f"Stopped by a signal: saved step {step} to {manager.directory}; run the "
                           "same command to continue.", flush=True)
                 break
-        if start_step >= config.total_steps and evaluation is not None:
-            run_eval(start_step)
+        if start_step >= config.total_steps and eval_suite:
+            run_eval(start_step, is_last=True)
     finally:
         profiler.close()
         preemption.restore()
@@ -270,4 +273,5 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     if jax.process_index() == 0 and eval_metrics:
         paths.write_text(paths.join(workdir, "eval_results.json"), json.dumps(
             {"step": config.total_steps, **eval_metrics}, indent=2))
+        eval_suite.write_benchmark_results(config, workdir, config.total_steps, eval_metrics)
     return eval_metrics

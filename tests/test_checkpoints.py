@@ -199,8 +199,9 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
     model = inference.load(workdir)
     trainer = Trainer(tiny_config, mesh=one_device_mesh())
     state = trainer.restore(checkpoint.create_manager(workdir, keep=None), 8)
-    batch = next(evaluation.open_eval_data(trainer, needs_probe=False).batches())
-    expected = jax.device_get(evaluation.Evaluation(trainer).encode_step(
+    evaluator = evaluation.Evaluation(trainer)
+    batch = next(evaluation.open_eval_data(evaluator).batches())
+    expected = jax.device_get(evaluator.encode_step(
         state["params"], trainer.global_batch(batch, keys=tuple(evaluation.EVAL_INPUTS))))
     np.testing.assert_allclose(model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5)

@@ -217,7 +217,7 @@ def test_classification_tfds_dataset_gets_class_names_and_prompts(other_tfds):
 
     source = datasets.open_source(datasets.parse_spec("tfds:fake_flowers:test", "test"),
                                   other_tfds)
-    names, templates = datasets.zeroshot_prompts(source)
+    names, templates = source.adapter.class_names, source.adapter.prompt_templates
     assert names == ("pink primrose", "globe thistle")
     assert templates[0] == "a photo of a {}."
     batches = list(datasets.eval_dataset(source, tokenizers.ByteTokenizer(40),
