@@ -24,16 +24,21 @@ REFINE_STEPS = 4
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "max_iterations"))
-def fit(features, labels, inverse_l2, *, num_classes: int, max_iterations: int = 1000,
-        tolerance: float = 1e-5):
-    """(W [d, K], b [K]) minimising mean cross-entropy + ||W||^2 / (2 C n); C = inverse_l2."""
-    n, d = features.shape
+def fit(features, labels, inverse_l2, weights=None, *, num_classes: int,
+        max_iterations: int = 1000, tolerance: float = 1e-5):
+    """(W [d, K], b [K]) minimising mean cross-entropy + ||W||^2 / (2 C n); C = inverse_l2.
+
+    `weights` (0 or 1 per example) leaves examples out with the shapes unchanged, so the sweep
+    and the final fit share one compiled program."""
+    d = features.shape[1]
+    weights = jnp.ones(features.shape[:1], features.dtype) if weights is None else weights
+    n = weights.sum()
     penalty = 1.0 / (2.0 * inverse_l2 * n)
 
     def loss(params):
         logits = features @ params[0] + params[1]
-        return (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                + penalty * jnp.sum(params[0] ** 2))
+        cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return (cross_entropy * weights).sum() / n + penalty * jnp.sum(params[0] ** 2)
 
     optimizer = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -77,22 +82,26 @@ def sweep_c(train_features: np.ndarray, train_labels: np.ndarray, num_classes: i
     log-spaced sweep, then REFINE_STEPS halvings of the step around the best (ties: the
     stronger regularisation)."""
     order = np.random.default_rng(seed).permutation(len(train_labels))
-    split = int(round(len(order) * (1 - held_out_share)))
-    fit_x, fit_y = jnp.asarray(train_features[order[:split]]), jnp.asarray(
-        train_labels[order[:split]])
-    held_x, held_y = train_features[order[split:]], train_labels[order[split:]]
+    held = np.zeros(len(order), bool)
+    held[order[int(round(len(order) * (1 - held_out_share))):]] = True
+    features, labels = jnp.asarray(train_features), jnp.asarray(train_labels)
+    weights = jnp.asarray(~held, features.dtype)
     tried: dict[float, float] = {}
 
     def accuracy(log10_c: float) -> float:
         if log10_c not in tried:
-            params = fit(fit_x, fit_y, jnp.float32(10.0 ** log10_c), num_classes=num_classes)
-            tried[log10_c] = float((predict_scores(params, held_x).argmax(1) == held_y).mean())
+            params = fit(features, labels, jnp.float32(10.0 ** log10_c), weights,
+                         num_classes=num_classes)
+            predicted = predict_scores(params, train_features[held]).argmax(1)
+            tried[log10_c] = float((predicted == train_labels[held]).mean())
         return tried[log10_c]
 
     best = max(COARSE_LOG10_C, key=lambda c: (accuracy(c), -c))
     step = (COARSE_LOG10_C[1] - COARSE_LOG10_C[0]) / 2
+    low, high = COARSE_LOG10_C[0], COARSE_LOG10_C[-1]
     for _ in range(REFINE_STEPS):
-        best = max((best - step, best, best + step), key=lambda c: (accuracy(c), -c))
+        candidates = [c for c in (best - step, best, best + step) if low <= c <= high]
+        best = max(candidates, key=lambda c: (accuracy(c), -c))
         step /= 2
     return float(10.0 ** best)
 
@@ -105,7 +114,7 @@ def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     c = sweep_c(train_features, train_labels, num_classes)
     params = fit(jnp.asarray(train_features), jnp.asarray(train_labels), jnp.float32(c),
-                 num_classes=num_classes)
+                 jnp.ones(len(train_labels), jnp.float32), num_classes=num_classes)
     metrics = classification_metrics(predict_scores(params, np.asarray(test_features,
                                                                        np.float32)), test_labels)
     return {**{f"linear_probe_{k}": v for k, v in metrics.items()}, "linear_probe_c": c}
