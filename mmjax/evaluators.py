@@ -56,20 +56,35 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     return metrics
 
 
-def zeroshot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
-                     labels: np.ndarray) -> dict[str, float]:
-    """Top-1 / top-5 and mean per-class accuracy of classifying images by their nearest class
-    embedding."""
-    scores = normalize(image_embeddings) @ normalize(class_embeddings).T
+def classification_metrics(scores: np.ndarray, labels: np.ndarray,
+                           prefix: str) -> dict[str, float]:
+    """Top-1, top-5 (with more than 5 classes) and mean per-class accuracy of class scores."""
     order = np.argsort(-scores, axis=1, kind="stable")
     correct = order[:, 0] == labels
-    metrics = {"zeroshot_top1": float(correct.mean()),
+    metrics = {f"{prefix}top1": float(correct.mean()),
                # Each class weighs the same, however many images it has.
-               "zeroshot_mean_per_class": float(np.mean([correct[labels == c].mean()
+               f"{prefix}mean_per_class": float(np.mean([correct[labels == c].mean()
                                                          for c in np.unique(labels)]))}
     if scores.shape[1] > 5:
-        metrics["zeroshot_top5"] = float((order[:, :5] == labels[:, None]).any(axis=1).mean())
+        metrics[f"{prefix}top5"] = float((order[:, :5] == labels[:, None]).any(axis=1).mean())
     return metrics
+
+
+def zeroshot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
+                     labels: np.ndarray) -> dict[str, float]:
+    """Classifying images by their nearest class embedding."""
+    scores = normalize(image_embeddings) @ normalize(class_embeddings).T
+    return classification_metrics(scores, labels, "zeroshot_")
+
+
+def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
+                         test_features: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
+    """The CLIP paper's linear probe (mmjax.linear_probe) tested on the eval features, and the
+    C its sweep chose."""
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    scores, c = linear_probe.fit_and_score(train_features, train_labels, test_features,
+                                           num_classes)
+    return {**classification_metrics(scores, test_labels, "linear_probe_"), "linear_probe_c": c}
 
 
 @dataclasses.dataclass
@@ -200,7 +215,7 @@ def evaluate_classification(context: EvalContext) -> dict[str, float]:
 
 
 def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
-    return linear_probe.linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
+    return linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
                                 context.image_embeddings, context.labels)
 
 

@@ -64,18 +64,6 @@ def predict_scores(params, features) -> np.ndarray:
     return np.asarray(jnp.asarray(features) @ params[0] + params[1])
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1, top-5 (with more than 5 classes) and mean per-class recall."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    correct = order[:, 0] == labels
-    metrics = {"top1": float(correct.mean()),
-               "mean_per_class": float(np.mean([correct[labels == c].mean()
-                                                for c in np.unique(labels)]))}
-    if scores.shape[1] > 5:
-        metrics["top5"] = float((order[:, :5] == labels[:, None]).any(axis=1).mean())
-    return metrics
-
-
 def sweep_c(train_features: np.ndarray, train_labels: np.ndarray, num_classes: int,
             held_out_share: float = 0.2, seed: int = 0) -> float:
     """The C with the best accuracy on a held-out part of the training features: a coarse
@@ -106,15 +94,11 @@ def sweep_c(train_features: np.ndarray, train_labels: np.ndarray, num_classes: i
     return float(10.0 ** best)
 
 
-def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
-                         test_features: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
-    """Sweeps C, refits on all training features and tests: linear_probe_top1 / _top5 /
-    _mean_per_class and the chosen linear_probe_c."""
+def fit_and_score(train_features: np.ndarray, train_labels: np.ndarray,
+                  test_features: np.ndarray, num_classes: int) -> tuple[np.ndarray, float]:
+    """Sweeps C, refits on all training features; the test features' class scores and C."""
     train_features = np.asarray(train_features, np.float32)
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     c = sweep_c(train_features, train_labels, num_classes)
     params = fit(jnp.asarray(train_features), jnp.asarray(train_labels), jnp.float32(c),
                  jnp.ones(len(train_labels), jnp.float32), num_classes=num_classes)
-    metrics = classification_metrics(predict_scores(params, np.asarray(test_features,
-                                                                       np.float32)), test_labels)
-    return {**{f"linear_probe_{k}": v for k, v in metrics.items()}, "linear_probe_c": c}
+    return predict_scores(params, np.asarray(test_features, np.float32)), c
