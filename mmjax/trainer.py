@@ -82,11 +82,23 @@ class Trainer:
 
     def _init_state(self) -> dict[str, Any]:
         _, params = nnx.split(self._build_model(), nnx.Param)
+        return self._state_at_start(params)
+
+    def _state_at_start(self, params) -> dict[str, Any]:
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": self.optimizer.init(params),
                 # Steps whose loss or gradients were NaN/Inf, and the first of them (-1: none).
                 "nonfinite_steps": jnp.zeros((), jnp.int32),
                 "first_nonfinite_step": jnp.full((), -1, jnp.int32)}
+
+    def state_with_params(self, loaded: dict[str, np.ndarray], source: str) -> dict[str, Any]:
+        """Step 0 with every parameter taken from `loaded` (a converter's output, by name) and a
+        fresh optimizer state; nothing is initialised at random, so nothing is compiled."""
+        params = jax.tree.map(lambda leaf, where: jax.device_put(
+            np.zeros(leaf.shape, leaf.dtype), where), self.abstract_state["params"],
+            self.state_shardings["params"])
+        params = checkpoint.merge_params(params, loaded, (), source, require_all_used=True)
+        return jax.device_put(self._state_at_start(params), self.state_shardings)
 
     def create_state(self) -> dict[str, Any]:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""

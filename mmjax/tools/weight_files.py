@@ -120,10 +120,7 @@ def write_workdir(config, params: dict[str, np.ndarray], out_dir: str, source: s
 
     require_new_workdir(out_dir)
     config.total_steps = 1
-    trainer = Trainer(config)
-    state = trainer.create_state()
-    state["params"] = checkpoint.merge_params(state["params"], params, (), source,
-                                              require_all_used=True)
+    state = Trainer(config).state_with_params(params, source)
     train.write_config_snapshot(config, out_dir)
     with checkpoint.create_manager(out_dir, keep=None) as manager:
         checkpoint.save(manager, 0, state)
