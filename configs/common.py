@@ -34,3 +34,18 @@ def as_open_clip_architecture(config, context_length: int = 77):
         name="clip_bpe", context_length=context_length, vocabulary_file=CLIP_BPE_VOCABULARY))
     config.model.vocab_size = None  # the tokenizer's 49,408
     return config
+
+
+def with_benchmark_evals(config, every_steps: int = 5_000, probe_examples: int = 10_000):
+    """The evaluations CLIP papers report, each its own eval set: ImageNet-1k zero-shot (OpenAI's
+    names and 80 templates) and linear probe, COCO 5k retrieval (Karpathy test split, five
+    captions per image). Needs tfds `imagenet2012` and `coco_captions` prepared under
+    config.data.tfds_data_dir (or their stand-ins: python -m input_pipeline.standins)."""
+    config.eval_sets.imagenet = ml_collections.ConfigDict(dict(
+        data="tfds:imagenet2012:validation", evals=("zeroshot", "linear_probe"),
+        probe_train="tfds:imagenet2012:train", probe_examples=probe_examples,
+        every_steps=every_steps))
+    config.eval_sets.coco = ml_collections.ConfigDict(dict(
+        data="tfds:coco_captions:test", evals=("retrieval",), captions_per_image=5,
+        every_steps=every_steps))
+    return config
