@@ -137,3 +137,20 @@ def test_preflight_names_each_bad_eval_set(tiny_config):
     assert "captions_per_image = 0 must be an integer of at least 1" in message
     sets = eval_sets.eval_sets(make_tiny_config("unused"))
     assert [s.name for s in sets] == [None] and sets[0].evals == ("retrieval", "zeroshot")
+
+
+def test_prompt_tables_by_dataset_name():
+    from input_pipeline import prompts
+
+    assert len(prompts.zeroshot("imagenet_v2").templates) == 80
+    assert prompts.zeroshot("imagenet_r").present_classes_only
+    assert not prompts.zeroshot("imagenet2012/5.1.0").present_classes_only
+    cifar = prompts.zeroshot("cifar100").templates
+    assert len(cifar) == 18 and cifar[0] == "a photo of a {}." and cifar[-1] == "a photo of the big {}."
+    assert prompts.zeroshot("food101").templates == ("a photo of {}, a type of food.",)
+    assert prompts.zeroshot("oxford_iiit_pet").clip_benchmark_name == "pets"
+    assert prompts.zeroshot("my_dataset").templates == prompts.GENERAL_TEMPLATES
+    # WordNet ids read as ImageNet names in any dataset; other names lose their underscores.
+    assert prompts.class_names(["n01443537", "n15075141"]) == ("goldfish", "toilet paper")
+    assert prompts.class_names(["aquarium_fish", "maple_tree"]) == ("aquarium fish", "maple tree")
+    assert len(set(prompts.imagenet_class_names())) == 1000

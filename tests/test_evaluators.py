@@ -47,6 +47,25 @@ def test_zeroshot_with_prompt_ensemble():
         "zeroshot_mean_per_class": pytest.approx((1 / 1 + 1 / 2) / 2)}
 
 
+def test_zeroshot_among_present_classes_only():
+    """ImageNet-A / -R style: 1,000 names, labels in a subset; candidates are that subset."""
+    names = [f"class {i}" for i in range(10)]
+    directions = np.eye(10)
+
+    def encode_texts(texts):
+        return np.stack([directions[int(t.split()[-1])] for t in texts])
+
+    # Each image is nearest to class 9 (absent from the labels), then to its own class.
+    images = np.stack([directions[label] + 1.5 * directions[9] for label in (2, 5, 5)])
+    context = evaluators.EvalContext(
+        image_embeddings=images, text_embeddings=np.zeros((3, 10)), labels=np.array([2, 5, 5]),
+        class_names=names, prompt_templates=["{}"], encode_texts=encode_texts)
+    assert evaluators.evaluate_zeroshot(context)["zeroshot_top1"] == 0.0
+    context.present_classes_only = True
+    assert evaluators.evaluate_zeroshot(context)["zeroshot_top1"] == 1.0
+    assert context.details["zeroshot"]["class_names"] == ["class 2", "class 5"]
+
+
 def test_bleu_and_cider_equal_pycocoevalcap_on_a_fixture():
     """Values written by scripts/make_caption_metrics_fixture.py with pycocoevalcap 1.2."""
     import json
