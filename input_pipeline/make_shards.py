@@ -71,7 +71,7 @@ class Progress:
         self.stream.write("\n")
 
 
-def _load(example: sources.Example, check_images: bool) -> tuple[bytes | None, str, str]:
+def load_example(example: sources.Example, check_images: bool) -> tuple[bytes | None, str, str]:
     """(bytes or None, the left_out list it goes to, why)."""
     try:
         data = example.load()
@@ -126,7 +126,7 @@ def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, wi
         if not chunk:
             break
         examples = [item for item in chunk if isinstance(item, sources.Example)]
-        loaded = iter(pool.map(lambda e: _load(e, check_images), examples, chunksize=4))
+        loaded = iter(pool.map(lambda e: load_example(e, check_images), examples, chunksize=4))
         for item in chunk:
             state["consumed"] += 1  # before add(): a shard finished here includes this item
             if isinstance(item, sources.LeftOut):
@@ -145,12 +145,22 @@ def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, wi
 def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 10_000,
                 workers: int | None = None, overwrite: bool = False, quiet: bool = False,
                 check_images: bool = True, columns: sources.ParquetColumns | None = None,
-                tokenizer: dict | None = None) -> dict:
+                tokenizer: dict | None = None, engine: str = "threads",
+                beam_options: str | list[str] = ()) -> dict:
     """Writes the shards and returns the metadata (also in output_dir/metadata.json).
 
     `tokenizer` (a config.tokenizer: name, context_length, vocabulary_file): also store every
     caption's token ids, so training reads them instead of tokenizing (the tokenizer is
-    recorded; a run with another one is refused by the preflight)."""
+    recorded; a run with another one is refused by the preflight).
+    `engine`: "threads" (this process) or "beam" (Apache Beam, input_pipeline/beam_shards.py:
+    its local runner on every core unless `beam_options` name another); the shards are the
+    same."""
+    if engine not in ("threads", "beam"):
+        raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
+    if engine == "beam" and paths.is_cloud(output_dir):
+        raise ValueError(f"--engine=beam writes through the file system its workers share; "
+                         f"{output_dir} is a bucket. Mount it (gcsfuse) and give the mount, or "
+                         "use --engine=threads.")
     from mmjax import tokenizers
 
     source = sources.open_input(input_path, columns)
@@ -175,18 +185,20 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                if paths.is_cloud(output_dir)
                else os.path.join(output_dir, f".partial-{fingerprint[:16]}"))
     progress_path = os.path.join(staging, PROGRESS)
+
+    def save_progress():
+        paths.write_text(progress_path, json.dumps(states))  # whole or not at all
+
     if overwrite or not os.path.exists(progress_path):
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
         states = {}
+        save_progress()  # the staging folder is this conversion's from now on
     else:
         with open(progress_path) as f:
             states = json.load(f)
         if not quiet:
             print(f"Resuming the conversion in {staging}.")
-
-    def save_progress():
-        paths.write_text(progress_path, json.dumps(states))  # whole or not at all
 
     total = (len(source.examples) + len(source.left_out)
              if isinstance(source, sources.ListedSource) else None)
@@ -197,6 +209,15 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                                               "shards": [], "left_out": {k: [] for k in LEFT_OUT},
                                               "done": False})
             if state["done"]:
+                continue
+            if engine == "beam":
+                from input_pipeline import beam_shards
+
+                states[split] = beam_shards.convert_split(
+                    source, split, staging, examples_per_shard=examples_per_shard,
+                    check_images=check_images, tokenizer_config=tokenizer,
+                    beam_options=beam_options)
+                save_progress()
                 continue
             writer = SplitWriter(staging, split, examples_per_shard, state, save_progress,
                                  tokenizer)
@@ -264,7 +285,8 @@ def main(argv) -> None:
                                      "vocabulary_file": FLAGS.vocabulary_file}
     make_shards(FLAGS.input, FLAGS.output_dir, examples_per_shard=FLAGS.examples_per_shard,
                 workers=FLAGS.workers, overwrite=FLAGS.overwrite, check_images=FLAGS.check_images,
-                columns=columns, tokenizer=tokenizer)
+                columns=columns, tokenizer=tokenizer, engine=FLAGS.engine,
+                beam_options=FLAGS.beam_options)
 
 
 if __name__ == "__main__":
@@ -277,6 +299,12 @@ if __name__ == "__main__":
                         required=True)
     flags.DEFINE_integer("examples_per_shard", 10_000, "Images per ArrayRecord file.")
     flags.DEFINE_integer("workers", None, "Reader threads (default: two per core).")
+    flags.DEFINE_enum("engine", "threads", ["threads", "beam"], "threads: this process; beam: "
+                      "an Apache Beam pipeline (input_pipeline/beam_shards.py), Beam's local "
+                      "runner on every core unless --beam_options name another.")
+    flags.DEFINE_string("beam_options", "", "With --engine=beam: Beam pipeline options, e.g. "
+                        "'--direct_num_workers=4' or '--runner=DataflowRunner --project=P "
+                        "--region=R --temp_location=gs://b/tmp'.")
     flags.DEFINE_bool("overwrite", False, "Write again even if the input has not changed.")
     flags.DEFINE_bool("check_images", True, "Leave out images that do not decode.")
     flags.DEFINE_string("image_column", "jpg", "Parquet: the column of image bytes.")

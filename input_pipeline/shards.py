@@ -51,7 +51,9 @@ def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
         "id": feature(int64_list=tf.train.Int64List(value=[example_id])),
         "key": feature(bytes_list=tf.train.BytesList(value=[key.encode("utf-8")])),
         "label": feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+    # Map entries in key order: the default order varies from one process to the next, and
+    # shards must not (the same input gives the same bytes, whoever converts it).
+    })).SerializeToString(deterministic=True)
 
 
 def decode_record(serialized: tf.Tensor, context_length: int | None = None

@@ -60,8 +60,30 @@ class ParquetColumns:
     key: str = "key"
 
 
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A part of a split that one worker reads on its own (a distributed conversion's unit of
+    work): one tar or parquet file, or a run of a listed source's items. A split's stream is
+    its units' items, in unit order."""
+
+    kind: str  # "listed", "tar" or "parquet"
+    path: str = ""
+    items: tuple = ()
+    columns: ParquetColumns | None = None
+
+
+def read_unit(unit: Unit) -> Iterator[Example | LeftOut]:
+    if unit.kind == "listed":
+        return iter(unit.items)
+    if unit.kind == "tar":
+        return read_tar(unit.path)
+    return read_parquet(unit.path, unit.columns)
+
+
 class ListedSource:
     """A table or a folder: the examples' metadata is listed up front (no image is read)."""
+
+    ITEMS_PER_UNIT = 1000
 
     def __init__(self, examples: list[Example], left_out: list[LeftOut], files: list[str]):
         self.examples, self.left_out, self.files = examples, left_out, files
@@ -74,19 +96,27 @@ class ListedSource:
             yield from self.left_out  # found while listing: reported once, with the first split
         yield from (e for e in self.examples if e.split == split)
 
+    def units(self, split: str) -> list[Unit]:
+        items = list(self.stream(split))
+        return [Unit("listed", items=tuple(items[i:i + self.ITEMS_PER_UNIT]))
+                for i in range(0, len(items), self.ITEMS_PER_UNIT)]
+
 
 class StreamedSource:
     """Files read one after another (tar shards, parquet files): one split, "train"."""
 
-    def __init__(self, files: list[str], read_file):
-        self.files, self._read_file = files, read_file
+    def __init__(self, files: list[str], kind: str, columns: ParquetColumns | None = None):
+        self.files, self.kind, self.columns = files, kind, columns
 
     def splits(self) -> list[str]:
         return ["train"]
 
+    def units(self, split: str) -> list[Unit]:
+        return [Unit(self.kind, path=path, columns=self.columns) for path in self.files]
+
     def stream(self, split: str) -> Iterator[Example | LeftOut]:
-        for path in self.files:
-            yield from self._read_file(path)
+        for unit in self.units(split):
+            yield from read_unit(unit)
 
 
 def open_input(input_path: str, columns: ParquetColumns | None = None):
@@ -97,10 +127,9 @@ def open_input(input_path: str, columns: ParquetColumns | None = None):
         raise FileNotFoundError(f"--input {input_path} does not exist or matches no file.")
     tars = [f for f in files if f.endswith(".tar")]
     if tars:  # img2dataset writes NNNNN.parquet and NNNNN_stats.json metadata beside its tars
-        return StreamedSource(tars, read_tar)
+        return StreamedSource(tars, "tar")
     if all(f.endswith(".parquet") for f in files):
-        columns = columns or ParquetColumns()
-        return StreamedSource(files, lambda path: read_parquet(path, columns))
+        return StreamedSource(files, "parquet", columns or ParquetColumns())
     if os.path.isdir(input_path):
         examples, uncaptioned = read_folder(input_path)
         return ListedSource(examples, [LeftOut("no_caption_file", k) for k in uncaptioned], files)
