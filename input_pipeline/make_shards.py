@@ -1,7 +1,8 @@
 """Converts users' captioned images into mmjax shards (see input_pipeline/shards.py).
 
     python -m input_pipeline.make_shards --input=captions.csv --output_dir=/data/my_shards
-    python -m input_pipeline.make_shards --input='/data/laion/*.tar' --output_dir=gs://b/laion
+    python -m input_pipeline.make_shards --input='/data/laion/*.tar' --output_dir=/data/laion \
+        --beam_options='--direct_num_workers=16'
 
 Inputs (input_pipeline/sources.py): a CSV or JSONL table, a folder of images with .txt
 captions, webdataset .tar shards as img2dataset writes them, or parquet files.
@@ -25,6 +26,7 @@ import itertools
 import json
 from multiprocessing.pool import ThreadPool
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -152,15 +154,19 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     `tokenizer` (a config.tokenizer: name, context_length, vocabulary_file): also store every
     caption's token ids, so training reads them instead of tokenizing (the tokenizer is
     recorded; a run with another one is refused by the preflight).
-    `engine`: "threads" (this process) or "beam" (Apache Beam, input_pipeline/beam_shards.py:
-    its local runner on every core unless `beam_options` name another); the shards are the
-    same."""
+    `engine`: "threads" (this process; the command line's default is "beam") or "beam" (Apache
+    Beam, input_pipeline/beam_shards.py: its local runner on every core unless `beam_options`
+    name another); the shards are the same."""
     if engine not in ("threads", "beam"):
         raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
-    if engine == "beam" and paths.is_cloud(output_dir):
-        raise ValueError(f"--engine=beam writes through the file system its workers share; "
-                         f"{output_dir} is a bucket. Mount it (gcsfuse) and give the mount, or "
-                         "use --engine=threads.")
+    options = shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)
+    runner = next((o.split("=", 1)[1] for o in options if o.startswith("--runner=")),
+                  "DirectRunner")
+    if engine == "beam" and paths.is_cloud(output_dir) and runner != "DirectRunner":
+        # A bucket output is staged on local disk, which only the local runner's workers see.
+        raise ValueError(f"--beam_options runs {runner}, whose workers share no local disk, and "
+                         f"{output_dir} is a bucket (staged locally). Mount the bucket (gcsfuse) "
+                         "and give the mount as --output_dir, or convert with the local runner.")
     from mmjax import tokenizers
 
     source = sources.open_input(input_path, columns)
@@ -299,9 +305,10 @@ if __name__ == "__main__":
                         required=True)
     flags.DEFINE_integer("examples_per_shard", 10_000, "Images per ArrayRecord file.")
     flags.DEFINE_integer("workers", None, "Reader threads (default: two per core).")
-    flags.DEFINE_enum("engine", "threads", ["threads", "beam"], "threads: this process; beam: "
-                      "an Apache Beam pipeline (input_pipeline/beam_shards.py), Beam's local "
-                      "runner on every core unless --beam_options name another.")
+    flags.DEFINE_enum("engine", "beam", ["beam", "threads"], "beam: an Apache Beam pipeline "
+                      "(input_pipeline/beam_shards.py), Beam's local runner on every core in "
+                      "processes unless --beam_options name another; threads: this process "
+                      "alone (quicker to start for a small input). The shards are the same.")
     flags.DEFINE_string("beam_options", "", "With --engine=beam: Beam pipeline options, e.g. "
                         "'--direct_num_workers=4' or '--runner=DataflowRunner --project=P "
                         "--region=R --temp_location=gs://b/tmp'.")

@@ -4,6 +4,8 @@
   `split` (default "train") and `label` (an integer). Rows naming one image give it several
   captions.
 - JSONL: one object per line with the same keys; `caption` may be a list (or use `captions`).
+- Karpathy's caption splits (`dataset_flickr30k.json`, `dataset_coco.json`): a .json beside
+  the images; its splits (train, val, test, restval) and five captions per image come along.
 - A folder: every image (jpg, jpeg, png, gif, bmp, webp) with a same-named .txt beside it, one
   caption per line; images under a top-level train/, validation/ or test/ folder go there.
 - webdataset `.tar` shards as img2dataset writes them (`KEY.jpg|png|webp` + `KEY.txt`, optional
@@ -153,10 +155,33 @@ def _add(examples: dict, key, base: str, captions, split: str, label) -> None:
         example.label = int(label)
 
 
-def read_table(path: str) -> list[Example]:
-    """Rows of a CSV or JSONL file, merged per (split, image), in first-appearance order."""
+def read_karpathy(path: str, data: dict) -> list[Example]:
+    """Karpathy's caption splits (dataset_flickr30k.json, dataset_coco.json, ...): `images`, each
+    with its `filename` (under `filepath`, for COCO), `split` (train, val, test, restval) and
+    `sentences` (their `raw` text: five per image). Image paths are relative to the JSON's
+    folder: put it beside flickr30k's images, or above COCO's train2014/ and val2014/."""
     base = os.path.dirname(os.path.abspath(path))
     examples: dict = {}
+    for image in data["images"]:
+        key = os.path.join(image.get("filepath", ""), image["filename"])
+        captions = [s["raw"].strip() for s in image.get("sentences", []) if s["raw"].strip()]
+        _add(examples, key, base, captions, image.get("split"), None)
+    return list(examples.values())
+
+
+def read_table(path: str) -> list[Example]:
+    """Rows of a CSV or JSONL file, merged per (split, image), in first-appearance order; a
+    .json of Karpathy's caption splits (Flickr30k, COCO) is read as such."""
+    base = os.path.dirname(os.path.abspath(path))
+    examples: dict = {}
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError:
+                data = None  # JSON lines, read below
+        if isinstance(data, dict) and isinstance(data.get("images"), list):
+            return read_karpathy(path, data)
     if path.endswith(".csv"):
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)

@@ -3,6 +3,7 @@ captioned images (the same size each time), converted in a fresh process, its pe
 the kernel.
 
     python scripts/make_shards_memory.py --counts=2000,20000 --image_size=128 --workdir=/tmp/mem
+    python scripts/make_shards_memory.py ... --engine=beam   # Beam's local runner, in processes
 
 Runs against this checkout or an older one (run it from that checkout's root), so the two can
 be compared. Prints a table and writes WORKDIR/make_shards_memory.json.
@@ -21,6 +22,8 @@ flags.DEFINE_integer("image_size", 128, "Side of the generated images (half JPEG
 flags.DEFINE_string("workdir", "/tmp/make_shards_memory", "Images and shards go here.")
 flags.DEFINE_bool("check_images", True, "False: make_shards(check_images=False), which versions "
                   "before 2026-12-02 did (they had no such option).")
+flags.DEFINE_enum("engine", "threads", ["threads", "beam"], "make_shards' engine; for beam the "
+                  "peak is the largest of the main process and its worker processes.")
 FLAGS = flags.FLAGS
 
 CHILD = """
@@ -30,7 +33,8 @@ from input_pipeline import make_shards
 start = time.time()
 make_shards.make_shards({csv!r}, {output!r}, examples_per_shard=1000, quiet=True, overwrite=True,
                         {extra})
-print(time.time() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.time() - start, max(resource.getrusage(who).ru_maxrss
+                                for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 """
 
 
@@ -50,10 +54,12 @@ def main(argv):
                    for n in os.listdir(os.path.join(images, "images")))
         output = os.path.join(FLAGS.workdir, f"shards_{count}")
         code = CHILD.format(root=root, csv=csv, output=output,
-                            extra="" if FLAGS.check_images else "check_images=False")
+                            extra=("" if FLAGS.check_images else "check_images=False, ")
+                            + f"engine={FLAGS.engine!r}")
         seconds, peak_kib = subprocess.run([sys.executable, "-c", code], check=True,
                                            capture_output=True, text=True).stdout.split()[-2:]
-        rows.append({"images": count, "image_bytes": size, "seconds": float(seconds),
+        rows.append({"images": count, "engine": FLAGS.engine, "image_bytes": size,
+                     "seconds": float(seconds),
                      "peak_rss_mib": int(peak_kib) / 1024})
         print(f"| {count} | {size / 2**20:.0f} MiB | {float(seconds):.1f} s | "
               f"{int(peak_kib) / 1024:.0f} MiB |", flush=True)

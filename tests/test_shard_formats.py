@@ -282,3 +282,26 @@ def test_a_record_has_the_same_bytes_in_another_process():
                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            env={**os.environ, "PYTHONHASHSEED": "1"}).stdout
     assert other == shards.encode_record(b"image", ["a caption", "another"], 7, "key", 3)
+
+
+def test_karpathy_caption_splits_convert_with_five_captions_per_image(tmp_path):
+    """Flickr30k as Karpathy's dataset_flickr30k.json describes it: its test split, five
+    captions per image, ready for retrieval with captions_per_image=5."""
+    images = [{"filename": f"{i}.jpg", "split": ["train", "val", "test"][i % 3],
+               "sentences": [{"raw": f" {_caption(i)} ({k}) ", "tokens": []} for k in range(5)]}
+              for i in range(9)]
+    for i in range(9):
+        (tmp_path / f"{i}.jpg").write_bytes(_jpeg(i))
+    (tmp_path / "dataset_flickr30k.json").write_text(json.dumps(
+        {"images": images, "dataset": "flickr30k"}))
+    metadata = make_shards.make_shards(str(tmp_path / "dataset_flickr30k.json"),
+                                       str(tmp_path / "shards"), quiet=True)
+    assert {split: (info["num_examples"], info["num_captions"])
+            for split, info in metadata["splits"].items()} == {
+                "test": (3, 15), "train": (3, 15), "val": (3, 15)}
+    source = datasets.open_source(datasets.parse_spec(f"shards:{tmp_path / 'shards'}:test",
+                                                      "test"), None)
+    record = shards.decode_record(source.fetch(np.array([0]))[0])
+    assert record["key"].numpy().decode() == "2.jpg"
+    assert [c.decode() for c in record["captions"].numpy()] == [f"{_caption(2)} ({k})"
+                                                                for k in range(5)]
