@@ -75,6 +75,14 @@ def test_big_vision_siglip_tokenizes_as_siglip_without_begin_of_text(imported, t
         import_hf.import_hf(os.path.join(FIXTURES, "big_vision_tiny_siglip.npz"),
                             str(tmp_path / "refused"), vocab=str(other) + ".model")
     assert not os.path.exists(tmp_path / "refused")
+    # Captioning starts from a begin-of-text token, which this tokenizer has not.
+    from mmjax import preflight
+
+    config = inference.load_config(imported["big_vision"])
+    config.evals = ("retrieval", "captioning")
+    with pytest.raises(preflight.ConfigError, match=r"config\.tokenizer\.add_bos = False: "
+                       r"captioning starts each caption from the begin-of-text token"):
+        preflight.check(config)
 
 
 def relative_error(got, expected):
