@@ -159,20 +159,10 @@ def _normalize(kind: str):
     return lambda image, seed: normalize(image, kind)
 
 
-_DEFAULTED = {"size": "image_size", "kind": "normalization"}
-
-
-def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:
-    """"decode|resize" -> one function (encoded image, seed) -> image.
-
-    The image is uint8 (rounded), which the model normalises on the device: 4x fewer bytes to
-    move, and no float work here, where it is slow. A chain that ends with `normalize` gives
-    float32 instead, which the model takes as it is. Arguments are Python literals
-    (`inception_crop(scale=(0.5, 1.0))`); an op's `size` defaults to `image_size` and
-    normalize's `kind` to `normalization`. Each op gets its own seed.
-    """
-    defaults = {"image_size": image_size, "normalization": normalization}
-    ops, names = [], []
+def parse_chain(spec: str, ops: dict, defaults: dict) -> list[tuple[str, Callable]]:
+    """"name|name(literal arguments)" -> [(name, op)], each op made by its factory in the
+    registry `ops`; `defaults` give parameters the text leaves out (by parameter name)."""
+    chain = []
     for text in [t.strip() for t in spec.split("|") if t.strip()]:
         try:
             call = ast.parse(text if "(" in text else text + "()", mode="eval").body
@@ -184,21 +174,33 @@ def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:
             raise ValueError(f"Preprocessing op {text!r} in {spec!r} is not of the form "
                              "name or name(literal arguments), e.g. inception_crop(scale=(0.5, 1.0)).")
         name = call.func.id
-        if name not in OPS:
+        if name not in ops:
             raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; valid names: "
-                             f"{sorted(OPS)}.")
-        names.append(name)
-        factory = OPS[name]
+                             f"{sorted(ops)}.")
+        factory = ops[name]
         code = factory.__code__
-        for parameter, config_name in _DEFAULTED.items():
+        for parameter, value in defaults.items():
             if parameter in code.co_varnames[:code.co_argcount] and parameter not in kwargs \
                     and not args:
-                kwargs[parameter] = defaults[config_name]
+                kwargs[parameter] = value
         try:
-            ops.append(factory(*args, **kwargs))
+            chain.append((name, factory(*args, **kwargs)))
         except TypeError as e:
             raise ValueError(f"Preprocessing op {text!r}: {e}.") from None
+    return chain
 
+
+def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:
+    """"decode|resize" -> one function (encoded image, seed) -> image.
+
+    The image is uint8 (rounded), which the model normalises on the device: 4x fewer bytes to
+    move, and no float work here, where it is slow. A chain that ends with `normalize` gives
+    float32 instead, which the model takes as it is. Arguments are Python literals
+    (`inception_crop(scale=(0.5, 1.0))`); an op's `size` defaults to `image_size` and
+    normalize's `kind` to `normalization`. Each op gets its own seed.
+    """
+    chain = parse_chain(spec, OPS, {"size": image_size, "kind": normalization})
+    names, ops = [name for name, _ in chain], [op for _, op in chain]
     ends_normalized = bool(names) and names[-1] == "normalize"
 
     def run(image, seed):

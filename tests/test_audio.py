@@ -1,0 +1,114 @@
+"""The audio front end (input_pipeline/audio.py) against NumPy references, eagerly and inside
+tf.data."""
+
+import io
+import wave
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import audio
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """16-bit PCM WAV of float samples in [-1, 1], [samples] or [samples, channels]."""
+    samples = samples if samples.ndim == 2 else samples[:, None]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as f:
+        f.setnchannels(samples.shape[1])
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+def tone(hz: float, seconds: float, rate: int) -> np.ndarray:
+    return 0.5 * np.sin(2 * np.pi * hz * np.arange(int(seconds * rate)) / rate)
+
+
+def numpy_log_mel(waveform, rate, frame_length=400, hop=160, num_mels=80):
+    """The reference: frames without padding, periodic Hann window, |rfft|^2, HTK mel
+    triangles (between bin frequencies, as tf.signal's), Whisper's normalisation."""
+    frames = 1 + (len(waveform) - frame_length) // hop
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame_length) / frame_length)
+    stacked = np.stack([waveform[i * hop:i * hop + frame_length] * window
+                        for i in range(frames)])
+    power = np.abs(np.fft.rfft(stacked, axis=1)) ** 2
+    to_mel = lambda hz: 1127.0 * np.log1p(hz / 700.0)
+    bins = to_mel(np.linspace(0, rate / 2, frame_length // 2 + 1))[1:]  # tf skips the DC bin
+    edges = np.linspace(to_mel(0.0), to_mel(rate / 2), num_mels + 2)
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    weights = np.maximum(0, np.minimum((bins[:, None] - lower) / (centre - lower),
+                                       (upper - bins[:, None]) / (upper - centre)))
+    mel = power[:, 1:] @ weights
+    log = np.log10(np.maximum(mel, 1e-10))
+    return (np.maximum(log, log.max() - 8.0) + 4.0) / 4.0
+
+
+def test_log_mel_equals_numpy():
+    rate = 16_000
+    waveform = tone(440, 0.5, rate) + 0.1 * np.random.default_rng(0).normal(size=8000)
+    got = audio.log_mel(tf.constant(waveform, tf.float32), rate).numpy()
+    expected = numpy_log_mel(waveform, rate)
+    assert got.shape == expected.shape == (48, 80)
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_resampling_keeps_a_tone_and_removes_what_the_new_rate_cannot_hold():
+    """44.1 kHz -> 16 kHz: a 1 kHz tone comes out as the same tone (against the analytic
+    signal), a 12 kHz tone (above the new Nyquist frequency) is filtered out, not aliased."""
+    low = audio.resample(tf.constant(tone(1000, 0.2, 44_100)), 44_100, 16_000).numpy()
+    assert len(low) == int(0.2 * 44_100 / (44_100 / 16_000))
+    middle = slice(100, len(low) - 100)  # away from the edges, where the kernel is cut
+    np.testing.assert_allclose(low[middle], tone(1000, 0.2, 16_000)[:len(low)][middle],
+                               atol=2e-3)
+    high = audio.resample(tf.constant(tone(12_000, 0.2, 44_100)), 44_100, 16_000).numpy()
+    assert np.abs(high[middle]).max() < 0.01
+    up = audio.resample(tf.constant(tone(1000, 0.2, 8000)), 8000, 16_000).numpy()
+    np.testing.assert_allclose(up[100:-100], tone(1000, 0.2, 16_000)[:len(up)][100:-100],
+                               atol=2e-3)
+
+
+def test_crop_or_pad_repeats_short_clips_and_crops_long_ones_by_seed():
+    short = tf.range(5, dtype=tf.float32)
+    np.testing.assert_array_equal(audio.crop_or_pad(short, 12).numpy(),
+                                  [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1])
+    long = tf.range(100, dtype=tf.float32)
+    first = audio.crop_or_pad(long, 10).numpy()
+    np.testing.assert_array_equal(first, np.arange(10))
+    crops = {tuple(audio.crop_or_pad(long, 10, tf.constant([s, 0])).numpy()) for s in range(20)}
+    assert len(crops) > 10 and all(c == tuple(range(int(c[0]), int(c[0]) + 10)) for c in crops)
+    again = audio.crop_or_pad(long, 10, tf.constant([3, 0])).numpy()
+    np.testing.assert_array_equal(again, audio.crop_or_pad(long, 10, tf.constant([3, 0])).numpy())
+
+
+def test_spec_augment_masks_bands_by_seed():
+    spectrogram = tf.reshape(tf.range(100 * 80, dtype=tf.float32), [100, 80])
+    masked = audio.spec_augment(spectrogram, tf.constant([1, 2]), time_masks=1, time_width=20,
+                                mel_masks=1, mel_width=10).numpy()
+    changed = masked != spectrogram.numpy()
+    rows, columns = np.nonzero(changed.all(axis=1))[0], np.nonzero(changed.all(axis=0))[0]
+    assert 0 < len(rows) <= 20 and 0 < len(columns) <= 10  # one time band, one mel band
+    assert np.all(np.diff(rows) == 1) and np.all(np.diff(columns) == 1)
+    assert np.all(masked[changed] == spectrogram.numpy().mean())
+    np.testing.assert_array_equal(masked, audio.spec_augment(
+        spectrogram, tf.constant([1, 2]), time_masks=1, time_width=20, mel_masks=1,
+        mel_width=10).numpy())
+
+
+def test_a_chain_runs_inside_tf_data_as_eagerly_and_rejects_what_does_not_decode():
+    chain = audio.parse_ops("decode_wav|resample|crop_or_pad(seconds=1.0, random=True)|log_mel")
+    stereo = np.stack([tone(440, 1.5, 22_050), tone(880, 1.5, 22_050)], axis=1)
+    clips = [wav_bytes(stereo, 22_050), wav_bytes(tone(300, 0.4, 16_000), 16_000)]
+    eager = [chain(tf.constant(c), tf.constant([7, i]))["spectrogram"].numpy()
+             for i, c in enumerate(clips)]
+    dataset = tf.data.Dataset.from_tensor_slices(clips).enumerate().map(
+        lambda i, c: chain(c, tf.stack([tf.constant(7, tf.int64), i]))["spectrogram"])
+    for got, expected in zip(dataset.as_numpy_iterator(), eager):
+        assert got.shape == (98, 80)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        chain(tf.constant(b"RIFF not really a wav file"), tf.constant([0, 0]))
+    with pytest.raises(ValueError, match="Unknown preprocessing op 'mp3'"):
+        audio.parse_ops("decode_wav|mp3")
