@@ -1,0 +1,152 @@
+"""`mmjax_sounds`: the embedded sound-caption dataset (issue 17), generated locally with no
+download, as `mmjax_shapes` is for images.
+
+Each one-second 16 kHz clip holds one to three beeps of one waveform (sine, square, sawtooth,
+triangle), register (low, middle, high: around 220, 440 and 880 Hz), loudness (quiet, loud) and
+timing (the clip's first, middle or last third), over faint noise; its caption says so: "two
+loud high square beeps at the start". Three waveform-register pairs never appear in training; a
+quarter of the `test` split draws from them, so held-out retrieval and zero-shot accuracy
+measure composition, not memory. `label` is the waveform-register class (12 classes, names such
+as "high square beep") for zero-shot classification.
+
+Synthesis is plain NumPy and deterministic per (split, index); clips are stored as 16-bit PCM
+WAV, which input_pipeline/audio.py decodes in tf.data. No tower trains on it yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import itertools
+import wave
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mmjax import paths
+
+RATE = 16_000
+SECONDS = 1.0
+WAVEFORMS = ("sine", "square", "sawtooth", "triangle")
+REGISTERS = {"low": 220.0, "middle": 440.0, "high": 880.0}  # Hz, each clip within +-6 %
+LOUDNESS = {"quiet": 0.12, "loud": 0.5}  # peak amplitude
+COUNTS = ("one", "two", "three")
+TIMINGS = ("at the start", "in the middle", "at the end")  # the clip's thirds
+BEEP_SECONDS, GAP_SECONDS, RAMP_SECONDS = 0.08, 0.04, 0.01
+HELD_OUT_PAIRS = (("sine", "high"), ("square", "low"), ("sawtooth", "middle"))
+CLASS_PAIRS = tuple(itertools.product(WAVEFORMS, REGISTERS))
+CLASS_NAMES = tuple(f"{register} {waveform} beep" for waveform, register in CLASS_PAIRS)
+PROMPT_TEMPLATES = tuple(f"one {loudness} {{}} {timing}" for loudness in LOUDNESS
+                         for timing in TIMINGS)
+SPLIT_SEEDS = {"train": 10, "test": 11}
+TEST_UNSEEN_FRACTION = 0.25
+
+
+def oscillator(waveform: str, hz: float, seconds: float) -> np.ndarray:
+    """One period-exact tone in [-1, 1]."""
+    phase = (hz * np.arange(int(round(seconds * RATE))) / RATE) % 1.0
+    if waveform == "sine":
+        return np.sin(2 * np.pi * phase)
+    if waveform == "square":
+        return np.where(phase < 0.5, 1.0, -1.0)
+    if waveform == "sawtooth":
+        return 2.0 * phase - 1.0
+    return 1.0 - 4.0 * np.abs(phase - 0.5)  # triangle
+
+
+def render_example(split: str, index: int) -> dict:
+    """The example at `index` of `split`: waveform (float32 samples), caption, label and
+    whether its pair is held out."""
+    rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+    seen_pairs = [p for p in CLASS_PAIRS if p not in HELD_OUT_PAIRS]
+    if split == "test" and rng.random() < TEST_UNSEEN_FRACTION:
+        waveform, register = HELD_OUT_PAIRS[rng.integers(len(HELD_OUT_PAIRS))]
+    else:
+        waveform, register = seen_pairs[rng.integers(len(seen_pairs))]
+    loudness = list(LOUDNESS)[rng.integers(len(LOUDNESS))]
+    count = int(rng.integers(1, 4))
+    timing = TIMINGS[rng.integers(len(TIMINGS))]
+
+    samples = rng.normal(0, 0.004, int(RATE * SECONDS))
+    hz = REGISTERS[register] * rng.uniform(0.94, 1.06)
+    beep = oscillator(waveform, hz, BEEP_SECONDS)
+    ramp = int(RAMP_SECONDS * RATE)  # no clicks: fade in and out
+    envelope = np.minimum(1.0, np.minimum(np.arange(len(beep)) + 1,
+                                          np.arange(len(beep))[::-1] + 1) / ramp)
+    beep = LOUDNESS[loudness] * rng.uniform(0.9, 1.1) * envelope * beep
+    third = SECONDS / 3
+    span = count * BEEP_SECONDS + (count - 1) * GAP_SECONDS
+    start = TIMINGS.index(timing) * third + rng.uniform(0, third - span)
+    for k in range(count):
+        first = int(round((start + k * (BEEP_SECONDS + GAP_SECONDS)) * RATE))
+        samples[first:first + len(beep)] += beep
+
+    noun = "beep" if count == 1 else "beeps"
+    return {
+        "id": index,
+        "waveform": np.clip(samples, -1, 1).astype(np.float32),
+        "caption": f"{COUNTS[count - 1]} {loudness} {register} {waveform} {noun} {timing}",
+        "label": CLASS_PAIRS.index((waveform, register)),
+        "unseen_combination": (waveform, register) in HELD_OUT_PAIRS,
+    }
+
+
+def encode_wav(samples: np.ndarray, rate: int = RATE) -> bytes:
+    """Mono float samples in [-1, 1] -> 16-bit PCM WAV bytes."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes())
+    return buffer.getvalue()
+
+
+@dataclasses.dataclass
+class SoundsConfig(tfds.core.BuilderConfig):
+    num_train: int = 4_000
+    num_test: int = 500
+
+
+class MmjaxSounds(tfds.core.GeneratorBasedBuilder):
+    """Beeps with captions that describe them; generated, never downloaded."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        SoundsConfig(name="default", description="4,000 training and 500 test clips."),
+        SoundsConfig(name="tiny", description="For tests: 256 training and 64 test clips.",
+                     num_train=256, num_test=64),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=__doc__,
+            features=tfds.features.FeaturesDict({
+                "id": np.int64,
+                "audio": tfds.features.Tensor(shape=(), dtype=np.object_),  # WAV bytes
+                "caption": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
+                "unseen_combination": np.bool_,
+            }),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        sizes = {"train": self.builder_config.num_train, "test": self.builder_config.num_test}
+        return {split: self._generate_examples(split, size) for split, size in sizes.items()}
+
+    def _generate_examples(self, split, size):
+        for index in range(size):
+            example = render_example(split, index)
+            example["audio"] = encode_wav(example.pop("waveform"))
+            yield index, example
+
+
+def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
+    """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
+    builder = MmjaxSounds(config=config, data_dir=data_dir, file_format="array_record")
+    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return builder
