@@ -162,6 +162,7 @@ def _crop_or_pad(seconds: float, rate: int = 16_000, random: bool = False):
 @register("log_mel")
 def _log_mel(rate: int = 16_000, frame_length: int = 400, hop: int = 160, num_mels: int = 80):
     def op(audio, seed):
+        audio = mono(audio)  # a chain without `mono` must not take channels for time
         return {**audio, "spectrogram": log_mel(audio["waveform"], rate,
                                                 frame_length=frame_length, hop=hop,
                                                 num_mels=num_mels)}

@@ -110,6 +110,10 @@ def test_a_chain_runs_inside_tf_data_as_eagerly_and_rejects_what_does_not_decode
         np.testing.assert_allclose(got, expected, atol=1e-5)
     with pytest.raises(tf.errors.InvalidArgumentError):
         chain(tf.constant(b"RIFF not really a wav file"), tf.constant([0, 0]))
+    # Without `mono` or `resample`, log_mel still reads [samples, channels] as one clip.
+    direct = audio.parse_ops("decode_wav|log_mel", rate=22_050)(tf.constant(clips[0]),
+                                                                 tf.constant([0, 0]))
+    assert direct["spectrogram"].shape == (1 + (33_075 - 400) // 160, 80)
     with pytest.raises(ValueError, match="Unknown preprocessing op 'mp3'"):
         audio.parse_ops("decode_wav|mp3")
 
