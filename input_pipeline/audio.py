@@ -18,15 +18,11 @@ from typing import Callable
 
 import tensorflow as tf
 
+from input_pipeline import preprocess
+
 AudioOp = Callable[[dict, tf.Tensor], dict]
 OPS: dict[str, Callable[..., AudioOp]] = {}
-
-
-def register(name: str):
-    def add(factory):
-        OPS[name] = factory
-        return factory
-    return add
+register = preprocess.registrar(OPS)
 
 
 def decode_wav(encoded: tf.Tensor) -> dict:
@@ -182,8 +178,6 @@ def _spec_augment(time_masks: int = 2, time_width: int = 20, mel_masks: int = 2,
 def parse_ops(spec: str, *, rate: int = 16_000) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     """"decode_wav|resample|..." -> one function (encoded audio, seed) -> audio dict. Ops'
     `rate` defaults to `rate`; each op gets its own seed."""
-    from input_pipeline import preprocess
-
     ops = [op for _, op in preprocess.parse_chain(spec, OPS, {"rate": rate})]
 
     def run(encoded, seed):

@@ -23,11 +23,17 @@ ImageOp = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 OPS: dict[str, Callable[..., ImageOp]] = {}
 
 
-def register(name: str):
-    def add(factory):
-        OPS[name] = factory
-        return factory
-    return add
+def registrar(ops: dict):
+    """`register(name)`, a decorator that adds an op factory to the registry `ops`."""
+    def register(name: str):
+        def add(factory):
+            ops[name] = factory
+            return factory
+        return add
+    return register
+
+
+register = registrar(OPS)
 
 
 def _check_size(image: tf.Tensor) -> tf.Tensor:

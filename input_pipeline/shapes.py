@@ -79,14 +79,19 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     return ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
 
 
+def draw_pair(rng, split: str, class_pairs, held_out_pairs, test_unseen_fraction: float):
+    """An example's class pair: in `test`, a held-out pair with probability
+    `test_unseen_fraction`; otherwise one of the others (training never sees a held-out one)."""
+    seen_pairs = [p for p in class_pairs if p not in held_out_pairs]
+    if split == "test" and rng.random() < test_unseen_fraction:
+        return held_out_pairs[rng.integers(len(held_out_pairs))]
+    return seen_pairs[rng.integers(len(seen_pairs))]
+
+
 def render_example(split: str, index: int) -> dict:
     """The example at `index` of `split`: image, caption, label and whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    seen_pairs = [p for p in CLASS_PAIRS if p not in HELD_OUT_PAIRS]
-    if split == "test" and rng.random() < TEST_UNSEEN_FRACTION:
-        color, shape = HELD_OUT_PAIRS[rng.integers(len(HELD_OUT_PAIRS))]
-    else:
-        color, shape = seen_pairs[rng.integers(len(seen_pairs))]
+    color, shape = draw_pair(rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION)
     size = list(SIZES)[rng.integers(len(SIZES))]
     count = int(rng.integers(1, 4))
     position = POSITIONS[rng.integers(len(POSITIONS))]
@@ -133,19 +138,40 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 @dataclasses.dataclass
-class ShapesConfig(tfds.core.BuilderConfig):
+class GeneratedConfig(tfds.core.BuilderConfig):
+    """A build of a generated dataset: how many train and test examples."""
+
     num_train: int = 20_000
     num_test: int = 1_000
 
 
-class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
+class GeneratedSplits:
+    """For the builders of generated datasets (mmjax_shapes, mmjax_sounds): `train` and `test`
+    of the config's sizes, each example made by `_generate_examples(split, size)`."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        sizes = {"train": self.builder_config.num_train, "test": self.builder_config.num_test}
+        return {split: self._generate_examples(split, size) for split, size in sizes.items()}
+
+
+def prepare_generated(builder_class, data_dir: str | None, config: str):
+    """Generates a dataset into `data_dir` once (ArrayRecord, for random access); its builder."""
+    builder = builder_class(config=config, data_dir=data_dir, file_format="array_record")
+    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return builder
+
+
+class MmjaxShapes(GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with captions that describe them; generated, never downloaded."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
-        ShapesConfig(name="default", description="20,000 training and 1,000 test examples."),
-        ShapesConfig(name="tiny", description="For tests: 512 training and 128 test examples.",
+        GeneratedConfig(name="default", description="20,000 training and 1,000 test examples."),
+        GeneratedConfig(name="tiny", description="For tests: 512 training and 128 test examples.",
                      num_train=512, num_test=128),
     ]
 
@@ -162,11 +188,6 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        sizes = {"train": self.builder_config.num_train, "test": self.builder_config.num_test}
-        return {split: self._generate_examples(split, size) for split, size in sizes.items()}
-
     def _generate_examples(self, split, size):
         for index in range(size):
             example = render_example(split, index)
@@ -176,11 +197,7 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
     """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
-    builder = MmjaxShapes(config=config, data_dir=data_dir, file_format="array_record")
-    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return builder
+    return prepare_generated(MmjaxShapes, data_dir, config)
 
 
 def vqa_example(features: dict, index) -> dict:

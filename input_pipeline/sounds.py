@@ -15,7 +15,6 @@ WAV, which input_pipeline/audio.py decodes in tf.data. No tower trains on it yet
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import itertools
 import wave
@@ -23,7 +22,7 @@ import wave
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mmjax import paths
+from input_pipeline import shapes
 
 RATE = 16_000
 SECONDS = 1.0
@@ -58,11 +57,8 @@ def render_example(split: str, index: int) -> dict:
     """The example at `index` of `split`: waveform (float32 samples), caption, label and
     whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    seen_pairs = [p for p in CLASS_PAIRS if p not in HELD_OUT_PAIRS]
-    if split == "test" and rng.random() < TEST_UNSEEN_FRACTION:
-        waveform, register = HELD_OUT_PAIRS[rng.integers(len(HELD_OUT_PAIRS))]
-    else:
-        waveform, register = seen_pairs[rng.integers(len(seen_pairs))]
+    waveform, register = shapes.draw_pair(rng, split, CLASS_PAIRS, HELD_OUT_PAIRS,
+                                          TEST_UNSEEN_FRACTION)
     loudness = list(LOUDNESS)[rng.integers(len(LOUDNESS))]
     count = int(rng.integers(1, 4))
     timing = TIMINGS[rng.integers(len(TIMINGS))]
@@ -102,20 +98,15 @@ def encode_wav(samples: np.ndarray, rate: int = RATE) -> bytes:
     return buffer.getvalue()
 
 
-@dataclasses.dataclass
-class SoundsConfig(tfds.core.BuilderConfig):
-    num_train: int = 4_000
-    num_test: int = 500
-
-
-class MmjaxSounds(tfds.core.GeneratorBasedBuilder):
+class MmjaxSounds(shapes.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Beeps with captions that describe them; generated, never downloaded."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     BUILDER_CONFIGS = [
-        SoundsConfig(name="default", description="4,000 training and 500 test clips."),
-        SoundsConfig(name="tiny", description="For tests: 256 training and 64 test clips.",
+        shapes.GeneratedConfig(name="default", description="4,000 training and 500 test clips.",
+                               num_train=4_000, num_test=500),
+        shapes.GeneratedConfig(name="tiny", description="For tests: 256 training and 64 test clips.",
                      num_train=256, num_test=64),
     ]
 
@@ -131,11 +122,6 @@ class MmjaxSounds(tfds.core.GeneratorBasedBuilder):
             }),
         )
 
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        sizes = {"train": self.builder_config.num_train, "test": self.builder_config.num_test}
-        return {split: self._generate_examples(split, size) for split, size in sizes.items()}
-
     def _generate_examples(self, split, size):
         for index in range(size):
             example = render_example(split, index)
@@ -145,8 +131,4 @@ class MmjaxSounds(tfds.core.GeneratorBasedBuilder):
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
     """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
-    builder = MmjaxSounds(config=config, data_dir=data_dir, file_format="array_record")
-    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return builder
+    return shapes.prepare_generated(MmjaxSounds, data_dir, config)
