@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 
 import numpy as np
 
@@ -129,7 +128,8 @@ def write_shard(plan, *, staging: str, split: str) -> None:
 
 
 def convert_split(source, split: str, staging: str, *, examples_per_shard: int,
-                  check_images: bool, tokenizer_config: dict | None, beam_options) -> dict:
+                  check_images: bool, tokenizer_config: dict | None,
+                  beam_options: list[str]) -> dict:
     """Both passes for one split; returns its state as the threaded converter keeps it."""
     import logging
 
@@ -137,8 +137,7 @@ def convert_split(source, split: str, staging: str, *, examples_per_shard: int,
     from apache_beam.options.pipeline_options import PipelineOptions
 
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' chatter
-    options = PipelineOptions(list(DEFAULT_OPTIONS) + (
-        shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)))
+    options = PipelineOptions(list(DEFAULT_OPTIONS) + list(beam_options))
     units = list(enumerate(source.units(split)))
     # What an interrupted run finished is not done again.
     todo = [u for u in units if not os.path.exists(_unit_paths(staging, split, u[0])[1])]

@@ -222,7 +222,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                 states[split] = beam_shards.convert_split(
                     source, split, staging, examples_per_shard=examples_per_shard,
                     check_images=check_images, tokenizer_config=tokenizer,
-                    beam_options=beam_options)
+                    beam_options=options)
                 save_progress()
                 continue
             writer = SplitWriter(staging, split, examples_per_shard, state, save_progress,

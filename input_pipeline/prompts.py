@@ -58,12 +58,13 @@ class ZeroShot:
     clip_benchmark_name: str = ""
 
 
+_IMAGENET = imagenet_templates()  # one small file, read once
 DATASETS = {
-    "imagenet2012": ZeroShot((), clip_benchmark_name="imagenet1k"),
-    "imagenet_v2": ZeroShot((), clip_benchmark_name="imagenetv2"),
-    "imagenet_sketch": ZeroShot((), clip_benchmark_name="imagenet_sketch"),
-    "imagenet_a": ZeroShot((), present_classes_only=True, clip_benchmark_name="imagenet-a"),
-    "imagenet_r": ZeroShot((), present_classes_only=True, clip_benchmark_name="imagenet-r"),
+    "imagenet2012": ZeroShot(_IMAGENET, clip_benchmark_name="imagenet1k"),
+    "imagenet_v2": ZeroShot(_IMAGENET, clip_benchmark_name="imagenetv2"),
+    "imagenet_sketch": ZeroShot(_IMAGENET, clip_benchmark_name="imagenet_sketch"),
+    "imagenet_a": ZeroShot(_IMAGENET, present_classes_only=True, clip_benchmark_name="imagenet-a"),
+    "imagenet_r": ZeroShot(_IMAGENET, present_classes_only=True, clip_benchmark_name="imagenet-r"),
     "cifar10": ZeroShot(_CIFAR_TEMPLATES, clip_benchmark_name="cifar10"),
     "cifar100": ZeroShot(_CIFAR_TEMPLATES, clip_benchmark_name="cifar100"),
     "food101": ZeroShot(("a photo of {}, a type of food.",), clip_benchmark_name="food101"),
@@ -73,16 +74,11 @@ DATASETS = {
                                   clip_benchmark_name="flowers"),
     "coco_captions": ZeroShot((), clip_benchmark_name="mscoco_captions"),
 }
-_IMAGENET_NAMES = {"imagenet2012", "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"}
 
 
 def zeroshot(dataset: str) -> ZeroShot:
     """The zero-shot settings of a TFDS dataset (`name`, `name/config` or `name:split`)."""
-    base = dataset.split("/")[0].split(":")[0]
-    known = DATASETS.get(base, ZeroShot(GENERAL_TEMPLATES))
-    if base in _IMAGENET_NAMES:
-        return dataclasses.replace(known, templates=imagenet_templates())
-    return known
+    return DATASETS.get(dataset.split("/")[0].split(":")[0], ZeroShot(GENERAL_TEMPLATES))
 
 
 def class_names(label_names) -> tuple[str, ...]:
