@@ -159,8 +159,9 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     name another); the shards are the same."""
     if engine not in ("threads", "beam"):
         raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
-    options = shlex.split(beam_options) if isinstance(beam_options, str) else list(beam_options)
-    runner = next((o.split("=", 1)[1] for o in options if o.startswith("--runner=")),
+    pipeline_options = (shlex.split(beam_options) if isinstance(beam_options, str)
+                        else list(beam_options))
+    runner = next((o.split("=", 1)[1] for o in pipeline_options if o.startswith("--runner=")),
                   "DirectRunner")
     if engine == "beam" and paths.is_cloud(output_dir) and runner != "DirectRunner":
         # A bucket output is staged on local disk, which only the local runner's workers see.
@@ -222,7 +223,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                 states[split] = beam_shards.convert_split(
                     source, split, staging, examples_per_shard=examples_per_shard,
                     check_images=check_images, tokenizer_config=tokenizer,
-                    beam_options=options)
+                    beam_options=pipeline_options)
                 save_progress()
                 continue
             writer = SplitWriter(staging, split, examples_per_shard, state, save_progress,
