@@ -1,5 +1,5 @@
-"""How a dataset's stored features become mmjax's example: `image` (encoded), `captions` [K],
-`label`, `id`. The embedded dataset and its VQA view have their own adapters; other TFDS
+"""How a dataset's stored features become mmjax's example: `image` or `audio` (encoded),
+`captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters; other TFDS
 datasets get one inferred from their features (captions, a caption, or class labels)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import prompts, shapes
+from input_pipeline import prompts, shapes, sounds
 
 EMBEDDED_DATASET = "mmjax_shapes"
+# The datasets generated on first use (never downloaded), by name: their builders' prepare.
+GENERATED_DATASETS = {EMBEDDED_DATASET: shapes.prepare, "mmjax_sounds": sounds.prepare}
 
 
 @dataclasses.dataclass
@@ -38,6 +40,12 @@ ADAPTERS = {
         prompt_templates=shapes.PROMPT_TEMPLATES,
     ),
     "mmjax_shapes_vqa": Adapter(to_example=shapes.vqa_example),
+    "mmjax_sounds": Adapter(
+        to_example=lambda f, index: {"audio": f["audio"], "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["label"], "id": f["id"]},
+        class_names=sounds.CLASS_NAMES,
+        prompt_templates=sounds.PROMPT_TEMPLATES,
+    ),
 }
 
 

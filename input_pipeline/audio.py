@@ -19,6 +19,7 @@ from typing import Callable
 import tensorflow as tf
 
 from input_pipeline import preprocess
+from mmjax import conventions
 
 AudioOp = Callable[[dict, tf.Tensor], dict]
 OPS: dict[str, Callable[..., AudioOp]] = {}
@@ -147,9 +148,15 @@ def _resample(rate: int = 16_000):
 
 
 @register("crop_or_pad")
-def _crop_or_pad(seconds: float, rate: int = 16_000, random: bool = False):
+def _crop_or_pad(seconds: float | None = None, rate: int = 16_000, random: bool = False,
+                 samples: int | None = None):
+    """To `seconds`, or exactly `samples` (what a model's spectrogram frames need)."""
+    if (seconds is None) == (samples is None):
+        raise ValueError("crop_or_pad takes seconds or samples (one of them)")
+
     def op(audio, seed):
-        length = int(round(seconds * rate))
+        audio = mono(audio)  # a chain without `mono` must not take channels for time
+        length = int(round(seconds * rate)) if samples is None else int(samples)
         return {**audio, "waveform": crop_or_pad(audio["waveform"], length,
                                                  seed if random else None)}
     return op
@@ -175,10 +182,12 @@ def _spec_augment(time_masks: int = 2, time_width: int = 20, mel_masks: int = 2,
     return op
 
 
-def parse_ops(spec: str, *, rate: int = 16_000) -> Callable[[tf.Tensor, tf.Tensor], dict]:
+def parse_ops(spec: str, *, rate: int = 16_000,
+              **defaults) -> Callable[[tf.Tensor, tf.Tensor], dict]:
     """"decode_wav|resample|..." -> one function (encoded audio, seed) -> audio dict. Ops'
-    `rate` defaults to `rate`; each op gets its own seed."""
-    ops = [op for _, op in preprocess.parse_chain(spec, OPS, {"rate": rate})]
+    `rate` defaults to `rate`, their other parameters to `defaults` (by name: samples, hop,
+    frame_length, num_mels); each op gets its own seed."""
+    ops = [op for _, op in preprocess.parse_chain(spec, OPS, {"rate": rate, **defaults})]
 
     def run(encoded, seed):
         audio = encoded
@@ -186,3 +195,19 @@ def parse_ops(spec: str, *, rate: int = 16_000) -> Callable[[tf.Tensor, tf.Tenso
             audio = op(audio, tf.random.experimental.stateless_fold_in(seed, i))
         return audio
     return run
+
+
+def spectrogram_media(spec: str, *, rate: int, frames: int, hop: int, frame_length: int,
+                      num_mels: int) -> preprocess.Media:
+    """A chain ending in `log_mel` as the batch entry the audio tower takes: [frames, num_mels]
+    bfloat16 (half the bytes of float32; log-mel values near 0 lose nothing that matters).
+    Clips are cropped or repeated to the samples that give exactly `frames` frames."""
+    run = parse_ops(spec, rate=rate, hop=hop, frame_length=frame_length, num_mels=num_mels,
+                    samples=conventions.audio_samples(frames, hop, frame_length))
+
+    def ops(encoded, seed):
+        audio = run(encoded, seed)
+        if "spectrogram" not in audio:
+            raise ValueError(f"Audio chain {spec!r} gives no spectrogram: end it with log_mel")
+        return tf.cast(audio["spectrogram"], tf.bfloat16)
+    return preprocess.Media(ops, (frames, num_mels), tf.bfloat16)

@@ -25,8 +25,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import preprocess, shapes, shards, text
-from input_pipeline.adapters import ADAPTERS, EMBEDDED_DATASET, Adapter, infer_adapter
+from input_pipeline import preprocess, shards, text
+from input_pipeline.adapters import (ADAPTERS, EMBEDDED_DATASET, GENERATED_DATASETS, Adapter,
+                                     infer_adapter)
 from mmjax import paths, tokenizers
 
 # Views of the embedded dataset's records under another name (same files, other examples).
@@ -96,9 +97,9 @@ class TfdsSource(RecordSource):
     def __init__(self, spec: DatasetSpec, data_dir: str | None):
         base_name = spec.name.split("/")[0]
         stored_name = spec.name.replace(base_name, EMBEDDED_VIEWS.get(base_name, base_name), 1)
-        if stored_name.split("/")[0] == EMBEDDED_DATASET:
+        if stored_name.split("/")[0] in GENERATED_DATASETS:
             config = spec.name.split("/")[1] if "/" in spec.name else "default"
-            builder = shapes.prepare(data_dir, config)
+            builder = GENERATED_DATASETS[stored_name.split("/")[0]](data_dir, config)
         else:
             try:
                 builder = tfds.builder(spec.name, data_dir=data_dir)
@@ -129,8 +130,9 @@ class TfdsSource(RecordSource):
         self.num_examples = len(self.records)
 
     def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self.builder.info.features.deserialize_example(
-            serialized, decoders={"image": tfds.decode.SkipDecoding()})
+        features = self.builder.info.features
+        return features.deserialize_example(serialized, decoders={
+            "image": tfds.decode.SkipDecoding()} if "image" in features else None)
 
     def describe(self, index: int) -> str:
         return f"record {index} of {self.spec.name}:{self.spec.split}"
@@ -157,8 +159,43 @@ class ShardsSource(RecordSource):
         return f"id {index} ({key})"
 
 
-def open_source(spec: DatasetSpec, data_dir: str | None) -> RecordSource:
-    return ShardsSource(spec) if spec.kind == "shards" else TfdsSource(spec, data_dir)
+class SubsetSource(RecordSource):
+    """The records of another source whose stored boolean feature `where` is true ("not NAME":
+    false), in their order; found by reading every record once (meant for eval splits)."""
+
+    def __init__(self, source: RecordSource, where: str):
+        negate = where.startswith("not ")
+        feature = where.removeprefix("not ").strip()
+        kept = []
+        for start in range(0, source.num_examples, 1024):
+            indices = np.arange(start, min(start + 1024, source.num_examples))
+            for index, record in zip(indices, source.fetch(indices)):
+                stored = source.parse(tf.constant(record))
+                if feature not in stored:
+                    raise ValueError(f"{source.spec.name}:{source.spec.split} has no feature "
+                                     f"{feature!r} to select examples by (it has "
+                                     f"{sorted(stored)}).")
+                if bool(stored[feature].numpy()) != negate:
+                    kept.append(index)
+        self.indices = np.asarray(kept, np.int64)
+        self.source, self.spec, self.adapter = source, source.spec, source.adapter
+        self.tokenized_with = source.tokenized_with
+        self.num_examples = len(kept)
+
+    def fetch(self, indices: np.ndarray) -> np.ndarray:
+        return self.source.fetch(self.indices[np.asarray(indices, np.int64)])
+
+    def parse(self, serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self.source.parse(serialized)
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(int(self.indices[index]))
+
+
+def open_source(spec: DatasetSpec, data_dir: str | None,
+                where: str | None = None) -> RecordSource:
+    source = ShardsSource(spec) if spec.kind == "shards" else TfdsSource(spec, data_dir)
+    return SubsetSource(source, where) if where else source
 
 
 # Records tried per position before giving up: the position's own and fallbacks.
@@ -220,11 +257,13 @@ def _caption_ids(source: RecordSource, tokenizer):
 def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
                   start_position: int = 0, process_index: int = 0, process_count: int = 1,
                   normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize",
-                  max_attempts: int = MAX_ATTEMPTS) -> tf.data.Dataset:
+                  max_attempts: int = MAX_ATTEMPTS,
+                  media: dict[str, preprocess.Media] | None = None) -> tf.data.Dataset:
     """Endless batches of positions start_position + s * B, ...; this process's slice of each.
 
-    Besides the model inputs (image, tokens, label, id) each row has `attempt` (records skipped
-    at its position) and `skipped` [max_attempts] (their record indices, -1 padded).
+    Besides the model inputs (tokens, label, id and each of `media`'s entries: by default the
+    image through `preprocess_ops`) each row has `attempt` (records skipped at its position)
+    and `skipped` [max_attempts] (their record indices, -1 padded).
     """
     if global_batch_size % process_count:
         raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
@@ -235,8 +274,8 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         raise ValueError(f"The per-process batch ({local_batch_size}) is larger than the dataset "
                          f"{source.spec.name}:{source.spec.split} ({num_examples} examples).")
     caption_ids = _caption_ids(source, tokenizer)
-    image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
-                                     normalization=normalization)
+    media = media if media is not None else {"image": preprocess.image_media(
+        preprocess_ops, image_size=image_size, normalization=normalization)}
 
     def local_positions(step):
         first = start_position + step * global_batch_size + process_index * local_batch_size
@@ -255,8 +294,7 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         example_seed = tf.stack([tf.cast(seed, tf.int64), position])
         choice = preprocess.caption_choice(example["captions"], example_seed)
         return {
-            "image": tf.ensure_shape(image_ops(example["image"], example_seed),
-                                     [image_size, image_size, 3]),
+            **{key: entry(example[key], example_seed) for key, entry in media.items()},
             "tokens": caption_ids(example, choice),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
@@ -265,7 +303,7 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         }
 
     def stand_in(position, candidates):
-        return {"image": tf.zeros([image_size, image_size, 3], image_ops.output_dtype),
+        return {**{key: entry.stand_in() for key, entry in media.items()},
                 "tokens": tf.zeros([tokenizer.context_length], tf.int32),
                 "label": tf.constant(-1), "id": tf.constant(-1, tf.int64),
                 "attempt": tf.constant(max_attempts, tf.int64), "skipped": candidates}
@@ -278,9 +316,10 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
 def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int,
                  process_index: int = 0, process_count: int = 1,
                  normalization: str = "minus_one_one", max_examples: int | None = None,
-                 preprocess_ops: str = "decode|resize", captions_per_image: int = 1):
+                 preprocess_ops: str = "decode|resize", captions_per_image: int = 1,
+                 media: dict[str, preprocess.Media] | None = None):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
-    padded. `valid` is False for padding and for bad examples (`skipped` True), which are left
+    padded. `media`: as for train_dataset. `valid` is False for padding and for bad examples (`skipped` True), which are left
     out of the metrics. `tokens` is an image's first caption; with `captions_per_image` K > 1,
     also `all_tokens` [K, L] (its first K captions) and `all_valid` [K]."""
     local_batch_size = global_batch_size // process_count
@@ -290,8 +329,8 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
     stored = source.stored_tokens(tokenizer)
     tokenize = text.make_tokenize_fn(tokenizer)
     empty_row = tf.constant(tokenizer([""])[0]) if stored else None
-    image_ops = preprocess.parse_ops(preprocess_ops, image_size=image_size,
-                                     normalization=normalization)
+    media = media if media is not None else {"image": preprocess.image_media(
+        preprocess_ops, image_size=image_size, normalization=normalization)}
 
     def local_positions(batch_index):
         first = batch_index * global_batch_size + process_index * local_batch_size
@@ -300,10 +339,9 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
 
     def process(example, position, attempt, candidates):
         del attempt, candidates
+        seed = tf.stack([tf.constant(0, tf.int64), position])
         return {
-            "image": tf.ensure_shape(
-                image_ops(example["image"], tf.stack([tf.constant(0, tf.int64), position])),
-                [image_size, image_size, 3]),
+            **{key: entry(example[key], seed) for key, entry in media.items()},
             "tokens": caption_ids(example, 0),
             "label": tf.cast(example["label"], tf.int32),
             "id": tf.cast(example["id"], tf.int64),
@@ -327,7 +365,7 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
                 "all_valid": tf.strings.length(tf.strings.strip(captions)) > 0}
 
     def stand_in(position, candidates):
-        return {"image": tf.zeros([image_size, image_size, 3], image_ops.output_dtype),
+        return {**{key: entry.stand_in() for key, entry in media.items()},
                 "tokens": tf.zeros([tokenizer.context_length], tf.int32),
                 "label": tf.constant(-1), "id": candidates[0], "valid": False,
                 "skipped": position < num_examples,

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import datasets, preprocess, prompts
-from mmjax import data_checks
+from input_pipeline import audio, datasets, preprocess, prompts
+from mmjax import conventions, data_checks
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
 tf.config.set_visible_devices([], "GPU")
@@ -18,6 +18,29 @@ tf.config.set_visible_devices([], "GPU")
 
 def _data_dir(config) -> str | None:
     return config.data.get("tfds_data_dir") or None
+
+
+def _image_media(config, role: str) -> preprocess.Media:
+    return preprocess.image_media(config.data[f"{role}_preprocess"],
+                                  image_size=config.data.image_size,
+                                  normalization=config.data.normalization)
+
+
+def _audio_media(config, role: str) -> preprocess.Media:
+    settings = config.data.audio
+    return audio.spectrogram_media(
+        settings[f"{role}_preprocess"], rate=settings.rate, frames=settings.frames,
+        hop=settings.hop, frame_length=settings.frame_length, num_mels=settings.num_mels)
+
+
+# How each non-text modality's batch entry is made for the train or eval role.
+MEDIA = {"image": _image_media, "audio": _audio_media}
+
+
+def media(config, role: str) -> dict[str, preprocess.Media]:
+    """The batch entries the model's non-text towers take, by batch key."""
+    return {conventions.BATCH_KEYS[m]: MEDIA[m](config, role)
+            for m in conventions.model_modalities(config.model) if m in MEDIA}
 
 
 class TooManyBadExamples(RuntimeError):
@@ -42,9 +65,7 @@ class TrainBatches:
             self.source, tokenizer, global_batch_size=config.batch_size,
             image_size=config.data.image_size, seed=config.seed, start_position=start_position,
             process_index=jax.process_index(), process_count=jax.process_count(),
-            normalization=config.data.normalization,
-            preprocess_ops=config.data.train_preprocess,
-            max_attempts=self.max_attempts)
+            max_attempts=self.max_attempts, media=media(config, "train"))
         self._iterator = dataset.as_numpy_iterator()
         self.position = start_position
         self.skipped = 0
@@ -109,17 +130,18 @@ class EvalData:
 
 
 def _split(config, tokenizer, spec: str, default_split: str, *, global_batch_size: int,
-           max_examples: int | None, captions_per_image: int, name: str | None) -> EvalData:
+           max_examples: int | None, captions_per_image: int, name: str | None,
+           where: str | None = None) -> EvalData:
     parsed = datasets.parse_spec(spec, default_split)
-    source = datasets.open_source(parsed, _data_dir(config))
+    source = datasets.open_source(parsed, _data_dir(config), where)
     if global_batch_size % jax.process_count():
         raise ValueError(f"The eval batch of {global_batch_size} is not divisible by the "
                          f"{jax.process_count()} processes.")
     dataset = datasets.eval_dataset(
         source, tokenizer, global_batch_size=global_batch_size, image_size=config.data.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        normalization=config.data.normalization, max_examples=max_examples,
-        preprocess_ops=config.data.eval_preprocess, captions_per_image=captions_per_image)
+        max_examples=max_examples, captions_per_image=captions_per_image,
+        media=media(config, "eval"))
     return EvalData(name or parsed.short_name, dataset.cache(), source.adapter.class_names,
                     source.adapter.prompt_templates,
                     min(source.num_examples, max_examples or source.num_examples),
@@ -135,7 +157,8 @@ def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
     adds the first probe_examples of its probe data (the linear probe's training features)."""
     data = _split(config, tokenizer, eval_set.data, "test", global_batch_size=global_batch_size,
                   max_examples=eval_set.max_examples,
-                  captions_per_image=eval_set.captions_per_image, name=eval_set.name)
+                  captions_per_image=eval_set.captions_per_image, name=eval_set.name,
+                  where=eval_set.where)
     if with_probe:
         data.probe = _split(config, tokenizer, eval_set.probe_train, "train",
                             global_batch_size=global_batch_size,

@@ -13,6 +13,7 @@ truncated, zero-sized) raise; the pipeline skips that example and counts it (dat
 from __future__ import annotations
 
 import ast
+import dataclasses
 from typing import Callable
 
 import tensorflow as tf
@@ -194,6 +195,27 @@ def parse_chain(spec: str, ops: dict, defaults: dict) -> list[tuple[str, Callabl
         except TypeError as e:
             raise ValueError(f"Preprocessing op {text!r}: {e}.") from None
     return chain
+
+
+@dataclasses.dataclass(frozen=True)
+class Media:
+    """How one non-text modality's stored bytes become its batch entry: `ops` (encoded, seed) ->
+    a tensor of `shape` and `dtype` (zeros of which stand in for an unreadable example)."""
+
+    ops: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+    shape: tuple[int, ...]
+    dtype: tf.DType
+
+    def __call__(self, encoded: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        return tf.ensure_shape(self.ops(encoded, seed), self.shape)
+
+    def stand_in(self) -> tf.Tensor:
+        return tf.zeros(self.shape, self.dtype)
+
+
+def image_media(spec: str, *, image_size: int, normalization: str) -> Media:
+    ops = parse_ops(spec, image_size=image_size, normalization=normalization)
+    return Media(ops, (image_size, image_size, 3), ops.output_dtype)
 
 
 def parse_ops(spec: str, *, image_size: int, normalization: str) -> ImageOp:

@@ -28,3 +28,40 @@ def parameter_name(path) -> str:
 def under_prefixes(name: str, prefixes) -> bool:
     """Whether a parameter name lies under one of `prefixes` ('image_tower', 'text_tower/encoder')."""
     return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+# The modalities a model may have, in the order metric names and loss pairs follow, and the
+# batch entry each is fed by. A model has those whose tower its config sets
+# (config.model.<modality>_tower).
+MODALITIES = ("image", "audio", "text")
+BATCH_KEYS = {"image": "image", "audio": "audio", "text": "tokens"}
+# One letter each, for retrieval metrics: i2t, a2t, i2a.
+INITIALS = {"image": "i", "audio": "a", "text": "t"}
+# Before the names of per-modality metrics (zero-shot, linear probe); images' stay unprefixed.
+METRIC_PREFIXES = {"image": "", "audio": "audio_"}
+
+
+def model_modalities(model_config) -> tuple[str, ...]:
+    """The modalities whose tower a model config sets, in MODALITIES order."""
+    return tuple(m for m in MODALITIES if model_config.get(f"{m}_tower"))
+
+
+def contrastive_pairs(model_config, pairs=()) -> tuple[tuple[str, str], ...]:
+    """The modality pairs the contrastive losses align: `pairs` ("audio-text", ...) or, when
+    empty, every pair of the model's modalities. Each pair in MODALITIES order."""
+    present = model_modalities(model_config)
+    if not pairs:
+        return tuple((a, b) for i, a in enumerate(present) for b in present[i + 1:])
+    parsed = []
+    for pair in pairs:
+        names = tuple(pair.split("-"))
+        if len(names) != 2 or names[0] == names[1] or any(n not in present for n in names):
+            raise ValueError(f"contrastive pair {pair!r} is not two of the model's modalities "
+                             f"{list(present)} joined by '-' (e.g. 'audio-text')")
+        parsed.append(tuple(sorted(names, key=MODALITIES.index)))
+    return tuple(dict.fromkeys(parsed))
+
+
+def audio_samples(frames: int, hop: int, frame_length: int) -> int:
+    """The clip length (samples) whose spectrogram has exactly `frames` frames."""
+    return frame_length + (frames - 1) * hop

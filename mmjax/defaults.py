@@ -80,6 +80,14 @@ def base_config() -> ml_collections.ConfigDict:
     # Captions per eval image for retrieval (5 for COCO / Flickr30k: any of an image's captions
     # counts); the first caption serves the other evaluators.
     config.data.eval_captions_per_image = 1
+    # Audio (models with an audio tower): clips resampled to `rate`, cropped or repeated to the
+    # length whose log-mel spectrogram has exactly `frames` frames of `frame_length` samples
+    # every `hop`, `num_mels` mel bins (input_pipeline/audio.py names the ops; the chains'
+    # ops take these values unless they set their own).
+    config.data.audio = ml_collections.ConfigDict(dict(
+        rate=16_000, frames=96, hop=160, frame_length=400, num_mels=80,
+        train_preprocess="decode_wav|resample|crop_or_pad(random=True)|log_mel|spec_augment",
+        eval_preprocess="decode_wav|resample|crop_or_pad|log_mel"))
     # Global batch size for evaluation; padded up to a multiple of the batch devices, and the
     # last batch is padded, never dropped.
     config.data.eval_batch_size = 512
@@ -126,9 +134,16 @@ def base_config() -> ml_collections.ConfigDict:
     # end-of-text ids are the tokenizer's unless set here.
     config.model.text_tower = ml_collections.ConfigDict(dict(
         name="transformer", variant="clip", causal=True, **_shape_fields(image=False)))
+    # An audio tower (mmjax.models.AUDIO_TOWERS: "ast", a ViT over the log-mel spectrogram as a
+    # one-channel image), sized like the image tower; None: no audio. A model has the
+    # modalities whose tower is set: image_tower=None and an audio tower make an audio-text model.
+    config.model.audio_tower = placeholder(ml_collections.ConfigDict)
 
     # Objectives and their weights, by name in mmjax.losses.LOSSES.
     config.losses = ml_collections.ConfigDict(dict(clip=1.0))
+    # The modality pairs the contrastive losses (clip, siglip) align, e.g. ("audio-text",
+    # "image-text"); empty: every pair of the model's modalities. Each pair's loss weighs the same.
+    config.contrastive_pairs = ()
     # Evaluators, by name in mmjax.evaluators.EVALUATORS; those the eval data cannot feed
     # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
     config.evals = ("retrieval", "zeroshot", "linear_probe")

@@ -9,7 +9,8 @@ evaluators, its interval and its caption and probe settings, and logs under its 
     config.eval_sets.coco = dict(data="tfds:coco_captions:test", evals=("retrieval",),
                                  captions_per_image=5)
 
-logs `eval/imagenet/zeroshot_top1` and `eval/coco/i2t_recall@1`. Fields a set leaves out take
+logs `eval/imagenet/zeroshot_top1` and `eval/coco/i2t_recall@1`. `where="unseen_combination"`
+evaluates the examples whose boolean feature of that name is true (held-out attribute pairs). Fields a set leaves out take
 the run-wide value (config.evals, config.eval_every_steps, config.data.eval_captions_per_image,
 config.data.probe_train and probe_examples).
 """
@@ -31,6 +32,9 @@ class EvalSet:
     max_examples: int | None = None
     probe_train: str | None = None
     probe_examples: int = 5000
+    # Only the examples whose stored boolean feature of this name is true ("not NAME": false),
+    # e.g. "unseen_combination": the attribute pairs held out of training.
+    where: str | None = None
     # The config field the set comes from, for the preflight's messages.
     field: str = "config.data.eval"
 
@@ -40,7 +44,7 @@ class EvalSet:
 
 # The fields an entry of config.eval_sets may set; `data` is required.
 FIELDS = ("data", "evals", "every_steps", "captions_per_image", "max_examples", "probe_train",
-          "probe_examples")
+          "probe_examples", "where")
 
 
 def unknown_fields(config) -> dict[str, list[str]]:

@@ -20,9 +20,12 @@ from jax.sharding import Mesh
 from mmjax import (benchmark_results, checkpoint, conventions, decoding, evaluators, paths,
                    preflight, sharding)
 from mmjax.eval_sets import EvalSet
-from mmjax.trainer import MODEL_INPUTS, Trainer
+from mmjax.trainer import Trainer, modality_inputs
 
-EVAL_INPUTS = {**MODEL_INPUTS, "label": 1, "valid": 1}  # name -> ndim
+
+def eval_inputs(config) -> dict[str, int]:
+    """The eval batch entries (name -> ndim) the encode step takes."""
+    return {**modality_inputs(config.model), "label": 1, "valid": 1}
 
 
 def all_rows(local: np.ndarray) -> np.ndarray:
@@ -67,10 +70,9 @@ class Evaluation:
         trainer = self.trainer
         with sharding.use_mesh_rules(trainer.mesh, trainer.rules):
             model = trainer.model(params)
-            encoded = {"image": model.encode_image(batch["image"])[0],
-                       "text": model.encode_text(batch["tokens"])[0],
-                       "tokens": batch["tokens"], "label": batch["label"],
-                       "valid": batch["valid"]}
+            # Each modality's embeddings by modality name ("image", "audio", "text").
+            encoded = {**model.encode_batch(batch)[0], "tokens": batch["tokens"],
+                       "label": batch["label"], "valid": batch["valid"]}
             for evaluator in self.evaluators.values():
                 if evaluator.device_outputs is not None:
                     encoded.update(evaluator.device_outputs(model, batch, encoded, self.settings))
@@ -83,7 +85,7 @@ class Evaluation:
 
     @functools.cached_property
     def encode_step(self) -> Callable:
-        return self._jit(self._encode, EVAL_INPUTS)
+        return self._jit(self._encode, eval_inputs(self.trainer.config))
 
     @functools.cached_property
     def encode_text_step(self) -> Callable:
@@ -96,11 +98,23 @@ class Evaluation:
                        out_shardings=trainer.replicated)
 
     @functools.cached_property
-    def encode_image_step(self) -> Callable:
-        def encode_image(params, images):
+    def encode_examples_step(self) -> Callable:
+        """Every classified modality's embeddings (all but text) of an eval batch."""
+        def encode(params, batch):
             with sharding.use_mesh_rules(self.trainer.mesh, self.trainer.rules):
-                return self.trainer.model(params).encode_image(images)[0]
-        return self._jit(encode_image, 4)
+                model = self.trainer.model(params)
+                return {m: model.encode(m, batch[conventions.BATCH_KEYS[m]])[0]
+                        for m in self.classified}
+        return self._jit(encode, self.classified_inputs)
+
+    @property
+    def classified(self) -> tuple[str, ...]:
+        return tuple(m for m in self.trainer.model_modalities if m != "text")
+
+    @property
+    def classified_inputs(self) -> dict[str, int]:
+        return {k: v for k, v in modality_inputs(self.trainer.config.model).items()
+                if k != conventions.BATCH_KEYS["text"]}
 
     @functools.cached_property
     def caption_step(self) -> Callable:
@@ -110,15 +124,18 @@ class Evaluation:
                                         self.settings.tokenizer, self.settings.beam_size)
         return self._jit(caption, 4)
 
-    def encode_images(self, params, data) -> tuple[np.ndarray, np.ndarray]:
-        """Image embeddings and labels of one pass over `data` (an EvalData)."""
-        features, labels = [], []
+    def encode_examples(self, params, data) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Each classified modality's embeddings, and the labels, of one pass over `data` (an
+        EvalData)."""
+        features, labels = {m: [] for m in self.classified}, []
         for local_batch in data.batches():
-            batch = self.trainer.global_batch(local_batch, keys=("image",))
+            batch = self.trainer.global_batch(local_batch, keys=tuple(self.classified_inputs))
             valid = all_rows(local_batch["valid"]).astype(bool)
-            features.append(np.asarray(self.encode_image_step(params, batch["image"]))[valid])
+            for modality, value in jax.device_get(self.encode_examples_step(
+                    params, batch)).items():
+                features[modality].append(value[valid])
             labels.append(all_rows(local_batch["label"])[valid])
-        return np.concatenate(features), np.concatenate(labels)
+        return {m: np.concatenate(f) for m, f in features.items()}, np.concatenate(labels)
 
     def encode_token_rows(self, params, tokens: np.ndarray) -> np.ndarray:
         """Embeds token rows in fixed-size chunks (one compiled shape)."""
@@ -140,22 +157,23 @@ class Evaluation:
         thumbnails, all_captions = [], []
         for local_batch in eval_data.batches():
             encoded = jax.device_get(self.encode_step(
-                params, trainer.global_batch(local_batch, keys=tuple(EVAL_INPUTS))))
+                params, trainer.global_batch(local_batch,
+                                             keys=tuple(eval_inputs(trainer.config)))))
             valid = encoded.pop("valid")
             for key, value in encoded.items():
                 parts.setdefault(key, []).append(value[valid])
             if "all_tokens" in local_batch:  # several captions per image
                 all_captions.append((all_rows(local_batch["all_tokens"])[valid],
                                      all_rows(local_batch["all_valid"])[valid]))
-            if report is not None:
+            if report is not None and "image" in local_batch:
                 local = report_thumbnails(local_batch["image"], trainer.config.data.normalization)
                 thumbnails.append(all_rows(local)[valid])
         outputs = {key: np.concatenate(value) for key, value in parts.items()}
         if self.needs_probe:
-            outputs["probe_features"], outputs["probe_labels"] = self.encode_images(
-                params, eval_data.probe)
+            probe, outputs["probe_labels"] = self.encode_examples(params, eval_data.probe)
+            outputs.update({f"probe_{m}": features for m, features in probe.items()})
         context = evaluators.EvalContext(
-            image_embeddings=outputs.pop("image"), text_embeddings=outputs.pop("text"),
+            embeddings={m: outputs.pop(m) for m in trainer.model_modalities},
             labels=outputs.pop("label"), tokens=outputs.pop("tokens"), extra=outputs,
             tokenizer=trainer.tokenizer, class_names=eval_data.class_names,
             prompt_templates=eval_data.prompt_templates,
@@ -171,9 +189,9 @@ class Evaluation:
             for metric, value in evaluator.compute(context).items():
                 metrics[f"eval/{eval_data.name}/{metric}"] = value
         if report is not None:
-            report.update(details=context.details, thumbnails=np.concatenate(thumbnails),
-                          image_embeddings=context.image_embeddings,
-                          text_embeddings=context.text_embeddings, labels=context.labels,
+            report.update(details=context.details,
+                          thumbnails=np.concatenate(thumbnails) if thumbnails else None,
+                          embeddings=context.embeddings, labels=context.labels,
                           captions=[trainer.tokenizer.decode(row) for row in context.tokens],
                           dataset=eval_data.name)
         return metrics
@@ -230,7 +248,7 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
         references.append(all_rows(local_batch["tokens"])[keep])
     generated, references = np.concatenate(generated), np.concatenate(references)
     context = evaluators.EvalContext(
-        image_embeddings=None, text_embeddings=None, labels=None, class_names=(),
+        embeddings={}, labels=None, class_names=(),
         prompt_templates=(), encode_texts=None, tokens=references,
         extra={"caption_tokens": generated}, tokenizer=trainer.tokenizer)
     metrics = {"step": step, **captioning.compute(context)}
@@ -304,10 +322,10 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
 
         for eval_set, data, details in reports:
             suffix = f"_{eval_set.name}" if eval_set.name else ""
-            zeroshot = details["details"].get("zeroshot", {})
+            zeroshot = next((v for k, v in details["details"].items()
+                             if k.endswith("zeroshot")), {})
             with paths.Path(paths.join(workdir, f"eval_embeddings{suffix}.npz")).open("wb") as f:
-                np.savez(f, image=details["image_embeddings"], text=details["text_embeddings"],
-                         labels=details["labels"], **(
+                np.savez(f, **details["embeddings"], labels=details["labels"], **(
                              {"class_embeddings": zeroshot["class_embeddings"]} if zeroshot
                              else {}))
             set_metrics = {k: v for k, v in metrics.items()

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax import caption_metrics, decoding, linear_probe, losses
+from mmjax import caption_metrics, conventions, decoding, linear_probe, losses
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -40,19 +40,22 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int],
 
 
 def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
-                      ks: Sequence[int] = (1, 5, 10),
-                      text_image: np.ndarray | None = None) -> dict[str, float]:
-    """Image->text and text->image recall@k. Text t describes image `text_image[t]` (default:
-    text i describes image i); an image with several texts is found by any of them."""
+                      ks: Sequence[int] = (1, 5, 10), text_image: np.ndarray | None = None,
+                      pair: tuple[str, str] = ("image", "text")) -> dict[str, float]:
+    """Recall@k both ways between two modalities' embeddings (image->text and text->image by
+    default; `pair` names them: ("audio", "text") gives a2t_ and t2a_). Text t describes image
+    `text_image[t]` (default: text i describes image i); an image with several texts is found
+    by any of them."""
     similarity = normalize(image_embeddings) @ normalize(text_embeddings).T
     if text_image is None:
         text_image = np.arange(similarity.shape[1])
     matches = np.arange(similarity.shape[0])[:, None] == np.asarray(text_image)[None, :]
-    metrics = {"num_candidates": float(similarity.shape[0])}
+    a, b = (conventions.INITIALS[m] for m in pair)
+    metrics = {}
     for k, value in recall_at_k(similarity, ks, matches).items():
-        metrics[f"i2t_recall@{k}"] = value
+        metrics[f"{a}2{b}_recall@{k}"] = value
     for k, value in recall_at_k(similarity.T, ks, matches.T).items():
-        metrics[f"t2i_recall@{k}"] = value
+        metrics[f"{b}2{a}_recall@{k}"] = value
     return metrics
 
 
@@ -89,8 +92,8 @@ def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
 
 @dataclasses.dataclass
 class EvalContext:
-    image_embeddings: np.ndarray
-    text_embeddings: np.ndarray
+    # Each modality's embeddings of the eval examples, by modality name (conventions.MODALITIES).
+    embeddings: dict[str, np.ndarray]
     labels: np.ndarray
     class_names: Sequence[str]
     prompt_templates: Sequence[str]
@@ -109,6 +112,19 @@ class EvalContext:
     # Zero-shot picks among the classes the eval labels have (ImageNet-A and -R: 200 of 1,000).
     present_classes_only: bool = False
 
+    @property
+    def image_embeddings(self) -> np.ndarray:
+        return self.embeddings["image"]
+
+    @property
+    def text_embeddings(self) -> np.ndarray:
+        return self.embeddings["text"]
+
+    @property
+    def classified(self) -> tuple[str, ...]:
+        """The modalities zero-shot and the probe classify: all but text."""
+        return tuple(m for m in self.embeddings if m != "text")
+
 
 def example_queries(count: int, num: int = 4) -> np.ndarray:
     """Indices of `num` queries spread over the eval set, for the report's examples."""
@@ -116,17 +132,28 @@ def example_queries(count: int, num: int = 4) -> np.ndarray:
 
 
 def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
-    similarity = normalize(context.image_embeddings) @ normalize(context.text_embeddings).T
-    queries = example_queries(len(similarity))
-    context.details["retrieval"] = {
-        "similarity": similarity[:32, :32], "queries": queries,
-        "i2t_top5": np.argsort(-similarity[queries], axis=1, kind="stable")[:, :5],
-        "t2i_top5": np.argsort(-similarity.T[queries], axis=1, kind="stable")[:, :5]}
-    if context.all_text_embeddings is None:
-        return retrieval_metrics(context.image_embeddings, context.text_embeddings)
-    metrics = retrieval_metrics(context.image_embeddings, context.all_text_embeddings,
-                                text_image=context.all_text_image)
-    metrics["num_texts"] = float(len(context.all_text_image))
+    """Recall@k both ways for every pair of the eval set's modalities (i2t, a2t, i2a...); with
+    several captions per example, text queries and candidates are all of them."""
+    present = [m for m in conventions.MODALITIES if m in context.embeddings]
+    metrics = {"num_candidates": float(len(next(iter(context.embeddings.values()))))}
+    for i, first in enumerate(present):
+        for second in present[i + 1:]:
+            pair = (first, second)
+            if second == "text" and context.all_text_embeddings is not None:
+                metrics.update(retrieval_metrics(
+                    context.embeddings[first], context.all_text_embeddings,
+                    text_image=context.all_text_image, pair=pair))
+                metrics["num_texts"] = float(len(context.all_text_image))
+            else:
+                metrics.update(retrieval_metrics(context.embeddings[first],
+                                                 context.embeddings[second], pair=pair))
+    if "image" in context.embeddings and "text" in context.embeddings:  # the report's figures
+        similarity = normalize(context.image_embeddings) @ normalize(context.text_embeddings).T
+        queries = example_queries(len(similarity))
+        context.details["retrieval"] = {
+            "similarity": similarity[:32, :32], "queries": queries,
+            "i2t_top5": np.argsort(-similarity[queries], axis=1, kind="stable")[:, :5],
+            "t2i_top5": np.argsort(-similarity.T[queries], axis=1, kind="stable")[:, :5]}
     return metrics
 
 
@@ -140,18 +167,26 @@ def class_embeddings(context: EvalContext, class_names=None) -> np.ndarray:
 
 
 def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
+    """Each classified modality's examples (images, clips) by their nearest class prompt
+    embedding; metrics prefixed by the modality (conventions.METRIC_PREFIXES)."""
     names, labels = list(context.class_names), context.labels
     if context.present_classes_only:  # classify among those classes, labels renumbered
         present = np.unique(labels)
         names, labels = [names[c] for c in present], np.searchsorted(present, labels)
     classes = class_embeddings(context, names)
-    predicted = np.argmax(normalize(context.image_embeddings) @ classes.T, axis=1)
-    context.details["zeroshot"] = {
-        "class_names": names, "class_embeddings": classes,
-        "per_class_accuracy": [float((predicted[labels == c] == c).mean())
-                               if (labels == c).any() else float("nan")
-                               for c in range(len(names))]}
-    return zeroshot_metrics(context.image_embeddings, classes, labels)
+    metrics = {}
+    for modality in context.classified:
+        prefix = conventions.METRIC_PREFIXES[modality]
+        embeddings = context.embeddings[modality]
+        predicted = np.argmax(normalize(embeddings) @ classes.T, axis=1)
+        context.details[f"{prefix}zeroshot"] = {
+            "class_names": names, "class_embeddings": classes,
+            "per_class_accuracy": [float((predicted[labels == c] == c).mean())
+                                   if (labels == c).any() else float("nan")
+                                   for c in range(len(names))]}
+        metrics.update({prefix + k: v for k, v in zeroshot_metrics(embeddings, classes,
+                                                                   labels).items()})
+    return metrics
 
 
 def caption_token_accuracy(generated: np.ndarray, references: np.ndarray, eot_id: int):
@@ -215,8 +250,15 @@ def evaluate_classification(context: EvalContext) -> dict[str, float]:
 
 
 def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
-    return linear_probe_metrics(context.extra["probe_features"], context.extra["probe_labels"],
-                                context.image_embeddings, context.labels)
+    """A linear probe per classified modality, trained on the probe data's embeddings of it."""
+    metrics = {}
+    for modality in context.classified:
+        prefix = conventions.METRIC_PREFIXES[modality]
+        probe = linear_probe_metrics(context.extra[f"probe_{modality}"],
+                                     context.extra["probe_labels"],
+                                     context.embeddings[modality], context.labels)
+        metrics.update({prefix + k: v for k, v in probe.items()})
+    return metrics
 
 
 def matching_logits(model, batch, encoded) -> dict:
@@ -258,20 +300,31 @@ class Evaluator:
     # On the device, per eval batch: (model, batch, encoded, EvalSettings) -> row-aligned arrays
     # for context.extra; `encoded` holds the batch's "image" and "text" embeddings.
     device_outputs: Callable | None = None
-    # Needs image embeddings and labels of training examples (context.extra["probe_*"]).
+    # Needs embeddings and labels of training examples (context.extra["probe_<modality>"],
+    # ["probe_labels"]).
     needs_probe: bool = False
     # The metrics it may report (logged as eval/<dataset>/<metric>).
     metrics: tuple[str, ...] = ()
 
 
-RECALL = tuple(f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10))
+RECALL = tuple(f"{a}2{b}_recall@{k}" for a in conventions.INITIALS.values()
+               for b in conventions.INITIALS.values() if a != b for k in (1, 5, 10))
+
+
+def per_modality(*names: str) -> tuple[str, ...]:
+    """Metric names as each classified modality reports them (zeroshot_top1,
+    audio_zeroshot_top1)."""
+    return tuple(prefix + name for prefix in conventions.METRIC_PREFIXES.values()
+                 for name in names)
+
+
 CAPTIONING = tuple(f"caption{kind}_{m}" for kind in ("", "_baseline")
                    for m in ("token_accuracy", "exact_match", "bleu4", "cider"))
 
 
 EVALUATORS: dict[str, Evaluator] = {
     "retrieval": Evaluator(evaluate_retrieval, metrics=("num_candidates", "num_texts") + RECALL),
-    "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",), metrics=(
+    "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",), metrics=per_modality(
         "zeroshot_top1", "zeroshot_mean_per_class", "zeroshot_top5")),
     "captioning": Evaluator(
         evaluate_captioning, model_methods=("start_decoding", "decode_step"), metrics=CAPTIONING,
@@ -287,6 +340,7 @@ EVALUATORS: dict[str, Evaluator] = {
         device_outputs=lambda model, batch, encoded, settings: {
             "class_logits": model.classify(batch["image"], batch["tokens"])}),
     "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
-                              metrics=("linear_probe_top1", "linear_probe_top5",
-                                       "linear_probe_mean_per_class", "linear_probe_c")),
+                              metrics=per_modality("linear_probe_top1", "linear_probe_top5",
+                                                   "linear_probe_mean_per_class",
+                                                   "linear_probe_c")),
 }

@@ -66,26 +66,29 @@ def tower_shape(variant: str | None = None, **explicit) -> dict:
 
 
 class VisionTransformer(nnx.Module):
-    def __init__(self, *, image_size: int, variant: str | None = None, width: int | None = None,
-                 depth: int | None = None, mlp_dim: int | None = None, num_heads: int | None = None,
+    def __init__(self, *, image_size: int | tuple[int, int], variant: str | None = None,
+                 width: int | None = None, depth: int | None = None, mlp_dim: int | None = None,
+                 num_heads: int | None = None,
                  patch_size: int | None = None, pooling: str = "map", activation: str = "gelu",
                  remat: str = "none", scan_layers: bool = False,
                  attention_implementation: str | None = None, pre_norm: bool = False,
                  norm_epsilon: float = 1e-6, patch_dropout: float = 0.0, patch_bias: bool = True,
-                 class_position: bool = False, key_bias: bool = False, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 class_position: bool = False, key_bias: bool = False, channels: int = 3,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
         """`pre_norm`: a layer norm before the first block (OpenAI CLIP's ln_pre).
         `patch_dropout`: the share of patch tokens dropped in training (FLIP), when the tower is
         given an rng; the class token is always kept, and evaluation (no rng) sees every patch.
         `patch_bias`, `class_position` (a position embedding for the class token too) and
         `key_bias` (in attention) give OpenAI CLIP's parameter set exactly, so that its weights
         go in and come back out unchanged (open_clip and transformers: no patch bias, a class
-        position, a key bias)."""
+        position, a key bias). `image_size` (height, width) and `channels` other than 3 serve
+        other inputs laid out as images (the audio tower's spectrograms)."""
         shape = tower_shape(variant, width=width, depth=depth, mlp_dim=mlp_dim,
                             num_heads=num_heads, patch_size=patch_size)
         if pooling not in POOLING_TYPES:
             raise ValueError(f"Unknown ViT pooling {pooling!r}; valid: {list(POOLING_TYPES)}.")
-        if image_size % shape["patch_size"]:
+        rows, columns = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if rows % shape["patch_size"] or columns % shape["patch_size"]:
             raise ValueError(
                 f"image_size {image_size} is not divisible by patch size {shape['patch_size']}."
             )
@@ -94,11 +97,12 @@ class VisionTransformer(nnx.Module):
         if not 0.0 <= patch_dropout < 1.0:
             raise ValueError(f"patch_dropout {patch_dropout} must be in [0, 1).")
         self.patch_size = shape["patch_size"]
+        self.grid = (rows // self.patch_size, columns // self.patch_size)
         self.width = width = shape["width"]
-        num_patches = (image_size // self.patch_size) ** 2
+        num_patches = self.grid[0] * self.grid[1]
         self.patch_dropout = patch_dropout
         self.patches_kept = patches_kept(num_patches, patch_dropout)
-        patch_dim = self.patch_size * self.patch_size * 3
+        patch_dim = self.patch_size * self.patch_size * channels
         self.patch_embedding = layers.Dense(patch_dim, width, ("patch", "embed"), rngs=rngs,
                                             dtype=dtype, use_bias=patch_bias)
         self.class_position = class_position

@@ -19,24 +19,34 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from mmjax import sharding
+from mmjax import conventions, sharding
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), epsilon))
 
 
-def clip_contrastive_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Symmetric InfoNCE: each image picks its caption among all N texts, and each text its image."""
-    image = l2_normalize(outputs["image_embedding"].astype(jnp.float32))
-    text = l2_normalize(outputs["text_embedding"].astype(jnp.float32))
-    logits = outputs["logit_scale"] * image @ text.T
-    labels = jnp.arange(logits.shape[0])
-    image_to_text = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    text_to_image = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-    loss = 0.5 * (image_to_text + text_to_image)
-    accuracy = 0.5 * ((logits.argmax(1) == labels).mean() + (logits.argmax(0) == labels).mean())
-    return loss, {"clip_loss": loss, "clip_batch_accuracy": accuracy,
+def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),)
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Symmetric InfoNCE for each modality pair (a, b): each a picks its b among all N, and each
+    b its a; the mean over pairs. With several pairs each also logs as clip_loss_<a>_<b>."""
+    pair_losses, accuracies, metrics = [], [], {}
+    for a, b in pairs:
+        first, second = (l2_normalize(outputs[f"{m}_embedding"].astype(jnp.float32))
+                         for m in (a, b))
+        logits = outputs["logit_scale"] * first @ second.T
+        labels = jnp.arange(logits.shape[0])
+        loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+                      + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
+        accuracy = 0.5 * ((logits.argmax(1) == labels).mean()
+                          + (logits.argmax(0) == labels).mean())
+        pair_losses.append(loss)
+        accuracies.append(accuracy)
+        if len(pairs) > 1:
+            metrics[f"clip_loss_{a}_{b}"], metrics[f"clip_batch_accuracy_{a}_{b}"] = loss, accuracy
+    loss = sum(pair_losses) / len(pairs)
+    return loss, {**metrics, "clip_loss": loss,
+                  "clip_batch_accuracy": sum(accuracies) / len(pairs),
                   "logit_scale": outputs["logit_scale"]}
 
 
@@ -46,29 +56,39 @@ def _siglip_pair_losses(image, text, scale, bias, positive):
     return -jnp.sum(jax.nn.log_sigmoid(jnp.where(positive, logits, -logits)))
 
 
-def siglip_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """SigLIP's sigmoid loss: every image-text pair is its own binary problem.
+def siglip_loss(outputs, batch, *, pairs=(("image", "text"),)
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """SigLIP's sigmoid loss: every pair of examples of two modalities is its own binary
+    problem; the mean over the modality pairs (each also logged with several).
 
-    On a mesh whose batch axes have several devices, each device keeps its images and passes its
-    texts around the ring of batch devices (one `ppermute` per step), so no device ever holds
-    more than a [local batch, local batch] block of logits; the result equals the unchunked loss.
+    On a mesh whose batch axes have several devices, each device keeps its first modality's
+    rows and passes the second's around the ring of batch devices (one `ppermute` per step), so
+    no device ever holds more than a [local batch, local batch] block of logits; the result
+    equals the unchunked loss.
     """
     del batch
-    image = l2_normalize(outputs["image_embedding"].astype(jnp.float32))
-    text = l2_normalize(outputs["text_embedding"].astype(jnp.float32))
     scale, bias = outputs["logit_scale"], outputs["logit_bias"]
-    global_batch = image.shape[0]
     mesh, axes = sharding.active_batch_axes()
-    if not axes:
-        total = _siglip_pair_losses(image, text, scale, bias, jnp.eye(global_batch, dtype=bool))
-    else:
-        total = jax.shard_map(
-            functools.partial(_siglip_ring, axes=axes),
-            mesh=mesh, in_specs=(PartitionSpec(axes), PartitionSpec(axes), PartitionSpec(),
-                                 PartitionSpec()),
-            out_specs=PartitionSpec(), check_vma=False)(image, text, scale, bias)
-    loss = total / global_batch  # SigLIP normalises by the batch size, not the number of pairs
-    return loss, {"siglip_loss": loss, "logit_scale": scale, "logit_bias": bias}
+    pair_losses, metrics = [], {}
+    for a, b in pairs:
+        first, second = (l2_normalize(outputs[f"{m}_embedding"].astype(jnp.float32))
+                         for m in (a, b))
+        global_batch = first.shape[0]
+        if not axes:
+            total = _siglip_pair_losses(first, second, scale, bias,
+                                        jnp.eye(global_batch, dtype=bool))
+        else:
+            total = jax.shard_map(
+                functools.partial(_siglip_ring, axes=axes),
+                mesh=mesh, in_specs=(PartitionSpec(axes), PartitionSpec(axes), PartitionSpec(),
+                                     PartitionSpec()),
+                out_specs=PartitionSpec(), check_vma=False)(first, second, scale, bias)
+        # SigLIP normalises by the batch size, not the number of pairs.
+        pair_losses.append(total / global_batch)
+        if len(pairs) > 1:
+            metrics[f"siglip_loss_{a}_{b}"] = pair_losses[-1]
+    loss = sum(pair_losses) / len(pairs)
+    return loss, {**metrics, "siglip_loss": loss, "logit_scale": scale, "logit_bias": bias}
 
 
 def _siglip_ring(image, text, scale, bias, *, axes):
@@ -159,8 +179,9 @@ class Loss:
     """A registered objective and what it needs."""
 
     fn: Callable[..., tuple[jax.Array, dict]]
-    # Model outputs it reads, and the fix when the model lacks one of them.
-    model_outputs: tuple[str, ...]
+    # Model outputs it reads (or a function of its settings giving them), and the fix when the
+    # model lacks one of them.
+    model_outputs: tuple[str, ...] | Callable[[dict], tuple[str, ...]]
     missing_output_fix: str = ""
     # Batch entries it reads beyond images and tokens (the trainer feeds exactly these).
     batch_keys: tuple[str, ...] = ()
@@ -169,13 +190,27 @@ class Loss:
     # Reads a frozen teacher's outputs (`teacher_*`; the teacher is config.distill.teacher).
     needs_teacher: bool = False
 
+    def outputs(self, settings: dict) -> tuple[str, ...]:
+        return (self.model_outputs(settings) if callable(self.model_outputs)
+                else self.model_outputs)
+
+
+def _pair_settings(config, tokenizer) -> dict:
+    return {"pairs": conventions.contrastive_pairs(config.model, config.get(
+        "contrastive_pairs", ()))}
+
+
+def _pair_outputs(settings) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f"{m}_embedding" for pair in settings["pairs"] for m in pair)) + (
+        "logit_scale",)
+
 
 CONTRASTIVE_OUTPUTS = ("image_embedding", "text_embedding", "logit_scale")
 LOSSES: dict[str, Loss] = {
-    "clip": Loss(clip_contrastive_loss, CONTRASTIVE_OUTPUTS),
-    "siglip": Loss(siglip_loss, CONTRASTIVE_OUTPUTS + ("logit_bias",),
+    "clip": Loss(clip_contrastive_loss, _pair_outputs, settings=_pair_settings),
+    "siglip": Loss(siglip_loss, lambda settings: _pair_outputs(settings) + ("logit_bias",),
                    "give the model a learned logit bias: set config.model.logit_bias_init "
-                   "(SigLIP uses -10)"),
+                   "(SigLIP uses -10)", settings=_pair_settings),
     "caption": Loss(caption_loss, ("caption_logits",),
                     "use a model with a caption decoder (config.model.name='coca')",
                     settings=lambda config, tokenizer: {"pad_id": config.model.text_tower.get(

@@ -7,6 +7,7 @@ the registries below; adding a tower means one class and one registry entry.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -14,13 +15,30 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax import fusion, layers, losses
+from mmjax import conventions, fusion, layers, losses
+from mmjax.audio_tower import AudioSpectrogramTransformer
 from mmjax.conventions import image_normalization
 from mmjax.image_tower import VisionTransformer
 from mmjax.text_tower import TextTransformer
 
-IMAGE_TOWERS = {"vit": VisionTransformer}
-TEXT_TOWERS = {"transformer": TextTransformer}
+@dataclasses.dataclass(frozen=True)
+class TowerKind:
+    """What a modality's towers are and what the model hands them."""
+
+    registry: dict[str, type]
+    # The constructor argument that comes from the data or the tokenizer, not the tower config.
+    input_argument: str
+    # The tower's own stream of a training step's rng (patch dropout), apart from what the model
+    # draws elsewhere.
+    rng_stream: int
+
+
+TOWERS = {
+    "image": TowerKind({"vit": VisionTransformer}, "image_size", 0x1A6E),
+    "audio": TowerKind({"ast": AudioSpectrogramTransformer}, "spectrogram_shape", 0xA0D1),
+    "text": TowerKind({"transformer": TextTransformer}, "vocab_size", 0x7E27),
+}
+IMAGE_TOWERS, AUDIO_TOWERS, TEXT_TOWERS = (TOWERS[m].registry for m in ("image", "audio", "text"))
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -30,12 +48,6 @@ def _lookup(registry: dict, name: str, what: str):
     return registry[name]
 
 
-def image_tower_rng(rng: jax.Array | None) -> jax.Array | None:
-    """The image tower's own stream of a training step's rng (patch dropout), apart from what
-    the model draws elsewhere; None (evaluation) stays None."""
-    return None if rng is None else jax.random.fold_in(rng, 0x1A6E)
-
-
 def _tower_kwargs(tower_config) -> dict[str, Any]:
     kwargs = dict(tower_config)
     kwargs.pop("name")
@@ -43,9 +55,14 @@ def _tower_kwargs(tower_config) -> dict[str, Any]:
 
 
 class CLIP(nnx.Module):
-    def __init__(self, *, image_tower, text_tower, embed_dim: int, vocab_size: int,
-                 image_size: int, dtype: str = "float32", remat: str = "none",
-                 scan_layers: bool = False, attention_implementation: str | None = None,
+    """Towers for two or more modalities (image, audio, text: those whose tower config is set),
+    each projected to one shared embedding, and a learned temperature."""
+
+    def __init__(self, *, embed_dim: int, image_tower=None, audio_tower=None, text_tower=None,
+                 vocab_size: int | None = None, image_size: int | None = None,
+                 spectrogram_shape: tuple[int, int] | None = None, dtype: str = "float32",
+                 remat: str = "none", scan_layers: bool = False,
+                 attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
                  logit_bias_init: float | None = None, image_projection: bool = True,
                  text_projection_bias: bool = False, rngs: nnx.Rngs):
@@ -53,55 +70,70 @@ class CLIP(nnx.Module):
         MAP head output; embed_dim must equal the tower's width). `text_projection_bias`: a bias
         on the text projection (SigLIP's text head)."""
         compute_dtype = _lookup(DTYPES, dtype, "dtype")
-        image_cls = _lookup(IMAGE_TOWERS, image_tower["name"], "image tower")
-        text_cls = _lookup(TEXT_TOWERS, text_tower["name"], "text tower")
+        configs = {"image": image_tower, "audio": audio_tower, "text": text_tower}
+        inputs = {"image_size": image_size, "spectrogram_shape": spectrogram_shape,
+                  "vocab_size": vocab_size}
+        self.modalities = conventions.model_modalities({f"{m}_tower": c
+                                                        for m, c in configs.items()})
+        if len(self.modalities) < 2:
+            raise ValueError(f"A model needs towers for two modalities or more; this one has "
+                             f"{list(self.modalities)}: set config.model.<modality>_tower.")
         shared = dict(dtype=compute_dtype, remat=remat, scan_layers=scan_layers, rngs=rngs,
                       attention_implementation=attention_implementation)
-        self.image_tower = image_cls(image_size=image_size, **shared, **_tower_kwargs(image_tower))
-        self.text_tower = text_cls(vocab_size=vocab_size, **shared, **_tower_kwargs(text_tower))
+        for m in self.modalities:
+            kind = TOWERS[m]
+            tower_cls = _lookup(kind.registry, configs[m]["name"], f"{m} tower")
+            setattr(self, f"{m}_tower", tower_cls(**{kind.input_argument: inputs[
+                kind.input_argument]}, **shared, **_tower_kwargs(configs[m])))
         if not image_projection and embed_dim != self.image_tower.width:
             raise ValueError(f"image_projection=False needs embed_dim ({embed_dim}) equal to the "
                              f"image tower's width ({self.image_tower.width}).")
-        self.image_projection = (layers.Dense(self.image_tower.width, embed_dim, ("embed", None),
-                                              rngs=rngs, use_bias=False, dtype=compute_dtype)
-                                 if image_projection else None)
-        self.text_projection = layers.Dense(self.text_tower.width, embed_dim, ("embed", None),
-                                            rngs=rngs, use_bias=text_projection_bias,
-                                            dtype=compute_dtype)
+        for m in self.modalities:
+            tower = getattr(self, f"{m}_tower")
+            setattr(self, f"{m}_projection", None if m == "image" and not image_projection else
+                    layers.Dense(tower.width, embed_dim, ("embed", None), rngs=rngs,
+                                 use_bias=m == "text" and text_projection_bias,
+                                 dtype=compute_dtype))
         self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), logical_axes=())
         self.logit_scale_max = logit_scale_max
         # SigLIP's learned bias on the logits (None: no bias, as in CLIP).
         self.logit_bias = (None if logit_bias_init is None else
                            nnx.Param(jnp.asarray(logit_bias_init, jnp.float32), logical_axes=()))
 
-    def encode_image(self, images: jax.Array, rng: jax.Array | None = None):
-        """`rng` only in training: the image tower may drop patches (evaluation passes none)."""
-        pooled, aux = self.image_tower(images, rng=image_tower_rng(rng))
-        if self.image_projection is not None:
-            pooled = self.image_projection(pooled)
+    def encode(self, modality: str, inputs: jax.Array, rng: jax.Array | None = None):
+        """(embedding, the tower's aux) of one modality's batch entry. `rng` only in training:
+        a tower may drop patches (evaluation passes none)."""
+        rng = None if rng is None else jax.random.fold_in(rng, TOWERS[modality].rng_stream)
+        pooled, aux = getattr(self, f"{modality}_tower")(inputs, rng=rng)
+        projection = getattr(self, f"{modality}_projection")
+        if projection is not None:
+            pooled = projection(pooled)
         return pooled.astype(jnp.float32), aux
 
+    def encode_image(self, images: jax.Array, rng: jax.Array | None = None):
+        return self.encode("image", images, rng)
+
     def encode_text(self, tokens: jax.Array):
-        pooled, aux = self.text_tower(tokens)
-        return self.text_projection(pooled).astype(jnp.float32), aux
+        return self.encode("text", tokens)
+
+    def encode_batch(self, batch: dict, rng: jax.Array | None = None) -> tuple[dict, dict]:
+        """Every modality's embedding and tower aux, by modality name."""
+        encoded = {m: self.encode(m, batch[conventions.BATCH_KEYS[m]], rng)
+                   for m in self.modalities}
+        return ({m: e for m, (e, _) in encoded.items()}, {m: a for m, (_, a) in encoded.items()})
 
     def temperature_scale(self) -> jax.Array:
         """exp(logit_scale), clipped at logit_scale_max as in CLIP."""
         return jnp.minimum(jnp.exp(self.logit_scale[...]), self.logit_scale_max)
 
-    def __call__(self, images: jax.Array, tokens: jax.Array,
-                 rng: jax.Array | None = None) -> dict[str, jax.Array]:
-        """What the losses need: per-example outputs (batch-major) and global scalars."""
-        image_embedding, _ = self.encode_image(images, rng)
-        text_embedding, _ = self.encode_text(tokens)
-        return self._contrastive_outputs(image_embedding, text_embedding)
+    def __call__(self, batch: dict, rng: jax.Array | None = None) -> dict[str, jax.Array]:
+        """What the losses need from a batch (entries by conventions.BATCH_KEYS): per-example
+        outputs (batch-major) and global scalars."""
+        return self._contrastive_outputs(self.encode_batch(batch, rng)[0])
 
-    def _contrastive_outputs(self, image_embedding, text_embedding) -> dict[str, jax.Array]:
-        outputs = {
-            "image_embedding": image_embedding,
-            "text_embedding": text_embedding,
-            "logit_scale": self.temperature_scale(),
-        }
+    def _contrastive_outputs(self, embeddings: dict) -> dict[str, jax.Array]:
+        outputs = {f"{m}_embedding": e for m, e in embeddings.items()}
+        outputs["logit_scale"] = self.temperature_scale()
         if self.logit_bias is not None:
             outputs["logit_bias"] = self.logit_bias[...]
         return outputs
@@ -139,11 +171,10 @@ class CoCa(CLIP):
             vocab_size=self.text_tower.token_embedding.shape[0],
             **_cross_modal_kwargs(self, dict(decoder), _lookup(DTYPES, dtype, "dtype"), shared))
 
-    def __call__(self, images, tokens, rng=None):
-        image_embedding, image_aux = self.encode_image(images, rng)
-        text_embedding, text_aux = self.encode_text(tokens)
-        outputs = self._contrastive_outputs(image_embedding, text_embedding)
-        outputs["caption_logits"] = self.decoder(text_aux["tokens"], image_aux["tokens"])
+    def __call__(self, batch, rng=None):
+        embeddings, aux = self.encode_batch(batch, rng)
+        outputs = self._contrastive_outputs(embeddings)
+        outputs["caption_logits"] = self.decoder(aux["text"]["tokens"], aux["image"]["tokens"])
         return outputs
 
     # -- generation --------------------------------------------------------------------------
@@ -212,12 +243,13 @@ class FusionModel(CLIP):
                                     self.text_lengths(tokens))
         return self.fusion_encoder.match_logits(fused)
 
-    def __call__(self, images, tokens, rng=None):
+    def __call__(self, batch, rng=None):
         if rng is None:
             raise ValueError("The fusion model draws negatives and masks: pass an rng key.")
-        image_embedding, image_aux = self.encode_image(images, rng)
-        text_embedding, text_aux = self.encode_text(tokens)
-        outputs = self._contrastive_outputs(image_embedding, text_embedding)
+        embeddings, aux = self.encode_batch(batch, rng)
+        outputs = self._contrastive_outputs(embeddings)
+        image_embedding, text_embedding = embeddings["image"], embeddings["text"]
+        image_aux, text_aux, tokens = aux["image"], aux["text"], batch["tokens"]
         negatives_rng, mask_rng = jax.random.split(rng)
         image_tokens, text_states = image_aux["tokens"], text_aux["tokens"]
         lengths = self.text_lengths(tokens)
@@ -272,9 +304,9 @@ class FusionClassifier(FusionModel):
                                     self.text_lengths(tokens))
         return self.classifier(fused[:, 0]).astype(jnp.float32)
 
-    def __call__(self, images, tokens, rng=None):
+    def __call__(self, batch, rng=None):
         del rng
-        return {"class_logits": self.classify(images, tokens)}
+        return {"class_logits": self.classify(batch["image"], batch["tokens"])}
 
 
 MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
@@ -290,13 +322,32 @@ def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
     model_cls = _lookup(MODELS, kwargs.pop("name"), "model")
     # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
     vocab_size = kwargs.pop("vocab_size", None) or tokenizer.vocab_size
-    kwargs["text_tower"] = dict(text_tower_ids(tokenizer), **dict(kwargs["text_tower"]))
+    if kwargs.get("text_tower"):
+        kwargs["text_tower"] = dict(text_tower_ids(tokenizer), **dict(kwargs["text_tower"]))
     normalization = config.data.get("normalization", "minus_one_one")
     image_normalization(normalization)  # an unknown name fails here, before compiling
     model = model_cls(vocab_size=vocab_size, image_size=config.data.image_size,
+                      spectrogram_shape=spectrogram_shape(config),
                       rngs=nnx.Rngs(config.seed if seed is None else seed), **kwargs)
-    model.image_tower.input_normalization = normalization
+    if "image" in model.modalities:
+        model.image_tower.input_normalization = normalization
     return model
+
+
+def example_inputs(config, context_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """(shape, dtype) of one example's entry for each of the model's towers, as the input
+    pipeline gives them: uint8 images, bfloat16 spectrograms, int32 token rows."""
+    size = config.data.image_size
+    inputs = {"image": ((size, size, 3), jnp.uint8),
+              "audio": (spectrogram_shape(config), jnp.bfloat16),
+              "text": ((context_length,), jnp.int32)}
+    return {conventions.BATCH_KEYS[m]: inputs[m]
+            for m in conventions.model_modalities(config.model)}
+
+
+def spectrogram_shape(config) -> tuple[int, int]:
+    """(frames, mel bins) of the pipeline's spectrograms: what the audio tower takes."""
+    return int(config.data.audio.frames), int(config.data.audio.num_mels)
 
 
 def text_tower_ids(tokenizer) -> dict[str, int]:

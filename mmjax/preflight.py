@@ -107,10 +107,15 @@ def _fields(c: _Checks) -> None:
     if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
         c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
               "for example 0.01 (stop when over 1% of the examples read are bad)")
-    dropout = config.model.image_tower.get("patch_dropout", 0.0)
-    if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-        c.add("config.model.image_tower.patch_dropout", "must be a fraction in [0, 1)",
-              "for example 0.5 (FLIP: half of the patches dropped in training), or 0 for none")
+    modalities = conventions.model_modalities(config.model)
+    for modality in modalities:
+        dropout = config.model[f"{modality}_tower"].get("patch_dropout", 0.0)
+        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            c.add(f"config.model.{modality}_tower.patch_dropout", "must be a fraction in [0, 1)",
+                  "for example 0.5 (FLIP: half of the patches dropped in training), or 0")
+    if "audio" in modalities:
+        for field in ("rate", "frames", "hop", "frame_length", "num_mels"):
+            c.count(f"data.audio.{field}")
     for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES)):
         if c.value(field) not in valid:
             c.add(f"config.{field}", "is not a valid choice", f"use one of {sorted(valid)}")
@@ -248,12 +253,11 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
         c.add("config.model", str(e).rstrip("."), "see mmjax/defaults.py for the model fields")
         return None
     graphdef, params = nnx.split(model, nnx.Param)
-    size, context = config.data.image_size, tokenizer.context_length
-    images = jax.ShapeDtypeStruct((2, size, size, 3), np.uint8)
-    tokens = jax.ShapeDtypeStruct((2, context), np.int32)
+    batch = {key: jax.ShapeDtypeStruct((2, *shape), dtype) for key, (shape, dtype) in
+             models.example_inputs(config, tokenizer.context_length).items()}
     try:
-        outputs = jax.eval_shape(lambda p, i, t: nnx.merge(graphdef, p)(
-            i, t, rng=jax.random.key(0)), params, images, tokens)
+        outputs = jax.eval_shape(lambda p, b: nnx.merge(graphdef, p)(
+            b, rng=jax.random.key(0)), params, batch)
     except Exception as e:  # noqa: BLE001 - any failure of the forward pass is a config problem
         c.add("config.model", f"the model fails on a batch: {e}", "fix the model config")
         return None
@@ -262,7 +266,13 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
 
     for name in config.losses:
         loss = losses.LOSSES.get(name)
-        missing = [k for k in (loss.model_outputs if loss else ()) if k not in outputs]
+        try:
+            needed = loss.outputs(loss.settings(config, tokenizer)) if loss else ()
+        except ValueError as e:
+            c.add("config.contrastive_pairs", str(e), "name pairs of the model's modalities, "
+                  "or leave it empty for every pair")
+            continue
+        missing = [k for k in needed if k not in outputs]
         if missing:
             c.add("config.losses", f"the {name!r} loss reads {missing}, which the "
                   f"{config.model.name!r} model does not output",

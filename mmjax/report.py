@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 
-from mmjax import paths
+from mmjax import conventions, paths
 
 MATCH, MISS = "#1a9850", "#d73027"
 
@@ -32,12 +33,13 @@ def _pyplot():
 
 def _evaluator_of(metric: str) -> str:
     name = metric.split("/")[-1]
-    for prefix, evaluator in (("i2t_", "retrieval"), ("t2i_", "retrieval"),
-                              ("num_candidates", "retrieval"), ("zeroshot", "zero-shot"),
-                              ("caption", "captioning"), ("itm", "image-text matching"),
-                              ("classification", "classification"),
-                              ("linear_probe", "linear probe")):
-        if name.startswith(prefix):
+    if re.match(r"[a-z]2[a-z]_recall@|num_(candidates|texts)$", name):
+        return "retrieval"
+    for part, evaluator in (("zeroshot", "zero-shot"), ("caption", "captioning"),
+                            ("itm", "image-text matching"), ("classification", "classification"),
+                            ("linear_probe", "linear probe")):
+        if any(name.startswith(modality + part)
+               for modality in conventions.METRIC_PREFIXES.values()):
             return evaluator
     return "other"
 
@@ -189,12 +191,12 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
             lines += [f"| {reference} | {generated} |"
                       for reference, generated in evaluator_details["captioning"]["examples"]]
             lines.append("")
-        if group == "zero-shot" and "zeroshot" in evaluator_details:
-            zeroshot = evaluator_details["zeroshot"]
-            per_class_figure(plt, paths.join(figures_dir, f"{prefix}zeroshot_per_class.png"),
-                             zeroshot["class_names"], zeroshot["per_class_accuracy"])
-            lines += [f"![zero-shot accuracy per class](report/{prefix}zeroshot_per_class.png)",
-                      ""]
+        for key, zeroshot in evaluator_details.items():  # zeroshot, audio_zeroshot
+            if group == "zero-shot" and key.endswith("zeroshot"):
+                figure = f"{prefix}{key}_per_class.png"
+                per_class_figure(plt, paths.join(figures_dir, figure), zeroshot["class_names"],
+                                 zeroshot["per_class_accuracy"])
+                lines += [f"![{key} accuracy per class](report/{figure})", ""]
 
     history_path = paths.join(workdir, "metrics.jsonl")
     if paths.exists(history_path):

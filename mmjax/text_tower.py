@@ -80,7 +80,9 @@ class TextTransformer(nnx.Module):
         self.pooling, self.mask_padding = pooling, mask_padding
         self.dtype = dtype
 
-    def __call__(self, tokens: jax.Array):
+    def __call__(self, tokens: jax.Array, rng: jax.Array | None = None):
+        """`rng` (training) is unused: the text tower draws nothing."""
+        del rng
         if tokens.shape[1] > self.context_length:
             raise ValueError(f"Text of length {tokens.shape[1]} exceeds the tower's context "
                              f"length {self.context_length}; tokenise with that context length.")

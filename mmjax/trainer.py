@@ -19,9 +19,18 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mmjax import accumulation, checkpoint, losses, models, optim, preflight, sharding, tokenizers
+from mmjax import (accumulation, checkpoint, conventions, losses, models, optim, preflight,
+                   sharding, tokenizers)
 
-MODEL_INPUTS = {"image": 4, "tokens": 2}  # name -> ndim
+# Each modality's batch entry and its rank: images [B, H, W, 3], spectrograms [B, frames, mels],
+# token rows [B, L].
+MODALITY_NDIMS = {"image": 4, "audio": 3, "text": 2}
+
+
+def modality_inputs(model_config) -> dict[str, int]:
+    """The batch entries (name -> ndim) a model's towers take."""
+    return {conventions.BATCH_KEYS[m]: MODALITY_NDIMS[m]
+            for m in conventions.model_modalities(model_config)}
 
 
 def global_norm(tree) -> jax.Array:
@@ -139,10 +148,15 @@ class Trainer:
         return sharding.batch_sharding(self.mesh, self.rules, ndim)
 
     @property
+    def model_modalities(self) -> tuple[str, ...]:
+        return conventions.model_modalities(self.config.model)
+
+    @property
     def model_inputs(self) -> dict[str, int]:
         """The batch entries the train step takes (name -> ndim): the model's, and those the
         losses read (labels, for a classification loss)."""
-        return {**MODEL_INPUTS, **{key: 1 for key in self.objective.batch_keys}}
+        return {**modality_inputs(self.config.model),
+                **{key: 1 for key in self.objective.batch_keys}}
 
     def global_batch(self, local_batch: dict[str, np.ndarray], keys=None) -> dict:
         """This process's rows -> global arrays sharded along the batch axes."""
@@ -160,7 +174,7 @@ class Trainer:
         return nnx.merge(self.graphdef, params)
 
     def forward(self, params, batch, rng):
-        return self.model(params)(batch["image"], batch["tokens"], rng=rng)
+        return self.model(params)(batch, rng=rng)
 
     def step_rng(self, step: jax.Array) -> jax.Array:
         """The model's randomness at a step (negatives, masks): a function of seed and step

@@ -28,10 +28,12 @@ def test_ties_count_against_the_query():
 def test_retrieval_metrics_names_and_candidates():
     embeddings = np.eye(5)
     metrics = evaluators.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]])
-    assert metrics["num_candidates"] == 5
     assert metrics["i2t_recall@1"] == pytest.approx(0.6)
     assert metrics["t2i_recall@1"] == pytest.approx(0.6)
     assert metrics["i2t_recall@5"] == 1.0 and metrics["t2i_recall@10"] == 1.0
+    audio = evaluators.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]],
+                                         pair=("audio", "text"))
+    assert audio == {k.replace("i2t", "a2t").replace("t2i", "t2a"): v for k, v in metrics.items()}
 
 
 def test_zeroshot_with_prompt_ensemble():
@@ -39,8 +41,8 @@ def test_zeroshot_with_prompt_ensemble():
     def encode_texts(texts):  # "a cat" / "the cat" -> near e0; dog -> e1
         return np.array([[1.0, 0.1 * i] if "cat" in t else [0.1 * i, 1.0] for i, t in enumerate(texts)])
     context = evaluators.EvalContext(
-        image_embeddings=np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 0.2]]),
-        text_embeddings=np.zeros((3, 2)), labels=np.array([0, 1, 1]), class_names=classes,
+        embeddings={"image": np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 0.2]]),
+                    "text": np.zeros((3, 2))}, labels=np.array([0, 1, 1]), class_names=classes,
         prompt_templates=["a {}", "the {}"], encode_texts=encode_texts)
     assert evaluators.evaluate_zeroshot(context) == {
         "zeroshot_top1": pytest.approx(2 / 3),
@@ -58,7 +60,7 @@ def test_zeroshot_among_present_classes_only():
     # Each image is nearest to class 9 (absent from the labels), then to its own class.
     images = np.stack([directions[label] + 1.5 * directions[9] for label in (2, 5, 5)])
     context = evaluators.EvalContext(
-        image_embeddings=images, text_embeddings=np.zeros((3, 10)), labels=np.array([2, 5, 5]),
+        embeddings={"image": images, "text": np.zeros((3, 10))}, labels=np.array([2, 5, 5]),
         class_names=names, prompt_templates=["{}"], encode_texts=encode_texts)
     assert evaluators.evaluate_zeroshot(context)["zeroshot_top1"] == 0.0
     context.present_classes_only = True
@@ -107,7 +109,7 @@ def test_itm_accuracy_counts_positives_and_negatives_of_images_that_have_one():
     # 3 images: right on both pairs; wrong on its positive; no differing caption (no negative).
     match, no_match = [0.0, 1.0], [1.0, 0.0]
     context = evaluators.EvalContext(
-        image_embeddings=None, text_embeddings=None, labels=None, class_names=(),
+        embeddings={}, labels=None, class_names=(),
         prompt_templates=(), encode_texts=None, extra={
             "itm_positive": np.array([match, no_match, match]),
             "itm_negative": np.array([no_match, no_match, match]),
@@ -144,7 +146,7 @@ def test_matching_pairs_each_image_with_the_next_and_the_hardest_differing_capti
 
 def test_classification_accuracy():
     context = evaluators.EvalContext(
-        image_embeddings=None, text_embeddings=None, labels=np.array([2, 0, 1]),
+        embeddings={}, labels=np.array([2, 0, 1]),
         class_names=(), prompt_templates=(), encode_texts=None,
         extra={"class_logits": np.array([[0, 0, 5.0], [1.0, 0, 0], [1.0, 0, 0]])})
     assert evaluators.evaluate_classification(context) == {
