@@ -38,13 +38,23 @@ def _interpolate_grid(embedding: np.ndarray, old_grid, new_grid) -> np.ndarray:
     return np.asarray(resized).reshape(new_grid[0] * new_grid[1], -1)
 
 
+def square_grid(positions: int) -> tuple[tuple[int, int], int]:
+    """The (rows, columns) of a square image's patch grid from its position embeddings' count,
+    and the rows before the grid (1 with a class position)."""
+    for extra in (0, 1):
+        side = int(round((positions - extra) ** 0.5))
+        if side * side == positions - extra:
+            return (side, side), extra
+    raise ValueError(f"{positions} position embeddings are no square patch grid")
+
+
 def from_image_tower(image: dict[str, np.ndarray], audio: dict[str, tuple],
-                     image_grid: tuple[int, int], audio_grid: tuple[int, int]) -> dict:
+                     audio_grid: tuple[int, int]) -> dict:
     """An image tower's parameters (names relative to the tower) as the audio tower's, whose
     parameter shapes are `audio`. The patch embedding's RGB kernels are summed (AST does so: a
-    grey image's response is kept); the position embeddings are resampled from `image_grid` to
-    `audio_grid` (a class token's row is kept); every other parameter is copied and must have
-    the same shape (the same ViT size)."""
+    grey image's response is kept); the position embeddings are resampled from the image's
+    square patch grid to the spectrogram's `audio_grid` (a class token's row is kept); every
+    other parameter is copied and must have the same shape (the same ViT size)."""
     converted = {}
     for name, shape in audio.items():
         if name not in image:
@@ -59,7 +69,7 @@ def from_image_tower(image: dict[str, np.ndarray], audio: dict[str, tuple],
                                  "audio tower the image tower's patch size.")
             value = value.reshape(patch, patch, 3, -1).sum(axis=2).reshape(patch * patch, -1)
         elif name == "position_embedding":
-            extra = value.shape[0] - image_grid[0] * image_grid[1]  # a class position, if any
+            image_grid, extra = square_grid(value.shape[0])
             value = np.concatenate([value[:extra], _interpolate_grid(
                 value[extra:], image_grid, audio_grid)])
         if value.shape != tuple(shape):

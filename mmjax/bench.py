@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import host_memory, image_tower, text_tower, tokenizers
+from mmjax import conventions, host_memory, image_tower, text_tower, tokenizers
 from mmjax.trainer import Trainer
 
 # Dense bf16 peak TFLOP/s per device, matched against jax.Device.device_kind.
@@ -34,31 +34,49 @@ def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> floa
     return depth * (projections + attention)
 
 
-def forward_flops_per_example(config) -> dict[str, float]:
-    """Analytic forward matmul FLOPs per image-text pair, by part."""
-    model = config.model
-    vit = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in
+def vit_flops(tower, patches: int, channels: int, embed_dim: int) -> float:
+    """Forward matmul FLOPs per example of a ViT-like tower (image, audio) over `patches`."""
+    vit = image_tower.tower_shape(**{k: tower.get(k) for k in
                                      ("variant",) + image_tower.SHAPE_FIELDS})
+    # Patch dropout (FLIP): every patch is embedded, the blocks see only the kept ones.
+    kept = image_tower.patches_kept(patches, tower.get("patch_dropout", 0.0))
+    tokens = kept + (1 if tower.get("pooling") == "cls" else 0)
+    width = vit["width"]
+    flops = 2 * patches * vit["patch_size"] ** 2 * channels * width
+    flops += transformer_flops(tokens, width, vit["depth"], vit["mlp_dim"])
+    if tower.get("pooling", "map") == "map":
+        flops += 2 * 2 * width * width  # query and output projections of the one probe token
+        flops += 2 * 2 * tokens * width * width  # key and value projections of every token
+        flops += 2 * 2 * tokens * width + 2 * 2 * width * vit["mlp_dim"]
+    return flops + 2 * width * embed_dim
+
+
+def forward_flops_per_example(config) -> dict[str, float]:
+    """Analytic forward matmul FLOPs per example (an image-text pair, or a clip and its
+    caption...), by part: each tower, and the contrastive logits."""
+    model, parts = config.model, {}
+    modalities = conventions.model_modalities(model)
+    if "image" in modalities:
+        patch = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in (
+            "variant",) + image_tower.SHAPE_FIELDS})["patch_size"]
+        parts["image"] = vit_flops(model.image_tower, (config.data.image_size // patch) ** 2, 3,
+                                   model.embed_dim)
+    if "audio" in modalities:
+        patch = image_tower.tower_shape(**{k: model.audio_tower.get(k) for k in (
+            "variant",) + image_tower.SHAPE_FIELDS})["patch_size"]
+        frames, mels = config.data.audio.frames, config.data.audio.num_mels
+        parts["audio"] = vit_flops(model.audio_tower, (frames // patch) * (mels // patch), 1,
+                                   model.embed_dim)
     text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                      ("variant",) + text_tower.SHAPE_FIELDS})
-    patches = (config.data.image_size // vit["patch_size"]) ** 2
-    # Patch dropout (FLIP): every patch is embedded, the blocks see only the kept ones.
-    kept = image_tower.patches_kept(patches, model.image_tower.get("patch_dropout", 0.0))
-    image_tokens = kept + (1 if model.image_tower.get("pooling") == "cls" else 0)
-    width = vit["width"]
-    image = 2 * patches * vit["patch_size"] ** 2 * 3 * width
-    image += transformer_flops(image_tokens, width, vit["depth"], vit["mlp_dim"])
-    if model.image_tower.get("pooling", "map") == "map":
-        image += 2 * 2 * width * width  # query and output projections of the one probe token
-        image += 2 * 2 * image_tokens * width * width  # key and value projections of every token
-        image += 2 * 2 * image_tokens * width + 2 * 2 * width * vit["mlp_dim"]
-    image += 2 * width * model.embed_dim
     context = config.tokenizer.context_length
-    text_part = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
-    text_part += 2 * text["width"] * model.embed_dim
-    # The contrastive logits: 2 * B * B * D per batch, i.e. 2 * B * D per pair.
-    logits = 2 * config.batch_size * model.embed_dim
-    return {"image": image, "text": text_part, "logits": logits}
+    parts["text"] = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
+    parts["text"] += 2 * text["width"] * model.embed_dim
+    # The contrastive logits: 2 * B * B * D per batch and modality pair, i.e. 2 * B * D per
+    # example and pair.
+    pairs = len(conventions.contrastive_pairs(model, config.get("contrastive_pairs", ())))
+    parts["logits"] = 2 * config.batch_size * model.embed_dim * pairs
+    return parts
 
 
 def peak_tflops(device) -> float | None:
@@ -70,8 +88,8 @@ def peak_tflops(device) -> float | None:
 
 
 def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
-    """Random images and token rows laid out as the tokenizer lays out texts (and labels, if a
-    loss reads them), made directly on the devices."""
+    """Random images, spectrograms and token rows laid out as the tokenizer lays out texts (and
+    labels, if a loss reads them): what the model's towers take, made directly on the devices."""
     config, tokenizer = trainer.config, trainer.tokenizer
     batch, size = config.batch_size, config.data.image_size
     context = tokenizer.context_length
@@ -86,10 +104,12 @@ def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
         positions = jnp.arange(context)[None]
         tokens = jnp.where(positions == lengths, tokenizer.eot_id,
                            jnp.where(positions > lengths, tokenizer.pad_id, tokens))
-        made = {"image": images, "tokens": tokens.at[:, 0].set(tokenizer.bos_id)}
+        made = {"image": images, "tokens": tokens.at[:, 0].set(tokenizer.bos_id),
+                "audio": jax.random.normal(keys[3], (batch, config.data.audio.frames,
+                                                     config.data.audio.num_mels), jnp.bfloat16)}
         if "label" in trainer.model_inputs:
             made["label"] = jax.random.randint(keys[3], (batch,), 0, 2)
-        return made
+        return {k: made[k] for k in trainer.model_inputs}
 
     return jax.jit(make, out_shardings={k: trainer.batch_sharding(ndim)
                                         for k, ndim in trainer.model_inputs.items()})()
@@ -140,7 +160,8 @@ def run(config, steps: int, warmup_steps: int) -> dict[str, float | str | None]:
         "image_size": config.data.image_size,
         "dtype": config.model.dtype,
         "remat": config.model.remat,
-        "patch_dropout": config.model.image_tower.get("patch_dropout", 0.0),
+        "modalities": "-".join(conventions.model_modalities(config.model)),
+        "patch_dropout": (config.model.image_tower or {}).get("patch_dropout", 0.0),
         "attention": config.model.get("attention_implementation") or "xla",
         "step_seconds": step_seconds,
         "pairs_per_second": config.batch_size / step_seconds,

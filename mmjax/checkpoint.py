@@ -105,9 +105,14 @@ def find_checkpoint(path: str) -> tuple[str, int]:
     )
 
 
+def flat_params(params) -> dict[str, Any]:
+    """Parameter name -> array (or abstract array) of a model's nnx parameters."""
+    return _flat(nnx.to_pure_dict(params))
+
+
 def parameter_shapes(params) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of a model's (possibly abstract) nnx parameters."""
-    return {name: tuple(leaf.shape) for name, leaf in _flat(nnx.to_pure_dict(params)).items()}
+    return {name: tuple(leaf.shape) for name, leaf in flat_params(params).items()}
 
 
 def saved_parameter_shapes(directory: str, step: int) -> dict[str, tuple[int, ...]]:

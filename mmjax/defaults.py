@@ -123,18 +123,18 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.scan_layers = False
     # Attention kernel: "xla" everywhere, "cudnn" for flash attention on NVIDIA GPUs (bf16).
     config.model.attention_implementation = "xla"
-    # The image tower (mmjax.models.IMAGE_TOWERS) and its size: a variant "SIZE/PATCH"; any of
+    # The image tower (mmjax.models.TOWERS["image"]) and its size: a variant "SIZE/PATCH"; any of
     # width, depth, mlp_dim, num_heads, patch_size given overrides the variant's.
     # patch_dropout: the share of patch tokens dropped at random in training (FLIP; the class
     # token is always kept, evaluation sees every patch); 0 keeps them all.
     config.model.image_tower = ml_collections.ConfigDict(dict(
         name="vit", variant="B/16", pooling="cls", patch_dropout=0.0,
         **_shape_fields(image=True)))
-    # The text tower (mmjax.models.TEXT_TOWERS), sized the same way; its context length and pad /
+    # The text tower (mmjax.models.TOWERS["text"]), sized the same way; its context length and pad /
     # end-of-text ids are the tokenizer's unless set here.
     config.model.text_tower = ml_collections.ConfigDict(dict(
         name="transformer", variant="clip", causal=True, **_shape_fields(image=False)))
-    # An audio tower (mmjax.models.AUDIO_TOWERS: "ast", a ViT over the log-mel spectrogram as a
+    # An audio tower (mmjax.models.TOWERS["audio"]: "ast", a ViT over the log-mel spectrogram as a
     # one-channel image), sized like the image tower; None: no audio. A model has the
     # modalities whose tower is set: image_tower=None and an audio tower make an audio-text model.
     config.model.audio_tower = placeholder(ml_collections.ConfigDict)
@@ -169,7 +169,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.frozen_params = ()
     # Start a new run from another run's checkpoint (a workdir or checkpoints/STEP folder), loading
     # the parameters under `params` (all if empty); the rest is initialised fresh.
-    config.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), params=()))
+    # audio_tower_from: a run whose image tower starts the audio tower (AST: patch kernels summed
+    # over RGB, position embeddings resampled to the spectrogram's patch grid).
+    config.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), params=(),
+                                                      audio_tower_from=placeholder(str)))
 
     # On CPUs: keep freed host memory for the next step (mmjax/host_memory.py) instead of
     # returning it to the system, so that each step does not page-fault its whole working set

@@ -38,7 +38,6 @@ TOWERS = {
     "audio": TowerKind({"ast": AudioSpectrogramTransformer}, "spectrogram_shape", 0xA0D1),
     "text": TowerKind({"transformer": TextTransformer}, "vocab_size", 0x7E27),
 }
-IMAGE_TOWERS, AUDIO_TOWERS, TEXT_TOWERS = (TOWERS[m].registry for m in ("image", "audio", "text"))
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -327,7 +326,8 @@ def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
     normalization = config.data.get("normalization", "minus_one_one")
     image_normalization(normalization)  # an unknown name fails here, before compiling
     model = model_cls(vocab_size=vocab_size, image_size=config.data.image_size,
-                      spectrogram_shape=spectrogram_shape(config),
+                      spectrogram_shape=(spectrogram_shape(config) if kwargs.get("audio_tower")
+                                         else None),
                       rngs=nnx.Rngs(config.seed if seed is None else seed), **kwargs)
     if "image" in model.modalities:
         model.image_tower.input_normalization = normalization

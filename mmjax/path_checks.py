@@ -25,6 +25,14 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
               "give a trained run's workdir, its checkpoints/ folder or a checkpoints/STEP folder")
     elif init_from and shapes is not None:
         _init_from_shapes(c, shapes)
+    audio_from = config.init_from.get("audio_tower_from")
+    if audio_from and not _find(audio_from):
+        c.add("config.init_from.audio_tower_from", "holds no mmjax checkpoint",
+              "give a trained run's workdir (its image tower starts the audio tower)")
+    elif audio_from and shapes is not None and not any(n.startswith("audio_tower/")
+                                                       for n in shapes):
+        c.add("config.init_from.audio_tower_from", "the model has no audio tower to start",
+              "set config.model.audio_tower, or unset this")
     if needs_teacher:
         teacher = config.distill.get("teacher")
         if not teacher or not _find(teacher):

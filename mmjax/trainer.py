@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mmjax import (accumulation, checkpoint, conventions, losses, models, optim, preflight,
+from mmjax import (accumulation, audio_tower, checkpoint, conventions, losses, models, optim, preflight,
                    sharding, tokenizers)
 
 # Each modality's batch entry and its rank: images [B, H, W, 3], spectrograms [B, frames, mels],
@@ -130,7 +130,25 @@ class Trainer:
             if jax.process_index() == 0:
                 print(f"Initialised {list(prefixes) or 'all parameters'} from {init_from}.",
                       flush=True)
+        audio_from = self.config.init_from.get("audio_tower_from")
+        if audio_from:
+            state["params"] = self._audio_tower_from(state["params"], audio_from)
         return state, None
+
+    def _audio_tower_from(self, params, source: str):
+        """`params` with the audio tower started from `source`'s image tower (AST)."""
+        loaded = checkpoint.load_params(source)
+        image = {n.removeprefix("image_tower/"): v for n, v in loaded.items()
+                 if n.startswith("image_tower/")}
+        shapes = {n.removeprefix("audio_tower/"): s for n, s in
+                  checkpoint.parameter_shapes(params).items() if n.startswith("audio_tower/")}
+        grid = nnx.eval_shape(self._build_model).audio_tower.grid
+        converted = audio_tower.from_image_tower(image, shapes, grid)
+        params = checkpoint.merge_params(params, {f"audio_tower/{n}": v for n, v in
+                                                  converted.items()}, ("audio_tower",), source)
+        if jax.process_index() == 0:
+            print(f"Initialised the audio tower from {source}'s image tower.", flush=True)
+        return params
 
     def restore(self, manager, step: int) -> dict[str, Any]:
         """A checkpoint's train state laid out for this trainer's mesh, whatever mesh saved it."""
