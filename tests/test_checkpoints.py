@@ -202,7 +202,8 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
     evaluator = evaluation.Evaluation(trainer)
     batch = next(evaluation.open_eval_data(evaluator).batches())
     expected = jax.device_get(evaluator.encode_step(
-        state["params"], trainer.global_batch(batch, keys=tuple(evaluation.EVAL_INPUTS))))
+        state["params"], trainer.global_batch(batch, keys=tuple(
+            evaluation.eval_inputs(trainer.config)))))
     np.testing.assert_allclose(model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5)
 
