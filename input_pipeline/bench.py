@@ -129,6 +129,8 @@ def time_mmjax(shards_dir: str, preprocess: str, *, batch_size: int, batches: in
         batch_size=batch_size, seed=0,
         data=dict(train=f"shards:{shards_dir}:train", image_size=224, normalization="clip",
                   train_preprocess=preprocess),
+        # The loader feeds an image-text model: images and token rows.
+        model=dict(image_tower=dict(name="vit"), text_tower=dict(name="transformer")),
     ))
     tokenizer = tokenizers.build_tokenizer(ml_collections.ConfigDict(CLIP_BPE_TOKENIZER))
     iterator = pipeline.train_batches(config, tokenizer)
