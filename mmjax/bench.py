@@ -34,10 +34,12 @@ def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> floa
     return depth * (projections + attention)
 
 
-def vit_flops(tower, patches: int, channels: int, embed_dim: int) -> float:
-    """Forward matmul FLOPs per example of a ViT-like tower (image, audio) over `patches`."""
+def vit_flops(tower, input_shape: tuple[int, int], channels: int, embed_dim: int) -> float:
+    """Forward matmul FLOPs per example of a ViT-like tower (image, audio) over an input of
+    `input_shape` (rows, columns) with `channels`."""
     vit = image_tower.tower_shape(**{k: tower.get(k) for k in
                                      ("variant",) + image_tower.SHAPE_FIELDS})
+    patches = (input_shape[0] // vit["patch_size"]) * (input_shape[1] // vit["patch_size"])
     # Patch dropout (FLIP): every patch is embedded, the blocks see only the kept ones.
     kept = image_tower.patches_kept(patches, tower.get("patch_dropout", 0.0))
     tokens = kept + (1 if tower.get("pooling") == "cls" else 0)
@@ -57,15 +59,11 @@ def forward_flops_per_example(config) -> dict[str, float]:
     model, parts = config.model, {}
     modalities = conventions.model_modalities(model)
     if "image" in modalities:
-        patch = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in (
-            "variant",) + image_tower.SHAPE_FIELDS})["patch_size"]
-        parts["image"] = vit_flops(model.image_tower, (config.data.image_size // patch) ** 2, 3,
-                                   model.embed_dim)
+        size = config.data.image_size
+        parts["image"] = vit_flops(model.image_tower, (size, size), 3, model.embed_dim)
     if "audio" in modalities:
-        patch = image_tower.tower_shape(**{k: model.audio_tower.get(k) for k in (
-            "variant",) + image_tower.SHAPE_FIELDS})["patch_size"]
-        frames, mels = config.data.audio.frames, config.data.audio.num_mels
-        parts["audio"] = vit_flops(model.audio_tower, (frames // patch) * (mels // patch), 1,
+        parts["audio"] = vit_flops(model.audio_tower, (config.data.audio.frames,
+                                                       config.data.audio.num_mels), 1,
                                    model.embed_dim)
     text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                      ("variant",) + text_tower.SHAPE_FIELDS})
@@ -94,7 +92,7 @@ def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
     batch, size = config.batch_size, config.data.image_size
     context = tokenizer.context_length
     vocab = config.model.get("vocab_size") or tokenizer.vocab_size
-    keys = jax.random.split(jax.random.key(seed), 4)
+    keys = jax.random.split(jax.random.key(seed), 5)
 
     def make():
         images = jax.random.randint(keys[0], (batch, size, size, 3), 0, 256).astype(jnp.uint8)
@@ -105,7 +103,7 @@ def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
         tokens = jnp.where(positions == lengths, tokenizer.eot_id,
                            jnp.where(positions > lengths, tokenizer.pad_id, tokens))
         made = {"image": images, "tokens": tokens.at[:, 0].set(tokenizer.bos_id),
-                "audio": jax.random.normal(keys[3], (batch, config.data.audio.frames,
+                "audio": jax.random.normal(keys[4], (batch, config.data.audio.frames,
                                                      config.data.audio.num_mels), jnp.bfloat16)}
         if "label" in trainer.model_inputs:
             made["label"] = jax.random.randint(keys[3], (batch,), 0, 2)
