@@ -70,7 +70,8 @@ def convert_unit(indexed_unit, *, staging: str, split: str, check_images: bool,
             summary["left_out"][reason].append(why)
             continue
         tokens = tokenizer(item.captions) if tokenizer else None
-        writer.write(shards.encode_record(data, item.captions, 0, item.key, item.label, tokens))
+        writer.write(shards.encode_record(data, item.captions, 0, item.key, item.label, tokens,
+                                           modality=item.modality))
         summary["written"] += 1
         summary["captions"] += len(item.captions)
     writer.close()
@@ -97,16 +98,12 @@ def shard_plans(counts: list[int], examples_per_shard: int) -> list[tuple]:
 
 
 def _with_id(record: bytes, example_id: int) -> bytes:
-    """The record encoded again with its id (as the threaded converter encodes it)."""
+    """The record with its id set, serialized as the threaded converter serializes it."""
     import tensorflow as tf
 
-    feature = tf.train.Example.FromString(record).features.feature
-    tokens = (np.asarray(feature["tokens"].int64_list.value, np.int64)
-              if "tokens" in feature else None)
-    return shards.encode_record(feature["image"].bytes_list.value[0],
-                                [c.decode("utf-8") for c in feature["captions"].bytes_list.value],
-                                example_id, feature["key"].bytes_list.value[0].decode("utf-8"),
-                                int(feature["label"].int64_list.value[0]), tokens)
+    example = tf.train.Example.FromString(record)
+    example.features.feature["id"].int64_list.value[:] = [example_id]
+    return example.SerializeToString(deterministic=True)
 
 
 def write_shard(plan, *, staging: str, split: str) -> None:

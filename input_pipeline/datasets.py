@@ -147,7 +147,7 @@ class ShardsSource(RecordSource):
         self.num_examples = len(self.records)
         self.tokenized_with = self.records.tokenized_with
         # Records carry their id (and, tokenized, their captions' ids); no class names.
-        keys = ("image", "captions", "label", "id") + (
+        keys = ("image", "audio", "captions", "label", "id") + (
             ("caption_tokens",) if self.tokenized_with else ())
         self.adapter = Adapter(to_example=lambda record, index: {k: record[k] for k in keys})
 

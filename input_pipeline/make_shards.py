@@ -1,11 +1,13 @@
-"""Converts users' captioned images into mmjax shards (see input_pipeline/shards.py).
+"""Converts users' captioned images and sounds into mmjax shards (see input_pipeline/shards.py).
 
     python -m input_pipeline.make_shards --input=captions.csv --output_dir=/data/my_shards
     python -m input_pipeline.make_shards --input='/data/laion/*.tar' --output_dir=/data/laion \
         --beam_options='--direct_num_workers=16'
 
-Inputs (input_pipeline/sources.py): a CSV or JSONL table, a folder of images with .txt
-captions, webdataset .tar shards as img2dataset writes them, or parquet files.
+Inputs (input_pipeline/sources.py): a CSV or JSONL table, a folder of images or sounds with .txt
+captions, webdataset .tar shards as img2dataset writes them, or parquet files. Sounds are
+stored as 16-bit PCM WAV, which tf.data decodes: FLAC, OGG, MP3 and other WAV encodings are
+converted here, once; a sound that does not decode is left out and counted as undecodable.
 
 Examples stream from the reader to the shard writer a window at a time, so memory does not grow
 with the dataset. Images are copied as they are (never re-encoded); by default each is decoded
@@ -64,9 +66,9 @@ class Progress:
                 eta = (self.total - self.done) / max(rate, 1e-9)
                 filled = int(30 * self.done / max(self.total, 1))
                 self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/"
-                                  f"{self.total} images, {rate:.0f}/s, ETA {eta:.0f}s ")
+                                  f"{self.total} examples, {rate:.0f}/s, ETA {eta:.0f}s ")
             else:
-                self.stream.write(f"\r{self.done} images, {rate:.0f}/s ")
+                self.stream.write(f"\r{self.done} examples, {rate:.0f}/s ")
             self.stream.flush()
 
     def close(self) -> None:
@@ -74,12 +76,16 @@ class Progress:
 
 
 def load_example(example: sources.Example, check_images: bool) -> tuple[bytes | None, str, str]:
-    """(bytes or None, the left_out list it goes to, why)."""
+    """(bytes or None, the left_out list it goes to, why). Sounds are always decoded: those
+    that are not 16-bit PCM WAV are converted to it."""
     try:
         data = example.load()
     except OSError as e:
         return None, "unreadable", f"{example.key}: {e.strerror or e}"
-    problem = sources.check_decodes(data) if check_images else None
+    if example.modality == "audio":
+        data, problem = sources.as_wav(data)
+    else:
+        problem = sources.check_decodes(data) if check_images else None
     if problem:
         return None, "undecodable", f"{example.key}: {problem}"
     return data, "", ""
@@ -105,7 +111,8 @@ class SplitWriter:
                                             shards.WRITER_OPTIONS)
         tokens = self.tokenizer(example.captions) if self.tokenizer else None
         self.writer.write(shards.encode_record(data, example.captions, self.state["written"],
-                                               example.key, example.label, tokens))
+                                               example.key, example.label, tokens,
+                                               modality=example.modality))
         self.state["written"] += 1
         self.state["captions"] += len(example.captions)
         if self.state["written"] % self.examples_per_shard == 0:
@@ -235,7 +242,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     if progress:
         progress.close()
     if sum(s["written"] for s in states.values()) == 0:
-        raise ValueError(f"{input_path} has no usable captioned images.")
+        raise ValueError(f"{input_path} has no usable captioned images or sounds.")
     return _move_into_place(input_path, output_dir, staging, states, fingerprint, identity,
                             quiet)
 
@@ -275,7 +282,7 @@ def _move_into_place(input_path, output_dir, staging, states, fingerprint, ident
     paths.write_text(metadata_path, json.dumps(metadata, indent=2))
     if not quiet:
         for split, info in sorted(split_info.items()):
-            print(f"{split}: {info['num_examples']} images, {info['num_captions']} captions, "
+            print(f"{split}: {info['num_examples']} examples, {info['num_captions']} captions, "
                   f"{len(info['files'])} file(s)")
         for what, keys in left_out.items():
             if keys:

@@ -170,14 +170,15 @@ def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
 def describe_data(config, spec: str, default_split: str,
                   sample_size: int = 256) -> data_checks.DataFacts:
     """What the preflight checks of a dataset, from `sample_size` records spread over it: size,
-    labels, class names and every caption of the sampled examples. Bad records are left out
+    labels, class names, every caption of the sampled examples and what they hold (images,
+    sounds). Bad records are left out
     (the pipeline skips them too)."""
     parsed = datasets.parse_spec(spec, default_split)
     source = datasets.open_source(parsed, _data_dir(config))
     indices = np.unique(np.linspace(0, source.num_examples - 1, min(sample_size,
                                                                      source.num_examples))
                         .astype(np.int64))
-    captions, labels = [], []
+    captions, labels, media = [], [], set()
     for index, record in zip(indices, source.fetch(indices)):
         try:
             example = source.decode(tf.constant(record), tf.constant(index))
@@ -185,12 +186,14 @@ def describe_data(config, spec: str, default_split: str,
             continue
         captions += [c.decode("utf-8") for c in example["captions"].numpy() if c.strip()]
         labels.append(int(example["label"]))
+        media.update(m for m in MEDIA if m in example and len(example[m].numpy()))
     return data_checks.DataFacts(
         spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
         class_names=source.adapter.class_names, captions=tuple(captions),
-        tokenized_with=source.tokenized_with)
+        tokenized_with=source.tokenized_with,
+        modalities=tuple(sorted(media)) + ("text",) if labels else None)
 
 
 def preprocess_error(config, chain: str) -> str | None:

@@ -3,7 +3,8 @@
     DIR/metadata.json                      counts per split, the files, what the converter skipped
     DIR/train-00000-of-00004.array_record  records in id order: id i is record i of the split
 
-A record holds `image` (the original encoded bytes, never re-encoded), `captions` (one or more),
+A record holds `image` (the original encoded bytes, never re-encoded) or, for a sound, `audio`
+(16-bit PCM WAV: WAV files as they are, other formats converted), `captions` (one or more),
 `id` (its index in the split), `key` (where it came from: the image path) and `label` (-1 when
 the source has none). `python -m input_pipeline.make_shards` writes them.
 """
@@ -23,7 +24,9 @@ METADATA = "metadata.json"
 WRITER_OPTIONS = "group_size:1"
 
 FEATURES = {
-    "image": tf.io.FixedLenFeature([], tf.string),
+    # One of the two per record; the other reads as empty.
+    "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "audio": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "captions": tf.io.VarLenFeature(tf.string),
     "id": tf.io.FixedLenFeature([], tf.int64),
     "key": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -38,14 +41,15 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
-                  label: int = -1, tokens=None) -> bytes:
+def encode_record(media: bytes, captions: list[str], example_id: int, key: str,
+                  label: int = -1, tokens=None, modality: str = "image") -> bytes:
+    """`media`: the encoded image, or WAV bytes with modality="audio"."""
     feature = tf.train.Feature
     extra = {} if tokens is None else {
         "tokens": feature(int64_list=tf.train.Int64List(value=[int(t) for t in tokens.ravel()]))}
     return tf.train.Example(features=tf.train.Features(feature={
         **extra,
-        "image": feature(bytes_list=tf.train.BytesList(value=[image])),
+        modality: feature(bytes_list=tf.train.BytesList(value=[media])),
         "captions": feature(bytes_list=tf.train.BytesList(value=[c.encode("utf-8")
                                                                    for c in captions])),
         "id": feature(int64_list=tf.train.Int64List(value=[example_id])),
@@ -58,7 +62,8 @@ def encode_record(image: bytes, captions: list[str], example_id: int, key: str,
 
 def decode_record(serialized: tf.Tensor, context_length: int | None = None
                   ) -> dict[str, tf.Tensor]:
-    """In-graph: a serialized record -> image (encoded), captions [K], id, key, label, and with
+    """In-graph: a serialized record -> image (encoded) and audio (WAV; one of them empty),
+    captions [K], id, key, label, and with
     the shards' `context_length` (tokenized shards), caption_tokens [K, context_length]."""
     parsed = tf.io.parse_single_example(serialized, FEATURES)
     parsed["captions"] = tf.sparse.to_dense(parsed["captions"], default_value="")

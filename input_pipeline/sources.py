@@ -1,15 +1,18 @@
-"""What `make_shards` reads: captioned images in the layouts users and real datasets have them.
+"""What `make_shards` reads: captioned images and sounds in the layouts users and real datasets
+have them.
 
-- A CSV table with a header: `image` (a path relative to the file) and `caption`; optional
-  `split` (default "train") and `label` (an integer). Rows naming one image give it several
-  captions.
+- A CSV table with a header: `image` (a path relative to the file) or `audio` (a sound file's),
+  and `caption`; optional `split` (default "train") and `label` (an integer). Rows naming one
+  file give it several captions.
 - JSONL: one object per line with the same keys; `caption` may be a list (or use `captions`).
 - Karpathy's caption splits (`dataset_flickr30k.json`, `dataset_coco.json`): a .json beside
   the images; its splits (train, val, test, restval) and five captions per image come along.
-- A folder: every image (jpg, jpeg, png, gif, bmp, webp) with a same-named .txt beside it, one
-  caption per line; images under a top-level train/, validation/ or test/ folder go there.
-- webdataset `.tar` shards as img2dataset writes them (`KEY.jpg|png|webp` + `KEY.txt`, optional
-  `KEY.json`): a folder of them or a glob. Streamed member by member.
+- A folder: every image (jpg, jpeg, png, gif, bmp, webp) or sound (wav, flac, ogg, mp3) with a
+  same-named .txt beside it, one caption per line; files under a top-level train/, validation/
+  or test/ folder go there.
+- webdataset `.tar` shards as img2dataset writes them (`KEY.jpg|png|webp`, or a sound
+  `KEY.flac|wav|...`, + `KEY.txt`, optional `KEY.json`): a folder of them or a glob. Streamed
+  member by member.
 - Parquet files (a file, a folder or a glob) with image bytes and caption columns, img2dataset's
   names by default (`jpg`, `caption`, `key`). Streamed a row group at a time.
 
@@ -30,6 +33,7 @@ import tarfile
 from typing import Iterator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SPLIT_FOLDERS = ("train", "validation", "test")
 
 
@@ -39,13 +43,14 @@ class Example:
     captions: list[str]
     split: str = "train"
     label: int = -1
-    image_path: str | None = None  # read when loaded, or
+    path: str | None = None  # read when loaded, or
     data: bytes | None = None  # already read (tar members, parquet cells)
+    modality: str = "image"  # or "audio"
 
     def load(self) -> bytes:
         if self.data is not None:
             return self.data
-        with open(self.image_path, "rb") as f:
+        with open(self.path, "rb") as f:
             return f.read()
 
 
@@ -146,10 +151,11 @@ def _files_under(directory: str) -> list[str]:
                   for name in names)
 
 
-def _add(examples: dict, key, base: str, captions, split: str, label) -> None:
+def _add(examples: dict, key, base: str, captions, split: str, label,
+         modality: str = "image") -> None:
     split = split or "train"
-    example = examples.setdefault((split, key), Example(key, [], split,
-                                                        image_path=os.path.join(base, key)))
+    example = examples.setdefault((split, key), Example(key, [], split, modality=modality,
+                                                        path=os.path.join(base, key)))
     example.captions.extend(captions)
     if label not in (None, ""):
         example.label = int(label)
@@ -170,8 +176,9 @@ def read_karpathy(path: str, data: dict) -> list[Example]:
 
 
 def read_table(path: str) -> list[Example]:
-    """Rows of a CSV or JSONL file, merged per (split, image), in first-appearance order; a
-    .json of Karpathy's caption splits (Flickr30k, COCO) is read as such."""
+    """Rows of a CSV or JSONL file, merged per (split, file), in first-appearance order; a
+    .json of Karpathy's caption splits (Flickr30k, COCO) is read as such. A row names its file
+    in `image` or, for a sound, `audio`."""
     base = os.path.dirname(os.path.abspath(path))
     examples: dict = {}
     if path.endswith(".json"):
@@ -185,14 +192,13 @@ def read_table(path: str) -> list[Example]:
     if path.endswith(".csv"):
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            missing = {"image", "caption"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{path} lacks the column(s) {sorted(missing)}; it has "
-                                 f"{reader.fieldnames}. Name them image and caption (optional: "
-                                 "split, label).")
+            modality = _media_key(reader.fieldnames or ())
+            if modality is None or "caption" not in (reader.fieldnames or ()):
+                raise ValueError(f"{path} needs the columns image (or audio) and caption; it has "
+                                 f"{reader.fieldnames}. Optional: split, label.")
             for row in reader:
-                _add(examples, row["image"], base, [row["caption"]], row.get("split"),
-                     row.get("label"))
+                _add(examples, row[modality], base, [row["caption"]], row.get("split"),
+                     row.get("label"), modality)
     else:
         with open(path, encoding="utf-8") as f:
             for line_number, line in enumerate(f, 1):
@@ -200,25 +206,33 @@ def read_table(path: str) -> list[Example]:
                     continue
                 row = json.loads(line)
                 captions = row.get("captions", row.get("caption"))
-                if "image" not in row or captions is None:
-                    raise ValueError(f"{path}:{line_number} needs the keys image and caption "
-                                     f"(or captions); it has {sorted(row)}.")
+                modality = _media_key(row)
+                if modality is None or captions is None:
+                    raise ValueError(f"{path}:{line_number} needs the keys image (or audio) and "
+                                     f"caption (or captions); it has {sorted(row)}.")
                 captions = [captions] if isinstance(captions, str) else list(captions)
-                _add(examples, row["image"], base, captions, row.get("split"), row.get("label"))
+                _add(examples, row[modality], base, captions, row.get("split"),
+                     row.get("label"), modality)
     return list(examples.values())
 
 
+def _media_key(keys) -> str | None:
+    """Which of `image` and `audio` a table's rows name their file in (None: neither)."""
+    return next((k for k in ("image", "audio") if k in keys), None)
+
+
 def read_folder(directory: str) -> tuple[list[Example], list[str]]:
-    """Images with a same-named .txt; the second list names images that have none."""
+    """Images and sounds with a same-named .txt; the second list names those that have none."""
     examples, uncaptioned = [], []
     for root, dirs, files in os.walk(directory):
         dirs.sort()
         for name in sorted(files):
             stem, extension = os.path.splitext(name)
-            if extension.lower() not in IMAGE_EXTENSIONS:
+            modality = _modality_of(extension)
+            if modality is None:
                 continue
-            image_path = os.path.join(root, name)
-            key = os.path.relpath(image_path, directory)
+            file_path = os.path.join(root, name)
+            key = os.path.relpath(file_path, directory)
             caption_path = os.path.join(root, stem + ".txt")
             if not os.path.exists(caption_path):
                 uncaptioned.append(key)
@@ -227,8 +241,14 @@ def read_folder(directory: str) -> tuple[list[Example], list[str]]:
                 captions = [line.strip() for line in f if line.strip()]
             top = key.split(os.sep)[0]
             split = top if top in SPLIT_FOLDERS and top != key else "train"
-            examples.append(Example(key, captions, split, image_path=image_path))
+            examples.append(Example(key, captions, split, path=file_path, modality=modality))
     return examples, uncaptioned
+
+
+def _modality_of(extension: str) -> str | None:
+    extension = extension.lower()
+    return ("image" if extension in IMAGE_EXTENSIONS else
+            "audio" if extension in AUDIO_EXTENSIONS else None)
 
 
 def read_tar(path: str) -> Iterator[Example | LeftOut]:
@@ -258,9 +278,10 @@ def read_tar(path: str) -> Iterator[Example | LeftOut]:
 def _tar_example(tar_name: str, key: str | None, group: dict) -> Iterator[Example | LeftOut]:
     if key is None:
         return
-    image = next((group[e] for e in ("jpg", "jpeg", "png", "webp") if e in group), None)
-    if image is None:
-        return  # not an image sample (webdataset shards may hold other members)
+    media = next(((group[e], _modality_of("." + e)) for e in group if _modality_of("." + e)),
+                 None)
+    if media is None:
+        return  # neither an image nor a sound (webdataset shards may hold other members)
     captions = []
     if "txt" in group:
         captions = [line.strip() for line in group["txt"].decode("utf-8", "replace").splitlines()
@@ -271,7 +292,7 @@ def _tar_example(tar_name: str, key: str | None, group: dict) -> Iterator[Exampl
     if not captions:
         yield LeftOut("no_caption_file", f"{tar_name}/{key}")
         return
-    yield Example(f"{tar_name}/{key}", captions, data=image)
+    yield Example(f"{tar_name}/{key}", captions, data=media[0], modality=media[1])
 
 
 def read_parquet(path: str, columns: ParquetColumns) -> Iterator[Example | LeftOut]:
@@ -312,3 +333,27 @@ def check_decodes(data: bytes) -> str | None:
         # Without the BytesIO's address, so the same input gives the same metadata.json.
         return f"{type(e).__name__}: " + re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(e))
     return None
+
+
+def as_wav(data: bytes) -> tuple[bytes | None, str | None]:
+    """(16-bit PCM WAV bytes, None), or (None, why not) for audio that does not decode or holds
+    no samples. A 16-bit PCM WAV comes back as it is; any other format libsndfile reads (FLAC,
+    OGG, MP3, float or 24-bit WAV) is decoded and written as 16-bit PCM WAV, which tf.data
+    decodes, at its own rate and channels (the pipeline resamples and mixes down)."""
+    import soundfile
+
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            if f.frames == 0:
+                return None, "no samples"
+            samples = f.read(dtype="int16", always_2d=True)
+            rate, kind = f.samplerate, (f.format, f.subtype)
+    except Exception as e:  # libsndfile's errors come as several kinds
+        return None, f"{type(e).__name__}: {e}"
+    if len(samples) == 0:
+        return None, "no samples"
+    if kind == ("WAV", "PCM_16"):
+        return data, None
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue(), None

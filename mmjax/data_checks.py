@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mmjax import evaluators, tokenizers
+from mmjax import conventions, evaluators, tokenizers
 
 # More unknown tokens, or more truncated captions, than these shares stops the run.
 MAX_UNKNOWN_TOKEN_SHARE = 0.02
@@ -33,6 +33,8 @@ class DataFacts:
     class_names: tuple[str, ...]
     captions: tuple[str, ...]  # every caption of the sampled examples
     tokenized_with: dict | None = None  # shards tokenized at conversion: tokenizers.identity
+    # What the sampled examples hold (conventions.MODALITIES); None when none could be read.
+    modalities: tuple[str, ...] | None = None
 
 
 class DataAccess(Protocol):
@@ -89,10 +91,12 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
         if error:
             c.add(f"config.data.{field}", error.rstrip("."), "see README, Preprocessing")
     described: dict[tuple[str, str], DataFacts | None] = {}
+    fields: dict[tuple[str, str], str] = {}
 
     def describe(field: str, spec: str, split: str) -> DataFacts | None:
         # Each dataset is read, or reported, once (the probe often reads the train data).
         if (spec, split) not in described:
+            fields[spec, split] = field
             try:
                 described[spec, split] = data.describe_data(config, spec, split)
             except (ValueError, FileNotFoundError, OSError) as e:
@@ -112,7 +116,16 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
             evaluated[s] = (describe(s.field, s.data, "test"),
                             describe(probe_field, s.probe_train, "train") if needs_probe
                             else None)
-    for facts in described.values():
+    wanted = conventions.model_modalities(config.model)
+    for key, facts in described.items():
+        missing = [m for m in wanted if facts is not None and facts.modalities is not None
+                   and m not in facts.modalities]
+        if missing:
+            c.add(fields[key], f"{facts.spec} holds no {' or '.join(missing)} (its examples have "
+                  f"{', '.join(facts.modalities)}) and the model's {missing[0]} tower reads one",
+                  f"give data with {missing[0]} (make_shards takes folders and tables of sounds "
+                  "as well as images), or a model without that tower "
+                  f"(config.model.{missing[0]}_tower=None)")
         if tokenizer is not None and facts is not None and facts.tokenized_with and (
                 facts.tokenized_with != tokenizers.identity(tokenizer)):
             theirs = facts.tokenized_with

@@ -41,22 +41,37 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int],
 
 def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
                       ks: Sequence[int] = (1, 5, 10), text_image: np.ndarray | None = None,
-                      pair: tuple[str, str] = ("image", "text")) -> dict[str, float]:
+                      pair: tuple[str, str] = ("image", "text"),
+                      same_caption: np.ndarray | None = None) -> dict[str, float]:
     """Recall@k both ways between two modalities' embeddings (image->text and text->image by
     default; `pair` names them: ("audio", "text") gives a2t_ and t2a_). Text t describes image
     `text_image[t]` (default: text i describes image i); an image with several texts is found
-    by any of them."""
+    by any of them. `same_caption[i]` (row-aligned, one text per item): items with the same
+    value have word-for-word the same caption, so each one's text is a right answer for the
+    others (generated datasets repeat captions; ranking one copy above another is a coin toss,
+    not an error); `caption_chance@1` is then recall@1 of a random ranking."""
     similarity = normalize(image_embeddings) @ normalize(text_embeddings).T
     if text_image is None:
         text_image = np.arange(similarity.shape[1])
     matches = np.arange(similarity.shape[0])[:, None] == np.asarray(text_image)[None, :]
-    a, b = (conventions.INITIALS[m] for m in pair)
     metrics = {}
+    if same_caption is not None:
+        same_caption = np.asarray(same_caption)
+        matches = same_caption[:, None] == same_caption[None, :]
+        metrics["caption_chance@1"] = float(matches.mean())
+    a, b = (conventions.INITIALS[m] for m in pair)
     for k, value in recall_at_k(similarity, ks, matches).items():
         metrics[f"{a}2{b}_recall@{k}"] = value
     for k, value in recall_at_k(similarity.T, ks, matches.T).items():
         metrics[f"{b}2{a}_recall@{k}"] = value
     return metrics
+
+
+def caption_groups(tokens: np.ndarray | None) -> np.ndarray | None:
+    """Per token row, the index of its distinct caption (None without tokens)."""
+    if tokens is None or len(tokens) == 0:
+        return None
+    return np.unique(np.asarray(tokens), axis=0, return_inverse=True)[1].reshape(-1)
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray,
@@ -136,6 +151,7 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
     several captions per example, text queries and candidates are all of them."""
     present = [m for m in conventions.MODALITIES if m in context.embeddings]
     metrics = {"num_candidates": float(len(next(iter(context.embeddings.values()))))}
+    groups = caption_groups(context.tokens)
     for i, first in enumerate(present):
         for second in present[i + 1:]:
             pair = (first, second)
@@ -145,8 +161,9 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
                     text_image=context.all_text_image, pair=pair))
                 metrics["num_texts"] = float(len(context.all_text_image))
             else:
-                metrics.update(retrieval_metrics(context.embeddings[first],
-                                                 context.embeddings[second], pair=pair))
+                metrics.update(retrieval_metrics(
+                    context.embeddings[first], context.embeddings[second], pair=pair,
+                    same_caption=groups if second == "text" else None))
     if "image" in context.embeddings and "text" in context.embeddings:  # the report's figures
         similarity = normalize(context.image_embeddings) @ normalize(context.text_embeddings).T
         queries = example_queries(len(similarity))
@@ -323,7 +340,7 @@ CAPTIONING = tuple(f"caption{kind}_{m}" for kind in ("", "_baseline")
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "retrieval": Evaluator(evaluate_retrieval, metrics=("num_candidates", "num_texts") + RECALL),
+    "retrieval": Evaluator(evaluate_retrieval, metrics=("num_candidates", "num_texts", "caption_chance@1") + RECALL),
     "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",), metrics=per_modality(
         "zeroshot_top1", "zeroshot_mean_per_class", "zeroshot_top5")),
     "captioning": Evaluator(

@@ -2,6 +2,7 @@
 tf.data."""
 
 import io
+import os
 import wave
 
 import numpy as np
@@ -183,3 +184,56 @@ def test_mmjax_sounds_builds_and_decodes_through_the_front_end(tmp_path):
     clip = chain(tf.constant(record["audio"]), tf.constant([0, 0]))
     np.testing.assert_allclose(clip["waveform"].numpy(), expected["waveform"], atol=1 / 32767)
     assert clip["spectrogram"].shape == (98, 80)
+
+
+def test_make_shards_keeps_a_wav_converts_a_flac_and_skips_a_corrupt_sound(tmp_path):
+    """A folder of sounds with .txt captions and a CSV with an `audio` column: the 16-bit WAV
+    is stored byte for byte, the FLAC (and a 24-bit WAV) become 16-bit WAV that the training
+    pipeline turns into the same spectrogram as the original, the corrupt file is left out and
+    counted, and nothing else is."""
+    import soundfile
+
+    from input_pipeline import datasets, make_shards, shards
+    from mmjax import tokenizers
+
+    rate, clip = 16_000, tone(440.0, 0.5, 16_000)
+    folder = tmp_path / "sounds" / "train"
+    folder.mkdir(parents=True)
+    (folder / "a.wav").write_bytes(wav_bytes(clip, rate))
+    soundfile.write(folder / "b.flac", clip, rate, subtype="PCM_16")
+    soundfile.write(folder / "c.wav", clip, rate, subtype="PCM_24")
+    (folder / "d.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot audio at all")
+    for name in "abcd":
+        (folder / f"{name}.txt").write_text(f"beep {name}\n")
+    metadata = make_shards.make_shards(str(tmp_path / "sounds"), str(tmp_path / "out"),
+                                       quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 3
+    assert [k.split(":")[0] for k in metadata["left_out"]["undecodable"]] == [
+        os.path.join("train", "d.wav")]
+    reader = shards.ShardsReader(str(tmp_path / "out"), "train")
+    records = [tf.train.Example.FromString(r).features.feature for r in reader.__getitems__(
+        [0, 1, 2])]
+    assert records[0]["audio"].bytes_list.value[0] == (folder / "a.wav").read_bytes()
+    assert not any("image" in r for r in records)
+
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("beep\na\nb\nc\n")
+    spec = datasets.parse_spec(f"shards:{tmp_path / 'out'}:train", "train")
+    media = {"audio": audio.spectrogram_media("decode_wav|crop_or_pad|log_mel", rate=rate,
+                                              frames=40, hop=160, frame_length=400,
+                                              num_mels=32)}
+    dataset = datasets.eval_dataset(datasets.open_source(spec, None),
+                                    tokenizers.WordTokenizer(4, str(vocabulary)),
+                                    global_batch_size=3, image_size=8, media=media)
+    batch = next(dataset.as_numpy_iterator())
+    spectrograms = batch["audio"].astype(np.float32)
+    assert spectrograms.shape == (3, 40, 32)
+    np.testing.assert_allclose(spectrograms[1], spectrograms[0], atol=0.02)  # FLAC == WAV
+    np.testing.assert_allclose(spectrograms[2], spectrograms[0], atol=0.02)  # 24-bit WAV
+
+    (tmp_path / "table.csv").write_text("audio,caption\nsounds/train/b.flac,a flac beep\n"
+                                        "sounds/train/d.wav,broken\n")
+    metadata = make_shards.make_shards(str(tmp_path / "table.csv"), str(tmp_path / "csv_out"),
+                                       quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 1
+    assert len(metadata["left_out"]["undecodable"]) == 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from input_pipeline import pipeline
 from mmjax import audio_tower, checkpoint, conventions, preflight, sharding
 from mmjax.image_tower import VisionTransformer
 from mmjax.trainer import Trainer
@@ -120,6 +121,11 @@ def test_the_preflight_names_modality_problems(tiny_config):
     config.losses = ml_collections.ConfigDict(dict(clip=1.0, caption=1.0))
     with pytest.raises(preflight.ConfigError, match="'caption' loss reads"):
         preflight.check(config)
+    # Its data are the tiny shapes: images and captions, no sound for the audio tower.
+    config.losses = ml_collections.ConfigDict(dict(clip=1.0))
+    with pytest.raises(preflight.ConfigError, match=r"config.data.train = '.*': tfds:mmjax_shapes/"
+                       r"tiny:train holds no audio \(its examples have image, text\)"):
+        preflight.check(config, data=pipeline)
 
 
 def test_a_run_starts_its_audio_tower_from_another_runs_image_tower(tiny_config, finished_run,

@@ -105,6 +105,22 @@ def test_retrieval_with_several_captions_per_image():
     assert metrics["t2i_recall@2"] == 1.0
 
 
+def test_identical_captions_are_right_answers_for_each_other():
+    """Clips 0 and 1 have word-for-word the same caption: their texts embed identically, so
+    either one is a right answer for both (a tie with the other copy must not count against
+    the query, as it would with only the diagonal)."""
+    audio = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
+    texts = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    strict = evaluators.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"))
+    assert strict["a2t_recall@1"] == pytest.approx(1 / 3)  # the copies tie: 0 and 1 miss
+    groups = evaluators.caption_groups(np.array([[5, 6, 0], [5, 6, 0], [7, 0, 0]]))
+    assert groups[0] == groups[1] != groups[2]
+    metrics = evaluators.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"),
+                                           same_caption=groups)
+    assert metrics["a2t_recall@1"] == 1.0 and metrics["t2a_recall@1"] == 1.0
+    assert metrics["caption_chance@1"] == pytest.approx((2 + 2 + 1) / 9)
+
+
 def test_itm_accuracy_counts_positives_and_negatives_of_images_that_have_one():
     # 3 images: right on both pairs; wrong on its positive; no differing caption (no negative).
     match, no_match = [0.0, 1.0], [1.0, 0.0]
