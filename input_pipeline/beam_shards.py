@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from input_pipeline import shards, sources
 
 # Records copied per read in pass 2: memory stays bounded whatever the shard size.
