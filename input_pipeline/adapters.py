@@ -10,11 +10,12 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import prompts, shapes, sounds
+from input_pipeline import prompts, shapes, sounds, triples
 
 EMBEDDED_DATASET = "mmjax_shapes"
 # The datasets generated on first use (never downloaded), by name: their builders' prepare.
-GENERATED_DATASETS = {EMBEDDED_DATASET: shapes.prepare, "mmjax_sounds": sounds.prepare}
+GENERATED_DATASETS = {EMBEDDED_DATASET: shapes.prepare, "mmjax_sounds": sounds.prepare,
+                      "mmjax_triples": triples.prepare}
 
 
 @dataclasses.dataclass
@@ -45,6 +46,13 @@ ADAPTERS = {
                                      "label": f["label"], "id": f["id"]},
         class_names=sounds.CLASS_NAMES,
         prompt_templates=sounds.PROMPT_TEMPLATES,
+    ),
+    "mmjax_triples": Adapter(
+        to_example=lambda f, index: {"image": f["image"], "audio": f["audio"],
+                                     "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["label"], "id": f["id"]},
+        class_names=triples.CLASS_NAMES,
+        prompt_templates=triples.PROMPT_TEMPLATES,
     ),
 }
 

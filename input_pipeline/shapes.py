@@ -16,6 +16,7 @@ import dataclasses
 import io
 import itertools
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -95,7 +96,23 @@ def render_example(split: str, index: int) -> dict:
     size = list(SIZES)[rng.integers(len(SIZES))]
     count = int(rng.integers(1, 4))
     position = POSITIONS[rng.integers(len(POSITIONS))]
+    return {
+        "id": index,
+        "image": render_image(color, shape, size, count, position, rng),
+        "caption": caption(color, shape, size, count, position),
+        "label": CLASS_PAIRS.index((color, shape)),
+        "unseen_combination": (color, shape) in HELD_OUT_PAIRS,
+    }
 
+
+def caption(color: str, shape: str, size: str, count: int, position: str) -> str:
+    noun = shape if count == 1 else PLURALS[shape]
+    return f"{COUNTS[count - 1]} {size} {color} {noun} {position}"
+
+
+def render_image(color: str, shape: str, size: str, count: int, position: str,
+                 rng: np.random.Generator) -> np.ndarray:
+    """[64, 64, 3] uint8: `count` objects over a noisy background, their jitter from `rng`."""
     background = rng.integers(0, 60, size=3)
     image = background + rng.normal(0, 8, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     radius = SIZES[size] * rng.uniform(0.85, 1.15)
@@ -110,17 +127,7 @@ def render_example(split: str, index: int) -> dict:
     rgb = np.asarray(COLORS[color]) + rng.integers(-20, 21, size=3)
     for cx, cy in centres:
         image[_shape_mask(shape, cx, cy, radius)] = rgb
-    image = np.clip(image, 0, 255).astype(np.uint8)
-
-    noun = shape if count == 1 else PLURALS[shape]
-    caption = f"{COUNTS[count - 1]} {size} {color} {noun} {position}"
-    return {
-        "id": index,
-        "image": image,
-        "caption": caption,
-        "label": CLASS_PAIRS.index((color, shape)),
-        "unseen_combination": (color, shape) in HELD_OUT_PAIRS,
-    }
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -146,13 +153,47 @@ class GeneratedConfig(tfds.core.BuilderConfig):
 
 
 class GeneratedSplits:
-    """For the builders of generated datasets (mmjax_shapes, mmjax_sounds): `train` and `test`
-    of the config's sizes, each example made by `_generate_examples(split, size)`."""
+    """For the builders of generated datasets (mmjax_shapes, mmjax_sounds, mmjax_triples):
+    `train` and `test` of the config's sizes. A builder names its `MEDIA` features (beside id,
+    caption, label and unseen_combination), `CLASS_NAMES`, and its module's
+    `render_example(split, index)`; `encode` turns a rendered example into stored features."""
+
+    MEDIA: dict = {}
+    CLASS_NAMES: tuple[str, ...] = ()
+    SUPERVISED_KEYS = None
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        module = sys.modules[type(self).__module__]
+        return self.dataset_info_from_configs(
+            description=module.__doc__,
+            features=tfds.features.FeaturesDict({
+                "id": np.int64, **self.MEDIA, "caption": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=self.CLASS_NAMES),
+                "unseen_combination": np.bool_,
+            }),
+            supervised_keys=self.SUPERVISED_KEYS,
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         sizes = {"train": self.builder_config.num_train, "test": self.builder_config.num_test}
         return {split: self._generate_examples(split, size) for split, size in sizes.items()}
+
+    def _generate_examples(self, split, size):
+        render = sys.modules[type(self).__module__].render_example
+        for index in range(size):
+            yield index, self.encode(render(split, index))
+
+    @staticmethod
+    def encode(example: dict) -> dict:
+        """Rendered media -> stored bytes: `image` as PNG, `waveform` as `audio` WAV bytes."""
+        from input_pipeline import sounds
+
+        if "image" in example:
+            example["image"] = io.BytesIO(encode_png(example["image"]))
+        if "waveform" in example:
+            example["audio"] = sounds.encode_wav(example.pop("waveform"))
+        return example
 
 
 def prepare_generated(builder_class, data_dir: str | None, config: str):
@@ -174,25 +215,9 @@ class MmjaxShapes(GeneratedSplits, tfds.core.GeneratorBasedBuilder):
         GeneratedConfig(name="tiny", description="For tests: 512 training and 128 test examples.",
                      num_train=512, num_test=128),
     ]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": np.int64,
-                "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                "caption": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "unseen_combination": np.bool_,
-            }),
-            supervised_keys=("image", "label"),
-        )
-
-    def _generate_examples(self, split, size):
-        for index in range(size):
-            example = render_example(split, index)
-            example["image"] = io.BytesIO(encode_png(example["image"]))
-            yield index, example
+    MEDIA = {"image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3))}
+    CLASS_NAMES = CLASS_NAMES
+    SUPERVISED_KEYS = ("image", "label")
 
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:

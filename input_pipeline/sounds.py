@@ -62,7 +62,20 @@ def render_example(split: str, index: int) -> dict:
     loudness = list(LOUDNESS)[rng.integers(len(LOUDNESS))]
     count = int(rng.integers(1, 4))
     timing = TIMINGS[rng.integers(len(TIMINGS))]
+    noun = "beep" if count == 1 else "beeps"
+    return {
+        "id": index,
+        "waveform": render_clip(waveform, register, loudness, count, timing, rng),
+        "caption": f"{COUNTS[count - 1]} {loudness} {register} {waveform} {noun} {timing}",
+        "label": CLASS_PAIRS.index((waveform, register)),
+        "unseen_combination": (waveform, register) in HELD_OUT_PAIRS,
+    }
 
+
+def render_clip(waveform: str, register: str, loudness: str, count: int, timing: str,
+                rng: np.random.Generator) -> np.ndarray:
+    """One second of float32 samples: `count` beeps over faint noise, pitch, level and onset
+    jittered from `rng`."""
     samples = rng.normal(0, 0.004, int(RATE * SECONDS))
     hz = REGISTERS[register] * rng.uniform(0.94, 1.06)
     beep = oscillator(waveform, hz, BEEP_SECONDS)
@@ -76,15 +89,7 @@ def render_example(split: str, index: int) -> dict:
     for k in range(count):
         first = int(round((start + k * (BEEP_SECONDS + GAP_SECONDS)) * RATE))
         samples[first:first + len(beep)] += beep
-
-    noun = "beep" if count == 1 else "beeps"
-    return {
-        "id": index,
-        "waveform": np.clip(samples, -1, 1).astype(np.float32),
-        "caption": f"{COUNTS[count - 1]} {loudness} {register} {waveform} {noun} {timing}",
-        "label": CLASS_PAIRS.index((waveform, register)),
-        "unseen_combination": (waveform, register) in HELD_OUT_PAIRS,
-    }
+    return np.clip(samples, -1, 1).astype(np.float32)
 
 
 def encode_wav(samples: np.ndarray, rate: int = RATE) -> bytes:
@@ -109,24 +114,8 @@ class MmjaxSounds(shapes.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
         shapes.GeneratedConfig(name="tiny", description="For tests: 256 training and 64 test clips.",
                      num_train=256, num_test=64),
     ]
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": np.int64,
-                "audio": tfds.features.Tensor(shape=(), dtype=np.object_),  # WAV bytes
-                "caption": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=CLASS_NAMES),
-                "unseen_combination": np.bool_,
-            }),
-        )
-
-    def _generate_examples(self, split, size):
-        for index in range(size):
-            example = render_example(split, index)
-            example["audio"] = encode_wav(example.pop("waveform"))
-            yield index, example
+    MEDIA = {"audio": tfds.features.Tensor(shape=(), dtype=np.object_)}  # WAV bytes
+    CLASS_NAMES = CLASS_NAMES
 
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:

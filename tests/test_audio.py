@@ -237,3 +237,48 @@ def test_make_shards_keeps_a_wav_converts_a_flac_and_skips_a_corrupt_sound(tmp_p
                                        quiet=True)
     assert metadata["splits"]["train"]["num_examples"] == 1
     assert len(metadata["left_out"]["undecodable"]) == 1
+
+
+def test_mmjax_triples_sound_what_the_image_shows():
+    """For 100 triples, measured from the samples and pixels: the clip has as many beeps as
+    the caption has objects, at the register of its colour, in the third of its position, at
+    the loudness of its size; the image is the shapes renderer's; held-out pairs only in test."""
+    from input_pipeline import shapes, sounds, triples
+
+    for index in range(100):
+        example = triples.render_example("train" if index % 2 else "test", index)
+        count, size, color, _, *position = example["caption"].split()
+        beeps = beeps_heard(example["waveform"], 16_000)
+        assert len(beeps) == shapes.COUNTS.index(count) + 1, example["caption"]
+        third = list(triples.POSITIONS).index(" ".join(position))
+        assert all(third / 3 - 0.01 <= onset < (third + 1) / 3 for onset, _, _ in beeps)
+        assert all((peak > 0.3) == (size == "large") for _, peak, _ in beeps)
+        register = triples.COLORS[color]
+        assert all(abs(hz / sounds.REGISTERS[register] - 1) < 0.07 for _, _, hz in beeps)
+        pixels = example["image"].reshape(-1, 3).astype(int)
+        colored = np.abs(pixels - shapes.COLORS[color]).max(axis=1) <= 20
+        assert colored.sum() > 20, example["caption"]  # the objects wear the caption's colour
+    train = {triples.CLASS_PAIRS[triples.render_example("train", i)["label"]] for i in range(300)}
+    assert not train & set(triples.HELD_OUT_PAIRS) and len(train) == 9
+
+
+def test_mmjax_triples_builds_with_image_and_sound_through_the_pipeline(tmp_path):
+    from input_pipeline import datasets, preprocess, triples
+    from mmjax import tokenizers
+
+    triples.prepare(str(tmp_path), "tiny")
+    source = datasets.open_source(datasets.parse_spec("tfds:mmjax_triples/tiny:test", "test"),
+                                  str(tmp_path))
+    media = {"image": preprocess.image_media("decode|resize", image_size=16,
+                                             normalization="minus_one_one"),
+             "audio": audio.spectrogram_media("decode_wav|crop_or_pad|log_mel", rate=16_000,
+                                              frames=64, hop=250, frame_length=400, num_mels=32)}
+    vocabulary = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "input_pipeline", "shapes_vocabulary.txt")
+    batch = next(datasets.eval_dataset(source, tokenizers.WordTokenizer(12, vocabulary),
+                                       global_batch_size=8, image_size=16,
+                                       media=media).as_numpy_iterator())
+    assert batch["image"].shape == (8, 16, 16, 3) and batch["audio"].shape == (8, 64, 32)
+    assert batch["valid"].all() and (batch["tokens"][:, 1] != tokenizers.UNK_ID).all()
+    expected = triples.render_example("test", int(batch["id"][2]))
+    assert triples.CLASS_PAIRS[batch["label"][2]] == triples.CLASS_PAIRS[expected["label"]]
