@@ -20,7 +20,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config():
     config = defaults.base_config()
     config.name = "smoke_audio"
-    config.total_steps = 600
+    config.total_steps = 900
     config.batch_size = 128
     config.log_every_steps = 50
     config.eval_every_steps = 0
@@ -47,6 +47,10 @@ def get_config():
     config.model.audio_tower = ml_collections.ConfigDict(dict(
         name="ast", variant="mu/8", pooling="gap"))
     config.model.text_tower.update(variant="mu")
+
+    # 198 distinct captions over 4,000 clips: a batch of 128 holds many copies of one caption,
+    # which the loss must not push apart.
+    config.identical_captions_match = True
 
     config.learning_rate = 2e-3
     config.warmup_steps = 50

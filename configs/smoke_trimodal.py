@@ -28,5 +28,6 @@ def get_config():
         all=dict(data="tfds:mmjax_triples:test"),
         held_out=dict(data="tfds:mmjax_triples:test", where="unseen_combination")))
     config.model.audio_tower = audio.model.audio_tower
+    config.identical_captions_match = True  # 216 distinct captions over 4,000 triples
     config.warmup_steps = 50
     return config

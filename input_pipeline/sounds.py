@@ -35,8 +35,9 @@ BEEP_SECONDS, GAP_SECONDS, RAMP_SECONDS = 0.08, 0.04, 0.01
 HELD_OUT_PAIRS = (("sine", "high"), ("square", "low"), ("sawtooth", "middle"))
 CLASS_PAIRS = tuple(itertools.product(WAVEFORMS, REGISTERS))
 CLASS_NAMES = tuple(f"{register} {waveform} beep" for waveform, register in CLASS_PAIRS)
-PROMPT_TEMPLATES = tuple(f"one {loudness} {{}} {timing}" for loudness in LOUDNESS
-                         for timing in TIMINGS)
+# Zero-shot prompts: every count, loudness and timing of the captions, averaged (an ensemble).
+PROMPT_TEMPLATES = tuple(f"{count} {loudness} {{}}{'s' if count != 'one' else ''} {timing}"
+                         for count in COUNTS for loudness in LOUDNESS for timing in TIMINGS)
 SPLIT_SEEDS = {"train": 10, "test": 11}
 TEST_UNSEEN_FRACTION = 0.25
 

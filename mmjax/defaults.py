@@ -144,6 +144,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The modality pairs the contrastive losses (clip, siglip) align, e.g. ("audio-text",
     # "image-text"); empty: every pair of the model's modalities. Each pair's loss weighs the same.
     config.contrastive_pairs = ()
+    # The clip loss: examples with word-for-word identical captions are right answers for each
+    # other, not negatives (for data with few distinct captions, such as the generated datasets).
+    config.identical_captions_match = False
     # Evaluators, by name in mmjax.evaluators.EVALUATORS; those the eval data cannot feed
     # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
     config.evals = ("retrieval", "zeroshot", "linear_probe")

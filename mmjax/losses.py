@@ -26,20 +26,45 @@ def l2_normalize(x: jax.Array, axis: int = -1, epsilon: float = 1e-12) -> jax.Ar
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), epsilon))
 
 
-def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),)
+def same_caption(tokens: jax.Array) -> jax.Array:
+    """[B, B] bool: rows whose token ids are identical. Compared through two independent 32-bit
+    rolling hashes of each row, each step mixed (a [B, B, length] comparison would not fit at
+    CLIP's batch sizes; a collision between B rows is ~B^2 / 2^64 likely)."""
+    def row_hash(multiplier: int, seed: int) -> jax.Array:
+        h = jnp.full(tokens.shape[:1], seed, jnp.uint32)
+        for position in range(tokens.shape[1]):
+            h = (h ^ tokens[:, position].astype(jnp.uint32)) * jnp.uint32(multiplier)
+            h = h ^ (h >> 15)
+        return h
+
+    hashes = [row_hash(0x85EBCA6B, 0x9E3779B9), row_hash(0xC2B2AE35, 0x27D4EB2F)]
+    return (hashes[0][:, None] == hashes[0][None, :]) & (hashes[1][:, None] == hashes[1][None, :])
+
+
+def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),),
+                          identical_captions_match: bool = False
                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Symmetric InfoNCE for each modality pair (a, b): each a picks its b among all N, and each
-    b its a; the mean over pairs. With several pairs each also logs as clip_loss_<a>_<b>."""
+    b its a; the mean over pairs. With several pairs each also logs as clip_loss_<a>_<b>.
+
+    `identical_captions_match`: examples whose captions are word for word the same are right
+    answers for each other (the target spread evenly over them) instead of negatives: on data
+    with few distinct captions (the generated datasets) a batch holds many such copies, and
+    pushing them apart teaches the model to tell apart what nothing distinguishes."""
+    size = outputs[f"{pairs[0][0]}_embedding"].shape[0]
+    matches = (same_caption(batch["tokens"]) if identical_captions_match
+               else jnp.eye(size, dtype=bool))
+    targets = matches / matches.sum(axis=1, keepdims=True)  # symmetric: rows and columns
     pair_losses, accuracies, metrics = [], [], {}
     for a, b in pairs:
         first, second = (l2_normalize(outputs[f"{m}_embedding"].astype(jnp.float32))
                          for m in (a, b))
         logits = outputs["logit_scale"] * first @ second.T
-        labels = jnp.arange(logits.shape[0])
-        loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                      + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean())
-        accuracy = 0.5 * ((logits.argmax(1) == labels).mean()
-                          + (logits.argmax(0) == labels).mean())
+        loss = 0.5 * (optax.softmax_cross_entropy(logits, targets).mean()
+                      + optax.softmax_cross_entropy(logits.T, targets).mean())
+        rows = jnp.arange(size)
+        accuracy = 0.5 * (matches[rows, logits.argmax(1)].mean()
+                          + matches[logits.argmax(0), rows].mean())
         pair_losses.append(loss)
         accuracies.append(accuracy)
         if len(pairs) > 1:
@@ -207,7 +232,9 @@ def _pair_outputs(settings) -> tuple[str, ...]:
 
 CONTRASTIVE_OUTPUTS = ("image_embedding", "text_embedding", "logit_scale")
 LOSSES: dict[str, Loss] = {
-    "clip": Loss(clip_contrastive_loss, _pair_outputs, settings=_pair_settings),
+    "clip": Loss(clip_contrastive_loss, _pair_outputs, settings=lambda config, tokenizer: {
+        **_pair_settings(config, tokenizer),
+        "identical_captions_match": bool(config.get("identical_captions_match", False))}),
     "siglip": Loss(siglip_loss, lambda settings: _pair_outputs(settings) + ("logit_bias",),
                    "give the model a learned logit bias: set config.model.logit_bias_init "
                    "(SigLIP uses -10)", settings=_pair_settings),

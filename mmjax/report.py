@@ -33,7 +33,7 @@ def _pyplot():
 
 def _evaluator_of(metric: str) -> str:
     name = metric.split("/")[-1]
-    if re.match(r"[a-z]2[a-z]_recall@|num_(candidates|texts)$", name):
+    if re.match(r"[a-z]2[a-z]_recall@|num_(candidates|texts)$|caption_chance@", name):
         return "retrieval"
     for part, evaluator in (("zeroshot", "zero-shot"), ("caption", "captioning"),
                             ("itm", "image-text matching"), ("classification", "classification"),
@@ -47,6 +47,8 @@ def _evaluator_of(metric: str) -> str:
 def retrieval_figure(plt, path: str, details: dict, thumbnails: np.ndarray, captions: list):
     queries = details["queries"]
     rows = len(queries)
+    # Right answers as recall@k counts them: the query's own pair or a word-for-word copy.
+    right = lambda index, query: index == query or captions[index] == captions[query]
     fig, axes = plt.subplots(2 * rows, 6, figsize=(13, 2.1 * 2 * rows))
     for row, query in enumerate(queries):
         # Text -> image: the caption, then the five best images.
@@ -57,8 +59,9 @@ def retrieval_figure(plt, path: str, details: dict, thumbnails: np.ndarray, capt
         for rank, index in enumerate(details["t2i_top5"][row]):
             ax = axes[row, rank + 1]
             ax.imshow(thumbnails[index], interpolation="nearest")
-            _frame(ax, MATCH if index == query else MISS)
-            ax.set_title(f"#{rank + 1}" + (" (correct)" if index == query else ""), fontsize=8)
+            _frame(ax, MATCH if right(index, query) else MISS)
+            ax.set_title(f"#{rank + 1}" + (" (correct)" if right(index, query) else ""),
+                         fontsize=8)
         # Image -> text: the image, then the five best captions.
         ax = axes[rows + row, 0]
         ax.imshow(thumbnails[query], interpolation="nearest")
@@ -68,9 +71,9 @@ def retrieval_figure(plt, path: str, details: dict, thumbnails: np.ndarray, capt
             ax = axes[rows + row, rank + 1]
             ax.axis("off")
             ax.text(0.0, 0.5, f"#{rank + 1}\n" + "\n".join(_wrap(captions[index], 20)),
-                    va="center", fontsize=8, color=MATCH if index == query else MISS)
-    fig.suptitle("Retrieval: top-5 for each query (green: the query's own pair; another image's "
-                 "identical caption counts as a miss, as in recall@k)", fontsize=11)
+                    va="center", fontsize=8, color=MATCH if right(index, query) else MISS)
+    fig.suptitle("Retrieval: top-5 for each query (green: the query's own pair, or another "
+                 "image's word-for-word identical caption, as recall@k counts them)", fontsize=11)
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

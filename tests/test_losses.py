@@ -137,3 +137,32 @@ def test_classification_loss_matches_numpy():
     np.testing.assert_allclose(float(loss), -log_probs[np.arange(6), labels].mean(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["classification_accuracy"]),
                                (logits.argmax(1) == labels).mean())
+
+
+def test_identical_captions_can_be_right_answers_for_each_other():
+    """Rows 0 and 1 share a caption (so their texts embed the same). As negatives (the default)
+    each clip of the two must beat the other's copy of its own caption, which no model can; as
+    matches the target is split between them: both losses equal hand-computed cross-entropies."""
+    tokens = jnp.array([[1, 5, 6, 2], [1, 5, 6, 2], [1, 7, 2, 0]])
+    assert (losses.same_caption(tokens) == jnp.array(
+        [[1, 1, 0], [1, 1, 0], [0, 0, 1]], bool)).all()
+    # Many rows, many copies and permutations of each other: exactly the identical ones.
+    rows = np.random.default_rng(0).integers(3, 7, size=(400, 5))
+    np.testing.assert_array_equal(losses.same_caption(jnp.asarray(rows)),
+                                  (rows[:, None] == rows[None, :]).all(-1))
+    audio = jnp.array([[1.0, 0.3], [1.0, -0.3], [0.0, 1.0]])
+    text = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    outputs = {"audio_embedding": audio, "text_embedding": text,
+               "logit_scale": jnp.float32(10.0)}
+    pair = (("audio", "text"),)
+    strict, strict_metrics = losses.clip_contrastive_loss(outputs, {"tokens": tokens}, pairs=pair)
+    loss, metrics = losses.clip_contrastive_loss(outputs, {"tokens": tokens}, pairs=pair,
+                                                 identical_captions_match=True)
+    logits = 10.0 * np.asarray(losses.l2_normalize(audio) @ text.T)
+    rows, columns = jax.nn.log_softmax(logits, axis=1), jax.nn.log_softmax(logits, axis=0)
+    targets = np.array([[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]])
+    np.testing.assert_allclose(loss, -0.5 * ((targets * rows).sum() + (targets * columns).sum())
+                               / 3, rtol=1e-6)
+    np.testing.assert_allclose(strict, -0.5 * (np.trace(rows) + np.trace(columns)) / 3,
+                               rtol=1e-6)
+    assert metrics["clip_batch_accuracy"] == 1.0 and strict_metrics["clip_batch_accuracy"] < 1.0
