@@ -148,7 +148,9 @@ def example_queries(count: int, num: int = 4) -> np.ndarray:
 
 def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
     """Recall@k both ways for every pair of the eval set's modalities (i2t, a2t, i2a...); with
-    several captions per example, text queries and candidates are all of them."""
+    several captions per example, text queries and candidates are all of them. Examples whose
+    captions are word for word the same are right answers for each other in every pair (an
+    image and a sound described identically are as interchangeable as the two captions)."""
     present = [m for m in conventions.MODALITIES if m in context.embeddings]
     metrics = {"num_candidates": float(len(next(iter(context.embeddings.values()))))}
     groups = caption_groups(context.tokens)
@@ -163,7 +165,7 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
             else:
                 metrics.update(retrieval_metrics(
                     context.embeddings[first], context.embeddings[second], pair=pair,
-                    same_caption=groups if second == "text" else None))
+                    same_caption=groups))
     if "image" in context.embeddings and "text" in context.embeddings:  # the report's figures
         similarity = normalize(context.image_embeddings) @ normalize(context.text_embeddings).T
         queries = example_queries(len(similarity))
@@ -289,12 +291,11 @@ def matching_logits(model, batch, encoded) -> dict:
     # "Next differing": the first allowed column after the row's own, cyclically.
     offsets = (jnp.arange(size)[None, :] - jnp.arange(size)[:, None]) % size
     next_other = jnp.argmin(jnp.where(excluded, size, offsets), axis=1)
-    similarity = (losses.l2_normalize(encoded["image"]) @
-                  losses.l2_normalize(encoded["text"]).T)
+    similarity = model.memory_embedding(encoded) @ losses.l2_normalize(encoded["text"]).T
     hardest = jnp.argmax(jnp.where(excluded, -jnp.inf, similarity), axis=1)
-    return {"itm_positive": model.match_logits(batch["image"], tokens),
-            "itm_negative": model.match_logits(batch["image"], tokens[next_other]),
-            "itm_hard_negative": model.match_logits(batch["image"], tokens[hardest]),
+    return {"itm_positive": model.match_logits(batch),
+            "itm_negative": model.match_logits(batch, tokens[next_other]),
+            "itm_hard_negative": model.match_logits(batch, tokens[hardest]),
             "itm_has_negative": ~jnp.all(excluded, axis=1)}
 
 
@@ -355,7 +356,7 @@ EVALUATORS: dict[str, Evaluator] = {
         evaluate_classification, model_methods=("classify",), data_needs=("labels",),
         metrics=("classification_accuracy",),
         device_outputs=lambda model, batch, encoded, settings: {
-            "class_logits": model.classify(batch["image"], batch["tokens"])}),
+            "class_logits": model.classify(batch)}),
     "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
                               metrics=per_modality("linear_probe_top1", "linear_probe_top5",
                                                    "linear_probe_mean_per_class",

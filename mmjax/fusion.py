@@ -1,4 +1,4 @@
-"""Cross-modal attention: text queries attending to image tokens.
+"""Cross-modal attention: text queries attending to image (and audio) tokens.
 
 `CaptionDecoder` is CoCa's multimodal text decoder: causal self-attention over the unimodal text
 tower's outputs, cross-attention to the image tower's tokens, and a next-token head.
@@ -51,15 +51,37 @@ def mask_tokens(rng: jax.Array, tokens: jax.Array, vocab_size: int, probability:
     return jnp.where(selected, replaced, tokens), selected.astype(jnp.float32)
 
 
+def modality_memory(parts: list[jax.Array], modality_embedding: jax.Array | None,
+                    dropout: float = 0.0, rng: jax.Array | None = None):
+    """The fusion encoder's memory from several modalities' tokens ([batch, tokens_m, width]
+    each): each part plus its row of `modality_embedding`, concatenated. Returns (memory, each
+    example's count of real memory tokens, or None when all are). With `dropout`, that share of
+    examples keeps one modality only, drawn evenly: its tokens go first (the memory's order
+    means nothing to cross-attention) and the count covers them alone."""
+    if len(parts) == 1:
+        return parts[0], None
+    parts = [p + modality_embedding[i].astype(p.dtype) for i, p in enumerate(parts)]
+    if not dropout:
+        return jnp.concatenate(parts, axis=1), None
+    drop_rng, keep_rng = jax.random.split(rng)
+    batch = parts[0].shape[0]
+    dropped = jax.random.uniform(drop_rng, (batch,)) < dropout
+    first = jax.random.randint(keep_rng, (batch,), 0, len(parts))
+    orders = [jnp.concatenate(parts[k:] + parts[:k], axis=1) for k in range(len(parts))]
+    memory = jnp.select([first[:, None, None] == k for k in range(len(orders))], orders)
+    counts = jnp.asarray([p.shape[1] for p in parts], jnp.int32)
+    return memory, jnp.where(dropped, counts[first], counts.sum())
+
+
 def cross_attention_stack(*, width: int, depth: int, num_heads: int, mlp_dim: int,
-                          image_width: int, rngs: nnx.Rngs, dtype=jnp.float32,
+                          context_width: int, rngs: nnx.Rngs, dtype=jnp.float32,
                           activation: str = "gelu", remat: str = "none", scan_layers: bool = False,
                           attention_implementation: str | None = None,
                           norm_epsilon: float = 1e-6) -> layers.Transformer:
-    """Blocks of self-attention, cross-attention to image tokens of `image_width`, and MLP."""
+    """Blocks of self-attention, cross-attention to tokens of `context_width`, and MLP."""
     return layers.Transformer(
         width, depth, num_heads, mlp_dim, rngs=rngs, dtype=dtype, activation=activation,
-        remat=remat, scan_layers=scan_layers, context_width=image_width,
+        remat=remat, scan_layers=scan_layers, context_width=context_width,
         attention_implementation=attention_implementation, norm_epsilon=norm_epsilon)
 
 
@@ -93,9 +115,11 @@ class FusionEncoder(nnx.Module):
         self.itm_head = layers.Dense(width, 2, ("embed", None), rngs=rngs, dtype=dtype)
         self.mlm_head = layers.Dense(width, vocab_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
 
-    def __call__(self, text_hidden, image_tokens, text_lengths) -> jax.Array:
-        """Fused text states: every real text token sees the whole text and every image token."""
-        return self.transformer(text_hidden, key_lengths=text_lengths, context=image_tokens)
+    def __call__(self, text_hidden, memory, text_lengths, memory_lengths=None) -> jax.Array:
+        """Fused text states: every real text token sees the whole text and every real memory
+        token (image tokens, or several modalities' tokens: FusionModel.memory)."""
+        return self.transformer(text_hidden, key_lengths=text_lengths, context=memory,
+                                context_lengths=memory_lengths)
 
     def match_logits(self, fused: jax.Array) -> jax.Array:
         """[batch, 2] logits of (no match, match), read at the first (beginning-of-text) token."""

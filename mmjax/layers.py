@@ -297,10 +297,13 @@ class TransformerBlock(nnx.Module):
         self.mlp_norm = LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
 
-    def __call__(self, x, *, is_causal=False, key_lengths=None, context=None):
+    def __call__(self, x, *, is_causal=False, key_lengths=None, context=None,
+                 context_lengths=None):
+        """`context_lengths`: each example's count of real context tokens (a prefix; None: all)."""
         x = x + self.attention(self.attention_norm(x), is_causal=is_causal, key_lengths=key_lengths)
         if self.cross_attention is not None:
-            x = x + self.cross_attention(self.cross_attention_norm(x), context)
+            x = x + self.cross_attention(self.cross_attention_norm(x), context,
+                                         key_lengths=context_lengths)
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("batch", "length", "embed"))
 

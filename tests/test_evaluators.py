@@ -142,8 +142,12 @@ def test_matching_pairs_each_image_with_the_next_and_the_hardest_differing_capti
     import jax.numpy as jnp
 
     class PairModel:  # the "logits" say which caption row each image was paired with
-        def match_logits(self, images, tokens):
+        def match_logits(self, batch, tokens=None):
+            tokens = batch["tokens"] if tokens is None else tokens
             return tokens[:, :1].astype(jnp.float32)
+
+        def memory_embedding(self, encoded):
+            return encoded["image"]
 
     tokens = jnp.asarray([[0, 7], [1, 7], [0, 7], [3, 7]])  # rows 0 and 2 are the same caption
     batch = {"image": jnp.zeros((4, 2, 2, 3)), "tokens": tokens,

@@ -23,7 +23,7 @@ def tiny_model(name: str, **extra):
                         context_length=CONTEXT, causal=name != "fusion"),
         **extra)
     run = ml_collections.ConfigDict(dict(model=config, seed=0, data=dict(
-        image_size=8, normalization="minus_one_one")))
+        image_size=8, normalization="minus_one_one", audio=dict(frames=16, num_mels=8))))
     tokenizer = types.SimpleNamespace(vocab_size=VOCAB, context_length=CONTEXT,
                                       pad_id=tokenizers.PAD_ID, eot_id=tokenizers.EOT_ID)
     return models.build_model(run, tokenizer)
@@ -317,3 +317,43 @@ def test_distillation_from_a_trained_teacher_checkpoint(finished_run, tfds_dir, 
     rows = [json.loads(line) for line in open(student_dir / "metrics.jsonl")]
     distill = [row["train/distill_loss"] for row in rows if "train/distill_loss" in row]
     assert len(distill) == 6 and np.isfinite(distill).all() and distill[-1] < distill[0]
+
+
+def test_fusion_memory_of_image_and_audio_with_modality_dropout():
+    """Image and audio towers feed one fusion memory, each with its modality embedding. An
+    example that modality dropout leaves with only its image fuses exactly as the image alone
+    would (the audio tokens are masked out, not merely diluted); without dropout every example
+    sees both; the training pass runs with dropout and its matching labels are unchanged."""
+    model = tiny_model("fusion", fusion_encoder=dict(depth=1), modality_dropout=0.5,
+                       audio_tower=dict(name="ast", width=16, depth=1, mlp_dim=32, num_heads=2,
+                                        patch_size=4, pooling="gap"))
+    assert model.memory_modalities == ("image", "audio")
+    images = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
+    spectrograms = jax.random.normal(jax.random.key(2), (16, 16, 8))  # 8 tokens; images 4
+    tokens = jax.random.randint(jax.random.key(3), (16, CONTEXT), 4, VOCAB).at[:, -1].set(
+        tokenizers.EOT_ID)
+    aux = {"image": model.image_tower(images)[1], "audio": model.audio_tower(spectrograms)[1]}
+    memory, lengths = model.memory(aux, jax.random.key(4))
+    image_tokens = aux["image"]["tokens"].shape[1]
+    embedding = model.modality_embedding[...]
+    dropped = np.flatnonzero(np.asarray(lengths) < memory.shape[1])
+    assert 0 < len(dropped) < 16
+    text = model.text_tower(tokens)[1]["tokens"]
+    text_lengths = model.text_lengths(tokens)
+    fused = model.fusion_encoder(text, memory, text_lengths, lengths)
+    for row in dropped:
+        kept = 0 if int(lengths[row]) == image_tokens else 1
+        alone = aux[("image", "audio")[kept]]["tokens"][row:row + 1] + embedding[kept]
+        np.testing.assert_allclose(
+            model.fusion_encoder(text[row:row + 1], alone, text_lengths[row:row + 1])[0],
+            fused[row], atol=1e-5)
+    full, no_lengths = model.memory(aux)
+    assert no_lengths is None and full.shape == memory.shape
+    np.testing.assert_allclose(full[:, :image_tokens], aux["image"]["tokens"] + embedding[0],
+                               atol=1e-6)
+    outputs = model({"image": images, "audio": spectrograms, "tokens": tokens},
+                    rng=jax.random.key(5))
+    assert outputs["itm_logits"].shape == (48, 2) and np.isfinite(outputs["mlm_logits"]).all()
+    with pytest.raises(ValueError, match="widths must agree"):
+        tiny_model("fusion", fusion_encoder=dict(depth=1), audio_tower=dict(
+            name="ast", width=24, depth=1, mlp_dim=32, num_heads=2, patch_size=4))
