@@ -4,6 +4,7 @@
     model = inference.load("workdir/smoke")            # a workdir, or its checkpoints/STEP folder
     image_embeddings = model.encode_image(images)      # uint8 (N, H, W, 3) of any size, or float32
     text_embeddings = model.encode_text(["two large red circles on the left"])
+    audio_embeddings = model.encode_audio(spectrograms)  # audio models: log-mel [N, frames, mels]
     captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
 
 Embeddings are the projected, unnormalised vectors (normalise before taking cosines). Needs no
@@ -51,6 +52,20 @@ class InferenceModel:
     @functools.cached_property
     def _encode_image(self):
         return jax.jit(lambda params, x: nnx.merge(self.graphdef, params).encode_image(x)[0])
+
+    @functools.cached_property
+    def _encode_audio(self):
+        return jax.jit(lambda params, x: nnx.merge(self.graphdef, params).encode("audio", x)[0])
+
+    def encode_audio(self, spectrograms) -> np.ndarray:
+        """Log-mel spectrograms [N, frames, mels] as the input pipeline makes them
+        (input_pipeline/audio.py, config.data.audio), for a model with an audio tower."""
+        spectrograms = np.asarray(spectrograms, np.float32)
+        expected = models.spectrogram_shape(self.config)
+        if spectrograms.ndim != 3 or spectrograms.shape[1:] != expected:
+            raise ValueError(f"Spectrograms must be (N, {expected[0]}, {expected[1]}) "
+                             f"(frames, mel bins: config.data.audio); got {spectrograms.shape}.")
+        return np.asarray(self._encode_audio(self.params, jnp.asarray(spectrograms)))
 
     @functools.cached_property
     def _encode_text(self):

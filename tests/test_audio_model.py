@@ -1,5 +1,5 @@
 """The audio modality in the model and trainer: the AST tower, its start from an image tower,
-three towers through the one train step on a mesh, an audio-text run on mmjax_sounds."""
+three towers through the one train step on a mesh, the preflight's modality checks."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from input_pipeline import pipeline
-from mmjax import audio_tower, checkpoint, conventions, preflight, sharding
+from mmjax import audio_tower, checkpoint, conventions, inference, preflight, sharding, train
 from mmjax.image_tower import VisionTransformer
 from mmjax.trainer import Trainer
 
@@ -131,7 +131,8 @@ def test_the_preflight_names_modality_problems(tiny_config):
 def test_a_run_starts_its_audio_tower_from_another_runs_image_tower(tiny_config, finished_run,
                                                                     tmp_path):
     """config.init_from.audio_tower_from: the finished image-text run's image tower, converted,
-    is the new run's starting audio tower; the preflight refuses a path with no checkpoint."""
+    is the new run's starting audio tower, whose embeddings the inference API gives back from
+    the saved run; the preflight refuses a path with no checkpoint."""
     config = trimodal_config(tiny_config)
     config.init_from.audio_tower_from = finished_run[0]
     trainer = Trainer(config, mesh=sharding.create_mesh({"data": 1}, jax.devices()[:1]))
@@ -144,6 +145,15 @@ def test_a_run_starts_its_audio_tower_from_another_runs_image_tower(tiny_config,
         started["audio_tower/patch_embedding/kernel"],
         image["image_tower/patch_embedding/kernel"].reshape(4, 4, 3, -1).sum(2).reshape(16, -1),
         rtol=1e-6)
+    # Saved, the run's audio embeddings come back through the inference API.
+    manager = checkpoint.create_manager(str(tmp_path), keep=1)
+    checkpoint.save(manager, 0, state)
+    manager.wait_until_finished()
+    train.write_config_snapshot(config, str(tmp_path))
+    spectrograms = np.random.default_rng(0).normal(size=(3, 16, 8)).astype(np.float32)
+    expected = trainer.model(state["params"]).encode("audio", jnp.asarray(spectrograms))[0]
+    np.testing.assert_allclose(inference.load(str(tmp_path)).encode_audio(spectrograms),
+                               expected, atol=1e-5)
     config.init_from.audio_tower_from = finished_run[0] + "_missing"
     with pytest.raises(preflight.ConfigError, match="audio_tower_from.*holds no mmjax"):
         preflight.check(config)
