@@ -20,7 +20,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def get_config():
     config = defaults.base_config()
     config.name = "smoke_audio"
-    config.total_steps = 900
+    config.total_steps = 1200
     config.batch_size = 128
     config.log_every_steps = 50
     config.eval_every_steps = 0

@@ -317,6 +317,9 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     """
     c = _Checks(config)
     _fields(c)
+    if config.get("identical_captions_match") and "clip" not in config.losses:
+        c.add("config.identical_captions_match", "only the clip loss reads it and config.losses "
+              f"has no 'clip' ({sorted(config.losses)})", "add clip, or set it to False")
     sets = _eval_sets(c)
     named_evals = tuple(dict.fromkeys([*(e for s in sets for e in s.evals), *required_evals]))
     _names(c, sets)

@@ -121,6 +121,10 @@ def test_the_preflight_names_modality_problems(tiny_config):
     config.losses = ml_collections.ConfigDict(dict(clip=1.0, caption=1.0))
     with pytest.raises(preflight.ConfigError, match="'caption' loss reads"):
         preflight.check(config)
+    config.losses = ml_collections.ConfigDict(dict(siglip=1.0))
+    config.identical_captions_match = True
+    with pytest.raises(preflight.ConfigError, match="identical_captions_match.*only the clip"):
+        preflight.check(config)
     # Its data are the tiny shapes: images and captions, no sound for the audio tower.
     config.losses = ml_collections.ConfigDict(dict(clip=1.0))
     with pytest.raises(preflight.ConfigError, match=r"config.data.train = '.*': tfds:mmjax_shapes/"
