@@ -152,12 +152,23 @@ class GeneratedConfig(tfds.core.BuilderConfig):
     num_test: int = 1_000
 
 
+def generated_configs(what: str, default: tuple[int, int], tiny: tuple[int, int]) -> list:
+    """A generated dataset's two builds, (train, test) sizes each: `default` and `tiny` (tests)."""
+    return [GeneratedConfig(name="default", description=f"{default[0]:,} training and "
+                            f"{default[1]:,} test {what}.", num_train=default[0],
+                            num_test=default[1]),
+            GeneratedConfig(name="tiny", description=f"For tests: {tiny[0]} training and "
+                            f"{tiny[1]} test {what}.", num_train=tiny[0], num_test=tiny[1])]
+
+
 class GeneratedSplits:
     """For the builders of generated datasets (mmjax_shapes, mmjax_sounds, mmjax_triples):
     `train` and `test` of the config's sizes. A builder names its `MEDIA` features (beside id,
     caption, label and unseen_combination), `CLASS_NAMES`, and its module's
     `render_example(split, index)`; `encode` turns a rendered example into stored features."""
 
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
     MEDIA: dict = {}
     CLASS_NAMES: tuple[str, ...] = ()
     SUPERVISED_KEYS = None
@@ -208,13 +219,7 @@ def prepare_generated(builder_class, data_dir: str | None, config: str):
 class MmjaxShapes(GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Coloured shapes with captions that describe them; generated, never downloaded."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [
-        GeneratedConfig(name="default", description="20,000 training and 1,000 test examples."),
-        GeneratedConfig(name="tiny", description="For tests: 512 training and 128 test examples.",
-                     num_train=512, num_test=128),
-    ]
+    BUILDER_CONFIGS = generated_configs("examples", (20_000, 1_000), (512, 128))
     MEDIA = {"image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3))}
     CLASS_NAMES = CLASS_NAMES
     SUPERVISED_KEYS = ("image", "label")

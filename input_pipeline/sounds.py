@@ -107,14 +107,7 @@ def encode_wav(samples: np.ndarray, rate: int = RATE) -> bytes:
 class MmjaxSounds(shapes.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Beeps with captions that describe them; generated, never downloaded."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [
-        shapes.GeneratedConfig(name="default", description="4,000 training and 500 test clips.",
-                               num_train=4_000, num_test=500),
-        shapes.GeneratedConfig(name="tiny", description="For tests: 256 training and 64 test clips.",
-                     num_train=256, num_test=64),
-    ]
+    BUILDER_CONFIGS = shapes.generated_configs("clips", (4_000, 500), (256, 64))
     MEDIA = {"audio": tfds.features.Tensor(shape=(), dtype=np.object_)}  # WAV bytes
     CLASS_NAMES = CLASS_NAMES
 

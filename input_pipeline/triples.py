@@ -61,14 +61,7 @@ def render_example(split: str, index: int) -> dict:
 class MmjaxTriples(shapes.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
     """Shapes, the sounds they map to, and captions; generated, never downloaded."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [
-        shapes.GeneratedConfig(name="default", description="4,000 training and 500 test triples.",
-                               num_train=4_000, num_test=500),
-        shapes.GeneratedConfig(name="tiny", description="For tests: 128 training and 32 test.",
-                               num_train=128, num_test=32),
-    ]
+    BUILDER_CONFIGS = shapes.generated_configs("triples", (4_000, 500), (128, 32))
 
     MEDIA = {"image": tfds.features.Image(shape=(shapes.IMAGE_SIZE, shapes.IMAGE_SIZE, 3)),
              "audio": tfds.features.Tensor(shape=(), dtype=np.object_)}  # WAV bytes
