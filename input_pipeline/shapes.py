@@ -89,13 +89,22 @@ def draw_pair(rng, split: str, class_pairs, held_out_pairs, test_unseen_fraction
     return seen_pairs[rng.integers(len(seen_pairs))]
 
 
+def draw_scene(rng, split: str, class_pairs, held_out_pairs, test_unseen_fraction: float,
+               before_count, after_count) -> tuple:
+    """A generated example's attributes, drawn in this order (the datasets' bytes depend on
+    it): its class pair (draw_pair), one of `before_count`, a count of 1 to 3, one of
+    `after_count`."""
+    pair = draw_pair(rng, split, class_pairs, held_out_pairs, test_unseen_fraction)
+    before = list(before_count)[rng.integers(len(before_count))]
+    count = int(rng.integers(1, 4))
+    return pair, before, count, list(after_count)[rng.integers(len(after_count))]
+
+
 def render_example(split: str, index: int) -> dict:
     """The example at `index` of `split`: image, caption, label and whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    color, shape = draw_pair(rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION)
-    size = list(SIZES)[rng.integers(len(SIZES))]
-    count = int(rng.integers(1, 4))
-    position = POSITIONS[rng.integers(len(POSITIONS))]
+    (color, shape), size, count, position = draw_scene(
+        rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION, SIZES, POSITIONS)
     return {
         "id": index,
         "image": render_image(color, shape, size, count, position, rng),

@@ -58,11 +58,8 @@ def render_example(split: str, index: int) -> dict:
     """The example at `index` of `split`: waveform (float32 samples), caption, label and
     whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    waveform, register = shapes.draw_pair(rng, split, CLASS_PAIRS, HELD_OUT_PAIRS,
-                                          TEST_UNSEEN_FRACTION)
-    loudness = list(LOUDNESS)[rng.integers(len(LOUDNESS))]
-    count = int(rng.integers(1, 4))
-    timing = TIMINGS[rng.integers(len(TIMINGS))]
+    (waveform, register), loudness, count, timing = shapes.draw_scene(
+        rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION, LOUDNESS, TIMINGS)
     noun = "beep" if count == 1 else "beeps"
     return {
         "id": index,

@@ -42,11 +42,8 @@ def render_example(split: str, index: int) -> dict:
     """The triple at `index` of `split`: image (uint8), waveform (float32), caption, label and
     whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
-    color, shape = shapes.draw_pair(rng, split, CLASS_PAIRS, HELD_OUT_PAIRS,
-                                    TEST_UNSEEN_FRACTION)
-    size = list(SIZES)[rng.integers(len(SIZES))]
-    count = int(rng.integers(1, 4))
-    position = list(POSITIONS)[rng.integers(len(POSITIONS))]
+    (color, shape), size, count, position = shapes.draw_scene(
+        rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION, SIZES, POSITIONS)
     return {
         "id": index,
         "image": shapes.render_image(color, shape, size, count, position, rng),
