@@ -55,13 +55,18 @@ def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),),
     matches = (same_caption(batch["tokens"]) if identical_captions_match
                else jnp.eye(size, dtype=bool))
     targets = matches / matches.sum(axis=1, keepdims=True)  # symmetric: rows and columns
+
+    def cross_entropy(logits):
+        if not identical_captions_match:  # one right answer per row: the integer-label form
+            return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(size))
+        return optax.softmax_cross_entropy(logits, targets)
+
     pair_losses, accuracies, metrics = [], [], {}
     for a, b in pairs:
         first, second = (l2_normalize(outputs[f"{m}_embedding"].astype(jnp.float32))
                          for m in (a, b))
         logits = outputs["logit_scale"] * first @ second.T
-        loss = 0.5 * (optax.softmax_cross_entropy(logits, targets).mean()
-                      + optax.softmax_cross_entropy(logits.T, targets).mean())
+        loss = 0.5 * (cross_entropy(logits).mean() + cross_entropy(logits.T).mean())
         rows = jnp.arange(size)
         accuracy = 0.5 * (matches[rows, logits.argmax(1)].mean()
                           + matches[logits.argmax(0), rows].mean())
