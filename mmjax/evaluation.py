@@ -325,7 +325,8 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
             zeroshot = next((v for k, v in details["details"].items()
                              if k.endswith("zeroshot")), {})
             with paths.Path(paths.join(workdir, f"eval_embeddings{suffix}.npz")).open("wb") as f:
-                np.savez(f, **details["embeddings"], labels=details["labels"], **(
+                np.savez(f, **details["embeddings"], labels=details["labels"],
+                         captions=np.asarray(details.get("captions", ())), **(
                              {"class_embeddings": zeroshot["class_embeddings"]} if zeroshot
                              else {}))
             set_metrics = {k: v for k, v in metrics.items()
