@@ -51,14 +51,15 @@ def retrieval_metrics(image_embeddings: np.ndarray, text_embeddings: np.ndarray,
     others (generated datasets repeat captions; ranking one copy above another is a coin toss,
     not an error); `caption_chance@1` is then recall@1 of a random ranking."""
     similarity = normalize(image_embeddings) @ normalize(text_embeddings).T
-    if text_image is None:
-        text_image = np.arange(similarity.shape[1])
-    matches = np.arange(similarity.shape[0])[:, None] == np.asarray(text_image)[None, :]
     metrics = {}
     if same_caption is not None:
         same_caption = np.asarray(same_caption)
         matches = same_caption[:, None] == same_caption[None, :]
         metrics["caption_chance@1"] = float(matches.mean())
+    else:
+        if text_image is None:
+            text_image = np.arange(similarity.shape[1])
+        matches = np.arange(similarity.shape[0])[:, None] == np.asarray(text_image)[None, :]
     a, b = (conventions.INITIALS[m] for m in pair)
     for k, value in recall_at_k(similarity, ks, matches).items():
         metrics[f"{a}2{b}_recall@{k}"] = value
@@ -286,7 +287,7 @@ def matching_logits(model, batch, encoded) -> dict:
     import jax.numpy as jnp
 
     tokens, valid = batch["tokens"], batch["valid"].astype(bool)
-    excluded = jnp.all(tokens[:, None] == tokens[None], axis=-1) | ~valid[None, :]
+    excluded = losses.same_caption(tokens) | ~valid[None, :]
     size = tokens.shape[0]
     # "Next differing": the first allowed column after the row's own, cyclically.
     offsets = (jnp.arange(size)[None, :] - jnp.arange(size)[:, None]) % size
@@ -341,7 +342,8 @@ CAPTIONING = tuple(f"caption{kind}_{m}" for kind in ("", "_baseline")
 
 
 EVALUATORS: dict[str, Evaluator] = {
-    "retrieval": Evaluator(evaluate_retrieval, metrics=("num_candidates", "num_texts", "caption_chance@1") + RECALL),
+    "retrieval": Evaluator(evaluate_retrieval, metrics=(
+        "num_candidates", "num_texts", "caption_chance@1") + RECALL),
     "zeroshot": Evaluator(evaluate_zeroshot, data_needs=("class_names",), metrics=per_modality(
         "zeroshot_top1", "zeroshot_mean_per_class", "zeroshot_top5")),
     "captioning": Evaluator(

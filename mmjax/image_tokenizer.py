@@ -22,8 +22,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax import layers
-from mmjax.conventions import image_normalization
-from mmjax.image_tower import VisionTransformer, tower_shape
+from mmjax.image_tower import VisionTransformer, normalize_pixels, tower_shape
 
 
 class FiniteScalarQuantizer:
@@ -36,6 +35,8 @@ class FiniteScalarQuantizer:
         self.codebook_size = math.prod(self.levels)
         # Mixed-radix place values: a code's index is sum(digit_c * basis_c).
         self.basis = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
+        # Integer steps each side of zero: codes are digits / half_width, in [-1, 1].
+        self.half_width = np.asarray([level // 2 for level in self.levels], np.float32)
 
     def bound(self, z: jax.Array) -> jax.Array:
         """Squashes each channel so that rounding gives exactly levels[c] integers (centred,
@@ -50,12 +51,11 @@ class FiniteScalarQuantizer:
         """Quantised latents in [-1, 1] (float32); the gradient passes the rounding unchanged."""
         bounded = self.bound(z.astype(jnp.float32))
         rounded = bounded + jax.lax.stop_gradient(jnp.round(bounded) - bounded)
-        return rounded / jnp.asarray([level // 2 for level in self.levels], jnp.float32)
+        return rounded / self.half_width
 
     def _digits(self, codes: jax.Array) -> jax.Array:
         """Quantised latents -> per-channel integers in [0, levels[c])."""
-        half = jnp.asarray([level // 2 for level in self.levels], jnp.float32)
-        return jnp.round(codes * half + half).astype(jnp.int32)
+        return jnp.round(codes * self.half_width + self.half_width).astype(jnp.int32)
 
     def codes_to_indices(self, codes: jax.Array) -> jax.Array:
         return (self._digits(codes) * jnp.asarray(self.basis)).sum(axis=-1)
@@ -63,8 +63,7 @@ class FiniteScalarQuantizer:
     def indices_to_codes(self, indices: jax.Array) -> jax.Array:
         levels = jnp.asarray(self.levels, jnp.int32)
         digits = (indices[..., None] // jnp.asarray(self.basis)) % levels
-        half = jnp.asarray([level // 2 for level in self.levels], jnp.float32)
-        return (digits.astype(jnp.float32) - half) / half
+        return (digits.astype(jnp.float32) - self.half_width) / self.half_width
 
 
 def code_usage(indices: np.ndarray, codebook_size: int) -> dict[str, float]:
@@ -113,10 +112,7 @@ class ImageTokenizer(nnx.Module):
 
     def normalized(self, images: jax.Array) -> jax.Array:
         """What the decoder reconstructs: the images as the encoder sees them."""
-        if images.dtype != jnp.uint8:
-            return images.astype(jnp.float32)
-        mean, std = image_normalization(self.input_normalization)
-        return (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
+        return normalize_pixels(images, self.input_normalization).astype(jnp.float32)
 
     def encode(self, images: jax.Array) -> jax.Array:
         """Quantised latents [batch, patches, channels] in [-1, 1]."""

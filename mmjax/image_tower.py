@@ -43,6 +43,15 @@ def keep_random_patches(tokens: jax.Array, rng: jax.Array, keep: int) -> jax.Arr
     return jnp.take_along_axis(tokens, indices[..., None], axis=1)
 
 
+def normalize_pixels(images: jax.Array, normalization: str) -> jax.Array:
+    """uint8 pixels -> float32 normalised by `normalization` (conventions.image_normalization);
+    other dtypes are taken as normalised already."""
+    if images.dtype != jnp.uint8:
+        return images
+    mean, std = image_normalization(normalization)
+    return (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
+
+
 def decode_variant(variant: str) -> dict:
     """"B/16" -> width, depth, mlp_dim, num_heads and patch_size."""
     match = re.fullmatch(r"(\w+)/(\d+)", variant)
@@ -139,11 +148,9 @@ class VisionTransformer(nnx.Module):
 
     def __call__(self, images: jax.Array, rng: jax.Array | None = None):
         """`rng` marks training: patch dropout, if configured, draws from it."""
-        if images.dtype == jnp.uint8:
-            # Pixels straight from the input pipeline (4x fewer bytes to the device than float32):
-            # normalised here, where it fuses into the patch embedding.
-            mean, std = image_normalization(self.input_normalization)
-            images = (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
+        # Pixels straight from the input pipeline (4x fewer bytes to the device than float32)
+        # are normalised here, where it fuses into the patch embedding.
+        images = normalize_pixels(images, self.input_normalization)
         tokens = self.patch_embedding(self.patchify(images))
         positions = self.position_embedding[...].astype(self.dtype)
         tokens = tokens + positions[int(self.class_position):]

@@ -52,14 +52,14 @@ def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),),
     with few distinct captions (the generated datasets) a batch holds many such copies, and
     pushing them apart teaches the model to tell apart what nothing distinguishes."""
     size = outputs[f"{pairs[0][0]}_embedding"].shape[0]
-    matches = (same_caption(batch["tokens"]) if identical_captions_match
-               else jnp.eye(size, dtype=bool))
-    targets = matches / matches.sum(axis=1, keepdims=True)  # symmetric: rows and columns
-
-    def cross_entropy(logits):
-        if not identical_captions_match:  # one right answer per row: the integer-label form
-            return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(size))
-        return optax.softmax_cross_entropy(logits, targets)
+    if identical_captions_match:
+        matches = same_caption(batch["tokens"])
+        targets = matches / matches.sum(axis=1, keepdims=True)  # symmetric: rows and columns
+        cross_entropy = lambda logits: optax.softmax_cross_entropy(logits, targets)
+    else:  # one right answer per row: the integer-label form
+        matches = jnp.eye(size, dtype=bool)
+        cross_entropy = lambda logits: optax.softmax_cross_entropy_with_integer_labels(
+            logits, jnp.arange(size))
 
     pair_losses, accuracies, metrics = [], [], {}
     for a, b in pairs:

@@ -296,7 +296,7 @@ class FusionModel(CLIP):
         # among the examples whose caption differs (an identical caption is not a negative).
         similarity = jax.lax.stop_gradient(
             self.memory_embedding(embeddings) @ losses.l2_normalize(embeddings["text"]).T)
-        same_caption = jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
+        same_caption = losses.same_caption(tokens)
         text_rng, memory_negative_rng = jax.random.split(negatives_rng)
         negative_text = fusion.sample_hard_negatives(
             text_rng, similarity, same_caption, outputs["logit_scale"],
