@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -227,6 +228,10 @@ def test_the_wandb_writer_logs_what_metrics_jsonl_gets(tiny_config, tmp_path):
     assert {r["step"]: {k: v for k, v in r.items() if k != "step"}
             for r in read_metrics(workdir)} == logged
     (run_file,) = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", "run-*.wandb"))
+    # wandb-core writes the run file in the background: finish() can return before it does.
+    deadline = time.monotonic() + 60
+    while _wandb_history(run_file) != logged and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _wandb_history(run_file) == logged
     resumed = MetricWriter(workdir, total_steps=3, resume_step=3, config=tiny_config)
     resumed.close()
