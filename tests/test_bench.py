@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from configs import clip_b16, clip_b32
+from conftest import xla_flags
 from mmjax import bench
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def test_benchmark_runs_without_tensorflow(tmp_path):
         [sys.executable, "-c", script, f"--config={REPO_ROOT}/tests/tiny_config.py", "--steps=2",
          "--warmup_steps=1", f"--out={out}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+        env=dict(os.environ, XLA_FLAGS=xla_flags(2)))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pairs_per_second" in result.stdout and "compile_seconds" in result.stdout
     import json

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import xla_flags
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,7 +29,7 @@ def losses(workdir):
 
 def start_two(workdir, tfds_dir, *overrides):
     port = free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(4),
                TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-u", os.path.join(REPO_ROOT, "main.py"),
                f"--config={os.path.join(REPO_ROOT, 'tests', 'tiny_config.py')}",
