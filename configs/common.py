@@ -49,3 +49,23 @@ def with_benchmark_evals(config, every_steps: int = 5_000, probe_examples: int =
         data="tfds:coco_captions:test", evals=("retrieval",), captions_per_image=5,
         every_steps=every_steps))
     return config
+
+
+def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ...]):
+    """Any config made an image tokenizer (issue 16, stage 1): a ViT autoencoder whose patch
+    latents are FSQ-quantised (`levels` per channel: prod(levels) codes), trained to
+    reconstruct its images; no text tower. `encoder` and `decoder` are ViT variants (SIZE/PATCH;
+    the decoder's patch size is the encoder's)."""
+    config.model.name = "image_tokenizer"
+    config.model.image_tower.update(variant=encoder, pooling="gap")
+    config.model.text_tower = None
+    config.model.image_decoder = ml_collections.ConfigDict(dict(variant=decoder))
+    config.model.fsq_levels = tuple(levels)
+    config.losses = {"reconstruction": 1.0}
+    config.evals = ("reconstruction",)
+    # Flips and crops would only teach the autoencoder what it already sees.
+    config.data.train_preprocess = "decode|resize"
+    config.data.eval_preprocess = "decode|resize"
+    # A reconstruction loss has no use for weight decay on a small model, nor for 8k warmup.
+    config.optimizer.weight_decay = 0.0
+    return config

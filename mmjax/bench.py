@@ -65,11 +65,25 @@ def forward_flops_per_example(config) -> dict[str, float]:
         parts["audio"] = vit_flops(model.audio_tower, (config.data.audio.frames,
                                                        config.data.audio.num_mels), 1,
                                    model.embed_dim)
-    text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
-                                     ("variant",) + text_tower.SHAPE_FIELDS})
-    context = config.tokenizer.context_length
-    parts["text"] = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
-    parts["text"] += 2 * text["width"] * model.embed_dim
+    if "text" in modalities:
+        text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
+                                         ("variant",) + text_tower.SHAPE_FIELDS})
+        context = config.tokenizer.context_length
+        parts["text"] = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
+        parts["text"] += 2 * text["width"] * model.embed_dim
+    if model.get("image_decoder"):  # an image tokenizer: latents -> decoder blocks -> pixels
+        encoder = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in
+                                             ("variant",) + image_tower.SHAPE_FIELDS})
+        decoder = image_tower.tower_shape(**{k: model.image_decoder.get(k) for k in
+                                             ("variant",) + image_tower.SHAPE_FIELDS})
+        patch, channels = encoder["patch_size"], len(model.fsq_levels)
+        patches = (config.data.image_size // patch) ** 2
+        # Every patch token goes to the latent channels, instead of one pooled projection.
+        parts["image"] += 2 * encoder["width"] * (patches * channels - model.embed_dim)
+        parts["image_decoder"] = 2 * patches * (channels * decoder["width"] + decoder["width"]
+                                                * patch * patch * 3)
+        parts["image_decoder"] += transformer_flops(patches, decoder["width"], decoder["depth"],
+                                                    decoder["mlp_dim"])
     # The contrastive logits: 2 * B * B * D per batch and modality pair, i.e. 2 * B * D per
     # example and pair.
     pairs = len(conventions.contrastive_pairs(model, config.get("contrastive_pairs", ())))

@@ -25,7 +25,7 @@ from mmjax.trainer import Trainer, modality_inputs
 
 def eval_inputs(config) -> dict[str, int]:
     """The eval batch entries (name -> ndim) the encode step takes."""
-    return {**modality_inputs(config.model), "label": 1, "valid": 1}
+    return {**modality_inputs(config.model), "tokens": 2, "label": 1, "valid": 1}
 
 
 def all_rows(local: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax import caption_metrics, conventions, decoding, linear_probe, losses
+from mmjax import (caption_metrics, conventions, decoding, image_tokenizer, linear_probe,
+                   losses)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -359,6 +360,12 @@ EVALUATORS: dict[str, Evaluator] = {
         metrics=("classification_accuracy",),
         device_outputs=lambda model, batch, encoded, settings: {
             "class_logits": model.classify(batch)}),
+    "reconstruction": Evaluator(
+        lambda context: image_tokenizer.reconstruction_metrics(context.extra),
+        model_methods=("tokenize", "detokenize"),
+        metrics=("reconstruction_mse", "reconstruction_psnr", "code_perplexity", "codes_used"),
+        device_outputs=lambda model, batch, encoded, settings:
+            image_tokenizer.reconstruction_errors(model, batch["image"])),
     "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
                               metrics=per_modality("linear_probe_top1", "linear_probe_top5",
                                                    "linear_probe_mean_per_class",

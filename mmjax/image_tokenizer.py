@@ -7,8 +7,9 @@ of `levels[c]` values, so the implicit codebook is every combination (prod(level
 code is reachable, and there is nothing to collapse and no auxiliary loss. Rounding passes the
 gradient straight through.
 
-Not yet wired into the trainer (a reconstruction objective, its evaluator and configs are the
-next steps of issue 16).
+It trains through the one trainer as config.model.name='image_tokenizer' with the
+`reconstruction` loss and is evaluated by the `reconstruction` evaluator (configs/
+smoke_image_tokenizer.py); the text-to-image generator over its tokens is issue 16's stage 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax import layers
+from mmjax import conventions, layers
 from mmjax.image_tower import VisionTransformer, normalize_pixels, tower_shape
 
 
@@ -76,55 +77,94 @@ def code_usage(indices: np.ndarray, codebook_size: int) -> dict[str, float]:
             "codes_used": float((counts > 0).mean())}
 
 
-class ImageTokenizer(nnx.Module):
-    """ViT encoder -> FSQ latents per patch -> ViT decoder -> pixels, patch by patch."""
+def reconstruction_errors(model, images: jax.Array) -> dict[str, jax.Array]:
+    """On the device, per eval image: the squared error of its reconstruction in the model's
+    normalised units and in uint8 pixel units (after rounding to what an image file holds), its
+    tokens, and the codebook size (one per row, to keep the outputs row-aligned)."""
+    tokens = model.tokenize(images)
+    reconstruction = model.detokenize(tokens)
+    mean, std = conventions.image_normalization(model.image_tower.input_normalization)
+    pixels = jnp.clip(jnp.round(reconstruction * jnp.asarray(std) + jnp.asarray(mean)), 0, 255)
+    return {
+        "reconstruction_mse": jnp.mean(jnp.square(reconstruction - model.normalized(images)),
+                                       axis=(1, 2, 3)),
+        "reconstruction_pixel_mse": jnp.mean(jnp.square(pixels - images.astype(jnp.float32)),
+                                             axis=(1, 2, 3)),
+        "image_tokens": tokens,
+        "codebook_size": jnp.full(tokens.shape[:1], model.codebook_size, jnp.int32)}
 
-    def __init__(self, *, image_size: int, levels: Sequence[int], encoder: dict, decoder: dict,
-                 dtype=jnp.float32, rngs: nnx.Rngs, **unused):
-        del unused  # the model-building arguments other models take (vocab_size, ...)
-        self.quantizer = FiniteScalarQuantizer(levels)
-        self.encoder = VisionTransformer(image_size=image_size, pooling="gap", dtype=dtype,
-                                         rngs=rngs, **dict(encoder))
-        self.grid = self.encoder.grid
-        self.patch_size = self.encoder.patch_size
-        width = self.encoder.width
-        self.to_latent = layers.Dense(width, len(self.quantizer.levels), ("embed", None),
-                                      rngs=rngs, dtype=dtype)
-        shape = tower_shape(**dict(decoder))
-        self.from_latent = layers.Dense(len(self.quantizer.levels), shape["width"],
-                                        (None, "embed"), rngs=rngs, dtype=dtype)
+
+def reconstruction_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean reconstruction error, PSNR (dB, of 8-bit pixels, averaged over images) and code
+    usage over an eval set, from what `reconstruction_errors` gave for each image."""
+    pixel_mse = np.maximum(extra["reconstruction_pixel_mse"], 1e-10)
+    return {"reconstruction_mse": float(np.mean(extra["reconstruction_mse"])),
+            "reconstruction_psnr": float(np.mean(10 * np.log10(255.0 ** 2 / pixel_mse))),
+            **code_usage(extra["image_tokens"], int(extra["codebook_size"][0]))}
+
+
+class ImageTokenizer(nnx.Module):
+    """ViT encoder (the image tower) -> FSQ latents per patch -> ViT decoder -> pixels, patch
+    by patch. Built by mmjax.models.build_model as config.model.name='image_tokenizer' from
+    config.model.image_tower (the encoder), image_decoder (its shape) and fsq_levels."""
+
+    modalities = ("image",)
+
+    def __init__(self, *, image_size: int, image_tower: dict, image_decoder: dict,
+                 fsq_levels: Sequence[int], dtype: str = "float32", remat: str = "none",
+                 scan_layers: bool = False, attention_implementation: str | None = None,
+                 rngs: nnx.Rngs, **unused):
+        del unused  # the model-building arguments other models take (vocab_size, embed_dim, ...)
+        compute_dtype = jnp.dtype(dtype)
+        shared = dict(dtype=compute_dtype, remat=remat, scan_layers=scan_layers,
+                      attention_implementation=attention_implementation, rngs=rngs)
+        self.quantizer = FiniteScalarQuantizer(fsq_levels)
+        encoder = {k: v for k, v in dict(image_tower).items() if k != "name"}
+        self.image_tower = VisionTransformer(image_size=image_size, **dict(encoder, **shared))
+        self.grid = self.image_tower.grid
+        self.patch_size = self.image_tower.patch_size
+        channels = len(self.quantizer.levels)
+        self.to_latent = layers.Dense(self.image_tower.width, channels, ("embed", None),
+                                      rngs=rngs, dtype=compute_dtype)
+        shape = tower_shape(**dict(image_decoder))
+        self.from_latent = layers.Dense(channels, shape["width"], (None, "embed"), rngs=rngs,
+                                        dtype=compute_dtype)
         self.decoder_position = nnx.Param(
             0.02 * jax.random.normal(rngs.params(), (self.grid[0] * self.grid[1],
                                                      shape["width"])),
             logical_axes=("length", "embed"))
         self.decoder = layers.Transformer(shape["width"], shape["depth"], shape["num_heads"],
-                                          shape["mlp_dim"], rngs=rngs, dtype=dtype)
+                                          shape["mlp_dim"], **shared)
         self.to_pixels = layers.Dense(shape["width"], self.patch_size ** 2 * 3,
-                                      ("embed", "patch"), rngs=rngs, dtype=dtype)
+                                      ("embed", "patch"), rngs=rngs, dtype=compute_dtype)
 
     @property
-    def input_normalization(self) -> str:
-        return self.encoder.input_normalization
-
-    @input_normalization.setter
-    def input_normalization(self, name: str) -> None:
-        self.encoder.input_normalization = name
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
 
     def normalized(self, images: jax.Array) -> jax.Array:
         """What the decoder reconstructs: the images as the encoder sees them."""
-        return normalize_pixels(images, self.input_normalization).astype(jnp.float32)
+        return normalize_pixels(images, self.image_tower.input_normalization).astype(jnp.float32)
 
     def encode(self, images: jax.Array) -> jax.Array:
         """Quantised latents [batch, patches, channels] in [-1, 1]."""
-        _, aux = self.encoder(images)
+        _, aux = self.image_tower(images)
         return self.quantizer(self.to_latent(aux["tokens"]))
+
+    def encode_batch(self, batch: dict, rng: jax.Array | None = None) -> tuple[dict, dict]:
+        """The encoder's pooled features as the image embedding (what the embedding-based
+        evaluators and the report read), and its aux."""
+        del rng
+        pooled, aux = self.image_tower(batch["image"])
+        return {"image": pooled.astype(jnp.float32)}, {"image": aux}
 
     def tokenize(self, images: jax.Array) -> jax.Array:
         """Integer tokens [batch, patches], row by row over the patch grid."""
         return self.quantizer.codes_to_indices(self.encode(images))
 
     def decode(self, codes: jax.Array) -> jax.Array:
-        """Quantised latents [batch, patches, channels] -> images [batch, H, W, 3]."""
+        """Quantised latents [batch, patches, channels] -> images [batch, H, W, 3], normalised as
+        the encoder's inputs are."""
         x = self.from_latent(codes) + self.decoder_position[...]
         patches = self.to_pixels(self.decoder(x)).astype(jnp.float32)
         batch, p = codes.shape[0], self.patch_size
@@ -137,7 +177,5 @@ class ImageTokenizer(nnx.Module):
 
     def __call__(self, batch: dict, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         del rng
-        codes = self.encode(batch["image"])
-        return {"reconstruction": self.decode(codes),
-                "target": self.normalized(batch["image"]),
-                "tokens": self.quantizer.codes_to_indices(codes)}
+        return {"reconstruction": self.decode(self.encode(batch["image"])),
+                "target": self.normalized(batch["image"])}

@@ -6,6 +6,8 @@
     text_embeddings = model.encode_text(["two large red circles on the left"])
     audio_embeddings = model.encode_audio(spectrograms)  # audio models: log-mel [N, frames, mels]
     captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
+    tokens = model.tokenize(images)                   # image tokenizers: [N, patches] ints
+    reconstructions = model.detokenize(tokens)        # ... and back: uint8 (N, S, S, 3)
 
 Embeddings are the projected, unnormalised vectors (normalise before taking cosines). Needs no
 TensorFlow.
@@ -110,6 +112,39 @@ class InferenceModel:
         images = self._prepare_images(images)
         tokens = np.asarray(self._caption(self.params, jnp.asarray(images), beam_size))
         return [self.tokenizer.decode(row) for row in tokens]
+
+    # -- image tokenizers ('image_tokenizer' models) ----------------------------------------
+    def _tokenizer_model(self):
+        model = nnx.merge(self.graphdef, self.params)
+        if not hasattr(model, "tokenize"):
+            raise ValueError(f"This is a {self.config.model.name!r} model, which has no image "
+                             "tokens; they need an 'image_tokenizer' model.")
+        return model
+
+    @functools.cached_property
+    def _tokenize(self):
+        return jax.jit(lambda params, x: nnx.merge(self.graphdef, params).tokenize(x))
+
+    @functools.cached_property
+    def _detokenize(self):
+        def detokenize(params, tokens):
+            model = nnx.merge(self.graphdef, params)
+            mean, std = conventions.image_normalization(model.image_tower.input_normalization)
+            pixels = model.detokenize(tokens) * jnp.asarray(std) + jnp.asarray(mean)
+            return jnp.clip(jnp.round(pixels), 0, 255).astype(jnp.uint8)
+        return jax.jit(detokenize)
+
+    def tokenize(self, images) -> np.ndarray:
+        """An image tokenizer's integer tokens [N, patches] (row by row over the patch grid);
+        uint8 images get the eval preprocessing."""
+        self._tokenizer_model()
+        images = self._prepare_images(images)
+        return np.asarray(self._tokenize(self.params, jnp.asarray(images)))
+
+    def detokenize(self, tokens) -> np.ndarray:
+        """Tokens [N, patches] -> uint8 images [N, image_size, image_size, 3]."""
+        self._tokenizer_model()
+        return np.asarray(self._detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

@@ -204,6 +204,13 @@ def classification_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]
                   "classification_accuracy": (logits.argmax(-1) == labels).mean()}
 
 
+def reconstruction_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean squared error of an autoencoder's reconstruction against its (normalised) input."""
+    del batch
+    error = jnp.mean(jnp.square(outputs["reconstruction"] - outputs["target"]))
+    return error, {"reconstruction_mse": error}
+
+
 @dataclasses.dataclass(frozen=True)
 class Loss:
     """A registered objective and what it needs."""
@@ -254,6 +261,8 @@ LOSSES: dict[str, Loss] = {
     "distill": Loss(distillation_loss, CONTRASTIVE_OUTPUTS, needs_teacher=True,
                     settings=lambda config, tokenizer: {
                         "temperature": float(config.distill.get("temperature", 1.0))}),
+    "reconstruction": Loss(reconstruction_loss, ("reconstruction", "target"),
+                           "use an image tokenizer (config.model.name='image_tokenizer')"),
     "classification": Loss(classification_loss, ("class_logits",),
                            "use a model with a classification head "
                            "(config.model.name='fusion_classifier')", batch_keys=("label",)),

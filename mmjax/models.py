@@ -18,6 +18,7 @@ from flax import nnx
 from mmjax import conventions, fusion, layers, losses
 from mmjax.audio_tower import AudioSpectrogramTransformer
 from mmjax.conventions import image_normalization
+from mmjax.image_tokenizer import ImageTokenizer
 from mmjax.image_tower import VisionTransformer
 from mmjax.text_tower import TextTransformer
 
@@ -346,7 +347,7 @@ class FusionClassifier(FusionModel):
 
 
 MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
-          "fusion_classifier": FusionClassifier}
+          "fusion_classifier": FusionClassifier, "image_tokenizer": ImageTokenizer}
 
 
 def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:

@@ -234,7 +234,7 @@ def _tokenizer(c: _Checks):
         c.add("config.tokenizer.context_length", "leaves no room for text between the "
               "begin- and end-of-text tokens", "use at least 3")
     for field, value in models.text_tower_ids(tokenizer).items():
-        if config.model.text_tower.get(field, value) != value:
+        if (config.model.get("text_tower") or {}).get(field, value) != value:
             c.add(f"config.model.text_tower.{field}", f"differs from the tokenizer's ({value})",
                   "leave it unset: the text tower takes the tokenizer's")
     model_vocab = config.model.get("vocab_size")

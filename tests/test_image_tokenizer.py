@@ -42,9 +42,10 @@ def test_code_usage():
 
 def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct():
     model = image_tokenizer.ImageTokenizer(
-        image_size=16, levels=(5, 5, 5), rngs=nnx.Rngs(0),
-        encoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4),
-        decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4))
+        image_size=16, fsq_levels=(5, 5, 5), rngs=nnx.Rngs(0),
+        image_tower=dict(name="vit", width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
+                         pooling="gap"),
+        image_decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4))
     images = jax.random.randint(jax.random.key(1), (8, 16, 16, 3), 0, 256).astype(jnp.uint8)
     tokens = model.tokenize(images)
     assert tokens.shape == (8, 16) and tokens.dtype == jnp.int32
@@ -67,3 +68,53 @@ def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct():
 
     losses = [float(step(model, optimizer)) for _ in range(60)]
     assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_reconstruction_metrics_count_psnr_per_image_and_code_usage():
+    extra = {"reconstruction_mse": np.array([0.1, 0.3]),
+             "reconstruction_pixel_mse": np.array([255.0 ** 2 / 100, 255.0 ** 2 / 10_000]),
+             "image_tokens": np.array([[0, 1], [1, 1]]), "codebook_size": np.array([4, 4])}
+    metrics = image_tokenizer.reconstruction_metrics(extra)
+    assert metrics["reconstruction_mse"] == pytest.approx(0.2)
+    assert metrics["reconstruction_psnr"] == pytest.approx(30.0)  # mean of 20 dB and 40 dB
+    assert metrics["codes_used"] == 0.5
+    p = np.array([0.25, 0.75])
+    assert metrics["code_perplexity"] == pytest.approx(np.exp(-(p * np.log(p)).sum()))
+
+
+def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(tiny_config,
+                                                                               tmp_path):
+    """config.model.name='image_tokenizer' with the reconstruction loss and evaluator: the loss
+    falls, and the evaluation's pixel error is what the saved model's reconstructions give."""
+    import json
+
+    from conftest import one_device_mesh
+    from configs import common
+    from input_pipeline import pipeline
+    from mmjax import inference, train
+
+    config = common.as_image_tokenizer(tiny_config, encoder="mu/4", decoder="mu/4",
+                                       levels=(5, 5, 5))
+    config.model.image_tower.update(width=32, depth=1, mlp_dim=64, num_heads=2)
+    config.model.image_decoder.update(width=32, depth=1, mlp_dim=64, num_heads=2)
+    config.learning_rate = 3e-3
+    metrics = train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh())
+    losses = [json.loads(line)["train/loss"] for line in open(tmp_path / "metrics.jsonl")
+              if "train/loss" in line]
+    assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
+
+    from mmjax import eval_sets, tokenizers
+
+    data = pipeline.eval_data(config, tokenizers.build_tokenizer(config.tokenizer),
+                              eval_sets.eval_sets(config)[0], global_batch_size=128)
+    images = np.concatenate([b["image"][b["valid"].astype(bool)] for b in data.batches()])
+    assert len(images) == 128
+    model = inference.load(str(tmp_path))
+    tokens = model.tokenize(images)
+    assert tokens.shape == (128, 16) and tokens.max() < 125
+    pixels = model.detokenize(tokens)
+    assert pixels.dtype == np.uint8 and pixels.shape == images.shape
+    pixel_mse = ((pixels.astype(np.float32) - images) ** 2).mean(axis=(1, 2, 3))
+    psnr = np.mean(10 * np.log10(255.0 ** 2 / pixel_mse))
+    assert metrics["eval/mmjax_shapes/reconstruction_psnr"] == pytest.approx(psnr, abs=0.05)
+    assert 0 < metrics["eval/mmjax_shapes/codes_used"] <= 1
