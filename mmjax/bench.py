@@ -34,11 +34,16 @@ def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> floa
     return depth * (projections + attention)
 
 
+def vit_shape(tower) -> dict:
+    """width, depth, mlp_dim, num_heads, patch_size of a ViT-like tower config."""
+    return image_tower.tower_shape(**{k: tower.get(k) for k in
+                                      ("variant",) + image_tower.SHAPE_FIELDS})
+
+
 def vit_flops(tower, input_shape: tuple[int, int], channels: int, embed_dim: int) -> float:
     """Forward matmul FLOPs per example of a ViT-like tower (image, audio) over an input of
     `input_shape` (rows, columns) with `channels`."""
-    vit = image_tower.tower_shape(**{k: tower.get(k) for k in
-                                     ("variant",) + image_tower.SHAPE_FIELDS})
+    vit = vit_shape(tower)
     patches = (input_shape[0] // vit["patch_size"]) * (input_shape[1] // vit["patch_size"])
     # Patch dropout (FLIP): every patch is embedded, the blocks see only the kept ones.
     kept = image_tower.patches_kept(patches, tower.get("patch_dropout", 0.0))
@@ -72,10 +77,7 @@ def forward_flops_per_example(config) -> dict[str, float]:
         parts["text"] = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
         parts["text"] += 2 * text["width"] * model.embed_dim
     if model.get("image_decoder"):  # an image tokenizer: latents -> decoder blocks -> pixels
-        encoder = image_tower.tower_shape(**{k: model.image_tower.get(k) for k in
-                                             ("variant",) + image_tower.SHAPE_FIELDS})
-        decoder = image_tower.tower_shape(**{k: model.image_decoder.get(k) for k in
-                                             ("variant",) + image_tower.SHAPE_FIELDS})
+        encoder, decoder = vit_shape(model.image_tower), vit_shape(model.image_decoder)
         patch, channels = encoder["patch_size"], len(model.fsq_levels)
         patches = (config.data.image_size // patch) ** 2
         # Every patch token goes to the latent channels, instead of one pooled projection.

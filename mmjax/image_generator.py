@@ -4,7 +4,8 @@ tokenizer's tokens whose blocks cross-attend to the text tower's token states (M
 Training masks a share cos(pi/2 * u) of each image's tokens (u uniform: most steps see many
 masks, some few) and predicts them. Condition dropout replaces the text states with a learned
 null context of the same shape, so one model is both conditional and unconditional and the
-shapes never change. Decoding starts from all masks and, over `steps` parallel steps in one
+shapes never change. The loss is losses.masked_token_cross_entropy over the masked
+positions. Decoding starts from all masks and, over `steps` parallel steps in one
 compiled loop, samples every masked token, keeps the most confident ones and masks the rest
 again, fewer each step by the cosine schedule; classifier-free guidance mixes the conditional and
 unconditional logits as uncond + scale * (cond - uncond), so scale 1 is the plain conditional
@@ -16,8 +17,6 @@ what is left of issue 16.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,11 @@ def cosine_schedule(fraction: jax.Array) -> jax.Array:
     return jnp.cos(0.5 * jnp.pi * fraction)
 
 
+def _ranks(scores: jax.Array) -> jax.Array:
+    """Each entry's rank (0: smallest) along the last axis."""
+    return jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+
+
 def mask_for_training(rng: jax.Array, tokens: jax.Array, mask_id: int):
     """Each example masks ceil(cos(pi/2 * u) * P) of its P tokens (u ~ U[0, 1), at least one),
     at random positions. Returns the inputs (masked tokens set to `mask_id`) and the mask."""
@@ -38,19 +42,8 @@ def mask_for_training(rng: jax.Array, tokens: jax.Array, mask_id: int):
     batch, length = tokens.shape
     ratio = cosine_schedule(jax.random.uniform(ratio_rng, (batch,)))
     count = jnp.clip(jnp.ceil(ratio * length), 1, length).astype(jnp.int32)
-    rank = jnp.argsort(jnp.argsort(jax.random.uniform(order_rng, tokens.shape), axis=1), axis=1)
-    masked = rank < count[:, None]
+    masked = _ranks(jax.random.uniform(order_rng, tokens.shape)) < count[:, None]
     return jnp.where(masked, mask_id, tokens), masked
-
-
-def masked_token_loss(logits: jax.Array, targets: jax.Array, masked: jax.Array):
-    """Cross-entropy over the masked positions only, and the accuracy there."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
-    nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    weights = masked.astype(jnp.float32)
-    total = jnp.maximum(weights.sum(), 1.0)
-    accuracy = ((logits.argmax(-1) == targets) * weights).sum() / total
-    return (nll * weights).sum() / total, accuracy
 
 
 class MaskedTokenGenerator(nnx.Module):
@@ -133,16 +126,9 @@ class MaskedTokenGenerator(nnx.Module):
             remaining = jnp.floor(length * cosine_schedule((t + 1) / steps)).astype(jnp.int32)
             # At least one new token per step, so `steps` steps always finish.
             remaining = jnp.minimum(remaining, unknown.sum(axis=1, keepdims=True) - 1)
-            rank = jnp.argsort(jnp.argsort(confidence, axis=1), axis=1)
-            return jnp.where(rank < remaining, self.mask_id, sampled), rng
+            return jnp.where(_ranks(confidence) < remaining, self.mask_id, sampled), rng
 
         start = jnp.full((batch, length), self.mask_id, jnp.int32)
         tokens, _ = jax.lax.fori_loop(0, steps, step, (start, rng))
         return tokens
 
-
-def decoding_schedule(num_tokens: int, steps: int) -> list[int]:
-    """Masks left after each decoding step (what `generate` does when every step can keep its
-    quota): for documentation and tests."""
-    return [math.floor(num_tokens * math.cos(0.5 * math.pi * (t + 1) / steps))
-            for t in range(steps)]

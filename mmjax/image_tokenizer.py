@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax import conventions, layers
-from mmjax.image_tower import VisionTransformer, normalize_pixels, tower_shape
+from mmjax import layers
+from mmjax.image_tower import (VisionTransformer, denormalize_pixels, normalize_pixels,
+                                tower_shape)
 
 
 class FiniteScalarQuantizer:
@@ -83,8 +84,7 @@ def reconstruction_errors(model, images: jax.Array) -> dict[str, jax.Array]:
     tokens, and the codebook size (one per row, to keep the outputs row-aligned)."""
     tokens = model.tokenize(images)
     reconstruction = model.detokenize(tokens)
-    mean, std = conventions.image_normalization(model.image_tower.input_normalization)
-    pixels = jnp.clip(jnp.round(reconstruction * jnp.asarray(std) + jnp.asarray(mean)), 0, 255)
+    pixels = denormalize_pixels(reconstruction, model.image_tower.input_normalization)
     return {
         "reconstruction_mse": jnp.mean(jnp.square(reconstruction - model.normalized(images)),
                                        axis=(1, 2, 3)),

@@ -52,6 +52,13 @@ def normalize_pixels(images: jax.Array, normalization: str) -> jax.Array:
     return (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
 
 
+def denormalize_pixels(images: jax.Array, normalization: str) -> jax.Array:
+    """normalize_pixels undone: float32 pixel values in [0, 255], rounded to what an 8-bit
+    image holds."""
+    mean, std = image_normalization(normalization)
+    return jnp.clip(jnp.round(images * jnp.asarray(std) + jnp.asarray(mean)), 0, 255)
+
+
 def decode_variant(variant: str) -> dict:
     """"B/16" -> width, depth, mlp_dim, num_heads and patch_size."""
     match = re.fullmatch(r"(\w+)/(\d+)", variant)

@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, conventions, decoding, defaults, models, paths, tokenizers
+from mmjax import (checkpoint, conventions, decoding, defaults, image_tower, models, paths,
+                   tokenizers)
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -114,38 +115,31 @@ class InferenceModel:
         return [self.tokenizer.decode(row) for row in tokens]
 
     # -- image tokenizers ('image_tokenizer' models) ----------------------------------------
-    def _tokenizer_model(self):
+    @functools.cached_property
+    def _image_tokenizer(self):
+        """(tokenize, detokenize) compiled; a model without image tokens is refused once."""
         model = nnx.merge(self.graphdef, self.params)
         if not hasattr(model, "tokenize"):
             raise ValueError(f"This is a {self.config.model.name!r} model, which has no image "
                              "tokens; they need an 'image_tokenizer' model.")
-        return model
+        normalization = model.image_tower.input_normalization
 
-    @functools.cached_property
-    def _tokenize(self):
-        return jax.jit(lambda params, x: nnx.merge(self.graphdef, params).tokenize(x))
-
-    @functools.cached_property
-    def _detokenize(self):
         def detokenize(params, tokens):
-            model = nnx.merge(self.graphdef, params)
-            mean, std = conventions.image_normalization(model.image_tower.input_normalization)
-            pixels = model.detokenize(tokens) * jnp.asarray(std) + jnp.asarray(mean)
-            return jnp.clip(jnp.round(pixels), 0, 255).astype(jnp.uint8)
-        return jax.jit(detokenize)
+            normalized = nnx.merge(self.graphdef, params).detokenize(tokens)
+            return image_tower.denormalize_pixels(normalized, normalization).astype(jnp.uint8)
+        return (jax.jit(lambda params, x: nnx.merge(self.graphdef, params).tokenize(x)),
+                jax.jit(detokenize))
 
     def tokenize(self, images) -> np.ndarray:
         """An image tokenizer's integer tokens [N, patches] (row by row over the patch grid);
         uint8 images get the eval preprocessing."""
-        self._tokenizer_model()
-        images = self._prepare_images(images)
-        return np.asarray(self._tokenize(self.params, jnp.asarray(images)))
+        tokenize, _ = self._image_tokenizer
+        return np.asarray(tokenize(self.params, jnp.asarray(self._prepare_images(images))))
 
     def detokenize(self, tokens) -> np.ndarray:
         """Tokens [N, patches] -> uint8 images [N, image_size, image_size, 3]."""
-        self._tokenizer_model()
-        return np.asarray(self._detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
-
+        _, detokenize = self._image_tokenizer
+        return np.asarray(detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
 
 def load_config(path: str) -> ml_collections.ConfigDict:
     """The config a workdir (or one of its checkpoints/STEP folders) was trained with, its

@@ -161,8 +161,9 @@ def distillation_loss(outputs, batch, *, temperature: float) -> tuple[jax.Array,
     return loss, {"distill_loss": loss}
 
 
-def _masked_token_cross_entropy(logits, targets, weights):
-    """Mean token cross-entropy and accuracy over the positions whose weight is 1."""
+def masked_token_cross_entropy(logits, targets, weights):
+    """Mean token cross-entropy and accuracy over the positions whose weight is 1 (captions,
+    masked words, masked image tokens)."""
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     count = jnp.maximum(weights.sum(), 1.0)
     accuracy = ((logits.argmax(-1) == targets) * weights).sum() / count
@@ -174,7 +175,7 @@ def caption_loss(outputs, batch, *, pad_id: int) -> tuple[jax.Array, dict[str, j
     tokens = batch["tokens"]
     targets = tokens[:, 1:]
     weights = (targets != pad_id).astype(jnp.float32)
-    loss, accuracy = _masked_token_cross_entropy(outputs["caption_logits"][:, :-1], targets,
+    loss, accuracy = masked_token_cross_entropy(outputs["caption_logits"][:, :-1], targets,
                                                  weights)
     return loss, {"caption_loss": loss, "caption_token_accuracy": accuracy}
 
@@ -191,7 +192,7 @@ def itm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
 def mlm_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked language modelling: cross-entropy at the selected positions against the
     original tokens."""
-    loss, accuracy = _masked_token_cross_entropy(outputs["mlm_logits"], batch["tokens"],
+    loss, accuracy = masked_token_cross_entropy(outputs["mlm_logits"], batch["tokens"],
                                                  outputs["mlm_mask"])
     return loss, {"mlm_loss": loss, "mlm_accuracy": accuracy}
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mmjax import image_generator
+from mmjax import image_generator, losses
 
 CODES, TOKENS, CONTEXT, CONTEXT_WIDTH = 12, 16, 4, 8
 
@@ -41,7 +41,7 @@ def test_masked_token_loss_counts_only_the_masked_positions():
     logits = jax.random.normal(jax.random.key(1), (2, TOKENS, CODES))
     targets = jax.random.randint(jax.random.key(2), (2, TOKENS), 0, CODES)
     masked = jnp.arange(TOKENS)[None].repeat(2, 0) < jnp.asarray([[3], [5]])
-    loss, _ = image_generator.masked_token_loss(logits, targets, masked)
+    loss, _ = losses.masked_token_cross_entropy(logits, targets, masked.astype(jnp.float32))
     each = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     assert float(loss) == pytest.approx(float(each[np.asarray(masked)].mean()), rel=1e-5)
 
@@ -99,7 +99,8 @@ def test_a_trained_generator_draws_the_image_its_text_asks_for():
             dropped = jax.random.uniform(drop_rng, (32,)) < 0.2
             context, context_lengths = model.condition(context, lengths[pick], dropped)
             logits = model.logits(inputs, context, context_lengths)
-            return image_generator.masked_token_loss(logits, targets, masked)[0]
+            return losses.masked_token_cross_entropy(logits, targets,
+                                                     masked.astype(jnp.float32))[0]
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
         return loss
