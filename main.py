@@ -9,10 +9,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the config snapshot go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "caption"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "caption", "generate"],
                   "train: train (resuming from the workdir) and evaluate; eval: evaluate the "
                   "workdir's latest checkpoint; caption: caption the eval split with it "
-                  "(captioning models).")
+                  "(captioning models); generate: images for the eval captions (text-to-image "
+                  "models), in WORKDIR/generated.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
@@ -41,12 +42,13 @@ def main(argv):
                                    FLAGS.process_id)
     elif FLAGS.distributed_auto:
         jax.distributed.initialize()  # TPU pods, SLURM, GKE: JAX finds the cluster itself
-    from mmjax import evaluation, preflight, train
+    from mmjax import evaluation, generation, preflight, train
 
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
     run = {"train": train.train_and_evaluate, "eval": evaluation.evaluate_checkpoint,
-           "caption": evaluation.caption_checkpoint}[FLAGS.mode]
+           "caption": evaluation.caption_checkpoint,
+           "generate": generation.generate_checkpoint}[FLAGS.mode]
     try:
         run(FLAGS.config, FLAGS.workdir)
     except preflight.ConfigError as e:

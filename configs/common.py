@@ -69,3 +69,35 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
     # A reconstruction loss has no use for weight decay on a small model, nor for 8k warmup.
     config.optimizer.weight_decay = 0.0
     return config
+
+
+def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float = 0.1):
+    """An image tokenizer's config made a text-to-image model over its tokens (issue 16, stage
+    2): the same tokenizer fields, loaded frozen from a run of that config
+    (`--config.image_tokenizer.workdir=DIR`), with the text tower kept and a masked-token
+    generator (`generator`: a text-tower variant) that cross-attends to it, trained on masked
+    image tokens with a share of captions dropped for classifier-free guidance."""
+    from mmjax import text_to_image
+
+    config = tokenizer_config
+    config.model.name = "text_to_image"
+    config.model.text_tower = ml_collections.ConfigDict(dict(name="transformer", variant="mu"))
+    config.model.generator = ml_collections.ConfigDict(dict(variant=generator))
+    config.model.condition_dropout = condition_dropout
+    config.image_tokenizer = ml_collections.ConfigDict(dict(
+        workdir=ml_collections.config_dict.placeholder(str)))
+    config.frozen_params = text_to_image.TOKENIZER_PARTS
+    config.optimizer.weight_decay = 0.05  # the generator's; frozen parts are left as loaded
+    config.losses = {"masked_image_tokens": 1.0}
+    # Parallel decoding (MaskGIT's 8 to 12 steps; sampling at temperature 0.5 drew cleaner
+    # smoke images than 1); the eval samples every scale of the curve, 0 being the
+    # unconditional model; --mode=generate and inference use guidance_scale.
+    config.generation = ml_collections.ConfigDict(dict(
+        steps=12, temperature=0.5, seed=0, guidance_scale=3.0,
+        guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0)))
+    # The judge of the generated images (mmjax/judge.py: a CLIP of another seed and probes fitted
+    # on real images by mmjax.tools.fit_judge); the generation evaluator needs it.
+    config.judge = ml_collections.ConfigDict(dict(
+        workdir=ml_collections.config_dict.placeholder(str)))
+    config.evals = ("generation",)
+    return config

@@ -10,6 +10,7 @@ writes it as JSON to --out. Model FLOPs are the analytic matmul FLOPs of the for
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import jax
@@ -76,6 +77,8 @@ def forward_flops_per_example(config) -> dict[str, float]:
         context = config.tokenizer.context_length
         parts["text"] = transformer_flops(context, text["width"], text["depth"], text["mlp_dim"])
         parts["text"] += 2 * text["width"] * model.embed_dim
+    if model.get("generator"):  # text-to-image: frozen tokenizer encoder, text, generator
+        return _text_to_image_flops(config, parts)
     if model.get("image_decoder"):  # an image tokenizer: latents -> decoder blocks -> pixels
         encoder, decoder = vit_shape(model.image_tower), vit_shape(model.image_decoder)
         patch, channels = encoder["patch_size"], len(model.fsq_levels)
@@ -90,6 +93,29 @@ def forward_flops_per_example(config) -> dict[str, float]:
     # example and pair.
     pairs = len(conventions.contrastive_pairs(model, config.get("contrastive_pairs", ())))
     parts["logits"] = 2 * config.batch_size * model.embed_dim * pairs
+    return parts
+
+
+def _text_to_image_flops(config, parts: dict[str, float]) -> dict[str, float]:
+    """A text-to-image step: the frozen tokenizer encoder runs forward only (so a third of what
+    a trained part of the same size counts, as the total is 3x the forward), the decoder not at
+    all; the text tower and the generator train."""
+    model = config.model
+    encoder, patch = vit_shape(model.image_tower), vit_shape(model.image_tower)["patch_size"]
+    tokens = (config.data.image_size // patch) ** 2
+    codebook = math.prod(model.fsq_levels)
+    parts["image"] += 2 * encoder["width"] * (tokens * len(model.fsq_levels) - model.embed_dim)
+    parts["image"] /= 3
+    text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
+                                     ("variant",) + text_tower.SHAPE_FIELDS})
+    parts["text"] -= 2 * text["width"] * model.embed_dim  # no projection to a shared space
+    generator = text_tower.tower_shape(**dict(model.generator))
+    width, context = generator["width"], config.tokenizer.context_length
+    cross = 2 * 2 * tokens * width * width + 2 * 2 * context * text["width"] * width
+    cross += 2 * 2 * tokens * context * width
+    parts["generator"] = transformer_flops(tokens, width, generator["depth"],
+                                           generator["mlp_dim"]) + generator["depth"] * cross
+    parts["generator"] += 2 * tokens * width * codebook  # the head over the codebook
     return parts
 
 

@@ -59,8 +59,7 @@ class Evaluation:
         self.trainer = trainer
         self.eval_set = eval_set or trainer.plan.eval_sets[0]
         self.evaluators = {name: evaluators.EVALUATORS[name] for name in self.eval_set.evals}
-        self.settings = evaluators.EvalSettings(
-            tokenizer=trainer.tokenizer, beam_size=int(trainer.config.caption.beam_size))
+        self.settings = evaluators.EvalSettings.from_config(trainer.config, trainer.tokenizer)
 
     @property
     def needs_probe(self) -> bool:
@@ -177,7 +176,7 @@ class Evaluation:
             labels=outputs.pop("label"), tokens=outputs.pop("tokens"), extra=outputs,
             tokenizer=trainer.tokenizer, class_names=eval_data.class_names,
             prompt_templates=eval_data.prompt_templates,
-            present_classes_only=eval_data.present_classes_only,
+            present_classes_only=eval_data.present_classes_only, settings=self.settings,
             encode_texts=lambda texts: self.encode_token_rows(params, trainer.tokenizer(texts)))
         if all_captions:
             tokens = np.concatenate([t for t, _ in all_captions])

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mmjax import (caption_metrics, conventions, decoding, image_tokenizer, linear_probe,
-                   losses)
+from mmjax import (caption_metrics, conventions, decoding, image_tokenizer, judge, linear_probe,
+                   losses, text_to_image)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -128,6 +128,8 @@ class EvalContext:
     all_text_image: np.ndarray | None = None
     # Zero-shot picks among the classes the eval labels have (ImageNet-A and -R: 200 of 1,000).
     present_classes_only: bool = False
+    # The run's EvalSettings (what the generation evaluator's judge is).
+    settings: object = None
 
     @property
     def image_embeddings(self) -> np.ndarray:
@@ -307,6 +309,24 @@ class EvalSettings:
 
     tokenizer: object
     beam_size: int = 1
+    # Text-to-image: decoding, the guidance scales to sample at (0: unconditional), the judge.
+    generation_steps: int = 8
+    generation_temperature: float = 1.0
+    generation_seed: int = 0
+    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0)
+    judge_workdir: str | None = None
+
+    @classmethod
+    def from_config(cls, config, tokenizer) -> "EvalSettings":
+        generation = dict(config.get("generation") or {})
+        given = {field: generation[key] for key, field in (
+            ("steps", "generation_steps"), ("temperature", "generation_temperature"),
+            ("seed", "generation_seed"), ("guidance_scales", "guidance_scales"))
+            if key in generation}
+        if "guidance_scales" in given:
+            given["guidance_scales"] = tuple(float(s) for s in given["guidance_scales"])
+        return cls(tokenizer=tokenizer, beam_size=int(config.caption.beam_size),
+                   judge_workdir=(config.get("judge") or {}).get("workdir"), **given)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +345,8 @@ class Evaluator:
     needs_probe: bool = False
     # The metrics it may report (logged as eval/<dataset>/<metric>).
     metrics: tuple[str, ...] = ()
+    # Config fields (dotted) naming folders it reads, which must be set and exist, and the fix.
+    config_paths: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 RECALL = tuple(f"{a}2{b}_recall@{k}" for a in conventions.INITIALS.values()
@@ -366,6 +388,12 @@ EVALUATORS: dict[str, Evaluator] = {
         metrics=("reconstruction_mse", "reconstruction_psnr", "code_perplexity", "codes_used"),
         device_outputs=lambda model, batch, encoded, settings:
             image_tokenizer.reconstruction_errors(model, batch["image"])),
+    "generation": Evaluator(
+        judge.evaluate_generation, model_methods=("generate",),
+        config_paths={"judge.workdir": "fit a judge on real images (python -m "
+                      "mmjax.tools.fit_judge --clip_workdir=A_CLIP_RUN --out=DIR) and give DIR"},
+        device_outputs=lambda model, batch, encoded, settings:
+            text_to_image.generation_outputs(model, batch, settings)),
     "linear_probe": Evaluator(evaluate_linear_probe, data_needs=("labels",), needs_probe=True,
                               metrics=per_modality("linear_probe_top1", "linear_probe_top5",
                                                    "linear_probe_mean_per_class",

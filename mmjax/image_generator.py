@@ -11,9 +11,8 @@ again, fewer each step by the cosine schedule; classifier-free guidance mixes th
 unconditional logits as uncond + scale * (cond - uncond), so scale 1 is the plain conditional
 model and scale 0 the unconditional one.
 
-Not yet wired into the trainer: the text-to-image model around this core (text tower, frozen
-tokenizer loaded from its workdir), its configs, `--mode=generate` and the judged evaluation are
-what is left of issue 16.
+The text-to-image model around it (text tower, the tokenizer loaded frozen from its run) is
+mmjax/text_to_image.py.
 """
 
 from __future__ import annotations

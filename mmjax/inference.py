@@ -8,6 +8,8 @@
     captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
     tokens = model.tokenize(images)                   # image tokenizers: [N, patches] ints
     reconstructions = model.detokenize(tokens)        # ... and back: uint8 (N, S, S, 3)
+    images = model.generate(["two large red circles on the left"], seed=0,
+                            guidance_scale=2.0, steps=8)  # text-to-image: uint8 (N, S, S, 3)
 
 Embeddings are the projected, unnormalised vectors (normalise before taking cosines). Needs no
 TensorFlow.
@@ -140,6 +142,38 @@ class InferenceModel:
         """Tokens [N, patches] -> uint8 images [N, image_size, image_size, 3]."""
         _, detokenize = self._image_tokenizer
         return np.asarray(detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
+
+    # -- text-to-image ('text_to_image' models) ---------------------------------------------
+    @functools.cached_property
+    def _generate(self):
+        model = nnx.merge(self.graphdef, self.params)
+        if not hasattr(model, "generate"):
+            raise ValueError(f"This is a {self.config.model.name!r} model, which cannot make "
+                             "images from text; that needs a 'text_to_image' model.")
+        normalization = model.image_tower.input_normalization
+
+        @functools.partial(jax.jit, static_argnames=("steps",))
+        def generate(params, tokens, rng, guidance_scale, temperature, steps):
+            images = nnx.merge(self.graphdef, params).generate(
+                tokens, rng, steps=steps, guidance_scale=guidance_scale, temperature=temperature)
+            return image_tower.denormalize_pixels(images, normalization).astype(jnp.uint8)
+        return generate
+
+    def generate(self, texts: Sequence[str], seed: int = 0, guidance_scale: float | None = None,
+                 steps: int | None = None, temperature: float | None = None) -> np.ndarray:
+        """uint8 images (N, S, S, 3) made from `texts`; the same seed gives the same images.
+        Unset settings are the run's config.generation (guidance 1: no guidance, 0: ignore the
+        text)."""
+        defaults_ = self.config.get("generation") or {}
+        pick = lambda value, key, fallback: value if value is not None else defaults_.get(
+            key, fallback)
+        tokens = jnp.asarray(self.tokenizer(list(texts)))
+        return np.asarray(self._generate(
+            self.params, tokens, jax.random.key(seed),
+            jnp.float32(pick(guidance_scale, "guidance_scale", 1.0)),
+            jnp.float32(pick(temperature, "temperature", 1.0)),
+            steps=int(pick(steps, "steps", 8))))
+
 
 def load_config(path: str) -> ml_collections.ConfigDict:
     """The config a workdir (or one of its checkpoints/STEP folders) was trained with, its

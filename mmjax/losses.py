@@ -212,6 +212,15 @@ def reconstruction_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]
     return error, {"reconstruction_mse": error}
 
 
+def masked_image_token_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """A masked-token generator's cross-entropy at the masked image tokens."""
+    del batch
+    loss, accuracy = masked_token_cross_entropy(
+        outputs["image_token_logits"], outputs["image_token_targets"],
+        outputs["image_token_mask"].astype(jnp.float32))
+    return loss, {"image_token_loss": loss, "image_token_accuracy": accuracy}
+
+
 @dataclasses.dataclass(frozen=True)
 class Loss:
     """A registered objective and what it needs."""
@@ -264,6 +273,10 @@ LOSSES: dict[str, Loss] = {
                         "temperature": float(config.distill.get("temperature", 1.0))}),
     "reconstruction": Loss(reconstruction_loss, ("reconstruction", "target"),
                            "use an image tokenizer (config.model.name='image_tokenizer')"),
+    "masked_image_tokens": Loss(masked_image_token_loss, ("image_token_logits",
+                                                          "image_token_targets",
+                                                          "image_token_mask"),
+                                "use a text-to-image model (config.model.name='text_to_image')"),
     "classification": Loss(classification_loss, ("class_logits",),
                            "use a model with a classification head "
                            "(config.model.name='fusion_classifier')", batch_keys=("label",)),

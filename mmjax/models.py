@@ -20,6 +20,7 @@ from mmjax.audio_tower import AudioSpectrogramTransformer
 from mmjax.conventions import image_normalization
 from mmjax.image_tokenizer import ImageTokenizer
 from mmjax.image_tower import VisionTransformer
+from mmjax.text_to_image import TextToImage
 from mmjax.text_tower import TextTransformer
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +348,8 @@ class FusionClassifier(FusionModel):
 
 
 MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
-          "fusion_classifier": FusionClassifier, "image_tokenizer": ImageTokenizer}
+          "fusion_classifier": FusionClassifier, "image_tokenizer": ImageTokenizer,
+          "text_to_image": TextToImage}
 
 
 def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
@@ -392,3 +394,14 @@ def text_tower_ids(tokenizer) -> dict[str, int]:
     """What the text tower takes from the tokenizer when its config leaves it unset."""
     return {"context_length": tokenizer.context_length, "pad_id": tokenizer.pad_id,
             "eot_id": tokenizer.eot_id}
+
+
+def pretrained_sources(config) -> list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]]:
+    """(config field, workdir, parameter prefixes (none: all), settings that must equal the
+    workdir's config) of each run a new run starts parameters from: config.init_from, then what
+    the model declares (a text-to-image model's tokenizer); a declared workdir may be unset."""
+    init_from = config.init_from.get("checkpoint")
+    declared = getattr(MODELS.get(config.model.name), "pretrained_parts", None)
+    return ([("config.init_from.checkpoint", init_from,
+              tuple(config.init_from.get("params", ())), ())] if init_from else []) + (
+        declared(config) if declared else [])

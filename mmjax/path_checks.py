@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from mmjax import checkpoint, conventions, defaults, paths
+from mmjax import checkpoint, conventions, defaults, models, paths
 
 
 def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None,
@@ -16,15 +16,23 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
     """init_from, the teacher and the workdir; `shapes` (parameter name -> shape) is the
     model's, when it could be built."""
     config = c.config
-    init_from = config.init_from.get("checkpoint")
-    if config.init_from.params and not init_from:
+    if config.init_from.params and not config.init_from.get("checkpoint"):
         c.add("config.init_from.params", "selects parameters but no checkpoint is given",
               "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
-    if init_from and not _find(init_from):
-        c.add("config.init_from.checkpoint", "holds no mmjax checkpoint",
-              "give a trained run's workdir, its checkpoints/ folder or a checkpoints/STEP folder")
-    elif init_from and shapes is not None:
-        _init_from_shapes(c, shapes)
+    for field, source, prefixes, settings in models.pretrained_sources(config):
+        if not source:
+            if workdir is None:  # a benchmark or an abstract check: no run starts from it
+                continue
+            c.add(field, f"is unset, and the {config.model.name!r} model starts "
+                  f"{list(prefixes)} from it", "train that part first and set this to its "
+                  "run's workdir")
+        elif not _find(source):
+            c.add(field, "holds no mmjax checkpoint", "give a trained run's workdir, its "
+                  "checkpoints/ folder or a checkpoints/STEP folder")
+        else:
+            _source_settings(c, field, source, settings)
+            if shapes is not None:
+                _source_shapes(c, field, source, prefixes, shapes)
     audio_from = config.init_from.get("audio_tower_from")
     if audio_from and not _find(audio_from):
         c.add("config.init_from.audio_tower_from", "holds no mmjax checkpoint",
@@ -73,19 +81,43 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
                    f"(--config=configs/from_workdir.py:{workdir}); nothing was changed there")
 
 
-def _init_from_shapes(c, shapes: dict) -> None:
-    """The parameters config.init_from loads must be in its checkpoint, with this model's shapes."""
-    config = c.config
-    found = _find(config.init_from.checkpoint)
-    prefixes = tuple(config.init_from.params)
-    saved = checkpoint.saved_parameter_shapes(*found)
+def _source_settings(c, field: str, source: str, settings: tuple[str, ...]) -> None:
+    """Each dotted config key in `settings` must equal the source run's (its config.json)."""
+    if not settings:
+        return
+    from mmjax import inference
+
+    try:
+        theirs = inference.load_config(source)
+    except FileNotFoundError as e:
+        c.add(field, str(e).rstrip("."), "give a workdir written by mmjax")
+        return
+    for key in settings:
+        mine, saved = (defaults.plain(dotted(cfg, key)) for cfg in (c.config, theirs))
+        if mine != saved:
+            c.add(f"config.{key}", f"is {mine}, but the run at {field} ({source}) was trained "
+                  f"with {saved}", f"set config.{key}={saved}, or train that part again")
+
+
+def dotted(config, key: str):
+    """config's value at a dotted key ("judge.workdir"), None where a part is missing."""
+    for part in key.split("."):
+        config = config.get(part) if config is not None else None
+    return config
+
+
+def _source_shapes(c, field: str, source: str, prefixes: tuple, shapes: dict) -> None:
+    """The parameters a run starts from `source` must be in its checkpoint, with this model's
+    shapes."""
+    saved = checkpoint.saved_parameter_shapes(*_find(source))
     wanted = [n for n in shapes if not prefixes or conventions.under_prefixes(n, prefixes)]
     missing = [n for n in wanted if n not in saved]
     differing = _differing(saved, shapes, [n for n in wanted if n in saved])
     if missing or differing:
-        c.add("config.init_from.params", (f"{len(missing)} parameters are not in "
-              f"{config.init_from.checkpoint} (first: {missing[:2]}); " if missing else "")
-              + (f"shapes differ: {differing[:2]}" if differing else ""),
+        where = "config.init_from.params" if field == "config.init_from.checkpoint" else field
+        c.add(where, (f"{len(missing)} parameters are not in {source} (first: {missing[:2]}); "
+                      if missing else "") + (f"shapes differ: {differing[:2]}" if differing
+                                             else ""),
               "select parameters the checkpoint has with these shapes, or make the model config "
               "match the checkpoint's")
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax import (checkpoint, conventions, data_checks, defaults, eval_sets, evaluators, layers,
-                   losses, models, path_checks, sharding, tokenizers)
+                   losses, models, path_checks, paths, sharding, tokenizers)
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -323,6 +323,13 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     sets = _eval_sets(c)
     named_evals = tuple(dict.fromkeys([*(e for s in sets for e in s.evals), *required_evals]))
     _names(c, sets)
+    for name in named_evals:
+        evaluator = evaluators.EVALUATORS.get(name)
+        for key, fix in (evaluator.config_paths if evaluator else {}).items():
+            value = path_checks.dotted(config, key)
+            if not value or not paths.exists(value):
+                c.add(f"config.{key}", f"the {name!r} evaluator reads it, and it is "
+                      + ("unset" if not value else "not there"), fix)
     layout = _mesh(c, mesh)
     tokenizer = _tokenizer(c)
     if tokenizer is not None and tokenizer.bos_id is None and "captioning" in named_evals:

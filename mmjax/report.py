@@ -5,7 +5,9 @@ Figures (written next to the report, under WORKDIR/report/):
   captions, the correct one marked in green;
 - the image-text similarity matrix of the first 32 pairs (matches on the diagonal);
 - zero-shot accuracy per class;
-- training curves from WORKDIR/metrics.jsonl.
+- training curves from WORKDIR/metrics.jsonl;
+- text-to-image: images made for eval captions, one column per source (real, tokenizer
+  reconstruction, nearest training image, each guidance scale), and the judge's table.
 Written by `python main.py --mode=eval`; needs matplotlib, imported only here.
 """
 
@@ -31,8 +33,14 @@ def _pyplot():
     return plt
 
 
+GENERATION_SOURCE = re.compile(r"(real|reconstructed|nearest_training|unconditional|"
+                               r"generated_g[0-9.]+)_(.*)")
+
+
 def _evaluator_of(metric: str) -> str:
     name = metric.split("/")[-1]
+    if GENERATION_SOURCE.fullmatch(name):
+        return "generation"
     if re.match(r"[a-z]2[a-z]_recall@|num_(candidates|texts)$|caption_chance@", name):
         return "retrieval"
     for part, evaluator in (("zeroshot", "zero-shot"), ("caption", "captioning"),
@@ -96,6 +104,40 @@ def _wrap(text: str, width: int) -> list[str]:
         else:
             line = f"{line} {word}".strip()
     return lines + ([line] if line else [])
+
+
+def generation_figure(plt, path: str, captions: list[str], images: dict[str, np.ndarray],
+                      shown: int = 8) -> None:
+    """A row per caption, a column per source of images made for it."""
+    rows, columns = min(shown, len(captions)), len(images)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns + 2.2, 1.3 * rows),
+                             squeeze=False)
+    for column, (source, pictures) in enumerate(images.items()):
+        axes[0, column].set_title(source.replace("_", " "), fontsize=7)
+        for row in range(rows):
+            axes[row, column].imshow(pictures[row], interpolation="nearest")
+            axes[row, column].set_xticks([])
+            axes[row, column].set_yticks([])
+    for row in range(rows):
+        axes[row, 0].set_ylabel("\n".join(_wrap(captions[row], 18)), fontsize=6, rotation=0,
+                                ha="right", va="center")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def generation_table(metrics: dict[str, float]) -> list[str]:
+    """The judge's numbers as a table: a row per source, a column per measure."""
+    table: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        match = GENERATION_SOURCE.fullmatch(name.split("/")[-1])
+        if match:
+            table.setdefault(match.group(1), {})[match.group(2)] = value
+    measures = list(dict.fromkeys(m for row in table.values() for m in row))
+    return ([f"| source | {' | '.join(measures)} |", "|" + " --- |" * (len(measures) + 1)]
+            + [f"| {source} | " + " | ".join(_format(row.get(m, float("nan")))
+                                               for m in measures) + " |"
+               for source, row in table.items()])
 
 
 def similarity_figure(plt, path: str, similarity: np.ndarray):
@@ -178,7 +220,22 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
         if not name.endswith("/seconds"):
             groups.setdefault(_evaluator_of(name), []).append((name.split("/")[-1], value))
     for group, rows in groups.items():
-        lines += [f"## {group}", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"## {group}", ""]
+        if group == "generation":
+            lines += ["Judged by a CLIP of another seed and attribute probes fitted on real "
+                      "training images (mmjax/judge.py); seen / held_out: captions whose "
+                      "colour-shape pair training has / lacks; r_precision among 100 captions "
+                      "(chance 0.01); frechet_distance and kid on the judge's embeddings "
+                      "against real training images (not Inception FID; `real` is the "
+                      "real-vs-real baseline).", ""]
+            lines += generation_table(dict(rows)) + [""]
+            if "generation" in evaluator_details:
+                shown = evaluator_details["generation"]
+                generation_figure(plt, paths.join(figures_dir, f"{prefix}generation.png"),
+                                  shown["captions"], shown["images"])
+                lines += [f"![generated images](report/{prefix}generation.png)", ""]
+            continue
+        lines += ["| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {_format(value)} |" for name, value in rows]
         lines.append("")
         if group == "retrieval" and "retrieval" in evaluator_details:

@@ -122,13 +122,11 @@ class Trainer:
                 print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
             return self._restore(manager, latest)
         state = self.create_state()
-        init_from = self.config.init_from.get("checkpoint")
-        if init_from:
-            prefixes = tuple(self.config.init_from.get("params", ()))
+        for _, source, prefixes, _ in models.pretrained_sources(self.config):
             state["params"] = checkpoint.merge_params(
-                state["params"], checkpoint.load_params(init_from), prefixes, init_from)
+                state["params"], checkpoint.load_params(source), prefixes, source)
             if jax.process_index() == 0:
-                print(f"Initialised {list(prefixes) or 'all parameters'} from {init_from}.",
+                print(f"Initialised {list(prefixes) or 'all parameters'} from {source}.",
                       flush=True)
         audio_from = self.config.init_from.get("audio_tower_from")
         if audio_from:

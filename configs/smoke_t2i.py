@@ -1,0 +1,32 @@
+"""CPU smoke run of text-to-image (issue 16, stage 2): a masked-token generator over the smoke
+image tokenizer's tokens, cross-attending to a small text tower, on mmjax_shapes captions, judged
+by an attribute classifier and a CLIP trained apart on real images (mmjax/judge.py).
+
+python main.py --config=configs/smoke_image_tokenizer.py --workdir=/tmp/mmjax_tokenizer
+python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_judge_clip --config.seed=1
+python -m mmjax.tools.fit_judge --clip_workdir=/tmp/mmjax_judge_clip --out=/tmp/mmjax_judge
+python main.py --config=configs/smoke_t2i.py --workdir=/tmp/mmjax_t2i \
+    --config.image_tokenizer.workdir=/tmp/mmjax_tokenizer --config.judge.workdir=/tmp/mmjax_judge
+python main.py --config=configs/smoke_t2i.py --workdir=/tmp/mmjax_t2i --mode=generate \
+    --config.image_tokenizer.workdir=/tmp/mmjax_tokenizer --config.judge.workdir=/tmp/mmjax_judge
+"""
+
+import ml_collections
+
+from configs import common, smoke_image_tokenizer
+
+
+def get_config():
+    config = common.as_text_to_image(smoke_image_tokenizer.get_config(), generator="mu")
+    config.name = "smoke_t2i"
+    config.total_steps = 1500
+    config.log_every_steps = 50
+    config.eval_every_steps = 0  # the judged evaluation at the end only
+    config.checkpoint_every_steps = 500
+    config.learning_rate = 2e-3
+    config.warmup_steps = 100
+    # 500 test captions (about 125 with a held-out colour-shape pair), each drawn at every
+    # guidance scale of config.generation.guidance_scales.
+    config.eval_sets = ml_collections.ConfigDict({"mmjax_shapes": dict(
+        data=config.data.eval, max_examples=500)})
+    return config

@@ -1,0 +1,210 @@
+"""Text-to-image through the one trainer (issue 16, stage 2): a generator over a frozen
+tokenizer's tokens, sharded training, inference and --mode=generate, and the judge."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import common
+from mmjax import checkpoint, judge, preflight, sharding, train
+from mmjax.trainer import Trainer
+
+TINY = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
+
+
+def tokenizer_config(tiny_config):
+    # 64 codes: the codebook axis splits over the tensor and fsdp axes.
+    config = common.as_image_tokenizer(tiny_config, encoder="mu/4", decoder="mu/4",
+                                       levels=(4, 4, 4))
+    config.model.image_tower.update(**TINY)
+    config.model.image_decoder.update(**TINY)
+    config.learning_rate = 3e-3
+    return config
+
+
+def t2i_config(tiny_config, tokenizer_workdir):
+    config = common.as_text_to_image(tokenizer_config(tiny_config), generator=None)
+    config.model.generator.update(**TINY)
+    config.model.text_tower.update(variant=None, **TINY)
+    config.image_tokenizer.workdir = tokenizer_workdir
+    config.evals = ()
+    config.generation.update(steps=4, guidance_scales=(0.0, 1.0))
+    return config
+
+
+@pytest.fixture(scope="module")
+def runs(tfds_dir, tmp_path_factory):
+    """A tiny tokenizer run, and a text-to-image run over its tokens (one device)."""
+    from conftest import make_tiny_config, one_device_mesh
+
+    root = tmp_path_factory.mktemp("t2i")
+    tokenizer_dir, t2i_dir = str(root / "tokenizer"), str(root / "t2i")
+    train.train_and_evaluate(tokenizer_config(make_tiny_config(tfds_dir)), tokenizer_dir,
+                             mesh=one_device_mesh())
+    config = t2i_config(make_tiny_config(tfds_dir), tokenizer_dir)
+    train.train_and_evaluate(config, t2i_dir, mesh=one_device_mesh())
+    return tokenizer_dir, t2i_dir, config
+
+
+def test_the_generator_trains_over_the_frozen_tokenizer_it_loaded(runs):
+    tokenizer_dir, t2i_dir, _ = runs
+    losses = [json.loads(line)["train/image_token_loss"] for line in open(f"{t2i_dir}/metrics.jsonl")
+              if "train/image_token_loss" in line]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.3, losses
+    tokenizer, generator = (checkpoint.load_params(d) for d in (tokenizer_dir, t2i_dir))
+    tokenizer_names = [n for n in generator if n.split("/")[0] in
+                       ("image_tower", "to_latent", "from_latent", "decoder_position", "decoder",
+                        "to_pixels")]
+    assert len(tokenizer_names) == len(tokenizer) > 10
+    for name in tokenizer_names:  # loaded, and not moved by 8 steps of training
+        np.testing.assert_array_equal(generator[name], tokenizer[name], err_msg=name)
+    assert any(n.startswith("generator/") for n in generator)
+
+
+def test_inference_generates_images_from_text_the_same_for_a_seed(runs):
+    from mmjax import inference
+
+    model = inference.load(runs[1])
+    texts = ["one small red circle on the left", "three large blue squares at the top"]
+    settings = dict(guidance_scale=2.0, steps=4, temperature=1.0)
+    images = model.generate(texts, seed=0, **settings)
+    assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(images, model.generate(texts, seed=0, **settings))
+    assert not np.array_equal(images, model.generate(texts, seed=1, **settings))
+    # Scale 0 is the unconditional model: other texts, the same images.
+    np.testing.assert_array_equal(
+        model.generate(texts, seed=0, guidance_scale=0.0, steps=4),
+        model.generate(["two small green crosses at the top"] * 2, seed=0, guidance_scale=0.0,
+                       steps=4))
+    with pytest.raises(ValueError, match="cannot make images from text"):
+        inference.load(runs[0]).generate(texts)
+
+
+def test_mode_generate_writes_the_images_and_grids(runs, tmp_path):
+    import shutil
+
+    from mmjax import generation
+
+    workdir = shutil.copytree(runs[1], tmp_path / "run")
+    result = generation.generate_checkpoint(runs[2], str(workdir))
+    saved = np.load(workdir / "generated" / "images.npz")
+    assert saved["images"].shape == saved["real_images"].shape == (len(result["captions"]), 16,
+                                                                    16, 3)
+    assert saved["images"].dtype == np.uint8 and int(saved["step"]) == 8
+    np.testing.assert_array_equal(saved["images"], result["images"])
+    assert (workdir / "generated" / "grid_0.png").stat().st_size > 1000
+
+
+def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tiny_config,
+                                                                       tmp_path):
+    config = t2i_config(tiny_config, None)
+    with pytest.raises(preflight.ConfigError, match=r"config.image_tokenizer.workdir = None: "
+                                                    r"is unset"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+    config = t2i_config(tiny_config, runs[0])
+    config.model.fsq_levels = (8, 4, 2)  # same latent width, other codes
+    with pytest.raises(preflight.ConfigError, match=r"config.model.fsq_levels = .*trained with "
+                                                    r"\[4, 4, 4\]"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+    config = t2i_config(tiny_config, runs[0])
+    config.evals = ("generation",)
+    with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+
+
+def test_generator_training_sharded_on_8_devices_equals_one_device(runs, tiny_config):
+    config = t2i_config(tiny_config, runs[0])
+    rng = np.random.default_rng(0)
+    losses = {}
+    for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
+                                       "eight": ({"data": 2, "fsdp": 2, "tensor": 2},
+                                                 "fsdp_tensor")}.items():
+        config.sharding_rules = rules
+        trainer = Trainer(config, mesh=sharding.create_mesh(
+            mesh_config, jax.devices()[:1] if name == "one" else None))
+        state, losses[name] = trainer.create_state(), []
+        rng = np.random.default_rng(0)
+        for _ in range(2):
+            batch = {"image": rng.integers(0, 256, (16, 16, 16, 3), np.uint8),
+                     "tokens": trainer.tokenizer(["two small green crosses at the top"] * 16)}
+            state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+            losses[name].append(float(metrics["loss"]))
+    head = state["params"]["generator"]["head"]["kernel"]
+    assert head[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    np.testing.assert_allclose(losses["eight"], losses["one"], atol=1e-4, rtol=0)
+
+
+def test_caption_attributes_read_the_shapes_grammar():
+    assert judge.caption_attributes("three large white crosses in the center") == {
+        "count": "three", "size": "large", "color": "white", "shape": "cross",
+        "position": "in the center"}
+    assert judge.caption_attributes("one small red cross on the left")["shape"] == "cross"
+    assert judge.caption_attributes("two small red circles at the top")["shape"] == "circle"
+    with pytest.raises(ValueError, match="not an mmjax_shapes caption"):
+        judge.caption_attributes("a cat")
+
+
+def test_frechet_distance_kid_and_r_precision_on_known_features():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4000, 4)), rng.normal(size=(4000, 4))
+    assert judge.frechet_distance(a, b) < 0.02
+    # Shifted by 2 along one axis and scaled by 3 along another: |mu|^2 + (3 - 1)^2.
+    shifted = b * np.array([1, 3, 1, 1]) + np.array([2, 0, 0, 0])
+    assert judge.frechet_distance(a, shifted) == pytest.approx(4 + 4, rel=0.05)
+    assert abs(judge.kernel_inception_distance(a, b)) < 0.01
+    assert judge.kernel_inception_distance(a, shifted) > 0.5
+    captions = [f"caption {i}" for i in range(300)]
+    texts = rng.normal(size=(300, 16))
+    assert judge.r_precision(texts, texts, captions) == 1.0
+    chance = judge.r_precision(rng.normal(size=(300, 16)), texts, captions)
+    assert chance < 0.05
+
+
+def test_the_nearest_training_image_is_the_same_caption_or_the_closest():
+    bank = np.arange(3)[:, None, None, None] * np.ones((3, 2, 2, 3), np.uint8)
+    baseline = judge.Judge(None, {}, None, frozenset(), bank, [
+        "one small red circle on the left", "two large blue squares at the top",
+        "two large blue circles at the top"])
+    chosen = baseline.nearest_training_images([
+        "two large blue circles at the top",   # in the bank
+        "two large red squares at the top",     # a pair it lacks: the closest caption's image
+        "one small red circle on the right"])
+    np.testing.assert_array_equal(chosen[:, 0, 0, 0], [2, 1, 0])
+
+
+def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, finished_run,
+                                                                        tmp_path):
+    """An attribute classifier trained on real training images, with another run's CLIP for
+    R-precision, scores the generated images beside real ones, reconstructions and the nearest
+    training images; the report shows the table and the images."""
+    import shutil
+
+    from mmjax import evaluation, inference
+    from mmjax.tools import fit_judge
+
+    clip = inference.load(finished_run[0])
+    images, captions = fit_judge.real_images(clip.config, clip.tokenizer,
+                                             "tfds:mmjax_shapes/tiny:train", 512)
+    assert images.shape == (512, 16, 16, 3) and images.dtype == np.uint8
+    arrays, accuracy = judge.fit(images, captions, steps=150)
+    assert accuracy["size"] > 0.6, accuracy  # two sizes: it learnt something in 150 steps
+    judge.save(str(tmp_path / "judge"), arrays, clip_workdir=finished_run[0], data="tiny",
+               check_accuracy=accuracy)
+    workdir = shutil.copytree(runs[1], tmp_path / "run")
+    config = runs[2]
+    config.evals = ("generation",)
+    config.judge.workdir = str(tmp_path / "judge")
+    metrics = evaluation.evaluate_checkpoint(config, str(workdir))
+    prefix = "eval/mmjax_shapes/"
+    for source in ("real", "reconstructed", "nearest_training", "unconditional",
+                   "generated_g1"):
+        for measure in ("color_shape_seen", "count_seen", "size_seen", "position_seen",
+                        "r_precision", "frechet_distance", "kid"):
+            assert np.isfinite(metrics[f"{prefix}{source}_{measure}"]), (source, measure)
+    # The classifier reads real test images' sizes from what it learnt on training images.
+    assert metrics[f"{prefix}real_size_seen"] > 0.6
+    report = (workdir / "eval_report.md").read_text()
+    assert "## generation" in report and "| nearest_training |" in report
+    assert (workdir / "report" / "generation.png").stat().st_size > 1000
