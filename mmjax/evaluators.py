@@ -389,7 +389,7 @@ EVALUATORS: dict[str, Evaluator] = {
         device_outputs=lambda model, batch, encoded, settings:
             image_tokenizer.reconstruction_errors(model, batch["image"])),
     "generation": Evaluator(
-        judge.evaluate_generation, model_methods=("generate",),
+        judge.evaluate_generation, model_methods=("generate",), metrics=judge.metric_names(),
         config_paths={"judge.workdir": "fit a judge on real images (python -m "
                       "mmjax.tools.fit_judge --clip_workdir=A_CLIP_RUN --out=DIR) and give DIR"},
         device_outputs=lambda model, batch, encoded, settings:

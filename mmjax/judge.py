@@ -262,6 +262,17 @@ def judge_images(judge: Judge, images: np.ndarray, captions: list[str],
     return metrics
 
 
+MEASURES = tuple(f"{a}_{split}" for split in ("seen", "held_out") for a in JUDGED) + (
+    "r_precision", "frechet_distance", "kid")
+
+
+def metric_names(guidance_scales=(0, 1, 2, 3, 4)) -> tuple[str, ...]:
+    """The generation evaluator's metrics: each measure of each source."""
+    sources = ("real", "reconstructed", "nearest_training",
+               *(source_name(s) for s in guidance_scales))
+    return tuple(f"{source}_{m}" for source in sources for m in MEASURES)
+
+
 def source_name(guidance_scale: float) -> str:
     """What the report calls samples at a guidance scale (0: the unconditional model)."""
     return "unconditional" if guidance_scale == 0 else f"generated_g{guidance_scale:g}"

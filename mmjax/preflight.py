@@ -323,7 +323,8 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     sets = _eval_sets(c)
     named_evals = tuple(dict.fromkeys([*(e for s in sets for e in s.evals), *required_evals]))
     _names(c, sets)
-    for name in named_evals:
+    # Folders an evaluator reads, when a run will evaluate (a benchmark, with no workdir, won't).
+    for name in named_evals if workdir is not None else ():
         evaluator = evaluators.EVALUATORS.get(name)
         for key, fix in (evaluator.config_paths if evaluator else {}).items():
             value = path_checks.dotted(config, key)

@@ -34,8 +34,8 @@ def set_field(config, dotted: str, value):
 # (field to set, value, what the message must say): one bad input each, config alone.
 BAD_FIELDS = [
     ("losses", {"sigmoid": 1.0}, r"config\.losses = .*unknown losses \['sigmoid'\].*Fix: use names "
-     r"from \['caption', 'classification', 'clip', 'distill', 'itm', 'mlm', 'reconstruction', "
-     r"'siglip'\]"),
+     r"from \['caption', 'classification', 'clip', 'distill', 'itm', 'masked_image_tokens', "
+     r"'mlm', 'reconstruction', 'siglip'\]"),
     ("losses", {"clip": -1.0}, r"config\.losses\.clip = .*positive number"),
     ("evals", ("retrieval", "bleu"), r"config\.evals = .*'bleu' is not an evaluator.*'zeroshot'\]"),
     ("batch_size", 12, r"config\.batch_size = 12: does not split .* over the 8 devices.*"
@@ -69,7 +69,7 @@ BAD_FIELDS = [
     ("model.image_tower.pooling", "max", r"config\.model: Unknown ViT pooling 'max'.*'map'"),
     ("model.image_tower.variant", "X/16", r"config\.model: Unknown ViT variant 'X/16'"),
     ("model.name", "blip", r"config\.model: Unknown model 'blip'; valid names: \['clip', "
-     r"'coca', 'fusion', 'fusion_classifier', 'image_tokenizer'\]"),
+     r"'coca', 'fusion', 'fusion_classifier', 'image_tokenizer', 'text_to_image'\]"),
     ("evals", ("retrieval", "captioning"), r"config\.evals = .*'captioning' evaluator needs a "
      r"model that has \['start_decoding', 'decode_step'\], which the 'clip' model has not"),
     ("losses", {"clip": 1.0, "mlm": 1.0}, r"the 'mlm' loss reads \['mlm_logits', 'mlm_mask'\], "
