@@ -92,12 +92,10 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     # Parallel decoding (MaskGIT's 8 to 12 steps; sampling at temperature 0.5 drew cleaner
     # smoke images than 1); the eval samples every scale of the curve, 0 being the
     # unconditional model; --mode=generate and inference use guidance_scale.
-    config.generation = ml_collections.ConfigDict(dict(
-        steps=12, temperature=0.5, seed=0, guidance_scale=3.0,
-        guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0)))
-    # The judge of the generated images (mmjax/judge.py: a CLIP of another seed and probes fitted
-    # on real images by mmjax.tools.fit_judge); the generation evaluator needs it.
-    config.judge = ml_collections.ConfigDict(dict(
-        workdir=ml_collections.config_dict.placeholder(str)))
+    config.generation.update(steps=12, temperature=0.5, guidance_scale=3.0,
+                             guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0))
+    # config.judge.workdir: the judge of the generated images (mmjax/judge.py: an attribute
+    # classifier and a CLIP of another seed, by mmjax.tools.fit_judge), which the generation
+    # evaluator needs.
     config.evals = ("generation",)
     return config

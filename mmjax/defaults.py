@@ -161,6 +161,13 @@ def base_config() -> ml_collections.ConfigDict:
     # whose tokenizer and image size match, and the softmax temperature of both similarities.
     config.distill = ml_collections.ConfigDict(dict(teacher=placeholder(str), temperature=1.0))
 
+    # Text-to-image decoding (--mode=generate, inference.generate, the generation evaluator):
+    # parallel steps, sampling temperature, seed, the guidance scale (1: none, 0: unconditional)
+    # and the scales the evaluation samples at; the judge (mmjax/judge.py) it scores them with.
+    config.generation = ml_collections.ConfigDict(dict(
+        steps=8, temperature=1.0, seed=0, guidance_scale=1.0, guidance_scales=(0.0, 1.0, 2.0)))
+    config.judge = ml_collections.ConfigDict(dict(workdir=placeholder(str)))
+
     # Peak learning rate after linear warmup, then cosine decay to end_learning_rate_factor x it.
     config.learning_rate = 5e-4
     config.warmup_steps = 2_000

@@ -309,24 +309,14 @@ class EvalSettings:
 
     tokenizer: object
     beam_size: int = 1
-    # Text-to-image: decoding, the guidance scales to sample at (0: unconditional), the judge.
-    generation_steps: int = 8
-    generation_temperature: float = 1.0
-    generation_seed: int = 0
-    guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0)
+    # Text-to-image: config.generation (decoding, the guidance scales to sample at), the judge.
+    generation: dict = dataclasses.field(default_factory=dict)
     judge_workdir: str | None = None
 
     @classmethod
     def from_config(cls, config, tokenizer) -> "EvalSettings":
-        generation = dict(config.get("generation") or {})
-        given = {field: generation[key] for key, field in (
-            ("steps", "generation_steps"), ("temperature", "generation_temperature"),
-            ("seed", "generation_seed"), ("guidance_scales", "guidance_scales"))
-            if key in generation}
-        if "guidance_scales" in given:
-            given["guidance_scales"] = tuple(float(s) for s in given["guidance_scales"])
         return cls(tokenizer=tokenizer, beam_size=int(config.caption.beam_size),
-                   judge_workdir=(config.get("judge") or {}).get("workdir"), **given)
+                   generation=config.generation.to_dict(), judge_workdir=config.judge.workdir)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,12 +7,11 @@ import dataclasses
 import io
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from mmjax import evaluation as evaluation_lib
-from mmjax import image_tower, paths, report, sharding
+from mmjax import paths, report, sharding
 
 
 def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, object]:
@@ -35,12 +34,10 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
     def generate(params, tokens):
         with sharding.use_mesh_rules(trainer.mesh, trainer.rules):
             model = trainer.model(params)
-            images = model.generate(tokens, jax.random.key(int(settings.seed)),
-                                    steps=int(settings.steps),
-                                    guidance_scale=float(settings.guidance_scale),
-                                    temperature=float(settings.temperature))
-            return image_tower.denormalize_pixels(
-                images, model.image_tower.input_normalization).astype(jnp.uint8)
+            return model.as_uint8(model.generate(
+                tokens, jax.random.key(int(settings.seed)), steps=int(settings.steps),
+                guidance_scale=float(settings.guidance_scale),
+                temperature=float(settings.temperature)))
     generate_step = evaluation._jit(generate, 2)
     generated, real, tokens = [], [], []
     for local_batch in evaluation_lib.open_eval_data(evaluation).batches():

@@ -84,7 +84,7 @@ def reconstruction_errors(model, images: jax.Array) -> dict[str, jax.Array]:
     tokens, and the codebook size (one per row, to keep the outputs row-aligned)."""
     tokens = model.tokenize(images)
     reconstruction = model.detokenize(tokens)
-    pixels = denormalize_pixels(reconstruction, model.image_tower.input_normalization)
+    pixels = model.as_uint8(reconstruction).astype(jnp.float32)
     return {
         "reconstruction_mse": jnp.mean(jnp.square(reconstruction - model.normalized(images)),
                                        axis=(1, 2, 3)),
@@ -174,6 +174,11 @@ class ImageTokenizer(nnx.Module):
 
     def detokenize(self, tokens: jax.Array) -> jax.Array:
         return self.decode(self.quantizer.indices_to_codes(tokens))
+
+    def as_uint8(self, images: jax.Array) -> jax.Array:
+        """Images normalised as the encoder's inputs (decode's output) -> uint8 pixels."""
+        return denormalize_pixels(images, self.image_tower.input_normalization).astype(
+            jnp.uint8)
 
     def __call__(self, batch: dict, rng: jax.Array | None = None) -> dict[str, jax.Array]:
         del rng

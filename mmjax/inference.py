@@ -27,8 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, decoding, defaults, image_tower, models, paths,
-                   tokenizers)
+from mmjax import checkpoint, conventions, decoding, defaults, models, paths, tokenizers
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -116,19 +115,22 @@ class InferenceModel:
         tokens = np.asarray(self._caption(self.params, jnp.asarray(images), beam_size))
         return [self.tokenizer.decode(row) for row in tokens]
 
-    # -- image tokenizers ('image_tokenizer' models) ----------------------------------------
+    # -- image tokenizers and text-to-image ----------------------------------------------------
+    def _model_that_can(self, method: str, what: str, kind: str):
+        """The merged model, refused (once: callers cache what they build) if it lacks `method`."""
+        model = nnx.merge(self.graphdef, self.params)
+        if not hasattr(model, method):
+            raise ValueError(f"This is a {self.config.model.name!r} model, which {what}; that "
+                             f"needs a {kind!r} model.")
+        return model
+
     @functools.cached_property
     def _image_tokenizer(self):
-        """(tokenize, detokenize) compiled; a model without image tokens is refused once."""
-        model = nnx.merge(self.graphdef, self.params)
-        if not hasattr(model, "tokenize"):
-            raise ValueError(f"This is a {self.config.model.name!r} model, which has no image "
-                             "tokens; they need an 'image_tokenizer' model.")
-        normalization = model.image_tower.input_normalization
-
+        """(tokenize, detokenize) compiled, for models with image tokens."""
+        self._model_that_can("tokenize", "has no image tokens", "image_tokenizer")
         def detokenize(params, tokens):
-            normalized = nnx.merge(self.graphdef, params).detokenize(tokens)
-            return image_tower.denormalize_pixels(normalized, normalization).astype(jnp.uint8)
+            model = nnx.merge(self.graphdef, params)
+            return model.as_uint8(model.detokenize(tokens))
         return (jax.jit(lambda params, x: nnx.merge(self.graphdef, params).tokenize(x)),
                 jax.jit(detokenize))
 
@@ -143,20 +145,16 @@ class InferenceModel:
         _, detokenize = self._image_tokenizer
         return np.asarray(detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
 
-    # -- text-to-image ('text_to_image' models) ---------------------------------------------
     @functools.cached_property
     def _generate(self):
-        model = nnx.merge(self.graphdef, self.params)
-        if not hasattr(model, "generate"):
-            raise ValueError(f"This is a {self.config.model.name!r} model, which cannot make "
-                             "images from text; that needs a 'text_to_image' model.")
-        normalization = model.image_tower.input_normalization
+        self._model_that_can("generate", "cannot make images from text", "text_to_image")
 
         @functools.partial(jax.jit, static_argnames=("steps",))
         def generate(params, tokens, rng, guidance_scale, temperature, steps):
-            images = nnx.merge(self.graphdef, params).generate(
-                tokens, rng, steps=steps, guidance_scale=guidance_scale, temperature=temperature)
-            return image_tower.denormalize_pixels(images, normalization).astype(jnp.uint8)
+            model = nnx.merge(self.graphdef, params)
+            return model.as_uint8(model.generate(tokens, rng, steps=steps,
+                                                 guidance_scale=guidance_scale,
+                                                 temperature=temperature))
         return generate
 
     def generate(self, texts: Sequence[str], seed: int = 0, guidance_scale: float | None = None,
@@ -164,15 +162,12 @@ class InferenceModel:
         """uint8 images (N, S, S, 3) made from `texts`; the same seed gives the same images.
         Unset settings are the run's config.generation (guidance 1: no guidance, 0: ignore the
         text)."""
-        defaults_ = self.config.get("generation") or {}
-        pick = lambda value, key, fallback: value if value is not None else defaults_.get(
-            key, fallback)
-        tokens = jnp.asarray(self.tokenizer(list(texts)))
+        run = self.config.generation
         return np.asarray(self._generate(
-            self.params, tokens, jax.random.key(seed),
-            jnp.float32(pick(guidance_scale, "guidance_scale", 1.0)),
-            jnp.float32(pick(temperature, "temperature", 1.0)),
-            steps=int(pick(steps, "steps", 8))))
+            self.params, jnp.asarray(self.tokenizer(list(texts))), jax.random.key(seed),
+            jnp.float32(run.guidance_scale if guidance_scale is None else guidance_scale),
+            jnp.float32(run.temperature if temperature is None else temperature),
+            steps=int(run.steps if steps is None else steps)))
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

@@ -293,7 +293,7 @@ def evaluate_generation(context) -> dict[str, float]:
     sources = {"real": context.extra["real_images"],
                "reconstructed": context.extra["reconstructed_images"],
                "nearest_training": judge.nearest_training_images(captions)}
-    for scale in settings.guidance_scales:
+    for scale in settings.generation["guidance_scales"]:
         sources[source_name(scale)] = context.extra[f"generated_images@{scale:g}"]
     metrics = {}
     for source, images in sources.items():

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import text_tower as text_tower_lib
-from mmjax.image_tower import denormalize_pixels
 from mmjax.image_generator import MaskedTokenGenerator, mask_for_training
 from mmjax.image_tokenizer import ImageTokenizer
 
@@ -101,15 +100,15 @@ class TextToImage(ImageTokenizer):
 
 def generation_outputs(model: TextToImage, batch: dict, settings) -> dict[str, jax.Array]:
     """On the device, per eval example: its real image, the tokenizer's reconstruction of it,
-    and an image generated from its caption at each of settings.guidance_scales (uint8), all
-    from one seed (settings.generation_seed) so that a scale's images differ only by it."""
-    normalization = model.image_tower.input_normalization
-    pixels = lambda x: denormalize_pixels(x, normalization).astype(jnp.uint8)
+    and an image generated from its caption at each of the run's guidance scales (uint8), all
+    from one seed (config.generation.seed) so that a scale's images differ only by it."""
+    generation = settings.generation
     outputs = {"real_images": batch["image"].astype(jnp.uint8),
-               "reconstructed_images": pixels(model.detokenize(model.tokenize(batch["image"])))}
-    rng = jax.random.key(settings.generation_seed)
-    for scale in settings.guidance_scales:
-        outputs[f"generated_images@{scale:g}"] = pixels(model.generate(
-            batch["tokens"], rng, steps=settings.generation_steps, guidance_scale=scale,
-            temperature=settings.generation_temperature))
+               "reconstructed_images": model.as_uint8(model.detokenize(model.tokenize(
+                   batch["image"])))}
+    rng = jax.random.key(generation["seed"])
+    for scale in generation["guidance_scales"]:
+        outputs[f"generated_images@{scale:g}"] = model.as_uint8(model.generate(
+            batch["tokens"], rng, steps=generation["steps"], guidance_scale=scale,
+            temperature=generation["temperature"]))
     return outputs
