@@ -48,6 +48,9 @@ VQA_QUESTIONS = ("what colour is it", "what shape is it", "how many are there", 
                  "how big is it")
 VQA_ANSWERS = tuple(COLORS) + SHAPES + COUNTS + POSITIONS + tuple(SIZES)
 SPLIT_SEEDS = {"train": 0, "test": 1}
+# Images of every colour-shape pair, held-out ones included, under a seed of their own: what a
+# judge of generated images learns from (mmjax/judge.py), never a model it judges.
+JUDGE_SEED = 2
 TEST_UNSEEN_FRACTION = 0.25
 
 
@@ -103,8 +106,18 @@ def draw_scene(rng, split: str, class_pairs, held_out_pairs, test_unseen_fractio
 def render_example(split: str, index: int) -> dict:
     """The example at `index` of `split`: image, caption, label and whether its pair is held out."""
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
+    return _render(index, rng, split, HELD_OUT_PAIRS)
+
+
+def render_any_pair(index: int) -> dict:
+    """Like `render_example`, but drawn from all colour-shape pairs (the held-out ones too) under
+    JUDGE_SEED: real images for a judge that must read pairs the judged model never saw."""
+    return _render(index, np.random.default_rng([JUDGE_SEED, index]), "train", ())
+
+
+def _render(index: int, rng, split: str, held_out_pairs) -> dict:
     (color, shape), size, count, position = draw_scene(
-        rng, split, CLASS_PAIRS, HELD_OUT_PAIRS, TEST_UNSEEN_FRACTION, SIZES, POSITIONS)
+        rng, split, CLASS_PAIRS, held_out_pairs, TEST_UNSEEN_FRACTION, SIZES, POSITIONS)
     return {
         "id": index,
         "image": render_image(color, shape, size, count, position, rng),

@@ -1,15 +1,16 @@
 """Judging generated images with models trained on real images only (issue 16).
 
 A judge is an attribute classifier for mmjax_shapes images (a small ViT with a head for each of
-colour, shape, count, size and position, trained on real training images and their captions) and
-a CLIP trained by mmjax with another seed, both fitted by `python -m mmjax.tools.fit_judge`. It
-is never used for guidance or reranking: the generator does not see it.
+colour, shape, count, size and position, trained on real images of every colour-shape pair,
+rendered under a seed of their own, and their captions) and a CLIP trained by mmjax with another
+seed, both fitted by `python -m mmjax.tools.fit_judge`. It is never used for guidance or
+reranking: the generator does not see it.
 
 For a set of images and the captions they were made from it reports, per attribute, the share
 whose attribute the classifier reads as the caption says, separately for captions whose
-colour-shape pair occurs in the judge's training images (`seen`) and for those whose pair never
-does (`held_out`); colour-shape is right when colour and shape both are. CLIP R-precision ranks
-each image's caption among 99 other captions of the eval set by the CLIP's similarity (chance
+colour-shape pair occurs in the judged model's training images (`seen`) and for those whose
+pair never does (`held_out`); colour-shape is right when colour and shape both are. CLIP
+R-precision ranks each image's caption among 99 other captions of the eval set by the CLIP's similarity (chance
 0.01). The Fréchet distance and KID compare the classifier's features of the images with those
 of real training images; they are not Inception FID. The same numbers for real test images
 (the real-vs-real baseline), tokenizer reconstructions, unconditional samples and the nearest
@@ -98,6 +99,22 @@ def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
     return model
 
 
+def real_images(config, tokenizer, data: str, examples: int):
+    """(uint8 images, captions) of a split, as the run's eval pipeline reads them."""
+    from input_pipeline import pipeline  # TensorFlow, only when a judge is fitted or checked
+    from mmjax import eval_sets
+
+    eval_set = dataclasses.replace(eval_sets.eval_sets(config)[0], data=data, name="judge",
+                                   max_examples=examples, where=None, captions_per_image=1)
+    batches = pipeline.eval_data(config, tokenizer, eval_set, global_batch_size=250).batches()
+    images, tokens = [], []
+    for batch in batches:
+        keep = batch["valid"].astype(bool)
+        images.append(batch["image"][keep])
+        tokens.append(batch["tokens"][keep])
+    return np.concatenate(images), [tokenizer.decode(row) for row in np.concatenate(tokens)]
+
+
 def attribute_labels(captions: list[str]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """Each attribute's class index per caption, and the class names (sorted)."""
     attributes = [caption_attributes(c) for c in captions]
@@ -106,10 +123,13 @@ def attribute_labels(captions: list[str]) -> tuple[dict[str, np.ndarray], dict[s
             names)
 
 
-def fit(images: np.ndarray, captions: list[str], *, steps: int = 1500,
-        check_share: float = 0.1) -> tuple[dict, dict]:
+def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
+        bank_captions: list[str], steps: int = 1500, check_share: float = 0.1
+        ) -> tuple[dict, dict]:
     """(arrays to save, each attribute's accuracy on the `check_share` of the images kept out of
-    the classifier's training)."""
+    the classifier's training). The classifier learns from `images`, which should show every
+    colour-shape pair; the bank (the judged model's training images) gives the nearest-image
+    baseline and which pairs count as seen."""
     from mmjax import checkpoint
 
     labels, names = attribute_labels(captions)
@@ -122,11 +142,11 @@ def fit(images: np.ndarray, captions: list[str], *, steps: int = 1500,
     arrays = {f"classifier/{n}": np.asarray(v) for n, v in
               checkpoint.flat_params(nnx.split(model, nnx.Param)[1]).items()}
     arrays.update({f"{a}/names": np.asarray(n) for a, n in names.items()})
-    arrays.update(bank_images=images, bank_captions=np.asarray(captions))
+    arrays.update(bank_images=bank_images, bank_captions=np.asarray(bank_captions))
     return arrays, accuracy
 
 
-def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str,
+def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str, classifier_data: str,
          check_accuracy: dict) -> None:
     """Writes what `fit` gave as JUDGE_DIR/judge.npz and JUDGE_DIR/judge.json."""
     paths.makedirs(judge_dir)
@@ -135,7 +155,7 @@ def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str,
     paths.write_bytes(paths.join(judge_dir, "judge.npz"), buffer.getvalue())
     paths.write_text(paths.join(judge_dir, "judge.json"), json.dumps({
         "clip_workdir": paths.absolute(clip_workdir), "data": data,
-        "examples": len(arrays["bank_images"]),
+        "examples": len(arrays["bank_images"]), "classifier_data": classifier_data,
         "accuracy_on_kept_out_real_images": check_accuracy}, indent=2))
 
 
@@ -199,6 +219,14 @@ def load(judge_dir: str) -> Judge:
     return Judge(classifier, names, inference.load(spec["clip_workdir"]), seen, images, captions)
 
 
+def blurred(images: np.ndarray, weight: float) -> np.ndarray:
+    """uint8 images blurred by the kernel [w, 1 - 2w, w] along height and width (edges wrap)."""
+    out = images.astype(np.float64)
+    for axis in (1, 2):
+        out = weight * (np.roll(out, 1, axis) + np.roll(out, -1, axis)) + (1 - 2 * weight) * out
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2), the square root through the
     eigenvalues of S_a^1/2 S_b S_a^1/2 (symmetric, so no complex parts)."""
@@ -240,16 +268,24 @@ def r_precision(image_features: np.ndarray, text_features: np.ndarray, captions:
     return hits / len(images)
 
 
+def read_as_captioned(judge: Judge, images: np.ndarray, captions: list[str]):
+    """(the classifier's features, per attribute and for colour-shape (both right) whether it
+    reads each image as its caption says)."""
+    features, read = judge.classify(images)
+    wanted = [caption_attributes(c) for c in captions]
+    right = {a: read[a] == np.asarray([w[a] for w in wanted]) for a in ATTRIBUTES}
+    right["color_shape"] = right["color"] & right["shape"]
+    return features, right
+
+
 def judge_images(judge: Judge, images: np.ndarray, captions: list[str],
                  reference_features: np.ndarray, text_features: np.ndarray) -> dict[str, float]:
     """Attribute accuracy (seen / held-out pairs), R-precision, and the Fréchet distance and KID
     of the judge's features of `images` (made for `captions`) from `reference_features` (real
     training images': real test images against them are the real-vs-real baseline)."""
-    features, read = judge.classify(images)
-    wanted = [caption_attributes(c) for c in captions]
-    held_out = np.asarray([(w["color"], w["shape"]) not in judge.seen_pairs for w in wanted])
-    right = {a: read[a] == np.asarray([w[a] for w in wanted]) for a in ATTRIBUTES}
-    right["color_shape"] = right["color"] & right["shape"]
+    features, right = read_as_captioned(judge, images, captions)
+    held_out = np.asarray([(w["color"], w["shape"]) not in judge.seen_pairs
+                           for w in map(caption_attributes, captions)])
     metrics = {}
     for split, rows in (("seen", ~held_out), ("held_out", held_out)):
         for attribute in JUDGED:

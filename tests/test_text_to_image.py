@@ -162,6 +162,30 @@ def test_frechet_distance_kid_and_r_precision_on_known_features():
     assert chance < 0.05
 
 
+def test_the_judge_learns_from_real_images_of_every_pair_never_the_datasets_own():
+    from input_pipeline import shapes
+
+    examples = [shapes.render_any_pair(i) for i in range(400)]
+    pairs = {shapes.CLASS_PAIRS[e["label"]] for e in examples}
+    assert pairs == set(shapes.CLASS_PAIRS)  # the held-out pairs too
+    assert 0.05 < np.mean([e["unseen_combination"] for e in examples]) < 0.25  # 4 of 32
+    np.testing.assert_array_equal(shapes.render_any_pair(7)["image"],
+                                  shapes.render_any_pair(7)["image"])
+    for split in ("train", "test"):  # another seed: other scenes than the splits' own
+        assert not np.array_equal(shapes.render_any_pair(7)["image"],
+                                  shapes.render_example(split, 7)["image"])
+
+
+def test_the_blur_the_judge_is_checked_against_spreads_a_pixel_by_its_weights():
+    image = np.zeros((1, 5, 5, 3), np.uint8)
+    image[0, 2, 2] = 200
+    out = judge.blurred(image, 0.25)[0, :, :, 0]
+    np.testing.assert_array_equal(out[1:4, 1:4], [[12, 25, 12], [25, 50, 25], [12, 25, 12]])
+    assert out.sum() == 12 * 4 + 25 * 4 + 50 and out[0].sum() == 0
+    flat = np.full((1, 4, 4, 3), 90, np.uint8)
+    np.testing.assert_array_equal(judge.blurred(flat, 1 / 3), flat)
+
+
 def test_the_nearest_training_image_is_the_same_caption_or_the_closest():
     bank = np.arange(3)[:, None, None, None] * np.ones((3, 2, 2, 3), np.uint8)
     baseline = judge.Judge(None, {}, None, frozenset(), bank, [
@@ -176,22 +200,35 @@ def test_the_nearest_training_image_is_the_same_caption_or_the_closest():
 
 def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, finished_run,
                                                                         tmp_path):
-    """An attribute classifier trained on real training images, with another run's CLIP for
-    R-precision, scores the generated images beside real ones, reconstructions and the nearest
-    training images; the report shows the table and the images."""
+    """An attribute classifier trained on rendered real images of every pair, with another
+    run's CLIP for R-precision, scores the generated images beside real ones, reconstructions
+    and the nearest training images; the report shows the table and the images."""
     import shutil
 
     from mmjax import evaluation, inference
-    from mmjax.tools import fit_judge
+    from mmjax.tools import fit_judge, judge_reconstructions  # both tools' flags in one process
 
     clip = inference.load(finished_run[0])
-    images, captions = fit_judge.real_images(clip.config, clip.tokenizer,
-                                             "tfds:mmjax_shapes/tiny:train", 512)
-    assert images.shape == (512, 16, 16, 3) and images.dtype == np.uint8
-    arrays, accuracy = judge.fit(images, captions, steps=150)
+    bank, bank_captions = judge.real_images(clip.config, clip.tokenizer,
+                                            "tfds:mmjax_shapes/tiny:train", 256)
+    images, captions = fit_judge.rendered_images(clip.config, 512)
+    assert images.shape == (512, 16, 16, 3) == (512, *bank.shape[1:]) and images.dtype == np.uint8
+    pairs = {(a["color"], a["shape"]) for a in map(judge.caption_attributes, captions)}
+    assert {("red", "triangle"), ("blue", "cross")} <= pairs  # held out of the train split
+    arrays, accuracy = judge.fit(images, captions, bank_images=bank,
+                                 bank_captions=bank_captions, steps=150)
     assert accuracy["size"] > 0.6, accuracy  # two sizes: it learnt something in 150 steps
     judge.save(str(tmp_path / "judge"), arrays, clip_workdir=finished_run[0], data="tiny",
-               check_accuracy=accuracy)
+               classifier_data="rendered", check_accuracy=accuracy)
+    # The tokenizer's reconstructions read by the judge beside the real images (the first bar).
+    kept = judge_reconstructions.measure(runs[0], str(tmp_path / "judge"),
+                                         "tfds:mmjax_shapes/tiny:test", 64)
+    assert set(kept["accuracy"]) == {"real", "real blurred w=0.2", "real blurred w=0.333",
+                                     "reconstructed"}
+    assert kept["accuracy"]["real"]["pixel_mse"] == 0 < kept["accuracy"]["reconstructed"][
+        "pixel_mse"]
+    assert kept["kept"]["size"] == pytest.approx(kept["accuracy"]["reconstructed"]["size"]
+                                                 / kept["accuracy"]["real"]["size"])
     workdir = shutil.copytree(runs[1], tmp_path / "run")
     config = runs[2]
     config.evals = ("generation",)
