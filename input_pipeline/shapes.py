@@ -115,6 +115,22 @@ def render_any_pair(index: int) -> dict:
     return _render(index, np.random.default_rng([JUDGE_SEED, index]), "train", ())
 
 
+def preprocessed_any_pairs(count: int, *, preprocess: str, image_size: int,
+                           normalization: str) -> tuple[np.ndarray, list[str]]:
+    """(images, captions) of the first `count` examples of `render_any_pair`, stored as PNGs and
+    put through an image preprocessing chain (a run's eval_preprocess), as the dataset's own
+    images are on their way to the model."""
+    from input_pipeline import preprocess as ops
+
+    op = ops.parse_ops(preprocess, image_size=image_size, normalization=normalization)
+    examples = [render_any_pair(i) for i in range(count)]
+    encoded = tf.data.Dataset.from_tensor_slices([encode_png(e["image"]) for e in examples])
+    images = encoded.map(lambda png: op(png, tf.constant([0, 0], tf.int64)),
+                         num_parallel_calls=tf.data.AUTOTUNE).batch(1000)
+    return (np.concatenate([np.asarray(b) for b in images.as_numpy_iterator()]),
+            [e["caption"] for e in examples])
+
+
 def _render(index: int, rng, split: str, held_out_pairs) -> dict:
     (color, shape), size, count, position = draw_scene(
         rng, split, CLASS_PAIRS, held_out_pairs, TEST_UNSEEN_FRACTION, SIZES, POSITIONS)

@@ -78,7 +78,8 @@ def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
     import optax
 
     model = AttributeClassifier(images.shape[1], num_classes, rngs=nnx.Rngs(seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, 100, steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10),
+                                                  steps)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.05), wrt=nnx.Param)
 
     @nnx.jit

@@ -206,12 +206,19 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     import shutil
 
     from mmjax import evaluation, inference
-    from mmjax.tools import fit_judge, judge_reconstructions  # both tools' flags in one process
+    import importlib
+
+    from input_pipeline import shapes
+    from mmjax.tools import judge_reconstructions
+
+    importlib.import_module("mmjax.tools.fit_judge")  # both tools' flags load in one process
 
     clip = inference.load(finished_run[0])
     bank, bank_captions = judge.real_images(clip.config, clip.tokenizer,
                                             "tfds:mmjax_shapes/tiny:train", 256)
-    images, captions = fit_judge.rendered_images(clip.config, 512)
+    images, captions = shapes.preprocessed_any_pairs(
+        512, preprocess=clip.config.data.eval_preprocess, image_size=clip.config.data.image_size,
+        normalization=clip.config.data.normalization)
     assert images.shape == (512, 16, 16, 3) == (512, *bank.shape[1:]) and images.dtype == np.uint8
     pairs = {(a["color"], a["shape"]) for a in map(judge.caption_attributes, captions)}
     assert {("red", "triangle"), ("blue", "cross")} <= pairs  # held out of the train split

@@ -31,27 +31,9 @@ flags.mark_flags_as_required(["clip_workdir", "out"])
 FLAGS = flags.FLAGS
 
 
-def rendered_images(config, count: int):
-    """(uint8 images, captions) of `count` examples of every colour-shape pair
-    (shapes.render_any_pair), put through the run's eval preprocessing as PNGs, as the dataset's
-    own images are."""
-    import tensorflow as tf
-
-    from input_pipeline import preprocess, shapes
-
-    op = preprocess.parse_ops(config.data.eval_preprocess, image_size=config.data.image_size,
-                              normalization=config.data.normalization)
-    examples = [shapes.render_any_pair(i) for i in range(count)]
-    encoded = tf.data.Dataset.from_tensor_slices(
-        [shapes.encode_png(e["image"]) for e in examples])
-    images = encoded.map(lambda png: op(png, tf.constant([0, 0], tf.int64)),
-                         num_parallel_calls=tf.data.AUTOTUNE).batch(1000)
-    return (np.concatenate([np.asarray(b) for b in images.as_numpy_iterator()]),
-            [e["caption"] for e in examples])
-
-
 def main(argv) -> None:
     del argv
+    from input_pipeline import shapes  # TensorFlow: only the pipeline imports it
     from mmjax import inference, judge
 
     clip = inference.load(FLAGS.clip_workdir)
@@ -63,7 +45,9 @@ def main(argv) -> None:
     if bank_images.dtype != np.uint8:
         raise ValueError(f"{FLAGS.data} gives {bank_images.dtype} images; the judge keeps uint8 "
                          "ones (an eval_preprocess that does not end with normalize).")
-    images, captions = rendered_images(config, FLAGS.rendered)
+    images, captions = shapes.preprocessed_any_pairs(
+        FLAGS.rendered, preprocess=config.data.eval_preprocess,
+        image_size=config.data.image_size, normalization=config.data.normalization)
     arrays, accuracy = judge.fit(images, captions, bank_images=bank_images,
                                  bank_captions=bank_captions, steps=FLAGS.steps)
     judge.save(FLAGS.out, arrays, clip_workdir=FLAGS.clip_workdir, data=FLAGS.data,
