@@ -10,11 +10,11 @@ For a set of images and the captions they were made from it reports, per attribu
 whose attribute the classifier reads as the caption says, separately for captions whose
 colour-shape pair occurs in the judged model's training images (`seen`) and for those whose
 pair never does (`held_out`); colour-shape is right when colour and shape both are. CLIP
-R-precision ranks each image's caption among 99 other captions of the eval set by the CLIP's similarity (chance
-0.01). The Fréchet distance and KID compare the classifier's features of the images with those
-of real training images; they are not Inception FID. The same numbers for real test images
-(the real-vs-real baseline), tokenizer reconstructions, unconditional samples and the nearest
-training image bound them.
+R-precision ranks each image's caption among 99 other captions of the eval set by the CLIP's
+similarity (chance 0.01). The Fréchet distance and KID compare the classifier's features of the
+images with those of real training images; they are not Inception FID. The same numbers for
+real test images (the real-vs-real baseline), tokenizer reconstructions, unconditional samples
+and the nearest training image bound them.
 """
 
 from __future__ import annotations

@@ -203,12 +203,11 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     """An attribute classifier trained on rendered real images of every pair, with another
     run's CLIP for R-precision, scores the generated images beside real ones, reconstructions
     and the nearest training images; the report shows the table and the images."""
+    import importlib
     import shutil
 
-    from mmjax import evaluation, inference
-    import importlib
-
     from input_pipeline import shapes
+    from mmjax import evaluation, inference
     from mmjax.tools import judge_reconstructions
 
     importlib.import_module("mmjax.tools.fit_judge")  # both tools' flags load in one process
@@ -219,7 +218,8 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     images, captions = shapes.preprocessed_any_pairs(
         512, preprocess=clip.config.data.eval_preprocess, image_size=clip.config.data.image_size,
         normalization=clip.config.data.normalization)
-    assert images.shape == (512, 16, 16, 3) == (512, *bank.shape[1:]) and images.dtype == np.uint8
+    assert images.shape == (512, 16, 16, 3) == (512, *bank.shape[1:])
+    assert images.dtype == np.uint8
     pairs = {(a["color"], a["shape"]) for a in map(judge.caption_attributes, captions)}
     assert {("red", "triangle"), ("blue", "cross")} <= pairs  # held out of the train split
     arrays, accuracy = judge.fit(images, captions, bank_images=bank,

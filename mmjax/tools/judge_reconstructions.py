@@ -5,10 +5,11 @@
 
 Reads the first --count images of --images with the tokenizer run's eval preprocessing,
 reconstructs them (tokenize, then detokenize) and has the judge (mmjax/judge.py, fitted by
-mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images, on the reconstructions and on
-the real images blurred by [w, 1 - 2w, w] along each axis for each --blur w (how much blur the
-judge itself tolerates). Prints a table and writes it to --results as JSON. (Flag names apart from
-fit_judge's: absl flags are global, and both load in one test process.)
+mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images,
+on the reconstructions and on the real images blurred by [w, 1 - 2w, w] along each axis for
+each --blur w (how much blur the judge itself tolerates). Prints a table and writes it to
+--results as JSON. (Flag names apart from fit_judge's: absl flags are global, and both load in
+one test process.)
 """
 
 from __future__ import annotations
@@ -29,9 +30,6 @@ flags.mark_flags_as_required(["tokenizer_workdir", "judge"])
 FLAGS = flags.FLAGS
 
 
-COLUMNS = ("color_shape", "color", "shape", "count", "size", "position")
-
-
 def measure(tokenizer_workdir: str, judge_dir: str, data: str, count: int,
             blur_weights=(0.2, 0.333)) -> dict:
     """{"accuracy": {row: {attribute: accuracy, "pixel_mse": ...}}, "kept": {attribute:
@@ -49,7 +47,8 @@ def measure(tokenizer_workdir: str, judge_dir: str, data: str, count: int,
         _, right = judge.read_as_captioned(judge_model, row_images, captions)
         table[name] = {a: float(np.mean(v)) for a, v in right.items()}
         table[name]["pixel_mse"] = float(np.mean((row_images.astype(np.float64) - images) ** 2))
-    kept = {a: table["reconstructed"][a] / max(table["real"][a], 1e-9) for a in COLUMNS}
+    kept = {a: table["reconstructed"][a] / max(table["real"][a], 1e-9)
+            for a in ("color_shape", *judge.ATTRIBUTES)}
     return {"examples": len(images), "images": data, "judge": judge_dir, "accuracy": table,
             "kept": kept}
 
@@ -60,10 +59,11 @@ def main(argv) -> None:
 
     result = measure(FLAGS.tokenizer_workdir, FLAGS.judge, FLAGS.images, FLAGS.count,
                      [float(w) for w in FLAGS.blur])
-    print("| images | " + " | ".join(COLUMNS) + " | pixel MSE |")
-    print("| --- " * (len(COLUMNS) + 2) + "|")
+    columns = tuple(result["kept"])
+    print("| images | " + " | ".join(columns) + " | pixel MSE |")
+    print("| --- " * (len(columns) + 2) + "|")
     for name, row in result["accuracy"].items():
-        print(f"| {name} | " + " | ".join(f"{row[a]:.3f}" for a in COLUMNS)
+        print(f"| {name} | " + " | ".join(f"{row[a]:.3f}" for a in columns)
               + f" | {row['pixel_mse']:.1f} |")
     print("Reconstructions keep of the real images' reading: "
           + ", ".join(f"{a} {v:.0%}" for a, v in result["kept"].items()))
