@@ -85,8 +85,13 @@ def forward_flops_per_example(config) -> dict[str, float]:
         patches = (config.data.image_size // patch) ** 2
         # Every patch token goes to the latent channels, instead of one pooled projection.
         parts["image"] += 2 * encoder["width"] * (patches * channels - model.embed_dim)
+        # The pixel head: a linear map to each patch's pixels (3 channels, or pixel_channels
+        # features followed by two 3x3 convolutions, to pixel_channels and to 3).
+        pixel_channels = model.image_decoder.get("pixel_channels") or 0
+        pixels = config.data.image_size ** 2
         parts["image_decoder"] = 2 * patches * (channels * decoder["width"] + decoder["width"]
-                                                * patch * patch * 3)
+                                                * patch * patch * (pixel_channels or 3))
+        parts["image_decoder"] += 2 * pixels * 9 * pixel_channels * (pixel_channels + 3)
         parts["image_decoder"] += transformer_flops(patches, decoder["width"], decoder["depth"],
                                                     decoder["mlp_dim"])
     # The contrastive logits: 2 * B * B * D per batch and modality pair, i.e. 2 * B * D per

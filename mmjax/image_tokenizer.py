@@ -103,6 +103,43 @@ def reconstruction_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
             **code_usage(extra["image_tokens"], int(extra["codebook_size"][0]))}
 
 
+class PixelHead(nnx.Module):
+    """Decoder tokens -> pixels through `channels` features per pixel and two 3x3 convolutions
+    over the whole image: a linear head gives each patch at most `width` independent pixel
+    patterns and cannot see across patch borders, which blurs small shapes into blobs."""
+
+    def __init__(self, width: int, patch_size: int, channels: int, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        self.patch_size, self.dtype = patch_size, dtype
+        self.to_features = layers.Dense(width, patch_size ** 2 * channels, ("embed", "patch"),
+                                        rngs=rngs, dtype=dtype)
+        init = jax.nn.initializers.lecun_normal()
+        self.hidden = nnx.Param(init(rngs.params(), (3, 3, channels, channels)),
+                                logical_axes=(None, None, None, None))
+        self.hidden_bias = nnx.Param(jnp.zeros((channels,)), logical_axes=(None,))
+        self.out = nnx.Param(init(rngs.params(), (3, 3, channels, 3)) * 0.1,
+                             logical_axes=(None, None, None, None))
+        self.out_bias = nnx.Param(jnp.zeros((3,)), logical_axes=(None,))
+
+    def _conv(self, x, kernel, bias):
+        y = jax.lax.conv_general_dilated(x, kernel[...].astype(self.dtype), (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y + bias[...].astype(self.dtype)
+
+    def __call__(self, x: jax.Array, grid: tuple[int, int]) -> jax.Array:
+        features = unpatchify(self.to_features(x), grid, self.patch_size)
+        hidden = jax.nn.gelu(self._conv(features.astype(self.dtype), self.hidden,
+                                        self.hidden_bias))
+        return self._conv(hidden, self.out, self.out_bias).astype(jnp.float32)
+
+
+def unpatchify(patches: jax.Array, grid: tuple[int, int], patch_size: int) -> jax.Array:
+    """[batch, rows * columns, p * p * c] -> [batch, rows * p, columns * p, c]."""
+    batch, (rows, columns), p = patches.shape[0], grid, patch_size
+    patches = patches.reshape(batch, rows, columns, p, p, -1).transpose(0, 1, 3, 2, 4, 5)
+    return patches.reshape(batch, rows * p, columns * p, -1)
+
+
 class ImageTokenizer(nnx.Module):
     """ViT encoder (the image tower) -> FSQ latents per patch -> ViT decoder -> pixels, patch
     by patch. Built by mmjax.models.build_model as config.model.name='image_tokenizer' from
@@ -126,7 +163,9 @@ class ImageTokenizer(nnx.Module):
         channels = len(self.quantizer.levels)
         self.to_latent = layers.Dense(self.image_tower.width, channels, ("embed", None),
                                       rngs=rngs, dtype=compute_dtype)
-        shape = tower_shape(**dict(image_decoder))
+        decoder = dict(image_decoder)
+        pixel_channels = decoder.pop("pixel_channels", 0)
+        shape = tower_shape(**decoder)
         self.from_latent = layers.Dense(channels, shape["width"], (None, "embed"), rngs=rngs,
                                         dtype=compute_dtype)
         self.decoder_position = nnx.Param(
@@ -135,8 +174,11 @@ class ImageTokenizer(nnx.Module):
             logical_axes=("length", "embed"))
         self.decoder = layers.Transformer(shape["width"], shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], **shared)
-        self.to_pixels = layers.Dense(shape["width"], self.patch_size ** 2 * 3,
-                                      ("embed", "patch"), rngs=rngs, dtype=compute_dtype)
+        self.to_pixels = (
+            PixelHead(shape["width"], self.patch_size, pixel_channels, rngs=rngs,
+                      dtype=compute_dtype) if pixel_channels else
+            layers.Dense(shape["width"], self.patch_size ** 2 * 3, ("embed", "patch"), rngs=rngs,
+                         dtype=compute_dtype))
 
     @property
     def codebook_size(self) -> int:
@@ -165,12 +207,10 @@ class ImageTokenizer(nnx.Module):
     def decode(self, codes: jax.Array) -> jax.Array:
         """Quantised latents [batch, patches, channels] -> images [batch, H, W, 3], normalised as
         the encoder's inputs are."""
-        x = self.from_latent(codes) + self.decoder_position[...]
-        patches = self.to_pixels(self.decoder(x)).astype(jnp.float32)
-        batch, p = codes.shape[0], self.patch_size
-        rows, columns = self.grid
-        patches = patches.reshape(batch, rows, columns, p, p, 3).transpose(0, 1, 3, 2, 4, 5)
-        return patches.reshape(batch, rows * p, columns * p, 3)
+        x = self.decoder(self.from_latent(codes) + self.decoder_position[...])
+        if isinstance(self.to_pixels, PixelHead):
+            return self.to_pixels(x, self.grid)
+        return unpatchify(self.to_pixels(x).astype(jnp.float32), self.grid, self.patch_size)
 
     def detokenize(self, tokens: jax.Array) -> jax.Array:
         return self.decode(self.quantizer.indices_to_codes(tokens))

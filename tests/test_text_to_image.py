@@ -4,6 +4,7 @@ tokenizer's tokens, sharded training, inference and --mode=generate, and the jud
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -184,6 +185,16 @@ def test_the_blur_the_judge_is_checked_against_spreads_a_pixel_by_its_weights():
     assert out.sum() == 12 * 4 + 25 * 4 + 50 and out[0].sum() == 0
     flat = np.full((1, 4, 4, 3), 90, np.uint8)
     np.testing.assert_array_equal(judge.blurred(flat, 1 / 3), flat)
+
+
+def test_the_judge_learns_from_half_its_images_softened_by_a_random_blur():
+    images = np.random.default_rng(0).integers(0, 256, (64, 6, 6, 3), np.uint8)
+    plain = images / 127.5 - 1
+    out = np.asarray(judge.degraded(jnp.asarray(images), jax.random.key(0), max_blur=0.3))
+    kept = np.all(np.isclose(out, plain, atol=1e-5), axis=(1, 2, 3))
+    assert 16 < kept.sum() < 48  # about half
+    np.testing.assert_allclose(out.sum((1, 2, 3)), plain.sum((1, 2, 3)), atol=1e-3)  # a blur
+    assert np.all(out[~kept].std((1, 2, 3)) < plain[~kept].std((1, 2, 3)))
 
 
 def test_the_nearest_training_image_is_the_same_caption_or_the_closest():

@@ -7,7 +7,9 @@ The attribute classifier (a head each for colour, shape, count, size and positio
 captions) trains on --rendered real images of every colour-shape pair, held-out ones included,
 drawn under a seed apart from the dataset's splits (input_pipeline.shapes.render_any_pair) and
 put through the CLIP run's own eval preprocessing, so at its image size: a judge must read the
-pairs the judged model never saw. It is checked on a tenth of them kept out. The first
+pairs the judged model never saw. Half of each batch is softened by a random blur (up to
+--max_blur), so that a shape drawn a little soft is still read as that shape (judge.degraded).
+It is checked on a tenth of them kept out, sharp. The first
 --examples images of --data (the judged model's training split) are kept as the bank the
 nearest-training-image baseline draws from, and say which pairs count as seen. Writes
 OUT/judge.json (the CLIP for R-precision, the check's accuracies) and OUT/judge.npz. Point a
@@ -26,6 +28,8 @@ flags.DEFINE_string("data", "tfds:mmjax_shapes:train", "The judged model's train
 flags.DEFINE_integer("examples", 20000, "How many of its images the bank keeps.")
 flags.DEFINE_integer("rendered", 20000, "Images of every pair the classifier learns from.")
 flags.DEFINE_integer("steps", 1500, "Training steps of the attribute classifier (batch 128).")
+flags.DEFINE_float("max_blur", 1 / 3, "Blur half of each training batch by [w, 1 - 2w, w] "
+                   "with w up to this (0: none).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: the CLIP run's).")
 flags.mark_flags_as_required(["clip_workdir", "out"])
 FLAGS = flags.FLAGS
@@ -49,9 +53,11 @@ def main(argv) -> None:
         FLAGS.rendered, preprocess=config.data.eval_preprocess,
         image_size=config.data.image_size, normalization=config.data.normalization)
     arrays, accuracy = judge.fit(images, captions, bank_images=bank_images,
-                                 bank_captions=bank_captions, steps=FLAGS.steps)
+                                 bank_captions=bank_captions, steps=FLAGS.steps,
+                                 max_blur=FLAGS.max_blur)
     judge.save(FLAGS.out, arrays, clip_workdir=FLAGS.clip_workdir, data=FLAGS.data,
-               classifier_data=f"{FLAGS.rendered} rendered images of every colour-shape pair",
+               classifier_data=f"{FLAGS.rendered} rendered images of every colour-shape pair, "
+                               f"half of each batch blurred with w up to {FLAGS.max_blur:.3g}",
                check_accuracy=accuracy)
     print("Accuracy on the rendered real images kept out of training:",
           ", ".join(f"{a} {v:.3f}" for a, v in accuracy.items()))
