@@ -165,6 +165,10 @@ class ImageTokenizer(nnx.Module):
                                       rngs=rngs, dtype=compute_dtype)
         decoder = dict(image_decoder)
         pixel_channels = decoder.pop("pixel_channels", 0)
+        if not isinstance(pixel_channels, int) or pixel_channels < 0:
+            raise ValueError(f"config.model.image_decoder.pixel_channels = {pixel_channels!r}: "
+                             "give a whole number of features per pixel for the convolutional "
+                             "pixel head, or 0 for a linear patch head")
         shape = tower_shape(**decoder)
         self.from_latent = layers.Dense(channels, shape["width"], (None, "embed"), rngs=rngs,
                                         dtype=compute_dtype)

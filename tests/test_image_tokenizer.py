@@ -83,6 +83,17 @@ def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_c
     assert losses[-1] < 0.6 * losses[0], losses[::10]
 
 
+def test_the_preflight_names_a_pixel_head_that_cannot_be(tiny_config, tmp_path):
+    from configs import common
+    from mmjax import preflight
+
+    config = common.as_image_tokenizer(tiny_config, encoder="mu/4", decoder="mu/4",
+                                       levels=(5, 5, 5))
+    config.model.image_decoder.pixel_channels = -8
+    with pytest.raises(preflight.ConfigError, match=r"pixel_channels = -8: give a whole number"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+
+
 def test_reconstruction_metrics_count_psnr_per_image_and_code_usage():
     extra = {"reconstruction_mse": np.array([0.1, 0.3]),
              "reconstruction_pixel_mse": np.array([255.0 ** 2 / 100, 255.0 ** 2 / 10_000]),
