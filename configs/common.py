@@ -59,7 +59,10 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
     config.model.name = "image_tokenizer"
     config.model.image_tower.update(variant=encoder, pooling="gap")
     config.model.text_tower = None
-    config.model.image_decoder = ml_collections.ConfigDict(dict(variant=decoder))
+    # pixel_channels: 0, a linear patch head; C, C features per pixel and two 3x3 convolutions
+    # (sharper small shapes, slower: BENCHMARKS.md).
+    config.model.image_decoder = ml_collections.ConfigDict(dict(variant=decoder,
+                                                                pixel_channels=0))
     config.model.fsq_levels = tuple(levels)
     config.losses = {"reconstruction": 1.0}
     config.evals = ("reconstruction",)
