@@ -142,7 +142,8 @@ def unpatchify(patches: jax.Array, grid: tuple[int, int], patch_size: int) -> ja
 
 class ImageTokenizer(nnx.Module):
     """ViT encoder (the image tower) -> FSQ latents per patch -> ViT decoder -> pixels, patch
-    by patch. Built by mmjax.models.build_model as config.model.name='image_tokenizer' from
+    by patch (or through PixelHead's convolutions, with image_decoder.pixel_channels). Built
+    by mmjax.models.build_model as config.model.name='image_tokenizer' from
     config.model.image_tower (the encoder), image_decoder (its shape) and fsq_levels."""
 
     modalities = ("image",)

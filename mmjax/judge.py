@@ -85,11 +85,11 @@ def degraded(images: jax.Array, rng: jax.Array, max_blur: float) -> jax.Array:
     """uint8 images -> normalised ones (NORMALIZATION), half of them blurred (`blur`) with w
     uniform in [0, max_blur]: a judge that learns from these reads a slightly soft shape as the
     shape it is, as people do, where one that saw only sharp images calls it something else."""
+    from mmjax.image_tower import normalize_pixels
+
     pick, amount = jax.random.split(rng)
     w = jax.random.uniform(amount, (len(images), 1, 1, 1), maxval=max_blur)
     w = w * jax.random.bernoulli(pick, 0.5, (len(images), 1, 1, 1))
-    from mmjax.image_tower import normalize_pixels
-
     return blur(normalize_pixels(images, NORMALIZATION), w)
 
 
@@ -119,12 +119,12 @@ def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
         optimizer.update(model, grads)
         return loss
 
-    rng = np.random.default_rng(seed)
+    rng, blur_key = np.random.default_rng(seed), jax.random.key(seed)
     for i in range(steps):
         rows = rng.integers(0, len(images), batch_size)
         step(model, optimizer, jnp.asarray(images[rows]),
              {a: jnp.asarray(v[rows]) for a, v in labels.items()},
-             jax.random.fold_in(jax.random.key(seed), i))
+             jax.random.fold_in(blur_key, i))
     return model
 
 
