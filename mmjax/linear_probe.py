@@ -96,9 +96,16 @@ def sweep_c(train_features: np.ndarray, train_labels: np.ndarray, num_classes: i
 
 def fit_and_score(train_features: np.ndarray, train_labels: np.ndarray,
                   test_features: np.ndarray, num_classes: int) -> tuple[np.ndarray, float]:
-    """Sweeps C, refits on all training features; the test features' class scores and C."""
+    """Sweeps C, refits on all training features; the test features' class scores and C.
+
+    Only the classes the training labels hold are fitted, as scikit-learn does; the others
+    score -inf. Fitted, a class without examples would have its unpenalised bias driven to -inf
+    and L-BFGS would never converge (every fit ran its 1,000 iterations)."""
     train_features = np.asarray(train_features, np.float32)
-    c = sweep_c(train_features, train_labels, num_classes)
-    params = fit(jnp.asarray(train_features), jnp.asarray(train_labels), jnp.float32(c),
-                 jnp.ones(len(train_labels), jnp.float32), num_classes=num_classes)
-    return predict_scores(params, np.asarray(test_features, np.float32)), c
+    present, train_index = np.unique(np.asarray(train_labels), return_inverse=True)
+    c = sweep_c(train_features, train_index, len(present))
+    params = fit(jnp.asarray(train_features), jnp.asarray(train_index), jnp.float32(c),
+                 jnp.ones(len(train_index), jnp.float32), num_classes=len(present))
+    scores = np.full((len(test_features), num_classes), -np.inf, np.float32)
+    scores[:, present] = predict_scores(params, np.asarray(test_features, np.float32))
+    return scores, c

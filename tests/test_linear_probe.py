@@ -68,3 +68,24 @@ def test_linear_probe_separates_what_is_separable_and_picks_c_on_held_out_data()
     shuffled = evaluators.linear_probe_metrics(train, rng.permutation(train_labels), test,
                                                test_labels)
     assert shuffled["linear_probe_top1"] < 0.6  # labels unrelated to features: near chance
+
+
+def test_classes_without_training_examples_are_never_predicted_and_the_rest_match_sklearn(split):
+    """ImageNet's probe on a few hundred images sees few of the 1,000 classes: the fit covers the
+    classes present (scikit-learn's `classes_`), the others score -inf, and the present ones'
+    scores are what a fit on those classes alone gives."""
+    from sklearn.linear_model import LogisticRegression
+
+    train_x, train_y, test_x, _ = split
+    sparse = np.array([3, 40, 41, 97, 250, 999])  # six labels out of 1,000
+    scores, c = linear_probe.fit_and_score(train_x, sparse[train_y], test_x, num_classes=1000)
+    assert scores.shape == (len(test_x), 1000)
+    absent = np.setdiff1d(np.arange(1000), sparse)
+    assert np.all(scores[:, absent] == -np.inf) and np.all(np.isfinite(scores[:, sparse]))
+    reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(train_x, sparse[train_y])
+    np.testing.assert_array_equal(reference.classes_, sparse)
+    assert (sparse[scores[:, sparse].argmax(1)] == reference.predict(test_x)).mean() >= 0.98
+    np.testing.assert_allclose(
+        scores[:, sparse] - scores[:, sparse].mean(1, keepdims=True),
+        reference.decision_function(test_x) - reference.decision_function(test_x).mean(
+            1, keepdims=True), atol=0.05 * np.abs(reference.decision_function(test_x)).max())
