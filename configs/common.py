@@ -65,6 +65,9 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
                                                                 pixel_channels=0))
     config.model.fsq_levels = tuple(levels)
     config.losses = {"reconstruction": 1.0}
+    # Each pixel's squared error weighted 1 + edge_weight * (its distance from its 3x3
+    # neighbourhood's mean): 0 is the plain mean (mmjax/losses.py, reconstruction_loss).
+    config.reconstruction = ml_collections.ConfigDict(dict(edge_weight=0.0))
     config.evals = ("reconstruction",)
     # Flips and crops would only teach the autoencoder what it already sees.
     config.data.train_preprocess = "decode|resize"

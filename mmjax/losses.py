@@ -205,11 +205,28 @@ def classification_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]
                   "classification_accuracy": (logits.argmax(-1) == labels).mean()}
 
 
-def reconstruction_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Mean squared error of an autoencoder's reconstruction against its (normalised) input."""
+def edge_map(images: jax.Array) -> jax.Array:
+    """[batch, H, W, 1]: how far each pixel is from the mean of its 3x3 neighbourhood, summed
+    over channels; zero on flat colour, large along the edges of shapes."""
+    # Edge padding: the image border is not an edge.
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    blurred = jax.lax.reduce_window(padded, 0.0, jax.lax.add, (1, 3, 3, 1), (1, 1, 1, 1),
+                                    "VALID") / 9.0
+    return jnp.abs(images - blurred).sum(-1, keepdims=True)
+
+
+def reconstruction_loss(outputs, batch, edge_weight: float = 0.0
+                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean squared error of an autoencoder's reconstruction against its (normalised) input,
+    each pixel weighted 1 + edge_weight * edge_map(target): small shapes are mostly edge, and
+    a plain mean spends its gradient on the background they sit on."""
     del batch
-    error = jnp.mean(jnp.square(outputs["reconstruction"] - outputs["target"]))
-    return error, {"reconstruction_mse": error}
+    squared = jnp.square(outputs["reconstruction"] - outputs["target"])
+    error = jnp.mean(squared)
+    if not edge_weight:
+        return error, {"reconstruction_mse": error}
+    weight = 1.0 + edge_weight * jax.lax.stop_gradient(edge_map(outputs["target"]))
+    return jnp.mean(weight * squared), {"reconstruction_mse": error}
 
 
 def masked_image_token_loss(outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -242,9 +259,32 @@ class Loss:
                 else self.model_outputs)
 
 
+class SettingError(ValueError):
+    """A loss setting the config gives wrongly: the preflight reports `field`, what is wrong
+    and `fix`."""
+
+    def __init__(self, field: str, problem: str, fix: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem, self.fix = field, problem, fix
+
+
 def _pair_settings(config, tokenizer) -> dict:
-    return {"pairs": conventions.contrastive_pairs(config.model, config.get(
-        "contrastive_pairs", ()))}
+    try:
+        return {"pairs": conventions.contrastive_pairs(config.model, config.get(
+            "contrastive_pairs", ()))}
+    except ValueError as e:
+        raise SettingError("config.contrastive_pairs", str(e), "name pairs of the model's "
+                           "modalities, or leave it empty for every pair") from e
+
+
+def _reconstruction_settings(config, tokenizer) -> dict:
+    edge_weight = config.get("reconstruction", {}).get("edge_weight", 0.0)
+    if (isinstance(edge_weight, bool) or not isinstance(edge_weight, (int, float))
+            or not 0 <= edge_weight < float("inf")):
+        raise SettingError("config.reconstruction.edge_weight", "must be a number >= 0",
+                           "give 0 for a plain squared error, or a weight such "
+                           "as 4 for the pixels along shapes' edges")
+    return {"edge_weight": float(edge_weight)}
 
 
 def _pair_outputs(settings) -> tuple[str, ...]:
@@ -272,7 +312,8 @@ LOSSES: dict[str, Loss] = {
                     settings=lambda config, tokenizer: {
                         "temperature": float(config.distill.get("temperature", 1.0))}),
     "reconstruction": Loss(reconstruction_loss, ("reconstruction", "target"),
-                           "use an image tokenizer (config.model.name='image_tokenizer')"),
+                           "use an image tokenizer (config.model.name='image_tokenizer')",
+                           settings=_reconstruction_settings),
     "masked_image_tokens": Loss(masked_image_token_loss, ("image_token_logits",
                                                           "image_token_targets",
                                                           "image_token_mask"),

@@ -268,9 +268,8 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
         loss = losses.LOSSES.get(name)
         try:
             needed = loss.outputs(loss.settings(config, tokenizer)) if loss else ()
-        except ValueError as e:
-            c.add("config.contrastive_pairs", str(e), "name pairs of the model's modalities, "
-                  "or leave it empty for every pair")
+        except losses.SettingError as e:
+            c.add(e.field, e.problem, e.fix)
             continue
         missing = [k for k in needed if k not in outputs]
         if missing:

@@ -94,6 +94,45 @@ def test_the_preflight_names_a_pixel_head_that_cannot_be(tiny_config, tmp_path):
         preflight.check(config, workdir=str(tmp_path / "w"))
 
 
+@pytest.mark.parametrize("edge_weight", [-1.0, float("nan")])
+def test_the_preflight_names_an_edge_weight_that_cannot_be(tiny_config, tmp_path, edge_weight):
+    from configs import common
+    from mmjax import preflight
+
+    config = common.as_image_tokenizer(tiny_config, encoder="mu/4", decoder="mu/4",
+                                       levels=(5, 5, 5))
+    config.reconstruction.edge_weight = edge_weight
+    with pytest.raises(preflight.ConfigError, match=r"config.reconstruction.edge_weight = "
+                       r"(-1.0|nan): must be a number >= 0. Fix: give 0 for a plain squared"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_edge_weight_weighs_errors_along_shapes_edges_and_nowhere_else():
+    from mmjax import losses
+
+    target = np.full((1, 8, 8, 3), -0.8, np.float32)
+    target[0, 2:5, 2:5] = 0.9  # a 3x3 square on a flat background
+    edges = np.asarray(losses.edge_map(jnp.asarray(target)))[0, :, :, 0]
+    np.testing.assert_allclose(edges[[0, 7, 3], [0, 7, 6]], 0, atol=1e-6)  # flat: no edge
+    assert edges[2, 2] > edges[3, 3] > 0 and edges[1, 1] > 0  # corners, centre, outside corner
+
+    def loss(where, edge_weight):
+        reconstruction = target.copy()
+        reconstruction[(0, *where)] += 0.5
+        outputs = {"reconstruction": jnp.asarray(reconstruction), "target": jnp.asarray(target)}
+        return losses.reconstruction_loss(outputs, {}, edge_weight=edge_weight)
+
+    plain_edge, metrics = loss((2, 2), 0.0)
+    plain_background, _ = loss((7, 7), 0.0)
+    assert plain_edge == plain_background == metrics["reconstruction_mse"]
+    weighted_edge, metrics = loss((2, 2), 4.0)
+    weighted_background, _ = loss((7, 7), 4.0)
+    np.testing.assert_allclose(weighted_background, plain_background, rtol=1e-5)  # flat: 1
+    np.testing.assert_allclose(weighted_edge, plain_edge * (1 + 4 * edges[2, 2]), rtol=1e-5)
+    assert metrics["reconstruction_mse"] == plain_edge  # the metric stays the plain error
+
+
 def test_reconstruction_metrics_count_psnr_per_image_and_code_usage():
     extra = {"reconstruction_mse": np.array([0.1, 0.3]),
              "reconstruction_pixel_mse": np.array([255.0 ** 2 / 100, 255.0 ** 2 / 10_000]),
