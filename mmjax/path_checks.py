@@ -19,7 +19,12 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
     if config.init_from.params and not config.init_from.get("checkpoint"):
         c.add("config.init_from.params", "selects parameters but no checkpoint is given",
               "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
+    # A run that resumes takes every parameter from its own checkpoint (Trainer.initial_state):
+    # where it started from need not be there any more (generating from a finished run).
+    resumes = workdir is not None and _find(paths.join(workdir, "checkpoints")) is not None
     for field, source, prefixes, settings in models.pretrained_sources(config):
+        if resumes and field == "config.init_from.checkpoint":
+            continue
         if not source:
             if workdir is None:  # a benchmark or an abstract check: no run starts from it
                 continue

@@ -256,6 +256,17 @@ def test_a_workdir_that_is_a_file_or_holds_another_model(finished_run, tiny_conf
     assert after == before  # nothing was written
 
 
+def test_a_run_that_resumes_needs_not_the_run_it_started_from(finished_run, tiny_config,
+                                                              tmp_path):
+    """Generating from a finished run whose init_from run is gone: the run resumes from its own
+    checkpoint, so init_from is not checked; a fresh workdir still needs it."""
+    tiny_config.init_from.checkpoint = str(tmp_path / "deleted_run")
+    tiny_config.init_from.params = ("text_tower",)
+    preflight.check(tiny_config, workdir=copy_run(finished_run, tmp_path / "run"))
+    assert re.search(r"config.init_from.checkpoint = .*deleted_run': holds no mmjax checkpoint",
+                     problems(tiny_config, workdir=str(tmp_path / "fresh")))
+
+
 def test_a_workdir_of_the_older_checkpoint_layout_is_refused_its_parameters_load(
         finished_run, tiny_config, tmp_path):
     """Checkpoints saved as orbax's single item with data_state.json beside them (before the
@@ -375,6 +386,7 @@ CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, "configs"))
 # Runs these configs start from, which a fresh clone has not trained.
 UNTRAINED_PATHS = {"smoke_distill": "config.distill.teacher",
                    "smoke_vqa": "config.init_from.checkpoint",
+                   "smoke_t2i": "config.init_from.checkpoint",
                    "clip_b16_flip_unmasked": "config.init_from.checkpoint"}
 
 
