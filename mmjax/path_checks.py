@@ -19,9 +19,11 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
     if config.init_from.params and not config.init_from.get("checkpoint"):
         c.add("config.init_from.params", "selects parameters but no checkpoint is given",
               "set config.init_from.checkpoint to a workdir or checkpoints/STEP folder")
-    # A run that resumes takes every parameter from its own checkpoint (Trainer.initial_state):
-    # where it started from need not be there any more (generating from a finished run).
-    resumes = workdir is not None and _find(paths.join(workdir, "checkpoints")) is not None
+    # The workdir's own checkpoint, looked up once. A run that resumes from it takes every
+    # parameter from it (Trainer.initial_state): where it started from need not be there any
+    # more (generating from a finished run). The old layout is not resumed.
+    found = _find(workdir) if workdir is not None and not paths.isfile(workdir) else None
+    resumes = found is not None and not checkpoint.is_legacy(*found)
     for field, source, prefixes, settings in models.pretrained_sources(config):
         if resumes and field == "config.init_from.checkpoint":
             continue
@@ -66,7 +68,6 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
         if not os.access(existing, os.W_OK):
             c.flag("--workdir", workdir, f"cannot be written ({existing} is not writable)",
                    "give a folder you can write to")
-    found = _find(workdir)
     if found and checkpoint.is_legacy(*found):
         c.flag("--workdir", workdir, "holds checkpoints in the layout of mmjax before 2026-12-02 "
                "(checkpoints/STEP/default and data_state.json), which this version does not "
