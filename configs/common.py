@@ -60,14 +60,15 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
     config.model.image_tower.update(variant=encoder, pooling="gap")
     config.model.text_tower = None
     # pixel_channels: 0, a linear patch head; C, C features per pixel and two 3x3 convolutions
-    # (sharper small shapes, slower: BENCHMARKS.md).
+    # (sharper small shapes, slower: BENCHMARKS.md), with pixel_blocks residual ones between.
     config.model.image_decoder = ml_collections.ConfigDict(dict(variant=decoder,
-                                                                pixel_channels=0))
+                                                                pixel_channels=0,
+                                                                pixel_blocks=0))
     config.model.fsq_levels = tuple(levels)
     config.losses = {"reconstruction": 1.0}
     # Each pixel's squared error weighted 1 + edge_weight * (its distance from its 3x3
     # neighbourhood's mean): 0 is the plain mean (mmjax/losses.py, reconstruction_loss).
-    config.reconstruction = ml_collections.ConfigDict(dict(edge_weight=0.0))
+    config.reconstruction = ml_collections.ConfigDict(dict(edge_weight=0.0, noise_floor=0.0))
     config.evals = ("reconstruction",)
     # Flips and crops would only teach the autoencoder what it already sees.
     config.data.train_preprocess = "decode|resize"

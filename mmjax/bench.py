@@ -86,12 +86,14 @@ def forward_flops_per_example(config) -> dict[str, float]:
         # Every patch token goes to the latent channels, instead of one pooled projection.
         parts["image"] += 2 * encoder["width"] * (patches * channels - model.embed_dim)
         # The pixel head: a linear map to each patch's pixels (3 channels, or pixel_channels
-        # features followed by two 3x3 convolutions, to pixel_channels and to 3).
+        # features followed by 3x3 convolutions: 1 + pixel_blocks to pixel_channels, one to 3).
         pixel_channels = model.image_decoder.get("pixel_channels") or 0
+        convolutions = 1 + (model.image_decoder.get("pixel_blocks") or 0)
         pixels = config.data.image_size ** 2
         parts["image_decoder"] = 2 * patches * (channels * decoder["width"] + decoder["width"]
                                                 * patch * patch * (pixel_channels or 3))
-        parts["image_decoder"] += 2 * pixels * 9 * pixel_channels * (pixel_channels + 3)
+        parts["image_decoder"] += 2 * pixels * 9 * pixel_channels * (
+            convolutions * pixel_channels + 3)
         parts["image_decoder"] += transformer_flops(patches, decoder["width"], decoder["depth"],
                                                     decoder["mlp_dim"])
     # The contrastive logits: 2 * B * B * D per batch and modality pair, i.e. 2 * B * D per

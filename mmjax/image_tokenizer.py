@@ -104,22 +104,27 @@ def reconstruction_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 class PixelHead(nnx.Module):
-    """Decoder tokens -> pixels through `channels` features per pixel and two 3x3 convolutions
-    over the whole image: a linear head gives each patch at most `width` independent pixel
-    patterns and cannot see across patch borders, which blurs small shapes into blobs."""
+    """Decoder tokens -> pixels through `channels` features per pixel and 3x3 convolutions over
+    the whole image: a linear head gives each patch at most `width` independent pixel
+    patterns and cannot see across patch borders, which blurs small shapes into blobs. One
+    hidden convolution, then `blocks` residual ones (x + gelu(conv(x))), then one to RGB."""
 
     def __init__(self, width: int, patch_size: int, channels: int, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+                 blocks: int = 0, dtype=jnp.float32):
         self.patch_size, self.dtype = patch_size, dtype
         self.to_features = layers.Dense(width, patch_size ** 2 * channels, ("embed", "patch"),
                                         rngs=rngs, dtype=dtype)
         init = jax.nn.initializers.lecun_normal()
-        self.hidden = nnx.Param(init(rngs.params(), (3, 3, channels, channels)),
-                                logical_axes=(None, None, None, None))
-        self.hidden_bias = nnx.Param(jnp.zeros((channels,)), logical_axes=(None,))
-        self.out = nnx.Param(init(rngs.params(), (3, 3, channels, 3)) * 0.1,
-                             logical_axes=(None, None, None, None))
-        self.out_bias = nnx.Param(jnp.zeros((3,)), logical_axes=(None,))
+
+        def conv(features_out, scale=1.0):
+            return (nnx.Param(init(rngs.params(), (3, 3, channels, features_out)) * scale,
+                              logical_axes=(None, None, None, None)),
+                    nnx.Param(jnp.zeros((features_out,)), logical_axes=(None,)))
+
+        self.hidden, self.hidden_bias = conv(channels)
+        # Residual blocks start small, so a deeper head begins as the shallow one.
+        self.blocks = nnx.List([nnx.List(conv(channels, 0.1)) for _ in range(blocks)])
+        self.out, self.out_bias = conv(3, 0.1)
 
     def _conv(self, x, kernel, bias):
         y = jax.lax.conv_general_dilated(x, kernel[...].astype(self.dtype), (1, 1), "SAME",
@@ -130,6 +135,8 @@ class PixelHead(nnx.Module):
         features = unpatchify(self.to_features(x), grid, self.patch_size)
         hidden = jax.nn.gelu(self._conv(features.astype(self.dtype), self.hidden,
                                         self.hidden_bias))
+        for kernel, bias in self.blocks:
+            hidden = hidden + jax.nn.gelu(self._conv(hidden, kernel, bias))
         return self._conv(hidden, self.out, self.out_bias).astype(jnp.float32)
 
 
@@ -170,6 +177,12 @@ class ImageTokenizer(nnx.Module):
             raise ValueError(f"config.model.image_decoder.pixel_channels = {pixel_channels!r}: "
                              "give a whole number of features per pixel for the convolutional "
                              "pixel head, or 0 for a linear patch head")
+        pixel_blocks = decoder.pop("pixel_blocks", 0)
+        if not isinstance(pixel_blocks, int) or pixel_blocks < 0 or (
+                pixel_blocks and not pixel_channels):
+            raise ValueError(f"config.model.image_decoder.pixel_blocks = {pixel_blocks!r}: "
+                             "give a whole number of residual convolutions for the pixel head "
+                             "(which needs pixel_channels > 0), or 0")
         shape = tower_shape(**decoder)
         self.from_latent = layers.Dense(channels, shape["width"], (None, "embed"), rngs=rngs,
                                         dtype=compute_dtype)
@@ -180,8 +193,8 @@ class ImageTokenizer(nnx.Module):
         self.decoder = layers.Transformer(shape["width"], shape["depth"], shape["num_heads"],
                                           shape["mlp_dim"], **shared)
         self.to_pixels = (
-            PixelHead(shape["width"], self.patch_size, pixel_channels, rngs=rngs,
-                      dtype=compute_dtype) if pixel_channels else
+            PixelHead(shape["width"], self.patch_size, pixel_channels, blocks=pixel_blocks,
+                      rngs=rngs, dtype=compute_dtype) if pixel_channels else
             layers.Dense(shape["width"], self.patch_size ** 2 * 3, ("embed", "patch"), rngs=rngs,
                          dtype=compute_dtype))
 

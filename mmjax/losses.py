@@ -215,17 +215,24 @@ def edge_map(images: jax.Array) -> jax.Array:
     return jnp.abs(images - blurred).sum(-1, keepdims=True)
 
 
-def reconstruction_loss(outputs, batch, edge_weight: float = 0.0
+def reconstruction_loss(outputs, batch, edge_weight: float = 0.0,
+                        noise_floor: tuple[float, ...] | None = None
                         ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean squared error of an autoencoder's reconstruction against its (normalised) input,
     each pixel weighted 1 + edge_weight * edge_map(target): small shapes are mostly edge, and
-    a plain mean spends its gradient on the background they sit on."""
+    a plain mean spends its gradient on the background they sit on. With `noise_floor` (per
+    channel, in normalised units) an error counts only by how far it exceeds the floor: pixel
+    noise below it costs nothing, so the tokens need not spend codes on it."""
     del batch
-    squared = jnp.square(outputs["reconstruction"] - outputs["target"])
-    error = jnp.mean(squared)
-    if not edge_weight:
-        return error, {"reconstruction_mse": error}
-    weight = 1.0 + edge_weight * jax.lax.stop_gradient(edge_map(outputs["target"]))
+    difference = outputs["reconstruction"] - outputs["target"]
+    error = jnp.mean(jnp.square(difference))
+    if noise_floor is not None:
+        floor = jnp.asarray(noise_floor, difference.dtype)
+        difference = jnp.sign(difference) * jnp.maximum(jnp.abs(difference) - floor, 0.0)
+    squared = jnp.square(difference)
+    weight = 1.0
+    if edge_weight:
+        weight = 1.0 + edge_weight * jax.lax.stop_gradient(edge_map(outputs["target"]))
     return jnp.mean(weight * squared), {"reconstruction_mse": error}
 
 
@@ -278,13 +285,28 @@ def _pair_settings(config, tokenizer) -> dict:
 
 
 def _reconstruction_settings(config, tokenizer) -> dict:
-    edge_weight = config.get("reconstruction", {}).get("edge_weight", 0.0)
-    if (isinstance(edge_weight, bool) or not isinstance(edge_weight, (int, float))
-            or not 0 <= edge_weight < float("inf")):
+    settings = config.get("reconstruction", {})
+    edge_weight = settings.get("edge_weight", 0.0)
+    if not _is_number_at_least_zero(edge_weight):
         raise SettingError("config.reconstruction.edge_weight", "must be a number >= 0",
                            "give 0 for a plain squared error, or a weight such "
                            "as 4 for the pixels along shapes' edges")
-    return {"edge_weight": float(edge_weight)}
+    noise_floor = settings.get("noise_floor", 0.0)
+    if not _is_number_at_least_zero(noise_floor) or noise_floor >= 128:
+        raise SettingError("config.reconstruction.noise_floor", "must be a number of 8-bit "
+                           "pixel levels in [0, 128)", "give 0 to count every error, or about "
+                           "three times the images' pixel noise (for example 12)")
+    if not noise_floor:
+        return {"edge_weight": float(edge_weight)}
+    # The loss compares normalised pixels: the floor in each channel's normalised units.
+    _, std = conventions.image_normalization(config.data.get("normalization", "minus_one_one"))
+    return {"edge_weight": float(edge_weight),
+            "noise_floor": tuple(float(noise_floor) / s for s in std)}
+
+
+def _is_number_at_least_zero(value) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and 0 <= value < float("inf"))
 
 
 def _pair_outputs(settings) -> tuple[str, ...]:

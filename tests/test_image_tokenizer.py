@@ -50,15 +50,18 @@ def test_code_usage():
     assert image_tokenizer.code_usage(np.zeros(10, int), 4)["code_perplexity"] == 1.0
 
 
-@pytest.mark.parametrize("pixel_channels", [0, 8])  # a linear patch head; the convolutional one
-def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_channels):
+@pytest.mark.parametrize("pixel_channels,pixel_blocks", [(0, 0), (8, 0), (8, 2)])
+def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_channels,
+                                                                         pixel_blocks):
+    """A linear patch head, the convolutional one, and that with residual convolutions."""
     model = image_tokenizer.ImageTokenizer(
         image_size=16, fsq_levels=(5, 5, 5), rngs=nnx.Rngs(0),
         image_tower=dict(name="vit", width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
                          pooling="gap"),
         image_decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
-                           pixel_channels=pixel_channels))
+                           pixel_channels=pixel_channels, pixel_blocks=pixel_blocks))
     assert isinstance(model.to_pixels, image_tokenizer.PixelHead) == bool(pixel_channels)
+    assert len(getattr(model.to_pixels, "blocks", ())) == pixel_blocks
     images = jax.random.randint(jax.random.key(1), (8, 16, 16, 3), 0, 256).astype(jnp.uint8)
     tokens = model.tokenize(images)
     assert tokens.shape == (8, 16) and tokens.dtype == jnp.int32
@@ -94,18 +97,45 @@ def test_the_preflight_names_a_pixel_head_that_cannot_be(tiny_config, tmp_path):
         preflight.check(config, workdir=str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("edge_weight", [-1.0, float("nan")])
-def test_the_preflight_names_an_edge_weight_that_cannot_be(tiny_config, tmp_path, edge_weight):
+@pytest.mark.parametrize("field,value,fix", [
+    ("edge_weight", -1.0, "must be a number >= 0. Fix: give 0 for a plain squared"),
+    ("edge_weight", float("nan"), "must be a number >= 0. Fix: give 0 for a plain squared"),
+    ("noise_floor", -3.0, "must be a number of 8-bit pixel levels in \\[0, 128\\). Fix: give 0"),
+    ("noise_floor", 200.0, "must be a number of 8-bit pixel levels in \\[0, 128\\). Fix:")])
+def test_the_preflight_names_a_reconstruction_setting_that_cannot_be(tiny_config, tmp_path,
+                                                                     field, value, fix):
     from configs import common
     from mmjax import preflight
 
     config = common.as_image_tokenizer(tiny_config, encoder="mu/4", decoder="mu/4",
                                        levels=(5, 5, 5))
-    config.reconstruction.edge_weight = edge_weight
-    with pytest.raises(preflight.ConfigError, match=r"config.reconstruction.edge_weight = "
-                       r"(-1.0|nan): must be a number >= 0. Fix: give 0 for a plain squared"):
+    config.reconstruction[field] = value
+    with pytest.raises(preflight.ConfigError,
+                       match=rf"config.reconstruction.{field} = {value}: {fix}"):
         preflight.check(config, workdir=str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_the_noise_floor_forgives_errors_below_it_and_counts_the_excess(tiny_config):
+    from configs import common
+    from mmjax import losses
+
+    config = common.as_image_tokenizer(tiny_config, "mu/4", "mu/4", (5, 5, 5))
+    config.reconstruction.noise_floor = 12.75  # 8-bit levels: 0.1 of minus_one_one's 127.5
+    settings = losses._reconstruction_settings(config, None)
+    np.testing.assert_allclose(settings["noise_floor"], (0.1, 0.1, 0.1), rtol=1e-6)
+
+    target = np.zeros((1, 4, 4, 3), np.float32)
+
+    def loss(error):
+        outputs = {"reconstruction": jnp.asarray(target + error), "target": jnp.asarray(target)}
+        return losses.reconstruction_loss(outputs, {}, noise_floor=settings["noise_floor"])
+
+    below, metrics = loss(0.08)
+    assert below == 0 and np.isclose(metrics["reconstruction_mse"], 0.08 ** 2)
+    np.testing.assert_allclose(loss(-0.3)[0], 0.2 ** 2, rtol=1e-5)
+    grad = jax.grad(lambda e: loss(e)[0])(jnp.float32(0.05))
+    assert grad == 0  # noise under the floor pulls on nothing
 
 
 def test_the_edge_weight_weighs_errors_along_shapes_edges_and_nowhere_else():
@@ -188,14 +218,15 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
     assert 0 < metrics["eval/mmjax_shapes/codes_used"] <= 1
 
 
-@pytest.mark.parametrize("pixel_channels", [0, 16])
-def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels):
+@pytest.mark.parametrize("pixel_channels,pixel_blocks", [(0, 0), (16, 0), (16, 2)])
+def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels, pixel_blocks):
     """mmjax.bench's analytic count (its MFU's numerator) for either pixel head."""
     from configs import smoke_image_tokenizer
     from mmjax import bench, models, tokenizers
 
     config = smoke_image_tokenizer.get_config()
     config.model.image_decoder.pixel_channels = pixel_channels
+    config.model.image_decoder.pixel_blocks = pixel_blocks
     model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
     codes = jnp.zeros((1, model.grid[0] * model.grid[1], len(config.model.fsq_levels)))
     counted = jax.jit(model.decode).lower(codes).compile().cost_analysis()
