@@ -57,10 +57,12 @@ class TextToImage(ImageTokenizer):
     def pretrained_parts(config) -> list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]]:
         """(config field, workdir, parameter prefixes, settings that must equal the workdir's)
         of what this model starts from: the tokenizer, whose codes mean nothing under other FSQ
-        levels or pixel normalisation."""
+        levels or pixel normalisation, and whose encoder and decoder must be built as they were
+        trained (a decoder with fewer blocks would load without the rest)."""
         workdir = config.get("image_tokenizer", {}).get("workdir")
         return [("config.image_tokenizer.workdir", workdir, TOKENIZER_PARTS,
-                 ("model.fsq_levels", "data.image_size", "data.normalization"))]
+                 ("model.fsq_levels", "data.image_size", "data.normalization",
+                  "model.image_tower", "model.image_decoder"))]
 
     def text_context(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The text tower's token states and each text's count of real tokens."""

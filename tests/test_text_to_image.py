@@ -110,6 +110,12 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
                                                     r"\[4, 4, 4\]"):
         preflight.check(config, workdir=str(tmp_path / "w"))
     config = t2i_config(tiny_config, runs[0])
+    config.model.image_decoder.pixel_channels = 8  # a decoder the tokenizer was not trained as
+    with pytest.raises(preflight.ConfigError, match=r"config.model.image_decoder: is .*, but "
+                                                    r"the run .* was trained with .*'pixel_"
+                                                    r"channels': 0"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+    config = t2i_config(tiny_config, runs[0])
     config.evals = ("generation",)
     with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
         preflight.check(config, workdir=str(tmp_path / "w"))
