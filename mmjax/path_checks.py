@@ -87,8 +87,10 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
                    f"(--config=configs/from_workdir.py:{workdir}); nothing was changed there")
 
 
-def _source_settings(c, field: str, source: str, settings: tuple[str, ...]) -> None:
-    """Each dotted config key in `settings` must equal the source run's (its config.json)."""
+def _source_settings(c, field: str, source: str, settings: tuple) -> None:
+    """Each dotted config key in `settings` must equal the source run's (its config.json). An
+    entry (key, fill) compares a dict with `fill`'s fields where either side lacks them: the
+    values a field added since that run was trained takes by default."""
     if not settings:
         return
     from mmjax import inference
@@ -98,11 +100,17 @@ def _source_settings(c, field: str, source: str, settings: tuple[str, ...]) -> N
     except FileNotFoundError as e:
         c.add(field, str(e).rstrip("."), "give a workdir written by mmjax")
         return
-    for key in settings:
-        mine, saved = (defaults.plain(dotted(cfg, key)) for cfg in (c.config, theirs))
+    for entry in settings:
+        key, fill = entry if isinstance(entry, tuple) else (entry, None)
+        mine, saved = (_filled(defaults.plain(dotted(cfg, key)), fill)
+                       for cfg in (c.config, theirs))
         if mine != saved:
             c.add(f"config.{key}", f"is {mine}, but the run at {field} ({source}) was trained "
                   f"with {saved}", f"set config.{key}={saved}, or train that part again")
+
+
+def _filled(value, fill: dict | None):
+    return {**fill, **value} if fill and isinstance(value, dict) else value
 
 
 def dotted(config, key: str):

@@ -54,15 +54,17 @@ class TextToImage(ImageTokenizer):
         self.condition_dropout = condition_dropout
 
     @staticmethod
-    def pretrained_parts(config) -> list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]]:
+    def pretrained_parts(config) -> list[tuple[str, str | None, tuple[str, ...], tuple]]:
         """(config field, workdir, parameter prefixes, settings that must equal the workdir's)
         of what this model starts from: the tokenizer, whose codes mean nothing under other FSQ
         levels or pixel normalisation, and whose encoder and decoder must be built as they were
         trained (a decoder with fewer blocks would load without the rest)."""
         workdir = config.get("image_tokenizer", {}).get("workdir")
+        # A tokenizer trained before pixel_blocks existed has none.
+        decoder = ("model.image_decoder", {"pixel_channels": 0, "pixel_blocks": 0})
         return [("config.image_tokenizer.workdir", workdir, TOKENIZER_PARTS,
                  ("model.fsq_levels", "data.image_size", "data.normalization",
-                  "model.image_tower", "model.image_decoder"))]
+                  "model.image_tower", decoder))]
 
     def text_context(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The text tower's token states and each text's count of real tokens."""

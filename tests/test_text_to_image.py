@@ -2,6 +2,7 @@
 tokenizer's tokens, sharded training, inference and --mode=generate, and the judge."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +116,14 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
                                                     r"the run .* was trained with .*'pixel_"
                                                     r"channels': 0"):
         preflight.check(config, workdir=str(tmp_path / "w"))
+    # A tokenizer trained before image_decoder.pixel_blocks existed: it has none, as asked.
+    older = tmp_path / "older_tokenizer"
+    shutil.copytree(runs[0], older)
+    with open(older / "config.json") as f:
+        saved = json.load(f)
+    del saved["model"]["image_decoder"]["pixel_blocks"]
+    (older / "config.json").write_text(json.dumps(saved))
+    preflight.check(t2i_config(tiny_config, str(older)), workdir=str(tmp_path / "w"))
     config = t2i_config(tiny_config, runs[0])
     config.evals = ("generation",)
     with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
