@@ -103,6 +103,11 @@ def reconstruction_metrics(extra: dict[str, np.ndarray]) -> dict[str, float]:
             **code_usage(extra["image_tokens"], int(extra["codebook_size"][0]))}
 
 
+# The pixel head's fields of config.model.image_decoder when a config leaves them out (a run
+# trained before pixel_blocks existed has none): a linear patch head, no residual convolutions.
+PIXEL_HEAD_DEFAULTS = {"pixel_channels": 0, "pixel_blocks": 0}
+
+
 class PixelHead(nnx.Module):
     """Decoder tokens -> pixels through `channels` features per pixel and 3x3 convolutions over
     the whole image: a linear head gives each patch at most `width` independent pixel
@@ -171,13 +176,13 @@ class ImageTokenizer(nnx.Module):
         channels = len(self.quantizer.levels)
         self.to_latent = layers.Dense(self.image_tower.width, channels, ("embed", None),
                                       rngs=rngs, dtype=compute_dtype)
-        decoder = dict(image_decoder)
-        pixel_channels = decoder.pop("pixel_channels", 0)
+        decoder = {**PIXEL_HEAD_DEFAULTS, **dict(image_decoder)}
+        pixel_channels = decoder.pop("pixel_channels")
         if not isinstance(pixel_channels, int) or pixel_channels < 0:
             raise ValueError(f"config.model.image_decoder.pixel_channels = {pixel_channels!r}: "
                              "give a whole number of features per pixel for the convolutional "
                              "pixel head, or 0 for a linear patch head")
-        pixel_blocks = decoder.pop("pixel_blocks", 0)
+        pixel_blocks = decoder.pop("pixel_blocks")
         if not isinstance(pixel_blocks, int) or pixel_blocks < 0 or (
                 pixel_blocks and not pixel_channels):
             raise ValueError(f"config.model.image_decoder.pixel_blocks = {pixel_blocks!r}: "

@@ -296,12 +296,13 @@ def _reconstruction_settings(config, tokenizer) -> dict:
         raise SettingError("config.reconstruction.noise_floor", "must be a number of 8-bit "
                            "pixel levels in [0, 128)", "give 0 to count every error, or about "
                            "three times the images' pixel noise (for example 12)")
-    if not noise_floor:
-        return {"edge_weight": float(edge_weight)}
-    # The loss compares normalised pixels: the floor in each channel's normalised units.
-    _, std = conventions.image_normalization(config.data.get("normalization", "minus_one_one"))
-    return {"edge_weight": float(edge_weight),
-            "noise_floor": tuple(float(noise_floor) / s for s in std)}
+    resolved = {"edge_weight": float(edge_weight)}
+    if noise_floor:
+        # The loss compares normalised pixels: the floor in each channel's normalised units.
+        _, std = conventions.image_normalization(config.data.get("normalization",
+                                                                 "minus_one_one"))
+        resolved["noise_floor"] = tuple(float(noise_floor) / s for s in std)
+    return resolved
 
 
 def _is_number_at_least_zero(value) -> bool:

@@ -110,7 +110,7 @@ def _source_settings(c, field: str, source: str, settings: tuple) -> None:
 
 
 def _filled(value, fill: dict | None):
-    return {**fill, **value} if fill and isinstance(value, dict) else value
+    return defaults.fill_missing(dict(value), fill) if fill and isinstance(value, dict) else value
 
 
 def dotted(config, key: str):

@@ -18,7 +18,7 @@ from flax import nnx
 
 from mmjax import text_tower as text_tower_lib
 from mmjax.image_generator import MaskedTokenGenerator, mask_for_training
-from mmjax.image_tokenizer import ImageTokenizer
+from mmjax.image_tokenizer import PIXEL_HEAD_DEFAULTS, ImageTokenizer
 
 # The tokenizer's top-level parameters: what a tokenizer run's checkpoint gives this model.
 TOKENIZER_PARTS = ("image_tower", "to_latent", "from_latent", "decoder_position", "decoder",
@@ -60,8 +60,8 @@ class TextToImage(ImageTokenizer):
         levels or pixel normalisation, and whose encoder and decoder must be built as they were
         trained (a decoder with fewer blocks would load without the rest)."""
         workdir = config.get("image_tokenizer", {}).get("workdir")
-        # A tokenizer trained before pixel_blocks existed has none.
-        decoder = ("model.image_decoder", {"pixel_channels": 0, "pixel_blocks": 0})
+        # A decoder field a tokenizer run lacks compares as the default the model builds.
+        decoder = ("model.image_decoder", PIXEL_HEAD_DEFAULTS)
         return [("config.image_tokenizer.workdir", workdir, TOKENIZER_PARTS,
                  ("model.fsq_levels", "data.image_size", "data.normalization",
                   "model.image_tower", decoder))]
