@@ -89,7 +89,8 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     config = tokenizer_config
     config.model.name = "text_to_image"
     config.model.text_tower = ml_collections.ConfigDict(dict(name="transformer", variant="mu"))
-    config.model.generator = ml_collections.ConfigDict(dict(variant=generator))
+    # mode "autoregressive": raster order, one token a decoding step (the ablation).
+    config.model.generator = ml_collections.ConfigDict(dict(variant=generator, mode="masked"))
     config.model.condition_dropout = condition_dropout
     config.image_tokenizer = ml_collections.ConfigDict(dict(
         workdir=ml_collections.config_dict.placeholder(str)))

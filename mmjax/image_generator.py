@@ -11,6 +11,11 @@ again, fewer each step by the cosine schedule; classifier-free guidance mixes th
 unconditional logits as uncond + scale * (cond - uncond), so scale 1 is the plain conditional
 model and scale 0 the unconditional one.
 
+`AutoregressiveTokenGenerator` is the ablation over the same tokens and text: raster order,
+causal self-attention, one token a step from the key/value cache the caption decoder uses. Its
+samples commit to each token knowing every earlier one, where parallel decoding draws a step's
+tokens independently of one another.
+
 The text-to-image model around it (text tower, the tokenizer loaded frozen from its run) is
 mmjax/text_to_image.py.
 """
@@ -45,16 +50,16 @@ def mask_for_training(rng: jax.Array, tokens: jax.Array, mask_id: int):
     return jnp.where(masked, mask_id, tokens), masked
 
 
-class MaskedTokenGenerator(nnx.Module):
-    """Token embeddings (the codebook's plus a mask token) and positions -> bidirectional blocks
-    with cross-attention to a text context -> logits over the codebook."""
+class _TextConditionedTokens(nnx.Module):
+    """What both generators are: token embeddings (the codebook's plus one special token: the
+    mask, or the beginning of the image), positions, blocks with cross-attention to a text
+    context or a learned null context of its shape, and logits over the codebook."""
 
     def __init__(self, *, codebook_size: int, num_tokens: int, context_length: int,
                  context_width: int, width: int, depth: int, num_heads: int, mlp_dim: int,
                  dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
                  attention_implementation: str | None = None, rngs: nnx.Rngs):
         self.codebook_size, self.num_tokens = codebook_size, num_tokens
-        self.mask_id = codebook_size
         self.token_embedding = nnx.Param(
             0.02 * jax.random.normal(rngs.params(), (codebook_size + 1, width)),
             logical_axes=("vocab", "embed"))
@@ -72,13 +77,9 @@ class MaskedTokenGenerator(nnx.Module):
         self.head = layers.Dense(width, codebook_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
         self.dtype = dtype
 
-    def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
-        """[batch, tokens, codebook] float32 logits of image tokens (mask_id where unknown)."""
+    def embed(self, tokens: jax.Array, positions: jax.Array | slice = slice(None)) -> jax.Array:
         x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
-        x = sharding.constrain(x + self.position_embedding[...].astype(self.dtype),
-                               ("batch", "length", "embed"))
-        x = self.blocks(x, context=context.astype(self.dtype), context_lengths=context_lengths)
-        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        return x + self.position_embedding[...][positions].astype(self.dtype)
 
     def condition(self, context: jax.Array, context_lengths: jax.Array, dropped: jax.Array):
         """The text context, with the null context (every position real) where `dropped`."""
@@ -87,16 +88,43 @@ class MaskedTokenGenerator(nnx.Module):
         return (jnp.where(dropped[:, None, None], null, context),
                 jnp.where(dropped, full, context_lengths))
 
+    def with_unconditional(self, context: jax.Array, context_lengths: jax.Array):
+        """[conditional; unconditional] contexts, for guidance's one batched pass."""
+        null, null_lengths = self.condition(context, context_lengths,
+                                            jnp.ones((context.shape[0],), bool))
+        return (jnp.concatenate([context, null]),
+                jnp.concatenate([context_lengths, null_lengths]))
+
+    @staticmethod
+    def guide(both_logits: jax.Array, guidance_scale) -> jax.Array:
+        """uncond + scale * (cond - uncond) from [conditional; unconditional] logits."""
+        conditional, unconditional = jnp.split(both_logits, 2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+
+class MaskedTokenGenerator(_TextConditionedTokens):
+    """Bidirectional blocks over image tokens (mask_id where unknown), decoded in parallel."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_id = self.codebook_size
+
+    def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
+        """[batch, tokens, codebook] float32 logits of image tokens (mask_id where unknown)."""
+        x = sharding.constrain(self.embed(tokens), ("batch", "length", "embed"))
+        x = self.blocks(x, context=context.astype(self.dtype), context_lengths=context_lengths)
+        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def training_outputs(self, rng: jax.Array, tokens: jax.Array, context, context_lengths):
+        """(logits, which tokens the loss counts): a cosine-drawn share masked and predicted."""
+        inputs, masked = mask_for_training(rng, tokens, self.mask_id)
+        return self.logits(inputs, context, context_lengths), masked
+
     def guided_logits(self, tokens, context, context_lengths, guidance_scale):
         """uncond + scale * (cond - uncond), both halves in one batched pass."""
-        batch = tokens.shape[0]
-        null, null_lengths = self.condition(context, context_lengths,
-                                            jnp.ones((batch,), bool))
-        both = self.logits(jnp.concatenate([tokens, tokens]),
-                           jnp.concatenate([context, null]),
-                           jnp.concatenate([context_lengths, null_lengths]))
-        conditional, unconditional = both[:batch], both[batch:]
-        return unconditional + guidance_scale * (conditional - unconditional)
+        both, both_lengths = self.with_unconditional(context, context_lengths)
+        return self.guide(self.logits(jnp.concatenate([tokens, tokens]), both, both_lengths),
+                          guidance_scale)
 
     def generate(self, context: jax.Array, context_lengths: jax.Array, rng: jax.Array, *,
                  steps: int = 8, guidance_scale: float = 1.0, temperature: float = 1.0,
@@ -131,3 +159,55 @@ class MaskedTokenGenerator(nnx.Module):
         tokens, _ = jax.lax.fori_loop(0, steps, step, (start, rng))
         return tokens
 
+
+
+class AutoregressiveTokenGenerator(_TextConditionedTokens):
+    """Causal blocks over image tokens in raster order: token p is predicted from a
+    beginning-of-image token and tokens 0..p-1 (and the text)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.bos_id = self.codebook_size
+
+    def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
+        """[batch, tokens, codebook] float32 logits, row p predicting tokens[:, p]."""
+        start = jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype)
+        x = self.embed(jnp.concatenate([start, tokens[:, :-1]], axis=1))
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        x = self.blocks(x, is_causal=True, context=context.astype(self.dtype),
+                        context_lengths=context_lengths)
+        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
+    def training_outputs(self, rng: jax.Array, tokens: jax.Array, context, context_lengths):
+        """(logits, which tokens the loss counts): every token, from those before it."""
+        del rng
+        return self.logits(tokens, context, context_lengths), jnp.ones(tokens.shape, bool)
+
+    def generate(self, context: jax.Array, context_lengths: jax.Array, rng: jax.Array, *,
+                 guidance_scale: float = 1.0, temperature: float = 1.0, **unused) -> jax.Array:
+        """Tokens [batch, num_tokens], one a step in one fori_loop: the conditional and
+        unconditional halves share a key/value cache of twice the batch and each step samples
+        the guided logits at `temperature`. (`steps` and `choice_temperature`, parallel
+        decoding's settings, do not apply: there are num_tokens steps.)"""
+        del unused
+        batch = context.shape[0]
+        both, both_lengths = self.with_unconditional(context, context_lengths)
+        context_keys_values = self.blocks.context_keys_values(both.astype(self.dtype))
+        cache = self.blocks.empty_cache(2 * batch, self.num_tokens)
+
+        def step(position, carry):
+            tokens, previous, cache, rng = carry
+            rng, sample_rng = jax.random.split(rng)
+            x = self.embed(jnp.concatenate([previous, previous])[:, None],
+                           position[None])
+            x, cache = self.blocks.decode(x, cache, position, context_keys_values, both_lengths)
+            logits = self.guide(self.head(x)[:, 0].astype(jnp.float32), guidance_scale)
+            sampled = jax.random.categorical(sample_rng,
+                                             logits / jnp.maximum(temperature, 1e-6))
+            tokens = jax.lax.dynamic_update_slice_in_dim(tokens, sampled[:, None], position, 1)
+            return tokens, sampled, cache, rng
+
+        start = jnp.full((batch,), self.bos_id, jnp.int32)
+        tokens = jnp.zeros((batch, self.num_tokens), jnp.int32)
+        tokens, *_ = jax.lax.fori_loop(0, self.num_tokens, step, (tokens, start, cache, rng))
+        return tokens

@@ -307,13 +307,13 @@ class TransformerBlock(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ("batch", "length", "embed"))
 
-    def decode(self, x, cache, position, context_keys_values=None):
+    def decode(self, x, cache, position, context_keys_values=None, context_lengths=None):
         """One new token through the block, with cached self-attention keys and values."""
         attended, cache = self.attention.decode(self.attention_norm(x), cache, position)
         x = x + attended
         if self.cross_attention is not None:
             x = x + self.cross_attention.attend(self.cross_attention_norm(x),
-                                                *context_keys_values)
+                                                *context_keys_values, key_lengths=context_lengths)
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
@@ -368,13 +368,14 @@ class Transformer(nnx.Module):
         """Each block's cross-attention keys and values of `context`, computed once per decode."""
         return [block.cross_attention.project_keys_values(context) for block in self.blocks]
 
-    def decode(self, x, cache: list[dict], position, context_keys_values=None):
+    def decode(self, x, cache: list[dict], position, context_keys_values=None,
+               context_lengths=None):
         """The stack on one new token [batch, 1, width]: equal to the causal full pass's row."""
         new_cache = []
         for i, block in enumerate(self.blocks):
             x, block_cache = block.decode(
                 x, cache[i], position,
-                None if context_keys_values is None else context_keys_values[i])
+                None if context_keys_values is None else context_keys_values[i], context_lengths)
             new_cache.append(block_cache)
         return self.final_norm(x), new_cache
 

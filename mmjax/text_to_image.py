@@ -5,9 +5,10 @@ The model *is* the tokenizer with two parts added, so its tokenizer parameters k
 and load from a finished tokenizer run (`config.image_tokenizer.workdir`, declared here through
 `pretrained_parts`; the config freezes them). Training tokenizes each image, drops the caption for
 a share of examples (the generator's learned null context takes its place), masks a cosine-drawn
-share of the tokens and predicts them (the `masked_image_tokens` loss). `generate` decodes tokens
-in parallel steps with classifier-free guidance (image_generator.MaskedTokenGenerator.generate)
-and turns them into images with the tokenizer's decoder.
+share of the tokens and predicts them (the `masked_image_tokens` loss; the autoregressive mode
+predicts every token from those before it). `generate` decodes tokens with classifier-free
+guidance (in parallel steps, or one at a time: image_generator) and turns them into images with
+the tokenizer's decoder.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import text_tower as text_tower_lib
-from mmjax.image_generator import MaskedTokenGenerator, mask_for_training
+from mmjax.image_generator import AutoregressiveTokenGenerator, MaskedTokenGenerator
 from mmjax.image_tokenizer import PIXEL_HEAD_DEFAULTS, ImageTokenizer
 
 # The tokenizer's top-level parameters: what a tokenizer run's checkpoint gives this model.
 TOKENIZER_PARTS = ("image_tower", "to_latent", "from_latent", "decoder_position", "decoder",
                    "to_pixels")
+# config.model.generator.mode: how image tokens are generated.
+GENERATORS = {"masked": MaskedTokenGenerator, "autoregressive": AutoregressiveTokenGenerator}
 
 
 class TextToImage(ImageTokenizer):
     """ImageTokenizer + text_tower + generator. Built as config.model.name='text_to_image' from
     the tokenizer's fields (image_tower, image_decoder, fsq_levels), config.model.text_tower and
-    config.model.generator (a text-tower variant and/or width, depth, num_heads, mlp_dim)."""
+    config.model.generator (a text-tower variant and/or width, depth, num_heads, mlp_dim, and
+    its mode: "masked", MaskGIT's parallel decoding, or "autoregressive", raster order)."""
 
     modalities = ("image", "text")
 
@@ -43,8 +47,13 @@ class TextToImage(ImageTokenizer):
         text = {k: v for k, v in dict(text_tower).items() if k != "name"}
         self.text_tower = text_tower_lib.TextTransformer(vocab_size=vocab_size, **text,
                                                          dtype=compute_dtype, **shared)
-        shape = text_tower_lib.tower_shape(**dict(generator))
-        self.generator = MaskedTokenGenerator(
+        generator = dict(generator)
+        mode = generator.pop("mode", "masked")
+        if mode not in GENERATORS:
+            raise ValueError(f"Unknown generator mode {mode!r} (config.model.generator.mode); "
+                             f"valid: {sorted(GENERATORS)}.")
+        shape = text_tower_lib.tower_shape(**generator)
+        self.generator = GENERATORS[mode](
             codebook_size=self.codebook_size, num_tokens=self.grid[0] * self.grid[1],
             context_length=self.text_tower.context_length, context_width=self.text_tower.width,
             dtype=compute_dtype, **shape, **shared)
@@ -87,9 +96,10 @@ class TextToImage(ImageTokenizer):
         drop_rng, mask_rng = jax.random.split(rng)
         dropped = jax.random.uniform(drop_rng, lengths.shape) < self.condition_dropout
         context, lengths = self.generator.condition(context, lengths, dropped)
-        inputs, masked = mask_for_training(mask_rng, image_tokens, self.generator.mask_id)
-        return {"image_token_logits": self.generator.logits(inputs, context, lengths),
-                "image_token_targets": image_tokens, "image_token_mask": masked}
+        logits, counted = self.generator.training_outputs(mask_rng, image_tokens, context,
+                                                          lengths)
+        return {"image_token_logits": logits, "image_token_targets": image_tokens,
+                "image_token_mask": counted}
 
     def generate_tokens(self, tokens: jax.Array, rng: jax.Array, **decoding) -> jax.Array:
         """Image tokens [batch, patches] for each text (token rows), decoded as

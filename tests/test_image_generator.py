@@ -1,5 +1,6 @@
 """The text-to-image generator's core (issue 16, stage 2): masking for training, the masked-token
-loss, guided parallel decoding in one compiled loop."""
+loss, guided parallel decoding in one compiled loop; the autoregressive ablation's cached
+decoding."""
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,8 @@ from mmjax import image_generator, losses
 CODES, TOKENS, CONTEXT, CONTEXT_WIDTH = 12, 16, 4, 8
 
 
-def tiny_generator(seed: int = 0) -> image_generator.MaskedTokenGenerator:
-    return image_generator.MaskedTokenGenerator(
+def tiny_generator(seed: int = 0, kind=image_generator.MaskedTokenGenerator):
+    return kind(
         codebook_size=CODES, num_tokens=TOKENS, context_length=CONTEXT,
         context_width=CONTEXT_WIDTH, width=32, depth=2, num_heads=2, mlp_dim=64,
         rngs=nnx.Rngs(seed))
@@ -81,10 +82,47 @@ def test_guidance_scale_zero_is_the_unconditional_model():
     assert (np.asarray(a) != np.asarray(c)).any()
 
 
-def test_a_trained_generator_draws_the_image_its_text_asks_for():
+def test_autoregressive_cached_decoding_is_the_causal_pass():
+    """Greedy cached decoding picks, at every position, the full causal pass's argmax over the
+    tokens it drew; a token changes no row before it; padded context is ignored."""
+    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator)
+    context, _ = contexts(3, 0)
+    lengths = jnp.asarray([CONTEXT, 2, 1], jnp.int32)
+    greedy = model.generate(context, lengths, jax.random.key(1), temperature=1e-6)
+    logits = model.logits(greedy, context, lengths)
+    np.testing.assert_array_equal(logits.argmax(-1), greedy)
+    changed = model.logits(greedy.at[:, 5].set((greedy[:, 5] + 1) % CODES), context, lengths)
+    np.testing.assert_allclose(changed[:, :6], logits[:, :6], atol=1e-6)
+    assert not np.allclose(changed[:, 6:], logits[:, 6:], atol=1e-3)
+    padded = context.at[1:, 2:].set(7.0)
+    np.testing.assert_array_equal(
+        model.generate(padded, lengths, jax.random.key(1), temperature=1e-6), greedy)
+
+
+def test_autoregressive_decoding_is_one_seeded_loop_and_scale_zero_ignores_the_text():
+    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator)
+    context_a, lengths = contexts(2, 1)
+    context_b, _ = contexts(2, 2)
+    generate = nnx.jit(lambda m, c, r, s: m.generate(c, lengths, r, guidance_scale=s))
+    first = np.asarray(generate(model, context_a, jax.random.key(4), 2.0))
+    np.testing.assert_array_equal(first, generate(model, context_a, jax.random.key(4), 2.0))
+    assert (first != np.asarray(generate(model, context_a, jax.random.key(5), 2.0))).any()
+    np.testing.assert_array_equal(generate(model, context_a, jax.random.key(4), 0.0),
+                                  generate(model, context_b, jax.random.key(4), 0.0))
+    null, null_lengths = model.condition(context_a, lengths, jnp.ones((2,), bool))
+    np.testing.assert_array_equal(generate(model, context_a, jax.random.key(4), 0.0),
+                                  model.generate(null, null_lengths, jax.random.key(4)))
+    jaxpr = jax.make_jaxpr(lambda c, r: model.generate(c, lengths, r))(context_a,
+                                                                        jax.random.key(4))
+    assert str(jaxpr).count("scan[") + str(jaxpr).count("while[") == 1
+
+
+@pytest.mark.parametrize("kind", [image_generator.MaskedTokenGenerator,
+                                  image_generator.AutoregressiveTokenGenerator])
+def test_a_trained_generator_draws_the_image_its_text_asks_for(kind):
     """Two texts, each always paired with one token grid: after training with condition
     dropout, decoding each text (guidance scale 1 and 2) gives its grid."""
-    model = tiny_generator(1)
+    model = tiny_generator(1, kind)
     grids = jax.random.randint(jax.random.key(7), (2, TOKENS), 0, CODES)
     texts, lengths = contexts(2, 3)
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
@@ -95,12 +133,12 @@ def test_a_trained_generator_draws_the_image_its_text_asks_for():
             mask_rng, drop_rng, pick_rng = jax.random.split(rng, 3)
             pick = jax.random.randint(pick_rng, (32,), 0, 2)
             targets, context = grids[pick], texts[pick]
-            inputs, masked = image_generator.mask_for_training(mask_rng, targets, CODES)
             dropped = jax.random.uniform(drop_rng, (32,)) < 0.2
             context, context_lengths = model.condition(context, lengths[pick], dropped)
-            logits = model.logits(inputs, context, context_lengths)
+            logits, counted = model.training_outputs(mask_rng, targets, context,
+                                                     context_lengths)
             return losses.masked_token_cross_entropy(logits, targets,
-                                                     masked.astype(jnp.float32))[0]
+                                                     counted.astype(jnp.float32))[0]
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
         return loss

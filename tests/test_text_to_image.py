@@ -125,13 +125,20 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
     (older / "config.json").write_text(json.dumps(saved))
     preflight.check(t2i_config(tiny_config, str(older)), workdir=str(tmp_path / "w"))
     config = t2i_config(tiny_config, runs[0])
+    config.model.generator.mode = "diffusion"
+    with pytest.raises(preflight.ConfigError, match=r"config.model: Unknown generator mode "
+                                                    r"'diffusion'.*'autoregressive', 'masked'"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
+    config = t2i_config(tiny_config, runs[0])
     config.evals = ("generation",)
     with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
         preflight.check(config, workdir=str(tmp_path / "w"))
 
 
-def test_generator_training_sharded_on_8_devices_equals_one_device(runs, tiny_config):
+@pytest.mark.parametrize("mode", ["masked", "autoregressive"])
+def test_generator_training_sharded_on_8_devices_equals_one_device(runs, tiny_config, mode):
     config = t2i_config(tiny_config, runs[0])
+    config.model.generator.mode = mode
     rng = np.random.default_rng(0)
     losses = {}
     for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
