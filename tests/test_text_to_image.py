@@ -84,6 +84,31 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs):
         inference.load(runs[0]).generate(texts)
 
 
+def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
+    """The autoregressive mode through the trainer, a checkpoint and inference.load: seeded
+    images, and scale 0 the unconditional model."""
+    from conftest import one_device_mesh
+
+    from mmjax import inference
+
+    config = runs[2].copy_and_resolve_references()
+    config.model.generator.mode = "autoregressive"
+    train.train_and_evaluate(config, str(tmp_path / "ar"), mesh=one_device_mesh())
+    model = inference.load(str(tmp_path / "ar"))
+    assert model.config.model.generator.mode == "autoregressive"
+    assert any(n.startswith("generator/") for n in checkpoint.load_params(str(tmp_path / "ar")))
+    texts = ["one small red circle on the left", "three large blue squares at the top"]
+    images = model.generate(texts, seed=0, guidance_scale=2.0)
+    assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
+    np.testing.assert_array_equal(images, model.generate(texts, seed=0, guidance_scale=2.0))
+    # One token a step, whatever parallel decoding's step count says.
+    np.testing.assert_array_equal(images, model.generate(texts, seed=0, guidance_scale=2.0,
+                                                         steps=2))
+    np.testing.assert_array_equal(
+        model.generate(texts, seed=0, guidance_scale=0.0),
+        model.generate(["two small green crosses at the top"] * 2, seed=0, guidance_scale=0.0))
+
+
 def test_mode_generate_writes_the_images_and_grids(runs, tmp_path):
     import shutil
 
