@@ -89,7 +89,7 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     config = tokenizer_config
     config.model.name = "text_to_image"
     config.model.text_tower = ml_collections.ConfigDict(dict(name="transformer", variant="mu"))
-    # mode "autoregressive": raster order, one token a decoding step (the ablation).
+    # mode "autoregressive": raster order, one token a decoding step (smoke_t2i's).
     config.model.generator = ml_collections.ConfigDict(dict(variant=generator, mode="masked"))
     config.model.condition_dropout = condition_dropout
     config.image_tokenizer = ml_collections.ConfigDict(dict(

@@ -82,6 +82,14 @@ class _TextConditionedTokens(nnx.Module):
         x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
         return x + self.position_embedding[...][positions].astype(self.dtype)
 
+    def predict(self, x: jax.Array, context: jax.Array, context_lengths: jax.Array, *,
+                is_causal: bool = False) -> jax.Array:
+        """Embedded tokens -> the blocks (attending to the text) -> float32 codebook logits."""
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        x = self.blocks(x, is_causal=is_causal, context=context.astype(self.dtype),
+                        context_lengths=context_lengths)
+        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
     def condition(self, context: jax.Array, context_lengths: jax.Array, dropped: jax.Array):
         """The text context, with the null context (every position real) where `dropped`."""
         null = jnp.broadcast_to(self.null_context[...].astype(context.dtype), context.shape)
@@ -112,9 +120,7 @@ class MaskedTokenGenerator(_TextConditionedTokens):
 
     def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
         """[batch, tokens, codebook] float32 logits of image tokens (mask_id where unknown)."""
-        x = sharding.constrain(self.embed(tokens), ("batch", "length", "embed"))
-        x = self.blocks(x, context=context.astype(self.dtype), context_lengths=context_lengths)
-        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        return self.predict(self.embed(tokens), context, context_lengths)
 
     def training_outputs(self, rng: jax.Array, tokens: jax.Array, context, context_lengths):
         """(logits, which tokens the loss counts): a cosine-drawn share masked and predicted."""
@@ -161,7 +167,6 @@ class MaskedTokenGenerator(_TextConditionedTokens):
         return tokens
 
 
-
 class AutoregressiveTokenGenerator(_TextConditionedTokens):
     """Causal blocks over image tokens in raster order: token p is predicted from a
     beginning-of-image token and tokens 0..p-1 (and the text)."""
@@ -173,11 +178,8 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
     def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
         """[batch, tokens, codebook] float32 logits, row p predicting tokens[:, p]."""
         start = jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype)
-        x = self.embed(jnp.concatenate([start, tokens[:, :-1]], axis=1))
-        x = sharding.constrain(x, ("batch", "length", "embed"))
-        x = self.blocks(x, is_causal=True, context=context.astype(self.dtype),
-                        context_lengths=context_lengths)
-        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        return self.predict(self.embed(jnp.concatenate([start, tokens[:, :-1]], axis=1)),
+                            context, context_lengths, is_causal=True)
 
     def training_outputs(self, rng: jax.Array, tokens: jax.Array, context, context_lengths):
         """(logits, which tokens the loss counts): every token, from those before it."""

@@ -1,5 +1,5 @@
 """The text-to-image generator's core (issue 16, stage 2): masking for training, the masked-token
-loss, guided parallel decoding in one compiled loop; the autoregressive ablation's cached
+loss, guided parallel decoding in one compiled loop; the autoregressive generator's cached
 decoding."""
 
 import jax

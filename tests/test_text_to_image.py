@@ -110,8 +110,6 @@ def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
 
 
 def test_mode_generate_writes_the_images_and_grids(runs, tmp_path):
-    import shutil
-
     from mmjax import generation
 
     workdir = shutil.copytree(runs[1], tmp_path / "run")
