@@ -46,7 +46,9 @@ class FiniteScalarQuantizer:
         levels = jnp.asarray(self.levels, jnp.float32)
         half = (levels - 1) * (1 - 1e-3) / 2
         offset = jnp.where(levels % 2 == 0, 0.5, 0.0)
-        shift = jnp.arctanh(offset / half)
+        # z = 0 lands on zero; two levels have half just under the offset, where arctanh of
+        # their ratio would be NaN: cap it (z = 0 then lands a hair below zero, still code 0).
+        shift = jnp.arctanh(jnp.minimum(offset / half, 1 - 1e-3))
         return jnp.tanh(z + shift) * half - offset
 
     def __call__(self, z: jax.Array) -> jax.Array:
