@@ -95,13 +95,14 @@ def degraded(images: jax.Array, rng: jax.Array, max_blur: float) -> jax.Array:
 
 def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
                      num_classes: dict[str, int], *, steps: int = 1500, batch_size: int = 128,
-                     learning_rate: float = 2e-3, max_blur: float = 0.0, seed: int = 0
-                     ) -> AttributeClassifier:
+                     learning_rate: float = 2e-3, max_blur: float = 0.0, seed: int = 0,
+                     variant: str = "mu/4") -> AttributeClassifier:
     """The summed cross-entropy of every attribute's head, AdamW, random batches; with
     `max_blur`, half of each batch blurred by a random amount up to it (`degraded`)."""
     import optax
 
-    model = AttributeClassifier(images.shape[1], num_classes, rngs=nnx.Rngs(seed))
+    model = AttributeClassifier(images.shape[1], num_classes, rngs=nnx.Rngs(seed),
+                                variant=variant)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(100, steps // 10),
                                                   steps)
     optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.05), wrt=nnx.Param)
@@ -154,7 +155,7 @@ def attribute_labels(captions: list[str]) -> tuple[dict[str, np.ndarray], dict[s
 
 def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
         bank_captions: list[str], steps: int = 1500, check_share: float = 0.1,
-        max_blur: float = 1 / 3) -> tuple[dict, dict]:
+        max_blur: float = 1 / 3, variant: str = "mu/4") -> tuple[dict, dict]:
     """(arrays to save, each attribute's accuracy on the `check_share` of the images kept out of
     the classifier's training). The classifier learns from `images`, which should show every
     colour-shape pair (half of each batch blurred by up to `max_blur`: `degraded`); the bank
@@ -166,7 +167,7 @@ def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
     held = np.arange(len(images)) % int(round(1 / check_share)) == 0
     model = train_classifier(images[~held], {a: v[~held] for a, v in labels.items()},
                              {a: len(n) for a, n in names.items()}, steps=steps,
-                             max_blur=max_blur)
+                             max_blur=max_blur, variant=variant)
     _, logits = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(images[held]))
     accuracy = {a: float((np.asarray(logits[a]).argmax(1) == labels[a][held]).mean())
                 for a in ATTRIBUTES}
@@ -178,7 +179,7 @@ def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
 
 
 def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str, classifier_data: str,
-         check_accuracy: dict) -> None:
+         check_accuracy: dict, classifier_variant: str = "mu/4") -> None:
     """Writes what `fit` gave as JUDGE_DIR/judge.npz and JUDGE_DIR/judge.json."""
     paths.makedirs(judge_dir)
     buffer = io.BytesIO()
@@ -187,6 +188,7 @@ def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str, classifi
     paths.write_text(paths.join(judge_dir, "judge.json"), json.dumps({
         "clip_workdir": paths.absolute(clip_workdir), "data": data,
         "examples": len(arrays["bank_images"]), "classifier_data": classifier_data,
+        "classifier_variant": classifier_variant,
         "accuracy_on_kept_out_real_images": check_accuracy}, indent=2))
 
 
@@ -237,8 +239,10 @@ def load(judge_dir: str) -> Judge:
     arrays = dict(np.load(io.BytesIO(paths.read_bytes(paths.join(judge_dir, "judge.npz")))))
     names = {a: [str(n) for n in arrays[f"{a}/names"]] for a in ATTRIBUTES}
     images = arrays["bank_images"]
+    # Judges written before the variant was recorded are mu/4.
     classifier = AttributeClassifier(images.shape[1], {a: len(n) for a, n in names.items()},
-                                     rngs=nnx.Rngs(0))
+                                     rngs=nnx.Rngs(0),
+                                     variant=spec.get("classifier_variant", "mu/4"))
     graphdef, params = nnx.split(classifier, nnx.Param)
     loaded = {n.removeprefix("classifier/"): v for n, v in arrays.items()
               if n.startswith("classifier/")}

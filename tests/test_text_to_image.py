@@ -308,3 +308,19 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     report = (workdir / "eval_report.md").read_text()
     assert "## generation" in report and "| nearest_training |" in report
     assert (workdir / "report" / "generation.png").stat().st_size > 1000
+
+
+def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, tmp_path):
+    """fit_judge --classifier_variant: a judge of another ViT shape loads as that shape."""
+    from input_pipeline import shapes
+
+    images, captions = shapes.preprocessed_any_pairs(64, preprocess="decode|resize",
+                                                     image_size=16, normalization="minus_one_one")
+    arrays, accuracy = judge.fit(images, captions, bank_images=images[:8],
+                                 bank_captions=captions[:8], steps=2, variant="mu/8")
+    judge.save(str(tmp_path / "judge"), arrays, clip_workdir=finished_run[0], data="rendered",
+               classifier_data="rendered", check_accuracy=accuracy, classifier_variant="mu/8")
+    loaded = judge.load(str(tmp_path / "judge"))
+    assert loaded.classifier.tower.patch_size == 8
+    features, read = loaded.classify(images[:4])
+    assert features.shape == (4, loaded.classifier.tower.width) and len(read["shape"]) == 4

@@ -30,6 +30,7 @@ flags.DEFINE_integer("rendered", 20000, "Images of every pair the classifier lea
 flags.DEFINE_integer("steps", 1500, "Training steps of the attribute classifier (batch 128).")
 flags.DEFINE_float("max_blur", 1 / 3, "Blur half of each training batch by [w, 1 - 2w, w] "
                    "with w up to this (0: none).")
+flags.DEFINE_string("classifier_variant", "mu/4", "The attribute classifier's ViT (SIZE/PATCH).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: the CLIP run's).")
 flags.mark_flags_as_required(["clip_workdir", "out"])
 FLAGS = flags.FLAGS
@@ -54,11 +55,11 @@ def main(argv) -> None:
         image_size=config.data.image_size, normalization=config.data.normalization)
     arrays, accuracy = judge.fit(images, captions, bank_images=bank_images,
                                  bank_captions=bank_captions, steps=FLAGS.steps,
-                                 max_blur=FLAGS.max_blur)
+                                 max_blur=FLAGS.max_blur, variant=FLAGS.classifier_variant)
     judge.save(FLAGS.out, arrays, clip_workdir=FLAGS.clip_workdir, data=FLAGS.data,
                classifier_data=f"{FLAGS.rendered} rendered images of every colour-shape pair, "
                                f"half of each batch blurred with w up to {FLAGS.max_blur:.3g}",
-               check_accuracy=accuracy)
+               check_accuracy=accuracy, classifier_variant=FLAGS.classifier_variant)
     print("Accuracy on the rendered real images kept out of training:",
           ", ".join(f"{a} {v:.3f}" for a, v in accuracy.items()))
     print(f"Judge written to {FLAGS.out}: the classifier trained on {len(images)} rendered "
