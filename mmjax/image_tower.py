@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import layers, sharding
+from mmjax.layer_norm import LayerNorm
 from mmjax.conventions import image_normalization
 
 # name -> (width, depth, mlp_dim, num_heads), as in big_vision's decode_variant.
@@ -133,7 +134,7 @@ class VisionTransformer(nnx.Module):
                                           scan_layers=scan_layers, norm_epsilon=norm_epsilon,
                                           attention_implementation=attention_implementation,
                                           key_bias=key_bias)
-        self.pre_norm = (layers.LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
+        self.pre_norm = (LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
                          if pre_norm else None)
         self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
                                                     rngs=rngs, dtype=dtype, norm_epsilon=norm_epsilon,

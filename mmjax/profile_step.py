@@ -29,7 +29,7 @@ from mmjax import bench
 # Innermost-first: the first frame of an operation's source stack ("file.py:Function") that holds
 # one of these names its part.
 PARTS = (
-    ("layer norm", ("layers.py:LayerNorm.",)),
+    ("layer norm", ("layer_norm.py:",)),
     ("attention", ("layers.py:MultiHeadAttention.", "layers.py:padded_attention",
                    "dot_product_attention")),
     ("mlp", ("layers.py:Mlp.",)),

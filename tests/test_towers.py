@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax import image_tower, layers, text_tower
+from mmjax import image_tower, layer_norm, layers, text_tower
 from mmjax.tokenizers import EOT_ID, PAD_ID
 
 
@@ -167,15 +167,15 @@ def test_layer_norm_gradient_equals_autodiff():
         return (x - mean) * jax.lax.rsqrt(variance + 1e-6) * scale + bias
 
     loss = lambda norm: lambda *args: jnp.sum(jnp.sin(norm(*args)) * probe)
-    np.testing.assert_array_equal(layers.layer_norm(x, scale, bias, 1e-6), plain(x, scale, bias))
-    got = jax.grad(loss(lambda *a: layers.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x, scale, bias)
+    np.testing.assert_array_equal(layer_norm.layer_norm(x, scale, bias, 1e-6), plain(x, scale, bias))
+    got = jax.grad(loss(lambda *a: layer_norm.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x, scale, bias)
     expected = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
     # bfloat16 activations: the gradient comes back in bfloat16, equal to autodiff's of the
     # float32 computation to bfloat16's precision.
     x16 = x.astype(jnp.bfloat16)
-    got = jax.grad(loss(lambda *a: layers.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x16, scale,
+    got = jax.grad(loss(lambda *a: layer_norm.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x16, scale,
                                                                                     bias)
     expected = jax.grad(loss(lambda x, *a: plain(x.astype(jnp.float32), *a)),
                         argnums=(0, 1, 2))(x16, scale, bias)
