@@ -35,6 +35,8 @@ ATTRIBUTES = ("color", "shape", "count", "size", "position")
 JUDGED = ("color_shape", "count", "size", "position")
 R_PRECISION_CANDIDATES = 100
 NORMALIZATION = "minus_one_one"  # the attribute classifier's pixels
+# The attribute classifier's ViT, and what judges written before judge.json recorded one are.
+CLASSIFIER_VARIANT = "mu/4"
 
 
 def caption_attributes(caption: str) -> dict[str, str]:
@@ -57,7 +59,7 @@ class AttributeClassifier(nnx.Module):
     read from a colour and a shape it did."""
 
     def __init__(self, image_size: int, num_classes: dict[str, int], *, rngs: nnx.Rngs,
-                 variant: str = "mu/4"):
+                 variant: str = CLASSIFIER_VARIANT):
         from mmjax import layers
         from mmjax.image_tower import VisionTransformer
 
@@ -96,7 +98,7 @@ def degraded(images: jax.Array, rng: jax.Array, max_blur: float) -> jax.Array:
 def train_classifier(images: np.ndarray, labels: dict[str, np.ndarray],
                      num_classes: dict[str, int], *, steps: int = 1500, batch_size: int = 128,
                      learning_rate: float = 2e-3, max_blur: float = 0.0, seed: int = 0,
-                     variant: str = "mu/4") -> AttributeClassifier:
+                     variant: str = CLASSIFIER_VARIANT) -> AttributeClassifier:
     """The summed cross-entropy of every attribute's head, AdamW, random batches; with
     `max_blur`, half of each batch blurred by a random amount up to it (`degraded`)."""
     import optax
@@ -155,7 +157,8 @@ def attribute_labels(captions: list[str]) -> tuple[dict[str, np.ndarray], dict[s
 
 def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
         bank_captions: list[str], steps: int = 1500, check_share: float = 0.1,
-        max_blur: float = 1 / 3, variant: str = "mu/4") -> tuple[dict, dict]:
+        max_blur: float = 1 / 3, variant: str = CLASSIFIER_VARIANT
+        ) -> tuple[dict, dict]:
     """(arrays to save, each attribute's accuracy on the `check_share` of the images kept out of
     the classifier's training). The classifier learns from `images`, which should show every
     colour-shape pair (half of each batch blurred by up to `max_blur`: `degraded`); the bank
@@ -179,7 +182,7 @@ def fit(images: np.ndarray, captions: list[str], *, bank_images: np.ndarray,
 
 
 def save(judge_dir: str, arrays: dict, *, clip_workdir: str, data: str, classifier_data: str,
-         check_accuracy: dict, classifier_variant: str = "mu/4") -> None:
+         check_accuracy: dict, classifier_variant: str = CLASSIFIER_VARIANT) -> None:
     """Writes what `fit` gave as JUDGE_DIR/judge.npz and JUDGE_DIR/judge.json."""
     paths.makedirs(judge_dir)
     buffer = io.BytesIO()
@@ -239,10 +242,9 @@ def load(judge_dir: str) -> Judge:
     arrays = dict(np.load(io.BytesIO(paths.read_bytes(paths.join(judge_dir, "judge.npz")))))
     names = {a: [str(n) for n in arrays[f"{a}/names"]] for a in ATTRIBUTES}
     images = arrays["bank_images"]
-    # Judges written before the variant was recorded are mu/4.
     classifier = AttributeClassifier(images.shape[1], {a: len(n) for a, n in names.items()},
-                                     rngs=nnx.Rngs(0),
-                                     variant=spec.get("classifier_variant", "mu/4"))
+                                     rngs=nnx.Rngs(0), variant=spec.get("classifier_variant",
+                                                                        CLASSIFIER_VARIANT))
     graphdef, params = nnx.split(classifier, nnx.Param)
     loaded = {n.removeprefix("classifier/"): v for n, v in arrays.items()
               if n.startswith("classifier/")}

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from absl import app, flags
 
+from mmjax import judge
+
 flags.DEFINE_string("clip_workdir", None, "A CLIP run's workdir (trained with its own seed).")
 flags.DEFINE_string("out", None, "Where the judge goes (a folder; gs:// works).")
 flags.DEFINE_string("data", "tfds:mmjax_shapes:train", "The judged model's training data.")
@@ -30,7 +32,8 @@ flags.DEFINE_integer("rendered", 20000, "Images of every pair the classifier lea
 flags.DEFINE_integer("steps", 1500, "Training steps of the attribute classifier (batch 128).")
 flags.DEFINE_float("max_blur", 1 / 3, "Blur half of each training batch by [w, 1 - 2w, w] "
                    "with w up to this (0: none).")
-flags.DEFINE_string("classifier_variant", "mu/4", "The attribute classifier's ViT (SIZE/PATCH).")
+flags.DEFINE_string("classifier_variant", judge.CLASSIFIER_VARIANT,
+                    "The attribute classifier's ViT (SIZE/PATCH).")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (default: the CLIP run's).")
 flags.mark_flags_as_required(["clip_workdir", "out"])
 FLAGS = flags.FLAGS
@@ -39,7 +42,7 @@ FLAGS = flags.FLAGS
 def main(argv) -> None:
     del argv
     from input_pipeline import shapes  # TensorFlow: only the pipeline imports it
-    from mmjax import inference, judge
+    from mmjax import inference
 
     clip = inference.load(FLAGS.clip_workdir)
     config = clip.config
