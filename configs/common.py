@@ -65,6 +65,9 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
                                                                 pixel_channels=0,
                                                                 pixel_blocks=0))
     config.model.fsq_levels = tuple(levels)
+    # FSQ codes (tokens) per patch: each adds len(levels) latent channels and a token to the
+    # sequence a generator models, not a larger codebook it predicts over.
+    config.model.tokens_per_patch = 1
     config.losses = {"reconstruction": 1.0}
     # Each pixel's squared error weighted 1 + edge_weight * (its distance from its 3x3
     # neighbourhood's mean): 0 is the plain mean (mmjax/losses.py, reconstruction_loss).

@@ -81,8 +81,8 @@ def forward_flops_per_example(config) -> dict[str, float]:
         return _text_to_image_flops(config, parts)
     if model.get("image_decoder"):  # an image tokenizer: latents -> decoder blocks -> pixels
         encoder, decoder = vit_shape(model.image_tower), vit_shape(model.image_decoder)
-        patch, channels = encoder["patch_size"], len(model.fsq_levels)
-        patches = (config.data.image_size // patch) ** 2
+        patch, patches = encoder["patch_size"], _patches(config)
+        channels = len(model.fsq_levels) * (model.get("tokens_per_patch") or 1)
         # Every patch token goes to the latent channels, instead of one pooled projection.
         parts["image"] += 2 * encoder["width"] * (patches * channels - model.embed_dim)
         # The pixel head: a linear map to each patch's pixels (3 channels, or pixel_channels
@@ -103,13 +103,17 @@ def forward_flops_per_example(config) -> dict[str, float]:
     return parts
 
 
+def _patches(config) -> int:
+    return (config.data.image_size // vit_shape(config.model.image_tower)["patch_size"]) ** 2
+
+
 def _text_to_image_flops(config, parts: dict[str, float]) -> dict[str, float]:
     """A text-to-image step: the frozen tokenizer encoder runs forward only (so a third of what
     a trained part of the same size counts, as the total is 3x the forward), the decoder not at
     all; the text tower and the generator train."""
     model = config.model
-    encoder, patch = vit_shape(model.image_tower), vit_shape(model.image_tower)["patch_size"]
-    tokens = (config.data.image_size // patch) ** 2
+    encoder, tokens = vit_shape(model.image_tower), _patches(config) * (
+        model.get("tokens_per_patch") or 1)
     codebook = math.prod(model.fsq_levels)
     parts["image"] += 2 * encoder["width"] * (tokens * len(model.fsq_levels) - model.embed_dim)
     parts["image"] /= 3

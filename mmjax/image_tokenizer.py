@@ -158,12 +158,18 @@ class ImageTokenizer(nnx.Module):
     """ViT encoder (the image tower) -> FSQ latents per patch -> ViT decoder -> pixels, patch
     by patch (or through PixelHead's convolutions, with image_decoder.pixel_channels). Built
     by mmjax.models.build_model as config.model.name='image_tokenizer' from
-    config.model.image_tower (the encoder), image_decoder (its shape) and fsq_levels."""
+    config.model.image_tower (the encoder), image_decoder (its shape), fsq_levels and
+    tokens_per_patch.
+
+    Each patch's latent is `tokens_per_patch` FSQ codes (tokens_per_patch * len(fsq_levels)
+    channels), one token each, a patch's tokens adjacent in the sequence: more bits a patch
+    without a larger codebook, which a generator's head and softmax pay for at every token."""
 
     modalities = ("image",)
 
     def __init__(self, *, image_size: int, image_tower: dict, image_decoder: dict,
-                 fsq_levels: Sequence[int], dtype: str = "float32", remat: str = "none",
+                 fsq_levels: Sequence[int], tokens_per_patch: int = 1,
+                 dtype: str = "float32", remat: str = "none",
                  scan_layers: bool = False, attention_implementation: str | None = None,
                  rngs: nnx.Rngs, **unused):
         del unused  # the model-building arguments other models take (vocab_size, embed_dim, ...)
@@ -175,7 +181,12 @@ class ImageTokenizer(nnx.Module):
         self.image_tower = VisionTransformer(image_size=image_size, **dict(encoder, **shared))
         self.grid = self.image_tower.grid
         self.patch_size = self.image_tower.patch_size
-        channels = len(self.quantizer.levels)
+        if not isinstance(tokens_per_patch, int) or tokens_per_patch < 1:
+            raise ValueError(f"config.model.tokens_per_patch = {tokens_per_patch!r}: give a "
+                             "whole number of FSQ codes (tokens) for each patch, 1 or more")
+        self.tokens_per_patch = tokens_per_patch
+        self.num_tokens = self.grid[0] * self.grid[1] * tokens_per_patch
+        channels = len(self.quantizer.levels) * tokens_per_patch
         self.to_latent = layers.Dense(self.image_tower.width, channels, ("embed", None),
                                       rngs=rngs, dtype=compute_dtype)
         decoder = {**PIXEL_HEAD_DEFAULTS, **dict(image_decoder)}
@@ -214,9 +225,10 @@ class ImageTokenizer(nnx.Module):
         return normalize_pixels(images, self.image_tower.input_normalization).astype(jnp.float32)
 
     def encode(self, images: jax.Array) -> jax.Array:
-        """Quantised latents [batch, patches, channels] in [-1, 1]."""
+        """Quantised latents [batch, num_tokens, len(fsq_levels)] in [-1, 1]."""
         _, aux = self.image_tower(images)
-        return self.quantizer(self.to_latent(aux["tokens"]))
+        latents = self.to_latent(aux["tokens"])
+        return self.quantizer(latents.reshape(latents.shape[0], self.num_tokens, -1))
 
     def encode_batch(self, batch: dict, rng: jax.Array | None = None) -> tuple[dict, dict]:
         """The encoder's pooled features as the image embedding (what the embedding-based
@@ -226,13 +238,15 @@ class ImageTokenizer(nnx.Module):
         return {"image": pooled.astype(jnp.float32)}, {"image": aux}
 
     def tokenize(self, images: jax.Array) -> jax.Array:
-        """Integer tokens [batch, patches], row by row over the patch grid."""
+        """Integer tokens [batch, num_tokens], row by row over the patch grid (a patch's
+        tokens_per_patch tokens adjacent)."""
         return self.quantizer.codes_to_indices(self.encode(images))
 
     def decode(self, codes: jax.Array) -> jax.Array:
-        """Quantised latents [batch, patches, channels] -> images [batch, H, W, 3], normalised as
-        the encoder's inputs are."""
-        x = self.decoder(self.from_latent(codes) + self.decoder_position[...])
+        """Quantised latents [batch, num_tokens, len(fsq_levels)] -> images [batch, H, W, 3],
+        normalised as the encoder's inputs are."""
+        patches = codes.reshape(codes.shape[0], self.grid[0] * self.grid[1], -1)
+        x = self.decoder(self.from_latent(patches) + self.decoder_position[...])
         if isinstance(self.to_pixels, PixelHead):
             return self.to_pixels(x, self.grid)
         return unpatchify(self.to_pixels(x).astype(jnp.float32), self.grid, self.patch_size)

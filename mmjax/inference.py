@@ -6,7 +6,7 @@
     text_embeddings = model.encode_text(["two large red circles on the left"])
     audio_embeddings = model.encode_audio(spectrograms)  # audio models: log-mel [N, frames, mels]
     captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
-    tokens = model.tokenize(images)                   # image tokenizers: [N, patches] ints
+    tokens = model.tokenize(images)                   # image tokenizers: [N, tokens] ints
     reconstructions = model.detokenize(tokens)        # ... and back: uint8 (N, S, S, 3)
     images = model.generate(["two large red circles on the left"], seed=0,
                             guidance_scale=2.0, steps=8)  # text-to-image: uint8 (N, S, S, 3)
@@ -135,13 +135,14 @@ class InferenceModel:
                 jax.jit(detokenize))
 
     def tokenize(self, images) -> np.ndarray:
-        """An image tokenizer's integer tokens [N, patches] (row by row over the patch grid);
+        """An image tokenizer's integer tokens [N, tokens] (row by row over the patch grid, a
+        patch's config.model.tokens_per_patch adjacent);
         uint8 images get the eval preprocessing."""
         tokenize, _ = self._image_tokenizer
         return np.asarray(tokenize(self.params, jnp.asarray(self._prepare_images(images))))
 
     def detokenize(self, tokens) -> np.ndarray:
-        """Tokens [N, patches] -> uint8 images [N, image_size, image_size, 3]."""
+        """Tokens [N, tokens] -> uint8 images [N, image_size, image_size, 3]."""
         _, detokenize = self._image_tokenizer
         return np.asarray(detokenize(self.params, jnp.asarray(tokens, jnp.int32)))
 

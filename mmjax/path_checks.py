@@ -89,8 +89,9 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
 
 def _source_settings(c, field: str, source: str, settings: tuple) -> None:
     """Each dotted config key in `settings` must equal the source run's (its config.json). An
-    entry (key, fill) compares a dict with `fill`'s fields where either side lacks them: the
-    values a field added since that run was trained takes by default."""
+    entry (key, fill) compares a dict with `fill`'s fields where either side lacks them, and a
+    missing value as `fill`: the values a field added since that run was trained takes by
+    default."""
     if not settings:
         return
     from mmjax import inference
@@ -109,8 +110,10 @@ def _source_settings(c, field: str, source: str, settings: tuple) -> None:
                   f"with {saved}", f"set config.{key}={saved}, or train that part again")
 
 
-def _filled(value, fill: dict | None):
-    return defaults.fill_missing(dict(value), fill) if fill and isinstance(value, dict) else value
+def _filled(value, fill):
+    if isinstance(fill, dict):
+        return defaults.fill_missing(dict(value), fill) if isinstance(value, dict) else value
+    return fill if value is None else value
 
 
 def dotted(config, key: str):

@@ -54,7 +54,7 @@ class TextToImage(ImageTokenizer):
                              f"valid: {sorted(GENERATORS)}.")
         shape = text_tower_lib.tower_shape(**generator)
         self.generator = GENERATORS[mode](
-            codebook_size=self.codebook_size, num_tokens=self.grid[0] * self.grid[1],
+            codebook_size=self.codebook_size, num_tokens=self.num_tokens,
             context_length=self.text_tower.context_length, context_width=self.text_tower.width,
             dtype=compute_dtype, **shape, **shared)
         if not 0.0 <= condition_dropout < 1.0:
@@ -72,7 +72,8 @@ class TextToImage(ImageTokenizer):
         # A decoder field a tokenizer run lacks compares as the default the model builds.
         decoder = ("model.image_decoder", PIXEL_HEAD_DEFAULTS)
         return [("config.image_tokenizer.workdir", workdir, TOKENIZER_PARTS,
-                 ("model.fsq_levels", "data.image_size", "data.normalization",
+                 ("model.fsq_levels", ("model.tokens_per_patch", 1), "data.image_size",
+                  "data.normalization",
                   "model.image_tower", decoder))]
 
     def text_context(self, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -102,7 +103,7 @@ class TextToImage(ImageTokenizer):
                 "image_token_mask": counted}
 
     def generate_tokens(self, tokens: jax.Array, rng: jax.Array, **decoding) -> jax.Array:
-        """Image tokens [batch, patches] for each text (token rows), decoded as
+        """Image tokens [batch, num_tokens] for each text (token rows), decoded as
         MaskedTokenGenerator.generate does (steps, guidance_scale, temperature)."""
         context, lengths = self.text_context(tokens)
         return self.generator.generate(context, lengths, rng, **decoding)

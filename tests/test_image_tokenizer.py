@@ -53,12 +53,15 @@ def test_code_usage():
     assert image_tokenizer.code_usage(np.zeros(10, int), 4)["code_perplexity"] == 1.0
 
 
-@pytest.mark.parametrize("pixel_channels,pixel_blocks", [(0, 0), (8, 0), (8, 2)])
-def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_channels,
-                                                                         pixel_blocks):
-    """A linear patch head, the convolutional one, and that with residual convolutions."""
+@pytest.mark.parametrize("pixel_channels,pixel_blocks,tokens_per_patch",
+                         [(0, 0, 1), (8, 0, 1), (8, 2, 1), (8, 0, 2)])
+def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(
+        pixel_channels, pixel_blocks, tokens_per_patch):
+    """A linear patch head, the convolutional one, that with residual convolutions, and two
+    tokens a patch."""
     model = image_tokenizer.ImageTokenizer(
-        image_size=16, fsq_levels=(5, 5, 5), rngs=nnx.Rngs(0),
+        image_size=16, fsq_levels=(5, 5, 5), tokens_per_patch=tokens_per_patch,
+        rngs=nnx.Rngs(0),
         image_tower=dict(name="vit", width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
                          pooling="gap"),
         image_decoder=dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4,
@@ -67,8 +70,14 @@ def test_the_autoencoder_tokenizes_detokenizes_and_learns_to_reconstruct(pixel_c
     assert len(getattr(model.to_pixels, "blocks", ())) == pixel_blocks
     images = jax.random.randint(jax.random.key(1), (8, 16, 16, 3), 0, 256).astype(jnp.uint8)
     tokens = model.tokenize(images)
-    assert tokens.shape == (8, 16) and tokens.dtype == jnp.int32
+    assert tokens.shape == (8, 16 * tokens_per_patch) and tokens.dtype == jnp.int32
     assert 0 <= int(tokens.min()) and int(tokens.max()) < 125
+    # A patch's tokens are adjacent: token k of patch p codes latent channels [3k, 3k + 3).
+    _, aux = model.image_tower(images)
+    latents = model.to_latent(aux["tokens"]).reshape(8, 16, tokens_per_patch, 3)
+    np.testing.assert_array_equal(
+        tokens.reshape(8, 16, tokens_per_patch),
+        model.quantizer.codes_to_indices(model.quantizer(latents)))
     np.testing.assert_allclose(model.detokenize(tokens), model.decode(model.encode(images)),
                                atol=1e-5)
     outputs = model({"image": images})

@@ -145,8 +145,13 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
     with open(older / "config.json") as f:
         saved = json.load(f)
     del saved["model"]["image_decoder"]["pixel_blocks"]
+    del saved["model"]["tokens_per_patch"]  # ... nor tokens_per_patch: one a patch
     (older / "config.json").write_text(json.dumps(saved))
     preflight.check(t2i_config(tiny_config, str(older)), workdir=str(tmp_path / "w"))
+    config.model.tokens_per_patch = 2
+    with pytest.raises(preflight.ConfigError, match=r"config.model.tokens_per_patch = 2: is 2, "
+                                                    r"but the run .* was trained with 1"):
+        preflight.check(config, workdir=str(tmp_path / "w"))
     config = t2i_config(tiny_config, runs[0])
     config.model.generator.mode = "diffusion"
     with pytest.raises(preflight.ConfigError, match=r"config.model: Unknown generator mode "
@@ -156,6 +161,30 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
     config.evals = ("generation",)
     with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
         preflight.check(config, workdir=str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("mode", ["masked", "autoregressive"])
+def test_the_generator_models_every_token_of_a_patch(tiny_config, mode):
+    """With tokens_per_patch = 2 the generator's sequence is twice the patch grid: it trains
+    on and draws both tokens of each patch, and the tokenizer decodes them."""
+    from mmjax import models, tokenizers
+
+    config = t2i_config(tiny_config, None)
+    config.model.generator.mode = mode
+    config.model.tokens_per_patch = 2
+    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    patches = model.grid[0] * model.grid[1]
+    assert model.generator.num_tokens == 2 * patches
+    text = jnp.asarray(tokenizers.build_tokenizer(config.tokenizer)(["one red circle"] * 2))
+    images = jnp.zeros((2, config.data.image_size, config.data.image_size, 3), jnp.uint8)
+    outputs = model({"image": images, "tokens": text}, jax.random.key(0))
+    assert outputs["image_token_targets"].shape == (2, 2 * patches)
+    assert outputs["image_token_logits"].shape[:2] == (2, 2 * patches)
+    tokens = model.generate_tokens(text, jax.random.key(1), steps=2, guidance_scale=1.0,
+                                   temperature=1.0)
+    assert tokens.shape == (2, 2 * patches)
+    assert model.generate(text, jax.random.key(1), steps=2, guidance_scale=1.0,
+                          temperature=1.0).shape == images.shape
 
 
 @pytest.mark.parametrize("mode", ["masked", "autoregressive"])
