@@ -92,8 +92,11 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     config = tokenizer_config
     config.model.name = "text_to_image"
     config.model.text_tower = ml_collections.ConfigDict(dict(name="transformer", variant="mu"))
-    # mode "autoregressive": raster order, one token a decoding step (smoke_t2i's).
-    config.model.generator = ml_collections.ConfigDict(dict(variant=generator, mode="masked"))
+    # mode "autoregressive": raster order, tokens_per_step tokens a decoding step (smoke_t2i's;
+    # unset: the tokenizer's tokens_per_patch, a patch a step).
+    config.model.generator = ml_collections.ConfigDict(dict(
+        variant=generator, mode="masked",
+        tokens_per_step=ml_collections.config_dict.placeholder(int)))
     config.model.condition_dropout = condition_dropout
     config.image_tokenizer = ml_collections.ConfigDict(dict(
         workdir=ml_collections.config_dict.placeholder(str)))

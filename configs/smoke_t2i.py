@@ -26,6 +26,10 @@ def get_config():
     # (BENCHMARKS.md): it draws each token knowing every one before it, where parallel
     # decoding samples a step's tokens independently and a shape's parts disagree.
     config.model.generator.mode = "autoregressive"
+    # The tokenizer gives each patch two tokens, and the generator steps a patch at a time
+    # (generator.tokens_per_step, by default the tokenizer's tokens_per_patch), drawing its two
+    # tokens in turn: 6,000 steps take 0.8 times the minutes of one token a step (15.4 against
+    # 12.8 steps/s), and held-out pairs read 0.710 against 0.573 (BENCHMARKS.md, one run each).
     # Batch 16 at 4e-3, as the tokenizer: on 2 cores a step of 16 costs less than half a step
     # of 32 (28 against 12 steps/s), and 6,000 of them drew as well as 3,000 of 32 in three
     # quarters of the time; 9,000 drew better (0.758 / 0.621) but would pass 10 minutes on a

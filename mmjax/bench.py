@@ -120,13 +120,18 @@ def _text_to_image_flops(config, parts: dict[str, float]) -> dict[str, float]:
     text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                      ("variant",) + text_tower.SHAPE_FIELDS})
     parts["text"] -= 2 * text["width"] * model.embed_dim  # no projection to a shared space
-    generator = text_tower.tower_shape(**dict(model.generator))
+    generator = dict(model.generator)
+    per_step = generator.pop("tokens_per_step", 1)
+    generator = text_tower.tower_shape(**generator)
     width, context = generator["width"], config.tokenizer.context_length
-    cross = 2 * 2 * tokens * width * width + 2 * 2 * context * text["width"] * width
-    cross += 2 * 2 * tokens * context * width
-    parts["generator"] = transformer_flops(tokens, width, generator["depth"],
+    steps = tokens // per_step  # the blocks' sequence: groups of tokens_per_step tokens
+    cross = 2 * 2 * steps * width * width + 2 * 2 * context * text["width"] * width
+    cross += 2 * 2 * steps * context * width
+    parts["generator"] = transformer_flops(steps, width, generator["depth"],
                                            generator["mlp_dim"]) + generator["depth"] * cross
     parts["generator"] += 2 * tokens * width * codebook  # the head over the codebook
+    if per_step > 1:  # each token's MLP between the group's state and the head
+        parts["generator"] += 2 * 2 * tokens * width * generator["mlp_dim"]
     return parts
 
 

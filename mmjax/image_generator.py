@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax import fusion, layers, sharding
+from mmjax.layer_norm import LayerNorm
 
 
 def cosine_schedule(fraction: jax.Array) -> jax.Array:
@@ -58,14 +59,24 @@ class _TextConditionedTokens(nnx.Module):
 
     def __init__(self, *, codebook_size: int, num_tokens: int, context_length: int,
                  context_width: int, width: int, depth: int, num_heads: int, mlp_dim: int,
-                 dtype=jnp.float32, remat: str = "none", scan_layers: bool = False,
-                 attention_implementation: str | None = None, rngs: nnx.Rngs):
+                 tokens_per_step: int = 1, dtype=jnp.float32, remat: str = "none",
+                 scan_layers: bool = False, attention_implementation: str | None = None,
+                 rngs: nnx.Rngs):
+        if (not isinstance(tokens_per_step, int) or tokens_per_step < 1
+                or num_tokens % tokens_per_step):
+            raise ValueError(f"config.model.generator.tokens_per_step = {tokens_per_step!r}: "
+                             f"give a whole number that divides the image's {num_tokens} "
+                             "tokens (the tokenizer's tokens_per_patch draws a patch a step)")
         self.codebook_size, self.num_tokens = codebook_size, num_tokens
+        self.tokens_per_step = tokens_per_step
+        # Token k of a step embeds as row k * codebook_size + code (tokens_per_step tables in
+        # one); the last row is the special token: the mask, or the beginning of the image.
+        self.special_id = codebook_size * tokens_per_step
         self.token_embedding = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (codebook_size + 1, width)),
+            0.02 * jax.random.normal(rngs.params(), (self.special_id + 1, width)),
             logical_axes=("vocab", "embed"))
         self.position_embedding = nnx.Param(
-            0.02 * jax.random.normal(rngs.params(), (num_tokens, width)),
+            0.02 * jax.random.normal(rngs.params(), (num_tokens // tokens_per_step, width)),
             logical_axes=("length", "embed"))
         # The unconditional model's context: learned, shaped as a text's token states.
         self.null_context = nnx.Param(
@@ -82,13 +93,21 @@ class _TextConditionedTokens(nnx.Module):
         x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
         return x + self.position_embedding[...][positions].astype(self.dtype)
 
+    def states(self, x: jax.Array, context: jax.Array, context_lengths: jax.Array, *,
+               is_causal: bool = False) -> jax.Array:
+        """Embedded tokens -> the blocks' states (attending to the text)."""
+        x = sharding.constrain(x, ("batch", "length", "embed"))
+        return self.blocks(x, is_causal=is_causal, context=context.astype(self.dtype),
+                           context_lengths=context_lengths)
+
+    def codebook_logits(self, x: jax.Array) -> jax.Array:
+        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+
     def predict(self, x: jax.Array, context: jax.Array, context_lengths: jax.Array, *,
                 is_causal: bool = False) -> jax.Array:
         """Embedded tokens -> the blocks (attending to the text) -> float32 codebook logits."""
-        x = sharding.constrain(x, ("batch", "length", "embed"))
-        x = self.blocks(x, is_causal=is_causal, context=context.astype(self.dtype),
-                        context_lengths=context_lengths)
-        return sharding.constrain(self.head(x).astype(jnp.float32), ("batch", "length", "vocab"))
+        return self.codebook_logits(self.states(x, context, context_lengths,
+                                                is_causal=is_causal))
 
     def condition(self, context: jax.Array, context_lengths: jax.Array, dropped: jax.Array):
         """The text context, with the null context (every position real) where `dropped`."""
@@ -116,7 +135,11 @@ class MaskedTokenGenerator(_TextConditionedTokens):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.mask_id = self.codebook_size
+        if self.tokens_per_step != 1:
+            raise ValueError(f"config.model.generator.tokens_per_step = "
+                             f"{self.tokens_per_step}: the masked generator draws single "
+                             "tokens; set it to 1, or mode='autoregressive'")
+        self.mask_id = self.special_id
 
     def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
         """[batch, tokens, codebook] float32 logits of image tokens (mask_id where unknown)."""
@@ -169,17 +192,49 @@ class MaskedTokenGenerator(_TextConditionedTokens):
 
 class AutoregressiveTokenGenerator(_TextConditionedTokens):
     """Causal blocks over image tokens in raster order: token p is predicted from a
-    beginning-of-image token and tokens 0..p-1 (and the text)."""
+    beginning-of-image token and tokens 0..p-1 (and the text).
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.bos_id = self.codebook_size
+    With tokens_per_step = K > 1 the blocks step over groups of K tokens (a patch's, at the
+    tokenizer's tokens_per_patch): a group's input is the sum of its tokens' embeddings, and
+    its K tokens are drawn in turn from the group's state, each with the embeddings of the ones
+    before it added, through a small MLP, to the shared head. The blocks cost what 1/K of the
+    tokens would; the group's tokens still depend on each other."""
+
+    def __init__(self, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(rngs=rngs, **kwargs)
+        self.bos_id = self.special_id
+        if self.tokens_per_step > 1:
+            width = kwargs["width"]
+            self.slot_embedding = nnx.Param(
+                0.02 * jax.random.normal(rngs.params(), (self.tokens_per_step, width)),
+                logical_axes=(None, "embed"))
+            self.slot_norm = LayerNorm(width, dtype=self.dtype)
+            self.slot_mlp = layers.Mlp(width, kwargs["mlp_dim"], rngs=rngs, dtype=self.dtype)
+
+    def _embedded(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.token_embedding[...], ids, axis=0).astype(self.dtype)
+
+    def _slot_logits(self, state: jax.Array, before: jax.Array, slot) -> jax.Array:
+        """Logits of a group's token `slot` from the group's state [batch, length, width] and
+        the summed embeddings of its tokens before it."""
+        if self.tokens_per_step == 1:
+            return self.codebook_logits(state)
+        x = state + before + self.slot_embedding[...][slot].astype(self.dtype)
+        return self.codebook_logits(x + self.slot_mlp(self.slot_norm(x)))
 
     def logits(self, tokens: jax.Array, context: jax.Array, context_lengths: jax.Array):
         """[batch, tokens, codebook] float32 logits, row p predicting tokens[:, p]."""
-        start = jnp.full((tokens.shape[0], 1), self.bos_id, tokens.dtype)
-        return self.predict(self.embed(jnp.concatenate([start, tokens[:, :-1]], axis=1)),
-                            context, context_lengths, is_causal=True)
+        batch, steps = tokens.shape[0], self.num_tokens // self.tokens_per_step
+        groups = tokens.reshape(batch, steps, self.tokens_per_step)
+        embedded = self._embedded(groups + jnp.arange(self.tokens_per_step) * self.codebook_size)
+        start = self._embedded(jnp.full((batch, 1), self.bos_id, tokens.dtype))
+        inputs = jnp.concatenate([start, embedded.sum(axis=2)[:, :-1]], axis=1)
+        state = self.states(inputs + self.position_embedding[...].astype(self.dtype), context,
+                            context_lengths, is_causal=True)
+        before = jnp.cumsum(embedded, axis=2) - embedded
+        return jnp.stack([self._slot_logits(state, before[:, :, k], k)
+                          for k in range(self.tokens_per_step)], axis=2).reshape(
+                              batch, self.num_tokens, -1)
 
     def training_outputs(self, rng: jax.Array, tokens: jax.Array, context, context_lengths):
         """(logits, which tokens the loss counts): every token, from those before it."""
@@ -188,29 +243,35 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
 
     def generate(self, context: jax.Array, context_lengths: jax.Array, rng: jax.Array, *,
                  guidance_scale: float = 1.0, temperature: float = 1.0, **unused) -> jax.Array:
-        """Tokens [batch, num_tokens], one a step in one fori_loop: the conditional and
-        unconditional halves share a key/value cache of twice the batch and each step samples
-        the guided logits at `temperature`. (`steps` and `choice_temperature`, parallel
-        decoding's settings, do not apply: there are num_tokens steps.)"""
+        """Tokens [batch, num_tokens], one step a group of tokens_per_step in one fori_loop:
+        the conditional and unconditional halves share a key/value cache of twice the batch
+        and each token is sampled from the guided logits at `temperature`. (`steps` and
+        `choice_temperature`, parallel decoding's settings, do not apply.)"""
         del unused
-        batch = context.shape[0]
+        batch, group = context.shape[0], self.tokens_per_step
         both, both_lengths = self.with_unconditional(context, context_lengths)
         context_keys_values = self.blocks.context_keys_values(both.astype(self.dtype))
-        cache = self.blocks.empty_cache(2 * batch, self.num_tokens)
+        steps = self.num_tokens // group
+        cache = self.blocks.empty_cache(2 * batch, steps)
 
         def step(position, carry):
             tokens, previous, cache, rng = carry
-            rng, sample_rng = jax.random.split(rng)
-            x = self.embed(jnp.concatenate([previous, previous])[:, None],
-                           position[None])
-            x, cache = self.blocks.decode(x, cache, position, context_keys_values, both_lengths)
-            logits = self.guide(self.head(x)[:, 0].astype(jnp.float32), guidance_scale)
-            sampled = jax.random.categorical(sample_rng,
-                                             logits / jnp.maximum(temperature, 1e-6))
-            tokens = jax.lax.dynamic_update_slice_in_dim(tokens, sampled[:, None], position, 1)
-            return tokens, sampled, cache, rng
+            x = previous + self.position_embedding[...][position].astype(self.dtype)
+            state, cache = self.blocks.decode(x[:, None], cache, position, context_keys_values,
+                                              both_lengths)
+            before = jnp.zeros_like(state)
+            for k in range(group):
+                rng, sample_rng = jax.random.split(rng)
+                logits = self.guide(self._slot_logits(state, before, k)[:, 0], guidance_scale)
+                sampled = jax.random.categorical(sample_rng,
+                                                 logits / jnp.maximum(temperature, 1e-6))
+                tokens = jax.lax.dynamic_update_slice_in_dim(tokens, sampled[:, None],
+                                                             position * group + k, 1)
+                both_sampled = jnp.concatenate([sampled, sampled]) + k * self.codebook_size
+                before = before + self._embedded(both_sampled)[:, None]
+            return tokens, before[:, 0], cache, rng
 
-        start = jnp.full((batch,), self.bos_id, jnp.int32)
+        start = self._embedded(jnp.full((2 * batch,), self.bos_id, jnp.int32))
         tokens = jnp.zeros((batch, self.num_tokens), jnp.int32)
-        tokens, *_ = jax.lax.fori_loop(0, self.num_tokens, step, (tokens, start, cache, rng))
+        tokens, *_ = jax.lax.fori_loop(0, steps, step, (tokens, start, cache, rng))
         return tokens

@@ -32,7 +32,8 @@ class TextToImage(ImageTokenizer):
     """ImageTokenizer + text_tower + generator. Built as config.model.name='text_to_image' from
     the tokenizer's fields (image_tower, image_decoder, fsq_levels), config.model.text_tower and
     config.model.generator (a text-tower variant and/or width, depth, num_heads, mlp_dim, and
-    its mode: "masked", MaskGIT's parallel decoding, or "autoregressive", raster order)."""
+    its mode: "masked", MaskGIT's parallel decoding, or "autoregressive", raster order,
+    tokens_per_step tokens a step: by default a patch's)."""
 
     modalities = ("image", "text")
 
@@ -49,6 +50,9 @@ class TextToImage(ImageTokenizer):
                                                          dtype=compute_dtype, **shared)
         generator = dict(generator)
         mode = generator.pop("mode", "masked")
+        tokens_per_step = generator.pop("tokens_per_step", None)
+        if tokens_per_step is None:  # the autoregressive generator steps a patch at a time
+            tokens_per_step = self.tokens_per_patch if mode == "autoregressive" else 1
         if mode not in GENERATORS:
             raise ValueError(f"Unknown generator mode {mode!r} (config.model.generator.mode); "
                              f"valid: {sorted(GENERATORS)}.")
@@ -56,7 +60,7 @@ class TextToImage(ImageTokenizer):
         self.generator = GENERATORS[mode](
             codebook_size=self.codebook_size, num_tokens=self.num_tokens,
             context_length=self.text_tower.context_length, context_width=self.text_tower.width,
-            dtype=compute_dtype, **shape, **shared)
+            tokens_per_step=tokens_per_step, dtype=compute_dtype, **shape, **shared)
         if not 0.0 <= condition_dropout < 1.0:
             raise ValueError(f"condition_dropout {condition_dropout} must be in [0, 1): the share "
                              "of training captions replaced by the null context.")

@@ -14,11 +14,12 @@ from mmjax import image_generator, losses
 CODES, TOKENS, CONTEXT, CONTEXT_WIDTH = 12, 16, 4, 8
 
 
-def tiny_generator(seed: int = 0, kind=image_generator.MaskedTokenGenerator):
+def tiny_generator(seed: int = 0, kind=image_generator.MaskedTokenGenerator,
+                   tokens_per_step: int = 1):
     return kind(
         codebook_size=CODES, num_tokens=TOKENS, context_length=CONTEXT,
         context_width=CONTEXT_WIDTH, width=32, depth=2, num_heads=2, mlp_dim=64,
-        rngs=nnx.Rngs(seed))
+        tokens_per_step=tokens_per_step, rngs=nnx.Rngs(seed))
 
 
 def contexts(batch: int, seed: int):
@@ -82,10 +83,13 @@ def test_guidance_scale_zero_is_the_unconditional_model():
     assert (np.asarray(a) != np.asarray(c)).any()
 
 
-def test_autoregressive_cached_decoding_is_the_causal_pass():
+@pytest.mark.parametrize("tokens_per_step", [1, 2])
+def test_autoregressive_cached_decoding_is_the_causal_pass(tokens_per_step):
     """Greedy cached decoding picks, at every position, the full causal pass's argmax over the
-    tokens it drew; a token changes no row before it; padded context is ignored."""
-    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator)
+    tokens it drew; a token changes no row before it (nor its own, when a step draws two);
+    padded context is ignored."""
+    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator,
+                           tokens_per_step=tokens_per_step)
     context, _ = contexts(3, 0)
     lengths = jnp.asarray([CONTEXT, 2, 1], jnp.int32)
     greedy = model.generate(context, lengths, jax.random.key(1), temperature=1e-6)
@@ -99,8 +103,11 @@ def test_autoregressive_cached_decoding_is_the_causal_pass():
         model.generate(padded, lengths, jax.random.key(1), temperature=1e-6), greedy)
 
 
-def test_autoregressive_decoding_is_one_seeded_loop_and_scale_zero_ignores_the_text():
-    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator)
+@pytest.mark.parametrize("tokens_per_step", [1, 2])
+def test_autoregressive_decoding_is_one_seeded_loop_and_scale_zero_ignores_the_text(
+        tokens_per_step):
+    model = tiny_generator(kind=image_generator.AutoregressiveTokenGenerator,
+                           tokens_per_step=tokens_per_step)
     context_a, lengths = contexts(2, 1)
     context_b, _ = contexts(2, 2)
     generate = nnx.jit(lambda m, c, r, s: m.generate(c, lengths, r, guidance_scale=s))
@@ -117,12 +124,13 @@ def test_autoregressive_decoding_is_one_seeded_loop_and_scale_zero_ignores_the_t
     assert str(jaxpr).count("scan[") + str(jaxpr).count("while[") == 1
 
 
-@pytest.mark.parametrize("kind", [image_generator.MaskedTokenGenerator,
-                                  image_generator.AutoregressiveTokenGenerator])
-def test_a_trained_generator_draws_the_image_its_text_asks_for(kind):
+@pytest.mark.parametrize("kind,tokens_per_step", [
+    (image_generator.MaskedTokenGenerator, 1), (image_generator.AutoregressiveTokenGenerator, 1),
+    (image_generator.AutoregressiveTokenGenerator, 2)])
+def test_a_trained_generator_draws_the_image_its_text_asks_for(kind, tokens_per_step):
     """Two texts, each always paired with one token grid: after training with condition
     dropout, decoding each text (guidance scale 1 and 2) gives its grid."""
-    model = tiny_generator(1, kind)
+    model = tiny_generator(1, kind, tokens_per_step)
     grids = jax.random.randint(jax.random.key(7), (2, TOKENS), 0, CODES)
     texts, lengths = contexts(2, 3)
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
@@ -149,3 +157,12 @@ def test_a_trained_generator_draws_the_image_its_text_asks_for(kind):
         drawn = model.generate(texts, lengths, jax.random.key(9), steps=6, guidance_scale=scale,
                                temperature=0.5)
         np.testing.assert_array_equal(drawn, grids, err_msg=f"guidance scale {scale}")
+
+
+def test_only_the_autoregressive_generator_draws_several_tokens_a_step():
+    with pytest.raises(ValueError, match="tokens_per_step = 2: the masked generator draws "
+                                         "single tokens"):
+        tiny_generator(tokens_per_step=2)
+    with pytest.raises(ValueError, match="tokens_per_step = 3: give a whole number that "
+                                         "divides the image's 16 tokens"):
+        tiny_generator(kind=image_generator.AutoregressiveTokenGenerator, tokens_per_step=3)

@@ -240,7 +240,7 @@ def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels, pixel_
     config.model.image_decoder.pixel_channels = pixel_channels
     config.model.image_decoder.pixel_blocks = pixel_blocks
     model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
-    codes = jnp.zeros((1, model.grid[0] * model.grid[1], len(config.model.fsq_levels)))
+    codes = jnp.zeros((1, model.num_tokens, len(config.model.fsq_levels)))
     counted = jax.jit(model.decode).lower(codes).compile().cost_analysis()
     counted = counted[0] if isinstance(counted, list) else counted
     analytic = bench.forward_flops_per_example(config)["image_decoder"]

@@ -163,18 +163,23 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
         preflight.check(config, workdir=str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("mode", ["masked", "autoregressive"])
-def test_the_generator_models_every_token_of_a_patch(tiny_config, mode):
-    """With tokens_per_patch = 2 the generator's sequence is twice the patch grid: it trains
-    on and draws both tokens of each patch, and the tokenizer decodes them."""
+@pytest.mark.parametrize("mode,tokens_per_step,steps_by", [
+    ("masked", None, 1), ("autoregressive", None, 2), ("autoregressive", 1, 1)])
+def test_the_generator_models_every_token_of_a_patch(tiny_config, mode, tokens_per_step,
+                                                     steps_by):
+    """With tokens_per_patch = 2 the generator trains on and draws both tokens of each patch
+    (the autoregressive one a patch a step unless told otherwise), and the tokenizer decodes
+    them."""
     from mmjax import models, tokenizers
 
     config = t2i_config(tiny_config, None)
     config.model.generator.mode = mode
+    config.model.generator.tokens_per_step = tokens_per_step
     config.model.tokens_per_patch = 2
     model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
     patches = model.grid[0] * model.grid[1]
     assert model.generator.num_tokens == 2 * patches
+    assert model.generator.tokens_per_step == steps_by
     text = jnp.asarray(tokenizers.build_tokenizer(config.tokenizer)(["one red circle"] * 2))
     images = jnp.zeros((2, config.data.image_size, config.data.image_size, 3), jnp.uint8)
     outputs = model({"image": images, "tokens": text}, jax.random.key(0))
@@ -353,3 +358,24 @@ def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, t
     assert loaded.classifier.tower.patch_size == 8
     features, read = loaded.classify(images[:4])
     assert features.shape == (4, loaded.classifier.tower.width) and len(read["shape"]) == 4
+
+
+@pytest.mark.parametrize("tokens_per_patch,tokens_per_step", [(1, 1), (2, 1), (2, 2)])
+def test_the_benchmarks_generator_flops_are_what_xla_counts(tokens_per_patch, tokens_per_step):
+    """mmjax.bench's analytic count of the generator's forward pass (its MFU's numerator),
+    with a patch's tokens in the sequence or drawn a group a step."""
+    from configs import smoke_t2i
+    from mmjax import bench, models, tokenizers
+
+    config = smoke_t2i.get_config()
+    config.model.tokens_per_patch = tokens_per_patch
+    config.model.generator.tokens_per_step = tokens_per_step
+    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    context_length = config.tokenizer.context_length
+    counted = jax.jit(model.generator.logits).lower(
+        jnp.zeros((1, model.num_tokens), jnp.int32),
+        jnp.zeros((1, context_length, model.text_tower.width)),
+        jnp.full((1,), context_length, jnp.int32)).compile().cost_analysis()
+    counted = counted[0] if isinstance(counted, list) else counted
+    analytic = bench.forward_flops_per_example(config)["generator"]
+    assert analytic == pytest.approx(counted["flops"], rel=0.05)
