@@ -12,10 +12,11 @@ unconditional logits as uncond + scale * (cond - uncond), so scale 1 is the plai
 model and scale 0 the unconditional one.
 
 `AutoregressiveTokenGenerator` is the other mode over the same tokens and text: raster order,
-causal self-attention, one token a step from the key/value cache the caption decoder uses. Its
-samples commit to each token knowing every earlier one, where parallel decoding draws a step's
-tokens independently of one another; on the smoke data that is the difference between drawing
-the caption's shape and drawing a blob of its colour (BENCHMARKS.md).
+causal self-attention, one token (or a patch's tokens_per_step) a step from the key/value
+cache the caption decoder uses. Its samples commit to each token knowing every earlier one,
+where parallel decoding draws a step's tokens independently of one another; on the smoke data
+that is the difference between drawing the caption's shape and drawing a blob of its colour
+(BENCHMARKS.md).
 
 The text-to-image model around it (text tower, the tokenizer loaded frozen from its run) is
 mmjax/text_to_image.py.

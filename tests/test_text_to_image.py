@@ -192,10 +192,14 @@ def test_the_generator_models_every_token_of_a_patch(tiny_config, mode, tokens_p
                           temperature=1.0).shape == images.shape
 
 
-@pytest.mark.parametrize("mode", ["masked", "autoregressive"])
-def test_generator_training_sharded_on_8_devices_equals_one_device(runs, tiny_config, mode):
+@pytest.mark.parametrize("mode,tokens_per_step", [("masked", None), ("autoregressive", None),
+                                                   ("autoregressive", 2)])
+def test_generator_training_sharded_on_8_devices_equals_one_device(runs, tiny_config, mode,
+                                                                    tokens_per_step):
+    """Two tokens a step (here two patches'): its slot MLP shards as the blocks do."""
     config = t2i_config(tiny_config, runs[0])
     config.model.generator.mode = mode
+    config.model.generator.tokens_per_step = tokens_per_step
     rng = np.random.default_rng(0)
     losses = {}
     for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
