@@ -111,18 +111,19 @@ def _text_to_image_flops(config, parts: dict[str, float]) -> dict[str, float]:
     """A text-to-image step: the frozen tokenizer encoder runs forward only (so a third of what
     a trained part of the same size counts, as the total is 3x the forward), the decoder not at
     all; the text tower and the generator train."""
+    from mmjax.text_to_image import generator_tokens_per_step
+
     model = config.model
-    encoder, tokens = vit_shape(model.image_tower), _patches(config) * (
-        model.get("tokens_per_patch") or 1)
+    tokens_per_patch = model.get("tokens_per_patch") or 1
+    encoder, tokens = vit_shape(model.image_tower), _patches(config) * tokens_per_patch
     codebook = math.prod(model.fsq_levels)
     parts["image"] += 2 * encoder["width"] * (tokens * len(model.fsq_levels) - model.embed_dim)
     parts["image"] /= 3
     text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                      ("variant",) + text_tower.SHAPE_FIELDS})
     parts["text"] -= 2 * text["width"] * model.embed_dim  # no projection to a shared space
-    generator = dict(model.generator)
-    per_step = generator.pop("tokens_per_step", 1)
-    generator = text_tower.tower_shape(**generator)
+    per_step = generator_tokens_per_step(model.generator, tokens_per_patch)
+    generator = text_tower.tower_shape(**dict(model.generator))
     width, context = generator["width"], config.tokenizer.context_length
     steps = tokens // per_step  # the blocks' sequence: groups of tokens_per_step tokens
     cross = 2 * 2 * steps * width * width + 2 * 2 * context * text["width"] * width

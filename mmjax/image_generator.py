@@ -90,9 +90,11 @@ class _TextConditionedTokens(nnx.Module):
         self.head = layers.Dense(width, codebook_size, ("embed", "vocab"), rngs=rngs, dtype=dtype)
         self.dtype = dtype
 
+    def _embedded(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.token_embedding[...], ids, axis=0).astype(self.dtype)
+
     def embed(self, tokens: jax.Array, positions: jax.Array | slice = slice(None)) -> jax.Array:
-        x = jnp.take(self.token_embedding[...], tokens, axis=0).astype(self.dtype)
-        return x + self.position_embedding[...][positions].astype(self.dtype)
+        return self._embedded(tokens) + self.position_embedding[...][positions].astype(self.dtype)
 
     def states(self, x: jax.Array, context: jax.Array, context_lengths: jax.Array, *,
                is_causal: bool = False) -> jax.Array:
@@ -211,9 +213,6 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
                 logical_axes=(None, "embed"))
             self.slot_norm = LayerNorm(width, dtype=self.dtype)
             self.slot_mlp = layers.Mlp(width, kwargs["mlp_dim"], rngs=rngs, dtype=self.dtype)
-
-    def _embedded(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.token_embedding[...], ids, axis=0).astype(self.dtype)
 
     def _slot_logits(self, state: jax.Array, before: jax.Array, slot) -> jax.Array:
         """Logits of a group's token `slot` from the group's state [batch, length, width] and

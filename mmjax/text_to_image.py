@@ -28,6 +28,15 @@ TOKENIZER_PARTS = ("image_tower", "to_latent", "from_latent", "decoder_position"
 GENERATORS = {"masked": MaskedTokenGenerator, "autoregressive": AutoregressiveTokenGenerator}
 
 
+def generator_tokens_per_step(generator, tokens_per_patch: int) -> int:
+    """config.model.generator's tokens_per_step; unset, a patch's tokens for the autoregressive
+    generator (a patch a step) and 1 for the masked one."""
+    tokens_per_step = generator.get("tokens_per_step")
+    if tokens_per_step is not None:
+        return tokens_per_step
+    return tokens_per_patch if generator.get("mode", "masked") == "autoregressive" else 1
+
+
 class TextToImage(ImageTokenizer):
     """ImageTokenizer + text_tower + generator. Built as config.model.name='text_to_image' from
     the tokenizer's fields (image_tower, image_decoder, fsq_levels), config.model.text_tower and
@@ -49,10 +58,9 @@ class TextToImage(ImageTokenizer):
         self.text_tower = text_tower_lib.TextTransformer(vocab_size=vocab_size, **text,
                                                          dtype=compute_dtype, **shared)
         generator = dict(generator)
+        tokens_per_step = generator_tokens_per_step(generator, self.tokens_per_patch)
+        generator.pop("tokens_per_step", None)
         mode = generator.pop("mode", "masked")
-        tokens_per_step = generator.pop("tokens_per_step", None)
-        if tokens_per_step is None:  # the autoregressive generator steps a patch at a time
-            tokens_per_step = self.tokens_per_patch if mode == "autoregressive" else 1
         if mode not in GENERATORS:
             raise ValueError(f"Unknown generator mode {mode!r} (config.model.generator.mode); "
                              f"valid: {sorted(GENERATORS)}.")

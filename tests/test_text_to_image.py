@@ -364,10 +364,12 @@ def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, t
     assert features.shape == (4, loaded.classifier.tower.width) and len(read["shape"]) == 4
 
 
-@pytest.mark.parametrize("tokens_per_patch,tokens_per_step", [(1, 1), (2, 1), (2, 2)])
+@pytest.mark.parametrize("tokens_per_patch,tokens_per_step",
+                         [(1, 1), (2, 1), (2, 2), (2, None)])
 def test_the_benchmarks_generator_flops_are_what_xla_counts(tokens_per_patch, tokens_per_step):
     """mmjax.bench's analytic count of the generator's forward pass (its MFU's numerator),
-    with a patch's tokens in the sequence or drawn a group a step."""
+    with a patch's tokens in the sequence or drawn a group a step (unset: as the model does,
+    a patch a step)."""
     from configs import smoke_t2i
     from mmjax import bench, models, tokenizers
 
