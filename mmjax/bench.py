@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mmjax import conventions, host_memory, image_tower, text_tower, tokenizers
+from mmjax.text_to_image import generator_tokens_per_step
 from mmjax.trainer import Trainer
 
 # Dense bf16 peak TFLOP/s per device, matched against jax.Device.device_kind.
@@ -111,8 +112,6 @@ def _text_to_image_flops(config, parts: dict[str, float]) -> dict[str, float]:
     """A text-to-image step: the frozen tokenizer encoder runs forward only (so a third of what
     a trained part of the same size counts, as the total is 3x the forward), the decoder not at
     all; the text tower and the generator train."""
-    from mmjax.text_to_image import generator_tokens_per_step
-
     model = config.model
     tokens_per_patch = model.get("tokens_per_patch") or 1
     encoder, tokens = vit_shape(model.image_tower), _patches(config) * tokens_per_patch

@@ -93,8 +93,15 @@ class _TextConditionedTokens(nnx.Module):
     def _embedded(self, ids: jax.Array) -> jax.Array:
         return jnp.take(self.token_embedding[...], ids, axis=0).astype(self.dtype)
 
-    def embed(self, tokens: jax.Array, positions: jax.Array | slice = slice(None)) -> jax.Array:
-        return self._embedded(tokens) + self.position_embedding[...][positions].astype(self.dtype)
+    def _slot_embedded(self, codes: jax.Array, slot) -> jax.Array:
+        """The embeddings of codes drawn as token `slot` of their step (its table's rows)."""
+        return self._embedded(codes + slot * self.codebook_size)
+
+    def _positioned(self, x: jax.Array, positions: jax.Array | slice = slice(None)):
+        return x + self.position_embedding[...][positions].astype(self.dtype)
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return self._positioned(self._embedded(tokens))
 
     def states(self, x: jax.Array, context: jax.Array, context_lengths: jax.Array, *,
                is_causal: bool = False) -> jax.Array:
@@ -226,11 +233,10 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
         """[batch, tokens, codebook] float32 logits, row p predicting tokens[:, p]."""
         batch, steps = tokens.shape[0], self.num_tokens // self.tokens_per_step
         groups = tokens.reshape(batch, steps, self.tokens_per_step)
-        embedded = self._embedded(groups + jnp.arange(self.tokens_per_step) * self.codebook_size)
+        embedded = self._slot_embedded(groups, jnp.arange(self.tokens_per_step))
         start = self._embedded(jnp.full((batch, 1), self.bos_id, tokens.dtype))
         inputs = jnp.concatenate([start, embedded.sum(axis=2)[:, :-1]], axis=1)
-        state = self.states(inputs + self.position_embedding[...].astype(self.dtype), context,
-                            context_lengths, is_causal=True)
+        state = self.states(self._positioned(inputs), context, context_lengths, is_causal=True)
         before = jnp.cumsum(embedded, axis=2) - embedded
         return jnp.stack([self._slot_logits(state, before[:, :, k], k)
                           for k in range(self.tokens_per_step)], axis=2).reshape(
@@ -256,7 +262,7 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
 
         def step(position, carry):
             tokens, previous, cache, rng = carry
-            x = previous + self.position_embedding[...][position].astype(self.dtype)
+            x = self._positioned(previous, position)
             state, cache = self.blocks.decode(x[:, None], cache, position, context_keys_values,
                                               both_lengths)
             before = jnp.zeros_like(state)
@@ -267,8 +273,8 @@ class AutoregressiveTokenGenerator(_TextConditionedTokens):
                                                  logits / jnp.maximum(temperature, 1e-6))
                 tokens = jax.lax.dynamic_update_slice_in_dim(tokens, sampled[:, None],
                                                              position * group + k, 1)
-                both_sampled = jnp.concatenate([sampled, sampled]) + k * self.codebook_size
-                before = before + self._embedded(both_sampled)[:, None]
+                before = before + self._slot_embedded(jnp.concatenate([sampled, sampled]),
+                                                      k)[:, None]
             return tokens, before[:, 0], cache, rng
 
         start = self._embedded(jnp.full((2 * batch,), self.bos_id, jnp.int32))
