@@ -1,6 +1,7 @@
 """Text-to-image through the one trainer (issue 16, stage 2): a generator over a frozen
 tokenizer's tokens, sharded training, inference and --mode=generate, and the judge."""
 
+import collections
 import json
 import shutil
 
@@ -385,3 +386,22 @@ def test_the_benchmarks_generator_flops_are_what_xla_counts(tokens_per_patch, to
     counted = counted[0] if isinstance(counted, list) else counted
     analytic = bench.forward_flops_per_example(config)["generator"]
     assert analytic == pytest.approx(counted["flops"], rel=0.05)
+
+
+def test_the_step_profile_names_the_generators_own_operations():
+    """The codebook head and the within-patch MLP are most of a smoke generator's step: the
+    profile must name them, not leave them to the train step's frames (read as the optimizer)."""
+    from configs import smoke_t2i
+    from mmjax import models, profile_step, tokenizers
+
+    config = smoke_t2i.get_config()
+    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    context_length = config.tokenizer.context_length
+    hlo = jax.jit(model.generator.logits).lower(
+        jnp.zeros((1, model.num_tokens), jnp.int32),
+        jnp.zeros((1, context_length, model.text_tower.width)),
+        jnp.full((1,), context_length, jnp.int32)).compile().as_text()
+    parts = collections.Counter(profile_step.attribute(hlo).values())
+    assert parts[("generator", "matmul")] >= 2  # the head, the slot MLP
+    assert parts[("attention", "matmul")] > 0
+    assert parts[("optimizer update", "matmul")] == 0
