@@ -365,6 +365,18 @@ def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, t
     assert features.shape == (4, loaded.classifier.tower.width) and len(read["shape"]) == 4
 
 
+def compiled_smoke_generator_logits(config):
+    """smoke_t2i's generator logits for one caption, compiled (no tokenizer run needed)."""
+    from mmjax import models, tokenizers
+
+    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    context_length = config.tokenizer.context_length
+    return jax.jit(model.generator.logits).lower(
+        jnp.zeros((1, model.num_tokens), jnp.int32),
+        jnp.zeros((1, context_length, model.text_tower.width)),
+        jnp.full((1,), context_length, jnp.int32)).compile()
+
+
 @pytest.mark.parametrize("tokens_per_patch,tokens_per_step",
                          [(1, 1), (2, 1), (2, 2), (2, None)])
 def test_the_benchmarks_generator_flops_are_what_xla_counts(tokens_per_patch, tokens_per_step):
@@ -372,17 +384,12 @@ def test_the_benchmarks_generator_flops_are_what_xla_counts(tokens_per_patch, to
     with a patch's tokens in the sequence or drawn a group a step (unset: as the model does,
     a patch a step)."""
     from configs import smoke_t2i
-    from mmjax import bench, models, tokenizers
+    from mmjax import bench
 
     config = smoke_t2i.get_config()
     config.model.tokens_per_patch = tokens_per_patch
     config.model.generator.tokens_per_step = tokens_per_step
-    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
-    context_length = config.tokenizer.context_length
-    counted = jax.jit(model.generator.logits).lower(
-        jnp.zeros((1, model.num_tokens), jnp.int32),
-        jnp.zeros((1, context_length, model.text_tower.width)),
-        jnp.full((1,), context_length, jnp.int32)).compile().cost_analysis()
+    counted = compiled_smoke_generator_logits(config).cost_analysis()
     counted = counted[0] if isinstance(counted, list) else counted
     analytic = bench.forward_flops_per_example(config)["generator"]
     assert analytic == pytest.approx(counted["flops"], rel=0.05)
@@ -392,15 +399,9 @@ def test_the_step_profile_names_the_generators_own_operations():
     """The codebook head and the within-patch MLP are most of a smoke generator's step: the
     profile must name them, not leave them to the train step's frames (read as the optimizer)."""
     from configs import smoke_t2i
-    from mmjax import models, profile_step, tokenizers
+    from mmjax import profile_step
 
-    config = smoke_t2i.get_config()
-    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
-    context_length = config.tokenizer.context_length
-    hlo = jax.jit(model.generator.logits).lower(
-        jnp.zeros((1, model.num_tokens), jnp.int32),
-        jnp.zeros((1, context_length, model.text_tower.width)),
-        jnp.full((1,), context_length, jnp.int32)).compile().as_text()
+    hlo = compiled_smoke_generator_logits(smoke_t2i.get_config()).as_text()
     parts = collections.Counter(profile_step.attribute(hlo).values())
     assert parts[("generator", "matmul")] >= 2  # the head, the slot MLP
     assert parts[("attention", "matmul")] > 0
