@@ -35,10 +35,11 @@ PARTS = (
     ("mlp", ("layers.py:Mlp.",)),
     ("metrics", ("trainer.py:global_norm",)),
     ("loss", ("losses.py:", "optax/losses/")),
-    # Text-to-image: the generator's own embeddings and codebook heads, and the tokenizer's
-    # encoder turning a batch's images into tokens; without these they fall to the train step.
-    ("generator", ("image_generator.py:",)),
-    ("image tokenizer", ("image_tokenizer.py:", "text_to_image.py:")),
+    # Text-to-image: the generator's own embeddings and codebook heads with the model's
+    # conditioning around them (dropped captions), and the tokenizer's quantiser; without these
+    # they fall to the train step's frames and read as the optimizer update.
+    ("generator", ("image_generator.py:", "text_to_image.py:")),
+    ("image tokenizer", ("image_tokenizer.py:",)),
     ("optimizer update", ("optax/", "trainer.py:Trainer._train_step")),
     ("image embedding", ("image_tower.py:",)),
     ("text embedding", ("text_tower.py:",)),
