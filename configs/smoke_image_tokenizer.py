@@ -41,8 +41,8 @@ def get_config():
     config.reconstruction.noise_floor = 12.0
     # 7,200 steps, not 3,600: with two codes of 1,000 a patch the judge's colour-shape on
     # reconstructions rose 0.828 -> 0.858 (seed 1: 0.856 -> 0.878), and the generator over them
-    # drew seen pairs at 0.80, not 0.77. About
-    # 21 steps/s alone on 2 cores: 5 min 59 s with its two evaluations, inside the 10.
+    # drew seen pairs at 0.80, not 0.77. About 21 steps/s alone on 2 cores: 5 min 59 s with its
+    # two evaluations, inside the 10.
     config.total_steps = 7200
     config.eval_every_steps = 3600
     config.checkpoint_every_steps = 3600

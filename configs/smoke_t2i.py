@@ -36,8 +36,9 @@ def get_config():
     # held-out pairs read 0.710 against 0.573 (BENCHMARKS.md, one run each).
     # Batch 16 at 4e-3, as the tokenizer: on 2 cores a step of 16 costs less than half a step
     # of 32 (28 against 12 steps/s), and 6,000 of them drew as well as 3,000 of 32 in three
-    # quarters of the time; 9,000 drew better (0.758 / 0.621) but would pass 10 minutes on a
-    # slow day (BENCHMARKS.md).
+    # quarters of the time. At width 96 over four codes a patch, 8,000 drew colour-shape far
+    # better (0.886 / 0.830) but count and R-precision no better (0.749, 0.625), for 1.5
+    # minutes more (BENCHMARKS.md).
     config.batch_size = 16
     config.total_steps = 6000
     config.log_every_steps = 50
