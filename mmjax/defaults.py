@@ -172,8 +172,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.learning_rate = 5e-4
     config.warmup_steps = 2_000
     config.end_learning_rate_factor = 0.01
+    # lr_mults: (parameter-name prefix, multiplier) pairs scaling a part's learning rate (and
+    # so its weight decay), e.g. (("text_tower", 0.25),) for a pretrained tower fine-tuned
+    # gently; the first prefix a parameter lies under applies.
     config.optimizer = ml_collections.ConfigDict(dict(
-        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0))
+        b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.2, grad_clip_norm=1.0, lr_mults=()))
 
     # Parameters (name prefixes such as "image_tower") that training leaves bit-identical: LiT.
     config.frozen_params = ()

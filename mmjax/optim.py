@@ -1,4 +1,5 @@
-"""AdamW with warmup + cosine decay, a weight-decay mask and global-norm clipping."""
+"""AdamW with warmup + cosine decay, a weight-decay mask, global-norm clipping and per-part
+learning-rate multipliers."""
 
 from __future__ import annotations
 
@@ -40,6 +41,28 @@ def frozen_mask(params, prefixes):
         params)
 
 
+def learning_rate_multipliers(params, lr_mults):
+    """Each parameter's multiplier: that of the first (prefix, multiplier) it lies under, or 1."""
+
+    def multiplier(path, _) -> float:
+        name = parameter_name(path)
+        return next((float(m) for p, m in lr_mults if under_prefixes(name, (p,))), 1.0)
+
+    return jax.tree_util.tree_map_with_path(multiplier, params)
+
+
+def scale_by_learning_rate_multipliers(lr_mults) -> optax.GradientTransformation:
+    """Scales each parameter's update by its multiplier: after AdamW, whose update is the learning
+    rate times (direction + weight decay), that is the part's learning rate scaled."""
+
+    def update(updates, state, params=None):
+        del params
+        factors = learning_rate_multipliers(updates, lr_mults)
+        return jax.tree_util.tree_map(lambda u, f: u * f, updates, factors), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def build_optimizer(config) -> optax.GradientTransformation:
     o = config.optimizer
     adamw = optax.adamw(
@@ -48,6 +71,9 @@ def build_optimizer(config) -> optax.GradientTransformation:
     )
     if o.grad_clip_norm:
         adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    # Only when set, so that runs without multipliers keep their optimizer state's structure.
+    if o.get("lr_mults"):
+        adamw = optax.chain(adamw, scale_by_learning_rate_multipliers(tuple(o.lr_mults)))
     frozen = tuple(config.get("frozen_params", ()))
     if not frozen:
         return adamw

@@ -281,8 +281,20 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
         c.add("config.grad_accum_steps", f"micro-batches cannot be used with a model that draws "
               f"batch-wide labels ({integer_outputs})", "set it to 1")
 
+    lr_mults = tuple(config.optimizer.get("lr_mults", ()))
+    if not all(isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+               and isinstance(pair[1], (int, float)) and pair[1] > 0 for pair in lr_mults):
+        c.add("config.optimizer.lr_mults", f"{lr_mults!r} is not (prefix, multiplier) pairs "
+              "with multipliers above 0", "give e.g. (('text_tower', 0.25),); freeze a part "
+              "with config.frozen_params, not a multiplier of 0")
+        lr_mults = ()
+    for prefix, _ in lr_mults:
+        if conventions.under_prefixes(prefix, config.frozen_params):
+            c.add("config.optimizer.lr_mults", f"{prefix!r} is frozen (config.frozen_params), "
+                  "so no learning rate reaches it", "drop it from one of the two")
     for field, prefixes in (("config.frozen_params", config.frozen_params),
-                            ("config.init_from.params", config.init_from.params)):
+                            ("config.init_from.params", config.init_from.params),
+                            ("config.optimizer.lr_mults", [p for p, _ in lr_mults])):
         for prefix in prefixes:
             if not any(conventions.under_prefixes(n, (prefix,)) for n in names):
                 c.add(field, f"{prefix!r} names no parameter", "use top-level names such as "

@@ -83,6 +83,10 @@ BAD_FIELDS = [
     ("init_from.params", ("text_tower",), r"config\.init_from\.params = .*no checkpoint is given"),
     ("frozen_params", ("vision_tower",), r"config\.frozen_params = .*'vision_tower' names no "
      r"parameter.*'image_tower'"),
+    ("optimizer.lr_mults", (("vision_tower", 0.5),), r"config\.optimizer\.lr_mults = .*"
+     r"'vision_tower' names no parameter.*'image_tower'"),
+    ("optimizer.lr_mults", (("text_tower", 0),), r"config\.optimizer\.lr_mults = .*not "
+     r"\(prefix, multiplier\) pairs with multipliers above 0.*config\.frozen_params"),
     ("model.attention_implementation", "cudnn", r"'cudnn' needs NVIDIA GPUs .*found cpu.*"
      r"Fix: set it to 'xla'"),
     ("keep_best_mode", "maximum", r"config\.keep_best_mode = 'maximum': must be 'max' or 'min'"),
