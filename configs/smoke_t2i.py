@@ -4,7 +4,9 @@ by an attribute classifier and a CLIP trained apart on real images (mmjax/judge.
 
 python main.py --config=configs/smoke.py --workdir=workdir/smoke      # its text tower's start
 python main.py --config=configs/smoke_image_tokenizer.py --workdir=/tmp/mmjax_tokenizer
-python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_judge_clip --config.seed=1
+python -m input_pipeline.judge_data --out=/tmp/mmjax_judge_data
+python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_judge_clip --config.seed=1 \
+    --config.data.train=shards:/tmp/mmjax_judge_data/shards:train
 python -m mmjax.tools.fit_judge --clip_workdir=/tmp/mmjax_judge_clip --out=/tmp/mmjax_judge
 python main.py --config=configs/smoke_t2i.py --workdir=/tmp/mmjax_t2i \
     --config.image_tokenizer.workdir=/tmp/mmjax_tokenizer --config.judge.workdir=/tmp/mmjax_judge

@@ -423,3 +423,23 @@ def test_the_step_profile_names_the_generators_own_operations():
     assert parts[("generator", "matmul")] >= 2  # the head, the slot MLP
     assert parts[("attention", "matmul")] > 0
     assert parts[("optimizer update", "matmul")] == 0
+
+
+def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_path):
+    """The judge's CLIP learns from the classifier's images (held-out pairs too), as shards a
+    `shards:` spec reads: each record is the rendered image, as a PNG, with its caption."""
+    import numpy as np
+    from input_pipeline import datasets, judge_data, shapes, shards
+
+    metadata = judge_data.write_judge_data(str(tmp_path), 60, quiet=True)
+    assert metadata["splits"]["train"]["num_examples"] == 60
+    source = datasets.open_source(datasets.parse_spec(f"shards:{tmp_path}/shards:train",
+                                                      "train"), None)
+    records = [shards.decode_record(source.fetch(np.array([i]))[0]) for i in range(60)]
+    rendered = [shapes.render_any_pair(i) for i in range(60)]
+    assert [r["captions"].numpy()[0].decode() for r in records] == [e["caption"]
+                                                                   for e in rendered]
+    assert records[7]["image"].numpy() == shapes.encode_png(rendered[7]["image"])
+    pairs = {(judge.caption_attributes(e["caption"])["color"],
+              judge.caption_attributes(e["caption"])["shape"]) for e in rendered}
+    assert pairs & set(shapes.HELD_OUT_PAIRS)

@@ -1,6 +1,8 @@
 """Fit a judge of generated mmjax_shapes images (mmjax/judge.py).
 
-    python main.py --config=configs/smoke.py --workdir=/tmp/judge_clip --config.seed=1
+    python -m input_pipeline.judge_data --out=/tmp/judge_clip_data
+    python main.py --config=configs/smoke.py --workdir=/tmp/judge_clip --config.seed=1 \
+        --config.data.train=shards:/tmp/judge_clip_data/shards:train
     python -m mmjax.tools.fit_judge --clip_workdir=/tmp/judge_clip --out=/tmp/judge
 
 The attribute classifier (a head each for colour, shape, count, size and position, read from the
@@ -14,7 +16,8 @@ It is checked on a tenth of them kept out, sharp. The first
 nearest-training-image baseline draws from, and say which pairs count as seen. Writes
 OUT/judge.json (the CLIP for R-precision, the check's accuracies) and OUT/judge.npz. Point a
 text-to-image run at it with --config.judge.workdir=OUT. The CLIP should be trained with another
-seed than anything it judges, on real images only.
+seed than anything it judges, on real images only: those the classifier learns from
+(input_pipeline.judge_data), so that it too knows the held-out pairs.
 """
 
 from __future__ import annotations
