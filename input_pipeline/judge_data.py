@@ -45,9 +45,7 @@ def write_judge_data(out: str, count: int, quiet: bool = False) -> dict:
 
 def main(argv) -> None:
     del argv
-    write_judge_data(FLAGS.out, FLAGS.count)
-    print(f"train the judge's CLIP with --config.data.train=shards:"
-          f"{paths.join(FLAGS.out, 'shards')}:train")
+    write_judge_data(FLAGS.out, FLAGS.count)  # make_shards names the spec to train on
 
 
 if __name__ == "__main__":
