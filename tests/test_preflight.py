@@ -106,6 +106,14 @@ def test_a_bad_field_is_named_with_its_fix(tiny_config, field, value, expected):
     assert re.search(expected, problems(tiny_config), re.S), problems(tiny_config)
 
 
+def test_a_learning_rate_multiplier_on_a_frozen_part_is_named(tiny_config):
+    tiny_config.frozen_params = ("image_tower",)
+    tiny_config.optimizer.lr_mults = (("image_tower/blocks", 0.5), ("text_tower", 2.0))
+    message = problems(tiny_config)
+    assert re.search(r"config\.optimizer\.lr_mults = .*'image_tower/blocks' is frozen", message)
+    assert "'text_tower' is frozen" not in message
+
+
 def test_every_problem_is_reported_at_once(tiny_config):
     tiny_config.total_steps = 0
     tiny_config.batch_size = 12
