@@ -428,7 +428,6 @@ def test_the_step_profile_names_the_generators_own_operations():
 def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_path):
     """The judge's CLIP learns from the classifier's images (held-out pairs too), as shards a
     `shards:` spec reads: each record is the rendered image, as a PNG, with its caption."""
-    import numpy as np
     from input_pipeline import datasets, judge_data, shapes, shards
 
     metadata = judge_data.write_judge_data(str(tmp_path), 60, quiet=True)
@@ -440,6 +439,6 @@ def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_
     assert [r["captions"].numpy()[0].decode() for r in records] == [e["caption"]
                                                                    for e in rendered]
     assert records[7]["image"].numpy() == shapes.encode_png(rendered[7]["image"])
-    pairs = {(judge.caption_attributes(e["caption"])["color"],
-              judge.caption_attributes(e["caption"])["shape"]) for e in rendered}
+    pairs = {(a["color"], a["shape"])
+             for a in (judge.caption_attributes(e["caption"]) for e in rendered)}
     assert pairs & set(shapes.HELD_OUT_PAIRS)
