@@ -11,12 +11,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from mmjax import evaluation as evaluation_lib
-from mmjax import paths, report, sharding
+from mmjax import paths, report, reranking, sharding
 
 
 def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, object]:
     """`--mode=generate` (text-to-image models): an image for each caption of the eval split
-    with the workdir's latest checkpoint, at config.generation's guidance scale, steps and seed.
+    with the workdir's latest checkpoint, at config.generation's guidance scale, steps and seed
+    (the best of its candidates by its rerank_with run, when it draws more than one).
 
     Writes WORKDIR/generated/images.npz (uint8 `images` and the `real_images` of the same
     captions, `captions`, `step`) and grid_0.png ... grid_7.png (the first 64, eight a figure,
@@ -30,12 +31,13 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
         trainer, dataclasses.replace(trainer.plan.eval_sets[0], evals=()))
     settings = config.generation
     manager, step, state = evaluation_lib._restore_latest(trainer, workdir)
+    candidates = int(settings.get("candidates", 1))
 
     def generate(params, tokens):
         with sharding.use_mesh_rules(trainer.mesh, trainer.rules):
             model = trainer.model(params)
-            return model.as_uint8(model.generate(
-                tokens, jax.random.key(int(settings.seed)), steps=int(settings.steps),
+            return model.as_uint8(model.generate_candidates(
+                tokens, jax.random.key(int(settings.seed)), candidates, steps=int(settings.steps),
                 guidance_scale=float(settings.guidance_scale),
                 temperature=float(settings.temperature)))
     generate_step = evaluation._jit(generate, 2)
@@ -48,6 +50,11 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
         tokens.append(evaluation_lib.all_rows(local_batch["tokens"])[keep])
     generated, real = np.concatenate(generated), np.concatenate(real)
     captions = [trainer.tokenizer.decode(row) for row in np.concatenate(tokens)]
+    if candidates > 1:
+        generated, _ = reranking.best_of(reranking.load_reranker(settings.rerank_with),
+                                         generated, captions)
+    else:
+        generated = generated[:, 0]
     out = paths.join(workdir, "generated")
     if jax.process_index() == 0:
         paths.makedirs(out)
@@ -60,7 +67,8 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
             report.generation_figure(
                 plt, paths.join(out, f"grid_{start // 8}.png"), captions[start:start + 8],
                 {"real": real[start:start + 8],
-                 f"generated (scale {float(settings.guidance_scale):g})":
+                 f"generated (scale {float(settings.guidance_scale):g}"
+                 + (f", best of {candidates})" if candidates > 1 else ")"):
                      generated[start:start + 8]})
         print(f"{len(captions)} images for the eval captions at step {step} in {out} "
               "(images.npz, grid_*.png).", flush=True)

@@ -10,6 +10,7 @@
     reconstructions = model.detokenize(tokens)        # ... and back: uint8 (N, S, S, 3)
     images = model.generate(["two large red circles on the left"], seed=0,
                             guidance_scale=2.0, steps=8)  # text-to-image: uint8 (N, S, S, 3)
+    images = model.generate(texts, candidates=4)   # ... the best of 4 by config's rerank_with
 
 Embeddings are the projected, unnormalised vectors (normalise before taking cosines). Needs no
 TensorFlow.
@@ -27,7 +28,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import checkpoint, conventions, decoding, defaults, models, paths, tokenizers
+from mmjax import (checkpoint, conventions, decoding, defaults, models, paths, reranking,
+                   tokenizers)
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -150,25 +152,33 @@ class InferenceModel:
     def _generate(self):
         self._model_that_can("generate", "cannot make images from text", "text_to_image")
 
-        @functools.partial(jax.jit, static_argnames=("steps",))
-        def generate(params, tokens, rng, guidance_scale, temperature, steps):
+        @functools.partial(jax.jit, static_argnames=("steps", "candidates"))
+        def generate(params, tokens, rng, guidance_scale, temperature, steps, candidates):
             model = nnx.merge(self.graphdef, params)
-            return model.as_uint8(model.generate(tokens, rng, steps=steps,
-                                                 guidance_scale=guidance_scale,
-                                                 temperature=temperature))
+            return model.as_uint8(model.generate_candidates(
+                tokens, rng, candidates, steps=steps, guidance_scale=guidance_scale,
+                temperature=temperature))
         return generate
 
     def generate(self, texts: Sequence[str], seed: int = 0, guidance_scale: float | None = None,
-                 steps: int | None = None, temperature: float | None = None) -> np.ndarray:
+                 steps: int | None = None, temperature: float | None = None,
+                 candidates: int | None = None) -> np.ndarray:
         """uint8 images (N, S, S, 3) made from `texts`; the same seed gives the same images.
         Unset settings are the run's config.generation (guidance 1: no guidance, 0: ignore the
-        text)."""
+        text; more than one candidate a text: the one its rerank_with run finds closest)."""
         run = self.config.generation
-        return np.asarray(self._generate(
+        candidates = int(run.get("candidates", 1) if candidates is None else candidates)
+        if candidates > 1 and not run.get("rerank_with"):
+            raise ValueError(f"{candidates} candidates a text need a contrastive run to choose "
+                             "by: set config.generation.rerank_with, or pass candidates=1.")
+        drawn = np.asarray(self._generate(
             self.params, jnp.asarray(self.tokenizer(list(texts))), jax.random.key(seed),
             jnp.float32(run.guidance_scale if guidance_scale is None else guidance_scale),
             jnp.float32(run.temperature if temperature is None else temperature),
-            steps=int(run.steps if steps is None else steps)))
+            steps=int(run.steps if steps is None else steps), candidates=candidates))
+        if candidates == 1:
+            return drawn[:, 0]
+        return reranking.best_of(reranking.load_reranker(run.rerank_with), drawn, texts)[0]
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

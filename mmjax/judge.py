@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax import paths
+from mmjax import paths, reranking
 
 ATTRIBUTES = ("color", "shape", "count", "size", "position")
 JUDGED = ("color_shape", "count", "size", "position")
@@ -340,20 +340,24 @@ MEASURES = tuple(f"{a}_{split}" for split in ("seen", "held_out") for a in JUDGE
 def metric_names(guidance_scales=(0, 1, 2, 3, 4)) -> tuple[str, ...]:
     """The generation evaluator's metrics: each measure of each source."""
     sources = ("real", "reconstructed", "nearest_training",
-               *(source_name(s) for s in guidance_scales))
+               *(source_name(s, chosen) for s in guidance_scales for chosen in (False, True)))
     return tuple(f"{source}_{m}" for source in sources for m in MEASURES)
 
 
-def source_name(guidance_scale: float) -> str:
-    """What the report calls samples at a guidance scale (0: the unconditional model)."""
-    return "unconditional" if guidance_scale == 0 else f"generated_g{guidance_scale:g}"
+def source_name(guidance_scale: float, chosen: bool = False) -> str:
+    """What the report calls samples at a guidance scale (0: the unconditional model): the
+    first candidate, or (`chosen`) the best of them by the reranker (mmjax/reranking.py)."""
+    drawn = "unconditional" if guidance_scale == 0 else f"g{guidance_scale:g}"
+    return f"reranked_{drawn}" if chosen else (
+        drawn if guidance_scale == 0 else f"generated_{drawn}")
 
 
 def evaluate_generation(context) -> dict[str, float]:
     """The generation evaluator: the eval set's captions were turned into images at each of
     the run's guidance scales (context.extra, from text_to_image.generation_outputs); the judge
-    at context.settings.judge_workdir scores them beside the real images, the tokenizer's
-    reconstructions and the nearest training images."""
+    at context.settings.judge_workdir scores the first candidate (and, with more, the
+    reranker's choice) beside the real images, the tokenizer's reconstructions and the nearest
+    training images."""
     settings = context.settings
     judge = load(settings.judge_workdir)
     captions = [context.tokenizer.decode(row) for row in context.tokens]
@@ -364,8 +368,15 @@ def evaluate_generation(context) -> dict[str, float]:
     sources = {"real": context.extra["real_images"],
                "reconstructed": context.extra["reconstructed_images"],
                "nearest_training": judge.nearest_training_images(captions)}
-    for scale in settings.generation["guidance_scales"]:
-        sources[source_name(scale)] = context.extra[f"generated_images@{scale:g}"]
+    generation = settings.generation
+    reranker = (reranking.load_reranker(generation["rerank_with"])
+                if generation.get("candidates", 1) > 1 else None)
+    for scale in generation["guidance_scales"]:
+        candidates = context.extra[f"generated_images@{scale:g}"]
+        sources[source_name(scale)] = candidates[:, 0]
+        if reranker is not None:
+            sources[source_name(scale, True)] = reranking.best_of(reranker, candidates,
+                                                                  captions)[0]
     metrics = {}
     for source, images in sources.items():
         for name, value in judge_images(judge, images, captions, reference,

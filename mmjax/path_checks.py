@@ -1,4 +1,5 @@
-"""The preflight's path checks: init_from, the distillation teacher and the workdir.
+"""The preflight's path checks: init_from, the distillation teacher, the reranker and the
+workdir.
 
 Names and shapes come from the checkpoints' metadata (no array is read), so a checkpoint that
 does not fit is refused before anything is compiled, and a workdir is never touched.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from mmjax import checkpoint, conventions, defaults, models, paths
+from mmjax import checkpoint, conventions, defaults, models, paths, reranking
 
 
 def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None,
@@ -57,6 +58,7 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
             _teacher_inputs(c, teacher)
     if workdir is None:
         return
+    reranking.check(c, config.generation, config.judge.get("workdir"), _find)
     if paths.isfile(workdir):
         c.flag("--workdir", workdir, "is a file, not a folder",
                "give a folder (it is created if missing)")

@@ -124,18 +124,27 @@ class TextToImage(ImageTokenizer):
         """Images [batch, H, W, 3], normalised as the tokenizer's inputs are."""
         return self.detokenize(self.generate_tokens(tokens, rng, **decoding))
 
+    def generate_candidates(self, tokens: jax.Array, rng: jax.Array, candidates: int = 1,
+                            **decoding) -> jax.Array:
+        """Images [batch, candidates, H, W, 3]: `candidates` drawn for each text in one batch
+        of texts repeated (with one candidate, exactly `generate`'s images)."""
+        images = self.generate(jnp.repeat(tokens, candidates, axis=0), rng, **decoding)
+        return images.reshape(tokens.shape[0], candidates, *images.shape[1:])
+
 
 def generation_outputs(model: TextToImage, batch: dict, settings) -> dict[str, jax.Array]:
     """On the device, per eval example: its real image, the tokenizer's reconstruction of it,
-    and an image generated from its caption at each of the run's guidance scales (uint8), all
-    from one seed (config.generation.seed) so that a scale's images differ only by it."""
+    and config.generation.candidates images generated from its caption at each of the run's
+    guidance scales (uint8 [batch, candidates, H, W, 3]), all from one seed
+    (config.generation.seed) so that a scale's images differ only by it."""
     generation = settings.generation
     outputs = {"real_images": batch["image"].astype(jnp.uint8),
                "reconstructed_images": model.as_uint8(model.detokenize(model.tokenize(
                    batch["image"])))}
     rng = jax.random.key(generation["seed"])
     for scale in generation["guidance_scales"]:
-        outputs[f"generated_images@{scale:g}"] = model.as_uint8(model.generate(
-            batch["tokens"], rng, steps=generation["steps"], guidance_scale=scale,
+        outputs[f"generated_images@{scale:g}"] = model.as_uint8(model.generate_candidates(
+            batch["tokens"], rng, int(generation.get("candidates", 1)),
+            steps=generation["steps"], guidance_scale=scale,
             temperature=generation["temperature"]))
     return outputs

@@ -66,7 +66,7 @@ def test_the_generator_trains_over_the_frozen_tokenizer_it_loaded(runs):
     assert any(n.startswith("generator/") for n in generator)
 
 
-def test_inference_generates_images_from_text_the_same_for_a_seed(runs):
+def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished_run):
     from mmjax import inference
 
     model = inference.load(runs[1])
@@ -83,6 +83,14 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs):
                        steps=4))
     with pytest.raises(ValueError, match="cannot make images from text"):
         inference.load(runs[0]).generate(texts)
+    # The best of three by a CLIP run: one image a text, the same for a seed.
+    with pytest.raises(ValueError, match="need a contrastive run to choose by"):
+        model.generate(texts, seed=0, candidates=3, **settings)
+    model.config.generation.rerank_with = finished_run[0]
+    chosen = model.generate(texts, seed=0, candidates=3, **settings)
+    assert chosen.shape == images.shape
+    np.testing.assert_array_equal(chosen, model.generate(texts, seed=0, candidates=3,
+                                                         **settings))
 
 
 def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
@@ -110,11 +118,14 @@ def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
         model.generate(["two small green crosses at the top"] * 2, seed=0, guidance_scale=0.0))
 
 
-def test_mode_generate_writes_the_images_and_grids(runs, tmp_path):
+def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path):
+    """Two candidates a caption, the one a CLIP run finds closest kept."""
     from mmjax import generation
 
     workdir = shutil.copytree(runs[1], tmp_path / "run")
-    result = generation.generate_checkpoint(runs[2], str(workdir))
+    config = runs[2].copy_and_resolve_references()
+    config.generation.update(candidates=2, rerank_with=finished_run[0])
+    result = generation.generate_checkpoint(config, str(workdir))
     saved = np.load(workdir / "generated" / "images.npz")
     assert saved["images"].shape == saved["real_images"].shape == (len(result["captions"]), 16,
                                                                     16, 3)
@@ -162,6 +173,56 @@ def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tin
     config.evals = ("generation",)
     with pytest.raises(preflight.ConfigError, match="config.judge.workdir.*fit_judge"):
         preflight.check(config, workdir=str(tmp_path / "w"))
+
+
+def test_the_preflight_refuses_a_reranker_that_cannot_or_must_not_choose(runs, finished_run,
+                                                                         tiny_config, tmp_path):
+    workdir = str(tmp_path / "w")
+    config = t2i_config(tiny_config, runs[0])
+    config.generation.candidates = 0
+    with pytest.raises(preflight.ConfigError, match=r"config.generation.candidates = 0: must "
+                                                    r"be an integer of at least 1"):
+        preflight.check(config, workdir=workdir)
+    config.generation.candidates = 4
+    with pytest.raises(preflight.ConfigError, match=r"config.generation.rerank_with = None: 4 "
+                                                    r"candidates .* none is set"):
+        preflight.check(config, workdir=workdir)
+    config.generation.rerank_with = runs[0]  # a tokenizer: no shared image-text space
+    with pytest.raises(preflight.ConfigError, match=r"\(a 'image_tokenizer' model\) embeds no "
+                                                    r"image and text in one space"):
+        preflight.check(config, workdir=workdir)
+    config.generation.rerank_with = finished_run[0]
+    preflight.check(config, workdir=workdir)
+    # The judge's own CLIP, named by its checkpoints/ folder, must not choose.
+    (tmp_path / "judge").mkdir()
+    (tmp_path / "judge" / "judge.json").write_text(json.dumps({"clip_workdir": finished_run[0]}))
+    config.judge.workdir = str(tmp_path / "judge")
+    config.generation.rerank_with = f"{finished_run[0]}/checkpoints"
+    with pytest.raises(preflight.ConfigError, match=r"is the judge's CLIP .* would score the "
+                                                    r"images it chose"):
+        preflight.check(config, workdir=workdir)
+
+
+def test_best_of_keeps_the_candidate_the_reranker_finds_closest_to_its_caption():
+    from mmjax import reranking
+
+    class ColourReranker:  # texts say red or blue; an image's embedding is its mean colour
+        def encode_text(self, texts):
+            return np.asarray([[1.0, 0, 0] if "red" in t else [0, 0, 1.0] for t in texts])
+
+        def encode_image(self, images):
+            return images.reshape(len(images), -1, 3).astype(np.float64).mean(axis=1)
+
+    candidates = np.zeros((2, 3, 4, 4, 3), np.uint8)
+    colours = [[(0, 0, 200), (200, 0, 0), (90, 90, 90)], [(200, 0, 0), (60, 60, 60), (0, 9, 200)]]
+    for row, drawn in enumerate(colours):
+        for k, colour in enumerate(drawn):
+            candidates[row, k] = colour
+    chosen, scores = reranking.best_of(ColourReranker(), candidates,
+                                       ["one red circle", "two blue squares"])
+    np.testing.assert_array_equal(chosen, candidates[[0, 1], [1, 2]])
+    assert scores.shape == (2, 3)
+    np.testing.assert_allclose(scores[0], [0.0, 1.0, 3 ** -0.5], atol=1e-6)
 
 
 @pytest.mark.parametrize("mode,tokens_per_step,steps_by", [
@@ -332,13 +393,16 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     assert kept["kept"]["size"] == pytest.approx(kept["accuracy"]["reconstructed"]["size"]
                                                  / kept["accuracy"]["real"]["size"])
     workdir = shutil.copytree(runs[1], tmp_path / "run")
-    config = runs[2]
+    config = runs[2].copy_and_resolve_references()
     config.evals = ("generation",)
     config.judge.workdir = str(tmp_path / "judge")
+    # Two candidates a caption, chosen by a CLIP run other than the judge's.
+    config.generation.update(candidates=2, rerank_with=str(shutil.copytree(
+        finished_run[0], tmp_path / "chooser")))
     metrics = evaluation.evaluate_checkpoint(config, str(workdir))
     prefix = "eval/mmjax_shapes/"
     for source in ("real", "reconstructed", "nearest_training", "unconditional",
-                   "generated_g1"):
+                   "generated_g1", "reranked_unconditional", "reranked_g1"):
         for measure in ("color_shape_seen", "count_seen", "size_seen", "position_seen",
                         "r_precision", "frechet_distance", "kid"):
             assert np.isfinite(metrics[f"{prefix}{source}_{measure}"]), (source, measure)
@@ -346,6 +410,7 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     assert metrics[f"{prefix}real_size_seen"] > 0.6
     report = (workdir / "eval_report.md").read_text()
     assert "## generation" in report and "| nearest_training |" in report
+    assert "| reranked_g1 |" in report
     assert (workdir / "report" / "generation.png").stat().st_size > 1000
 
 

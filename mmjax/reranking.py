@@ -1,0 +1,74 @@
+"""Best of N for text-to-image: draw `config.generation.candidates` images for a caption and keep
+the one a contrastive model (a CLIP or SigLIP run, `config.generation.rerank_with`) finds
+closest to it, as DALL-E kept the best of its samples by CLIP's score.
+
+The chooser must not be the judge's CLIP (mmjax/judge.py), which would then score images picked
+for pleasing it; the preflight refuses that, and the evaluation reports each guidance scale's
+first candidate beside the chosen one, and unconditional samples chosen the same way (what the
+choosing alone does).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Sequence
+
+import numpy as np
+
+from mmjax import paths
+
+# The models (config.model.name) that embed images and texts in one space (trained with the
+# clip or siglip loss), so that their cosines can choose.
+CONTRASTIVE_MODELS = ("clip", "coca")
+
+
+@functools.lru_cache(maxsize=2)
+def load_reranker(workdir: str):
+    """The chooser: an mmjax.inference.InferenceModel of a contrastive run."""
+    from mmjax import inference
+
+    return inference.load(workdir)
+
+
+def best_of(reranker, candidates: np.ndarray, captions: Sequence[str]):
+    """(uint8 [N, H, W, 3]: for each caption the candidate [N, K, H, W, 3] whose image embedding
+    has the highest cosine with the caption's, and those cosines [N, K])."""
+    count, per_caption = candidates.shape[:2]
+    normalize = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    texts = normalize(reranker.encode_text(list(captions)))
+    images = normalize(reranker.encode_image(
+        candidates.reshape(count * per_caption, *candidates.shape[2:])))
+    scores = np.einsum("nkd,nd->nk", images.reshape(count, per_caption, -1), texts)
+    return candidates[np.arange(count), scores.argmax(axis=1)], scores
+
+
+def check(c, generation, judge_workdir: str | None, find) -> None:
+    """Preflight: candidates is a positive count, and more than one has a contrastive run to
+    choose by, which is not the judge's CLIP. `find` locates a workdir's checkpoint."""
+    from mmjax import inference
+
+    c.count("generation.candidates", 1, "set 1 (no choosing) or more, with "
+            "config.generation.rerank_with")
+    candidates, chooser = generation.get("candidates", 1), generation.get("rerank_with")
+    if not isinstance(candidates, int) or candidates <= 1:
+        return
+    if not chooser or not find(chooser):
+        c.add("config.generation.rerank_with", f"{candidates} candidates a caption need a "
+              "contrastive run to choose by, and " + ("none is set" if not chooser else
+                                                      "it holds no mmjax checkpoint"),
+              "give a CLIP or SigLIP run's workdir (not the judge's), or set "
+              "config.generation.candidates=1")
+        return
+    model = inference.load_config(chooser).model.name
+    if model not in CONTRASTIVE_MODELS:
+        c.add("config.generation.rerank_with", f"the run at {chooser} (a {model!r} model) embeds "
+              "no image and text in one space",
+              f"give a {' or '.join(map(repr, CONTRASTIVE_MODELS))} run")
+    judge_spec = paths.join(judge_workdir, "judge.json") if judge_workdir else None
+    if judge_spec and paths.exists(judge_spec):
+        judges_clip = json.loads(paths.read_text(judge_spec))["clip_workdir"]
+        if find(judges_clip) and find(judges_clip)[0] == find(chooser)[0]:
+            c.add("config.generation.rerank_with", f"is the judge's CLIP ({judges_clip}): it "
+                  "would score the images it chose", "choose with another run (the judge is "
+                  "never used for guidance or choosing)")
