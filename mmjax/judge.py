@@ -223,14 +223,17 @@ class Judge:
     def features(self, images: np.ndarray) -> np.ndarray:
         return self.classify(images)[0]
 
-    def nearest_training_images(self, captions: list[str]) -> np.ndarray:
+    def nearest_training_images(self, captions: list[str], count: int = 1) -> np.ndarray:
         """For each caption, the training image whose caption has the most words in the same
-        places (the same caption when there is one)."""
+        places (the same caption when there is one); with count > 1, [N, count, ...]: the
+        first `count` in that order, as candidates to choose from."""
         width = 8
         pad = lambda c: (c.split() + [""] * width)[:width]
         bank = np.asarray([pad(c) for c in self.bank_captions])
-        rows = [(bank == np.asarray(pad(c))[None]).sum(1).argmax() for c in captions]
-        return self.bank_images[np.asarray(rows, int)]
+        rows = [np.argsort(-(bank == np.asarray(pad(c))[None]).sum(1), kind="stable")[:count]
+                for c in captions]
+        nearest = self.bank_images[np.asarray(rows, int)]
+        return nearest[:, 0] if count == 1 else nearest
 
 
 @functools.lru_cache(maxsize=2)
@@ -339,7 +342,7 @@ MEASURES = tuple(f"{a}_{split}" for split in ("seen", "held_out") for a in JUDGE
 
 def metric_names(guidance_scales=(0, 1, 2, 3, 4)) -> tuple[str, ...]:
     """The generation evaluator's metrics: each measure of each source."""
-    sources = ("real", "reconstructed", "nearest_training",
+    sources = ("real", "reconstructed", "nearest_training", "reranked_nearest_training",
                *(source_name(s, chosen) for s in guidance_scales for chosen in (False, True)))
     return tuple(f"{source}_{m}" for source in sources for m in MEASURES)
 
@@ -371,6 +374,10 @@ def evaluate_generation(context) -> dict[str, float]:
     generation = settings.generation
     reranker = (reranking.load_reranker(generation["rerank_with"])
                 if generation.get("candidates", 1) > 1 else None)
+    if reranker is not None:  # the baseline chosen as the samples are
+        sources["reranked_nearest_training"] = reranking.best_of(
+            reranker, judge.nearest_training_images(captions, generation["candidates"]),
+            captions)[0]
     for scale in generation["guidance_scales"]:
         candidates = context.extra[f"generated_images@{scale:g}"]
         sources[source_name(scale)] = candidates[:, 0]

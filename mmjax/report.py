@@ -33,8 +33,8 @@ def _pyplot():
     return plt
 
 
-GENERATION_SOURCE = re.compile(r"(real|reconstructed|nearest_training|(?:reranked_)?"
-                               r"unconditional|(?:generated|reranked)_g[0-9.]+)_(.*)")
+GENERATION_SOURCE = re.compile(r"(real|reconstructed|(?:reranked_)?(?:nearest_training|"
+                               r"unconditional)|(?:generated|reranked)_g[0-9.]+)_(.*)")
 
 
 def _evaluator_of(metric: str) -> str:

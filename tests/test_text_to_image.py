@@ -66,8 +66,9 @@ def test_the_generator_trains_over_the_frozen_tokenizer_it_loaded(runs):
     assert any(n.startswith("generator/") for n in generator)
 
 
-def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished_run):
-    from mmjax import inference
+def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished_run,
+                                                                  monkeypatch):
+    from mmjax import inference, reranking
 
     model = inference.load(runs[1])
     texts = ["one small red circle on the left", "three large blue squares at the top"]
@@ -83,12 +84,28 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished
                        steps=4))
     with pytest.raises(ValueError, match="cannot make images from text"):
         inference.load(runs[0]).generate(texts)
-    # The best of three by a CLIP run: one image a text, the same for a seed.
+    # The best of three by a CLIP run: the candidate closest to its text, the same for a seed.
     with pytest.raises(ValueError, match="need a contrastive run to choose by"):
         model.generate(texts, seed=0, candidates=3, **settings)
     model.config.generation.rerank_with = finished_run[0]
+    clip, shown = reranking.load_reranker(finished_run[0]), []
+
+    class Recording:  # the CLIP run, keeping the candidates it is shown
+        encode_text = clip.encode_text
+
+        def encode_image(self, candidates):
+            shown.append(candidates)
+            return clip.encode_image(candidates)
+    monkeypatch.setattr(reranking, "load_reranker", lambda workdir: Recording())
     chosen = model.generate(texts, seed=0, candidates=3, **settings)
     assert chosen.shape == images.shape
+    drawn = shown[0].reshape(2, 3, *images.shape[1:])
+    assert not np.array_equal(drawn[0, 0], drawn[0, 1])  # candidates are drawn apart
+    normalize = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for text, candidates, image in zip(texts, drawn, chosen):
+        closeness = normalize(clip.encode_image(candidates)) @ normalize(
+            clip.encode_text([text]))[0]
+        np.testing.assert_array_equal(image, candidates[closeness.argmax()])
     np.testing.assert_array_equal(chosen, model.generate(texts, seed=0, candidates=3,
                                                          **settings))
 
@@ -118,10 +135,21 @@ def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
         model.generate(["two small green crosses at the top"] * 2, seed=0, guidance_scale=0.0))
 
 
-def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path):
-    """Two candidates a caption, the one a CLIP run finds closest kept."""
-    from mmjax import generation
+def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path, monkeypatch):
+    """Two candidates a caption, the one the reranker finds closest kept (here a stand-in that
+    prefers the brighter)."""
+    from mmjax import generation, reranking
 
+    shown = []
+
+    class PrefersBrighter:
+        def encode_text(self, texts):
+            return np.asarray([[1.0, 0.0]] * len(texts))
+
+        def encode_image(self, candidates):
+            shown.append(candidates)
+            return np.stack([candidates.mean(axis=(1, 2, 3)), np.ones(len(candidates))], 1)
+    monkeypatch.setattr(reranking, "load_reranker", lambda workdir: PrefersBrighter())
     workdir = shutil.copytree(runs[1], tmp_path / "run")
     config = runs[2].copy_and_resolve_references()
     config.generation.update(candidates=2, rerank_with=finished_run[0])
@@ -129,6 +157,10 @@ def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path)
     saved = np.load(workdir / "generated" / "images.npz")
     assert saved["images"].shape == saved["real_images"].shape == (len(result["captions"]), 16,
                                                                     16, 3)
+    drawn = shown[0].reshape(len(result["captions"]), 2, 16, 16, 3)
+    brighter = drawn.mean(axis=(2, 3, 4)).argmax(axis=1)
+    np.testing.assert_array_equal(saved["images"], drawn[np.arange(len(drawn)), brighter])
+    assert 0 < brighter.sum() < len(drawn)  # either candidate can be the one kept
     assert saved["images"].dtype == np.uint8 and int(saved["step"]) == 8
     np.testing.assert_array_equal(saved["images"], result["images"])
     assert (workdir / "generated" / "grid_0.png").stat().st_size > 1000
@@ -352,6 +384,10 @@ def test_the_nearest_training_image_is_the_same_caption_or_the_closest():
         "two large red squares at the top",     # a pair it lacks: the closest caption's image
         "one small red circle on the right"])
     np.testing.assert_array_equal(chosen[:, 0, 0, 0], [2, 1, 0])
+    # As candidates for the reranker: the two nearest, closest first.
+    two = baseline.nearest_training_images(["two large blue circles at the top"], count=2)
+    assert two.shape == (1, 2, 2, 2, 3)
+    np.testing.assert_array_equal(two[0, :, 0, 0, 0], [2, 1])
 
 
 def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, finished_run,
@@ -402,7 +438,8 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     metrics = evaluation.evaluate_checkpoint(config, str(workdir))
     prefix = "eval/mmjax_shapes/"
     for source in ("real", "reconstructed", "nearest_training", "unconditional",
-                   "generated_g1", "reranked_unconditional", "reranked_g1"):
+                   "generated_g1", "reranked_unconditional", "reranked_g1",
+                   "reranked_nearest_training"):
         for measure in ("color_shape_seen", "count_seen", "size_seen", "position_seen",
                         "r_precision", "frechet_distance", "kid"):
             assert np.isfinite(metrics[f"{prefix}{source}_{measure}"]), (source, measure)
