@@ -28,7 +28,12 @@ def load_reranker(workdir: str):
     """The chooser: an mmjax.inference.InferenceModel of a contrastive run."""
     from mmjax import inference
 
-    return inference.load(workdir)
+    try:
+        return inference.load(workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"config.generation.rerank_with ({workdir}, read from {paths.absolute('.')}): {e} "
+            "Or draw one image a caption (candidates=1), which needs no chooser.") from e
 
 
 def best_of(reranker, candidates: np.ndarray, captions: Sequence[str]):

@@ -87,6 +87,10 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished
     # The best of three by a CLIP run: the candidate closest to its text, the same for a seed.
     with pytest.raises(ValueError, match="need a contrastive run to choose by"):
         model.generate(texts, seed=0, candidates=3, **settings)
+    model.config.generation.rerank_with = "no_such_run"  # relative to the working directory
+    with pytest.raises(FileNotFoundError, match=r"config.generation.rerank_with \(no_such_run, "
+                                                r"read from .*candidates=1"):
+        model.generate(texts, seed=0, candidates=3, **settings)
     model.config.generation.rerank_with = finished_run[0]
     clip, shown = reranking.load_reranker(finished_run[0]), []
 
