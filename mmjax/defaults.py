@@ -165,7 +165,7 @@ def base_config() -> ml_collections.ConfigDict:
     # parallel steps, sampling temperature, seed, the guidance scale (1: none, 0: unconditional)
     # and the scales the evaluation samples at; the judge (mmjax/judge.py) it scores them with.
     # candidates > 1 draws that many images a caption and keeps the one the contrastive run at
-    # rerank_with (a CLIP or SigLIP workdir, never the judge's) finds closest to it.
+    # rerank_with (a CLIP, SigLIP or CoCa workdir, never the judge's) finds closest to it.
     config.generation = ml_collections.ConfigDict(dict(
         steps=8, temperature=1.0, seed=0, guidance_scale=1.0, guidance_scales=(0.0, 1.0, 2.0),
         candidates=1, rerank_with=placeholder(str)))

@@ -1,11 +1,11 @@
 """Best of N for text-to-image: draw `config.generation.candidates` images for a caption and keep
-the one a contrastive model (a CLIP or SigLIP run, `config.generation.rerank_with`) finds
+the one a contrastive model (a CLIP, SigLIP or CoCa run, `config.generation.rerank_with`) finds
 closest to it, as DALL-E kept the best of its samples by CLIP's score.
 
 The chooser must not be the judge's CLIP (mmjax/judge.py), which would then score images picked
-for pleasing it; the preflight refuses that, and the evaluation reports each guidance scale's
-first candidate beside the chosen one, and unconditional samples chosen the same way (what the
-choosing alone does).
+for pleasing it; the preflight refuses that. The evaluation reports each guidance scale's first
+candidate beside the chosen one, and two baselines chosen the same way: unconditional samples
+(what the choosing alone does) and the nearest training images.
 """
 
 from __future__ import annotations
