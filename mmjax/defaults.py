@@ -202,6 +202,11 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
+# Config sections whose entries a run chooses by name: a saved one is taken whole (the base
+# config's clip loss must not join a tokenizer run's reconstruction loss when it resumes).
+CHOSEN_BY_NAME = ("losses", "eval_sets")
+
+
 def fill_missing(saved: dict, base=None) -> dict:
     """A config snapshot (a workdir's config.json) with the fields it lacks taken from the base
     config: a workdir written by an older version still runs. Saved values are never changed."""
@@ -209,7 +214,8 @@ def fill_missing(saved: dict, base=None) -> dict:
     for key, default in base.items():
         if key not in saved:
             saved[key] = default.to_dict() if hasattr(default, "to_dict") else default
-        elif isinstance(saved[key], dict) and hasattr(default, "to_dict"):
+        elif (isinstance(saved[key], dict) and hasattr(default, "to_dict")
+              and key not in CHOSEN_BY_NAME):
             fill_missing(saved[key], default)
     return saved
 

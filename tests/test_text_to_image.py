@@ -170,6 +170,17 @@ def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path,
     assert (workdir / "generated" / "grid_0.png").stat().st_size > 1000
 
 
+def test_a_tokenizer_run_continues_with_its_own_config_and_objective(runs, tmp_path):
+    """configs/from_workdir.py keeps the run's losses whole: the base config's clip loss, which
+    a tokenizer cannot feed, does not join its reconstruction loss."""
+    from configs import from_workdir
+
+    config = from_workdir.get_config(runs[0])
+    assert config.losses.to_dict() == {"reconstruction": 1.0}
+    config.total_steps += 8
+    preflight.check(config, workdir=str(shutil.copytree(runs[0], tmp_path / "tokenizer")))
+
+
 def test_the_preflight_names_what_the_generator_needs_of_its_tokenizer(runs, tiny_config,
                                                                        tmp_path):
     config = t2i_config(tiny_config, None)
