@@ -50,11 +50,7 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
         tokens.append(evaluation_lib.all_rows(local_batch["tokens"])[keep])
     generated, real = np.concatenate(generated), np.concatenate(real)
     captions = [trainer.tokenizer.decode(row) for row in np.concatenate(tokens)]
-    if candidates > 1:
-        generated, _ = reranking.best_of(reranking.load_reranker(settings.rerank_with),
-                                         generated, captions)
-    else:
-        generated = generated[:, 0]
+    generated = reranking.keep_one(generated, captions, settings.get("rerank_with"))
     out = paths.join(workdir, "generated")
     if jax.process_index() == 0:
         paths.makedirs(out)

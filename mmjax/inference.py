@@ -176,9 +176,7 @@ class InferenceModel:
             jnp.float32(run.guidance_scale if guidance_scale is None else guidance_scale),
             jnp.float32(run.temperature if temperature is None else temperature),
             steps=int(run.steps if steps is None else steps), candidates=candidates))
-        if candidates == 1:
-            return drawn[:, 0]
-        return reranking.best_of(reranking.load_reranker(run.rerank_with), drawn, texts)[0]
+        return reranking.keep_one(drawn, texts, run.get("rerank_with"))
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:

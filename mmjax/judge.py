@@ -293,8 +293,9 @@ def r_precision(image_features: np.ndarray, text_features: np.ndarray, captions:
                 seed: int = 0) -> float:
     """The share of images whose own caption the judge ranks first among it and 99 others drawn
     from `captions` (differing from it word for word)."""
+    from mmjax.evaluators import normalize
+
     rng = np.random.default_rng(seed)
-    normalize = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
     images, texts = normalize(image_features), normalize(text_features)
     captions = np.asarray(captions)
     hits = 0
@@ -350,9 +351,9 @@ def metric_names(guidance_scales=(0, 1, 2, 3, 4)) -> tuple[str, ...]:
 def source_name(guidance_scale: float, chosen: bool = False) -> str:
     """What the report calls samples at a guidance scale (0: the unconditional model): the
     first candidate, or (`chosen`) the best of them by the reranker (mmjax/reranking.py)."""
-    drawn = "unconditional" if guidance_scale == 0 else f"g{guidance_scale:g}"
-    return f"reranked_{drawn}" if chosen else (
-        drawn if guidance_scale == 0 else f"generated_{drawn}")
+    if guidance_scale == 0:
+        return "reranked_unconditional" if chosen else "unconditional"
+    return f"{'reranked' if chosen else 'generated'}_g{guidance_scale:g}"
 
 
 def evaluate_generation(context) -> dict[str, float]:
@@ -375,15 +376,15 @@ def evaluate_generation(context) -> dict[str, float]:
     reranker = (reranking.load_reranker(generation["rerank_with"])
                 if generation.get("candidates", 1) > 1 else None)
     if reranker is not None:  # the baseline chosen as the samples are
-        sources["reranked_nearest_training"] = reranking.best_of(
-            reranker, judge.nearest_training_images(captions, generation["candidates"]),
-            captions)[0]
+        chooser_texts = reranker.encode_text(captions)
+        choose = lambda images: reranking.best_of(reranker, images, captions, chooser_texts)[0]
+        sources["reranked_nearest_training"] = choose(
+            judge.nearest_training_images(captions, generation["candidates"]))
     for scale in generation["guidance_scales"]:
         candidates = context.extra[f"generated_images@{scale:g}"]
         sources[source_name(scale)] = candidates[:, 0]
         if reranker is not None:
-            sources[source_name(scale, True)] = reranking.best_of(reranker, candidates,
-                                                                  captions)[0]
+            sources[source_name(scale, True)] = choose(candidates)
     metrics = {}
     for source, images in sources.items():
         for name, value in judge_images(judge, images, captions, reference,

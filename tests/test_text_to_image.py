@@ -238,6 +238,12 @@ def test_the_preflight_refuses_a_reranker_that_cannot_or_must_not_choose(runs, f
     with pytest.raises(preflight.ConfigError, match=r"\(a 'image_tokenizer' model\) embeds no "
                                                     r"image and text in one space"):
         preflight.check(config, workdir=workdir)
+    unconfigured = shutil.copytree(finished_run[0], tmp_path / "no_config")
+    (unconfigured / "config.json").unlink()  # checkpoints, but no config to say what they are
+    config.generation.rerank_with = str(unconfigured)
+    with pytest.raises(preflight.ConfigError, match=r"config.generation.rerank_with = .*: .*"
+                                                    r"config.json is missing"):
+        preflight.check(config, workdir=workdir)
     config.generation.rerank_with = finished_run[0]
     preflight.check(config, workdir=workdir)
     # The judge's own CLIP, named by its checkpoints/ folder, must not choose.
