@@ -65,7 +65,9 @@ def test_the_step_profile_attributes_operations_to_model_parts(tiny_config):
     from conftest import one_device_mesh
     from mmjax import profile_step
 
-    result = profile_step.run(tiny_config, steps=2, mesh=one_device_mesh())
+    # The tool's default 5 traced steps: over 2, one stalled operation outside the model's parts
+    # under the suite's load once read as 28 % of the step (it is about 5 %).
+    result = profile_step.run(tiny_config, steps=5, mesh=one_device_mesh())
     time = {(row["part"], row["kind"]): row["ms_per_step"] for row in result["rows"]}
     for part in ("attention", "mlp", "image embedding", "projections"):
         assert time.get((part, "matmul"), 0) > 0, part
