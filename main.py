@@ -30,7 +30,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-    from mmjax import host_memory
+    from mmjax.training import host_memory
 
     host_memory.configure(FLAGS.config)  # before JAX starts its CPU threads
     import jax
@@ -42,13 +42,14 @@ def main(argv):
                                    FLAGS.process_id)
     elif FLAGS.distributed_auto:
         jax.distributed.initialize()  # TPU pods, SLURM, GKE: JAX finds the cluster itself
-    from mmjax import evaluation, generation, preflight, train
+    from mmjax import generate, preflight, train
+    from mmjax.evaluation import suite
 
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
-    run = {"train": train.train_and_evaluate, "eval": evaluation.evaluate_checkpoint,
-           "caption": evaluation.caption_checkpoint,
-           "generate": generation.generate_checkpoint}[FLAGS.mode]
+    run = {"train": train.train_and_evaluate, "eval": suite.evaluate_checkpoint,
+           "caption": suite.caption_checkpoint,
+           "generate": generate.generate_checkpoint}[FLAGS.mode]
     try:
         run(FLAGS.config, FLAGS.workdir)
     except preflight.ConfigError as e:

@@ -1,7 +1,7 @@
 """Audio-text CLIP: an AST-B/16 audio tower over 1024 frames x 128 mel bins (10.24 s at a 10 ms
 hop, 64 x 8 patches) with open_clip's CLIP text tower (12 layers, width 512, context 77).
 
-Benchmark: python -m mmjax.bench --config=configs/audio_ast_b16.py
+Benchmark: python -m mmjax.tools.benchmark --config=configs/audio_ast_b16.py
 Train:     python main.py --config=configs/audio_ast_b16.py --workdir=DIR \
                --config.data.train=shards:/data/audiocaps:train \
                --config.init_from.audio_tower_from=A_CLIP_B16_WORKDIR  # AST's start from an image tower

@@ -4,7 +4,7 @@ ViT width 128, depth 4, 4 heads, MLP 512, patch 8 at 64 px, class-token pooling;
 depth 4, 4 heads, context 32, CLIP's vocabulary of 49,408; embedding 128; batch 64; float32;
 AdamW. scripts/cpu_step_side_by_side.py times it against open_clip's step on the same shapes:
 
-    python -m mmjax.bench --config=configs/bench_cpu_clip.py
+    python -m mmjax.tools.benchmark --config=configs/bench_cpu_clip.py
 """
 
 from mmjax import defaults

@@ -1,6 +1,6 @@
 """CLIP ViT-B/16 at 224 px with open_clip's text tower (12 layers, width 512, context 77).
 
-Benchmark: python -m mmjax.bench --config=configs/clip_b16.py
+Benchmark: python -m mmjax.tools.benchmark --config=configs/clip_b16.py
 Train:     python main.py --config=configs/clip_b16.py --workdir=DIR \
                --config.data.train=shards:/data/cc3m:train --config.data.eval=tfds:coco_captions:val
 """

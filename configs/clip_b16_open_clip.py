@@ -6,8 +6,8 @@ BPE tokenizer, so its checkpoints export to open_clip and transformers as the st
 
 Train:  python main.py --config=configs/clip_b16_open_clip.py --workdir=W \
             --config.data.train=shards:/data/laion:train
-Export: python -m mmjax.tools.export_open_clip --workdir=W --out=DIR
-        python -m mmjax.tools.export_hf --workdir=W --out=DIR
+Export: python -m mmjax.tools.weights.export_open_clip --workdir=W --out=DIR
+        python -m mmjax.tools.weights.export_hf --workdir=W --out=DIR
 """
 
 from configs import clip_b16, common

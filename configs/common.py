@@ -4,6 +4,8 @@ import os
 
 import ml_collections
 
+from mmjax.models import text_to_image
+
 
 def as_coca(config, decoder_depth: int):
     """A CLIP config made CoCa: a multimodal decoder over the text tower, captioning loss."""
@@ -25,7 +27,7 @@ def as_open_clip_architecture(config, context_length: int = 77):
     """OpenAI CLIP's architecture exactly, as open_clip and transformers build it: exact GELU,
     LayerNorm epsilon 1e-5, no patch bias, a position for the class token, key biases, a layer
     norm before the image blocks, class-token pooling, and CLIP's BPE tokenizer (end-of-text the
-    last id). Such a run exports to both with mmjax.tools.export_open_clip / export_hf."""
+    last id). Such a run exports to both with mmjax.tools.weights.export_open_clip / export_hf."""
     exact = dict(activation="gelu_exact", norm_epsilon=1e-5, key_bias=True)
     config.model.image_tower.update(pooling="cls", patch_bias=False, class_position=True,
                                     pre_norm=True, **exact)
@@ -40,7 +42,7 @@ def with_benchmark_evals(config, every_steps: int = 5_000, probe_examples: int =
     """The evaluations CLIP papers report, each its own eval set: ImageNet-1k zero-shot (OpenAI's
     names and 80 templates) and linear probe, COCO 5k retrieval (Karpathy test split, five
     captions per image). Needs tfds `imagenet2012` and `coco_captions` prepared under
-    config.data.tfds_data_dir (or their stand-ins: python -m input_pipeline.standins)."""
+    config.data.tfds_data_dir (or their stand-ins: python -m input_pipeline.generated.standins)."""
     config.eval_sets.imagenet = ml_collections.ConfigDict(dict(
         data="tfds:imagenet2012:validation", evals=("zeroshot", "linear_probe"),
         probe_train="tfds:imagenet2012:train", probe_examples=probe_examples,
@@ -87,7 +89,6 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     (`--config.image_tokenizer.workdir=DIR`), with the text tower kept and a masked-token
     generator (`generator`: a text-tower variant) that cross-attends to it, trained on masked
     image tokens with a share of captions dropped for classifier-free guidance."""
-    from mmjax import text_to_image
 
     config = tokenizer_config
     config.model.name = "text_to_image"
@@ -108,7 +109,7 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     # unconditional model; --mode=generate and inference use guidance_scale.
     config.generation.update(steps=12, temperature=0.5, guidance_scale=3.0,
                              guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0))
-    # config.judge.workdir: the judge of the generated images (mmjax/judge.py: an attribute
+    # config.judge.workdir: the judge of the generated images (mmjax/evaluation/judge.py: an attribute
     # classifier and a CLIP of another seed, by mmjax.tools.fit_judge), which the generation
     # evaluator needs.
     config.evals = ("generation",)

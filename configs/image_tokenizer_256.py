@@ -2,7 +2,7 @@
 from 64,000 FSQ codes (levels 8,8,8,5,5,5, as FSQ's MaskGIT setting), ViT-B/16 encoder and
 decoder.
 
-Benchmark: python -m mmjax.bench --config=configs/image_tokenizer_256.py
+Benchmark: python -m mmjax.tools.benchmark --config=configs/image_tokenizer_256.py
 Train:     python main.py --config=configs/image_tokenizer_256.py --workdir=DIR \
                --config.data.train=shards:/data/images:train --config.data.eval=shards:/data/images:test
 """

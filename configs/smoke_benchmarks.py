@@ -4,7 +4,7 @@ retrieval, each its own eval set, with clip_benchmark-style result files.
 Without the real datasets, on their stand-ins (real feature specs, generated content; the
 numbers mean nothing, the run shows what the suite does):
 
-    python -m input_pipeline.standins --data_dir=/tmp/standins
+    python -m input_pipeline.generated.standins --data_dir=/tmp/standins
     python main.py --config=configs/smoke_benchmarks.py --workdir=workdir/smoke_benchmarks \
         --config.data.tfds_data_dir=/tmp/standins
 

@@ -1,8 +1,8 @@
 """The CPU smoke run in OpenAI CLIP's architecture, exportable to open_clip and transformers.
 
 python main.py --config=configs/smoke_open_clip.py --workdir=workdir/smoke_open_clip
-python -m mmjax.tools.export_open_clip --workdir=workdir/smoke_open_clip --out=DIR
-python -m mmjax.tools.export_hf --workdir=workdir/smoke_open_clip --out=DIR
+python -m mmjax.tools.weights.export_open_clip --workdir=workdir/smoke_open_clip --out=DIR
+python -m mmjax.tools.weights.export_hf --workdir=workdir/smoke_open_clip --out=DIR
 
 The smoke model's sizes, with configs/common.as_open_clip_architecture: class-token pooling, no
 patch bias, exact GELU and CLIP's BPE tokenizer (16 tokens hold the dataset's captions).

@@ -1,10 +1,10 @@
 """CPU smoke run of text-to-image (issue 16, stage 2): an autoregressive generator over the smoke
 image tokenizer's tokens, cross-attending to a small text tower, on mmjax_shapes captions, judged
-by an attribute classifier and a CLIP trained apart on real images (mmjax/judge.py).
+by an attribute classifier and a CLIP trained apart on real images (mmjax/evaluation/judge.py).
 
 python main.py --config=configs/smoke.py --workdir=workdir/smoke      # its text tower's start
 python main.py --config=configs/smoke_image_tokenizer.py --workdir=/tmp/mmjax_tokenizer
-python -m input_pipeline.judge_data --out=/tmp/mmjax_judge_data
+python -m input_pipeline.generated.judge_data --out=/tmp/mmjax_judge_data
 python main.py --config=configs/smoke.py --workdir=/tmp/mmjax_judge_clip --config.seed=1 \
     --config.data.train=shards:/tmp/mmjax_judge_data/shards:train
 python -m mmjax.tools.fit_judge --clip_workdir=/tmp/mmjax_judge_clip --out=/tmp/mmjax_judge

@@ -10,7 +10,7 @@ python main.py --config=configs/smoke_vqa.py --workdir=workdir/smoke_vqa
 
 from configs import smoke_fusion
 
-NUM_ANSWERS = 22  # len(input_pipeline.shapes.VQA_ANSWERS)
+NUM_ANSWERS = 22  # len(input_pipeline.generated.shapes.VQA_ANSWERS)
 
 
 def get_config():

@@ -2,7 +2,7 @@
 blocks, cross-attending to a CLIP text tower) over configs/image_tokenizer_256.py's 16x16 grid
 of tokens from 64,000 codes, 256 px images.
 
-Benchmark: python -m mmjax.bench --config=configs/t2i_256.py
+Benchmark: python -m mmjax.tools.benchmark --config=configs/t2i_256.py
 Train:     python main.py --config=configs/t2i_256.py --workdir=DIR \
                --config.image_tokenizer.workdir=A_TOKENIZER_256_RUN \
                --config.judge.workdir=A_JUDGE --config.data.train=shards:/data/images:train

@@ -10,7 +10,8 @@ from typing import Callable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from input_pipeline import prompts, shapes, sounds, triples
+from input_pipeline import prompts
+from input_pipeline.generated import shapes, sounds, triples
 
 EMBEDDED_DATASET = "mmjax_shapes"
 # The datasets generated on first use (never downloaded), by name: their builders' prepare.

@@ -2,7 +2,7 @@
 
 A spec names a dataset: `tfds:NAME[:SPLIT]` reads TFDS's prepared files from
 `config.data.tfds_data_dir` (nothing is ever downloaded; the embedded `mmjax_shapes` is generated
-on first use); `shards:DIR[:SPLIT]` reads mmjax shards (input_pipeline/make_shards.py).
+on first use); `shards:DIR[:SPLIT]` reads mmjax shards (input_pipeline/convert/make_shards.py).
 
 Both have random access (ArrayRecord), which gives a global order that depends only on the seed:
 the example at global position `i` of the run is record `index_shuffle(i mod N, seed=(seed,
@@ -26,9 +26,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import preprocess, shards, text
-from input_pipeline.adapters import (ADAPTERS, EMBEDDED_DATASET, GENERATED_DATASETS, Adapter,
-                                     infer_adapter)
-from mmjax import paths, tokenizers
+from input_pipeline.adapters import (
+    ADAPTERS,
+    EMBEDDED_DATASET,
+    GENERATED_DATASETS,
+    Adapter,
+    infer_adapter,
+)
+from mmjax import paths, text_tokenizers
 
 # Views of the embedded dataset's records under another name (same files, other examples).
 EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET}
@@ -75,7 +80,7 @@ class RecordSource:
     def stored_tokens(self, tokenizer) -> bool:
         """Whether examples carry `caption_tokens` that `tokenizer` would give."""
         return self.tokenized_with is not None and (
-            self.tokenized_with == tokenizers.identity(tokenizer))
+            self.tokenized_with == text_tokenizers.identity(tokenizer))
 
     def fetch(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline import audio, datasets, preprocess, prompts
-from mmjax import conventions, data_checks
+from mmjax import conventions
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
 tf.config.set_visible_devices([], "GPU")
@@ -152,7 +152,7 @@ def _split(config, tokenizer, spec: str, default_split: str, *, global_batch_siz
 
 def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
               with_probe: bool = False) -> EvalData:
-    """An eval set's split (mmjax.eval_sets.EvalSet) in global batches of `global_batch_size`
+    """An eval set's split (mmjax.evaluation.eval_sets.EvalSet) in global batches of `global_batch_size`
     (the preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe`
     adds the first probe_examples of its probe data (the linear probe's training features)."""
     data = _split(config, tokenizer, eval_set.data, "test", global_batch_size=global_batch_size,
@@ -167,8 +167,24 @@ def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
     return data
 
 
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+    """What a sample of records spread over a dataset says of it, for the preflight
+    (mmjax/preflight/data_checks.py)."""
+
+    spec: str
+    name: str  # as in metric names: eval/<name>/<metric>
+    num_examples: int
+    has_labels: bool
+    class_names: tuple[str, ...]
+    captions: tuple[str, ...]  # every caption of the sampled examples
+    tokenized_with: dict | None = None  # shards tokenized at conversion: text_tokenizers.identity
+    # What the sampled examples hold (conventions.MODALITIES); None when none could be read.
+    modalities: tuple[str, ...] | None = None
+
+
 def describe_data(config, spec: str, default_split: str,
-                  sample_size: int = 256) -> data_checks.DataFacts:
+                  sample_size: int = 256) -> DataFacts:
     """What the preflight checks of a dataset, from `sample_size` records spread over it: size,
     labels, class names, every caption of the sampled examples and what they hold (images,
     sounds). Bad records are left out
@@ -183,7 +199,7 @@ def describe_data(config, spec: str, default_split: str,
         captions += [c.decode("utf-8") for c in example["captions"] if c.strip()]
         labels.append(int(example["label"]))
         media.update(m for m in MEDIA if m in example and len(example[m]))
-    return data_checks.DataFacts(
+    return DataFacts(
         spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),

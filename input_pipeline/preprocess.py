@@ -56,7 +56,7 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
 
 
-def normalize(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
+def normalize_pixels(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
     """[0, 255] -> the model's input range: a name in mmjax.conventions.IMAGE_NORMALIZATIONS."""
     mean, std = image_normalization(normalization)
     return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
@@ -163,7 +163,7 @@ def _flip():
 
 @register("normalize")
 def _normalize(kind: str):
-    return lambda image, seed: normalize(image, kind)
+    return lambda image, seed: normalize_pixels(image, kind)
 
 
 def parse_chain(spec: str, ops: dict, defaults: dict) -> list[tuple[str, Callable]]:

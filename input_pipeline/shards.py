@@ -6,7 +6,7 @@
 A record holds `image` (the original encoded bytes, never re-encoded) or, for a sound, `audio`
 (16-bit PCM WAV: WAV files as they are, other formats converted), `captions` (one or more),
 `id` (its index in the split), `key` (where it came from: the image path) and `label` (-1 when
-the source has none). `python -m input_pipeline.make_shards` writes them.
+the source has none). `python -m input_pipeline.convert.make_shards` writes them.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def read_metadata(directory: str) -> dict:
     if not paths.exists(path):
         raise FileNotFoundError(
             f"{directory} holds no mmjax shards ({METADATA} is missing). Write them with "
-            f"`python -m input_pipeline.make_shards --input=FILE_OR_DIR --output_dir={directory}`.")
+            f"`python -m input_pipeline.convert.make_shards --input=FILE_OR_DIR --output_dir={directory}`.")
     metadata = json.loads(paths.read_text(path))
     if metadata.get("format") != FORMAT or metadata.get("version", 0) > VERSION:
         raise ValueError(f"{path} is not mmjax shards metadata of version <= {VERSION}.")

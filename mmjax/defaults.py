@@ -1,7 +1,7 @@
 """The base config every run derives from: each field, its meaning and a general default.
 
 `configs/*.py` start here and override what their run changes (the smoke run shrinks the model,
-ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.import_open_clip) start here
+ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.weights.import_open_clip) start here
 too, so the library never imports `configs/`.
 """
 
@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is
-    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m input_pipeline.make_shards).
+    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m input_pipeline.convert.make_shards).
     config.data.train = "tfds:mmjax_shapes:train"
     config.data.eval = "tfds:mmjax_shapes:test"
     # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -98,7 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.tokenizer = ml_collections.ConfigDict()
     # 'bytes' (no file), 'words' (a word list), 'sentencepiece' (a .model file, e.g. from
-    # python -m input_pipeline.make_vocab) or 'clip_bpe' (CLIP's bpe_simple_vocab_16e6.txt.gz).
+    # python -m input_pipeline.convert.make_vocab) or 'clip_bpe' (CLIP's bpe_simple_vocab_16e6.txt.gz).
     config.tokenizer.name = "bytes"
     # Tokens per text, including begin- and end-of-text; the text tower's context length.
     config.tokenizer.context_length = 77
@@ -147,11 +147,11 @@ def base_config() -> ml_collections.ConfigDict:
     # The clip loss: examples with word-for-word identical captions are right answers for each
     # other, not negatives (for data with few distinct captions, such as the generated datasets).
     config.identical_captions_match = False
-    # Evaluators, by name in mmjax.evaluators.EVALUATORS; those the eval data cannot feed
+    # Evaluators, by name in mmjax.evaluation.evaluators.EVALUATORS; those the eval data cannot feed
     # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
     config.evals = ("retrieval", "zeroshot", "linear_probe")
     # Several evaluation datasets, each with its own evaluators and interval, by set name
-    # (mmjax/eval_sets.py): config.eval_sets.coco = dict(data="tfds:coco_captions:test",
+    # (mmjax/evaluation/eval_sets.py): config.eval_sets.coco = dict(data="tfds:coco_captions:test",
     # evals=("retrieval",), captions_per_image=5, every_steps=1000); metrics log as
     # eval/<set name>/<metric>. Empty: config.data.eval with config.evals.
     config.eval_sets = ml_collections.ConfigDict()
@@ -163,7 +163,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Text-to-image decoding (--mode=generate, inference.generate, the generation evaluator):
     # parallel steps, sampling temperature, seed, the guidance scale (1: none, 0: unconditional)
-    # and the scales the evaluation samples at; the judge (mmjax/judge.py) it scores them with.
+    # and the scales the evaluation samples at; the judge (mmjax/evaluation/judge.py) it scores them with.
     # candidates > 1 draws that many images a caption and keeps the one the contrastive run at
     # rerank_with (a CLIP, SigLIP or CoCa workdir, never the judge's) finds closest to it.
     config.generation = ml_collections.ConfigDict(dict(
@@ -190,7 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), params=(),
                                                       audio_tower_from=placeholder(str)))
 
-    # On CPUs: keep freed host memory for the next step (mmjax/host_memory.py) instead of
+    # On CPUs: keep freed host memory for the next step (mmjax/training/host_memory.py) instead of
     # returning it to the system, so that each step does not page-fault its whole working set
     # back in (a compute-bound CPU step takes 15-30 % less time; an input-bound run, whose
     # tf.data threads then share one malloc arena, gains nothing). Set before JAX starts.

@@ -28,8 +28,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from mmjax import (checkpoint, conventions, decoding, defaults, models, paths, reranking,
-                   tokenizers)
+from mmjax import conventions, defaults, models, paths, text_tokenizers
+from mmjax.evaluation import metrics
+from mmjax.models import decoding
+from mmjax.training import checkpoint
 
 
 def preprocess_images(images: np.ndarray, image_size: int,
@@ -176,7 +178,7 @@ class InferenceModel:
             jnp.float32(run.guidance_scale if guidance_scale is None else guidance_scale),
             jnp.float32(run.temperature if temperature is None else temperature),
             steps=int(run.steps if steps is None else steps), candidates=candidates))
-        return reranking.keep_one(drawn, texts, run.get("rerank_with"))
+        return keep_one(drawn, texts, run.get("rerank_with"))
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -199,8 +201,51 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 def load(path: str) -> InferenceModel:
     """Loads a workdir's (or a checkpoints/STEP folder's) parameters with the run's config."""
     config = load_config(path)
-    tokenizer = tokenizers.build_tokenizer(config.tokenizer)
+    tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
     model = models.build_model(config, tokenizer, seed=0)
     graphdef, params = nnx.split(model, nnx.Param)
     params = checkpoint.merge_params(params, checkpoint.load_params(path), (), path)
     return InferenceModel(config, params, graphdef, tokenizer)
+
+
+# Best of N for text-to-image: draw `config.generation.candidates` images a caption and keep the
+# one a contrastive run (`config.generation.rerank_with`) finds closest to it, as DALL-E chose by
+# CLIP's score. The preflight refuses the judge's own CLIP as the chooser.
+
+# The models (config.model.name) that embed images and texts in one space (trained with the
+# clip or siglip loss), so that their cosines can choose.
+CONTRASTIVE_MODELS = ("clip", "coca")
+
+
+@functools.lru_cache(maxsize=2)
+def load_reranker(workdir: str):
+    """The chooser: an mmjax.inference.InferenceModel of a contrastive run."""
+    try:
+        return load(workdir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"config.generation.rerank_with ({workdir}, read from {paths.absolute('.')}): {e} "
+            "Or draw one image a caption (candidates=1), which needs no chooser.") from e
+
+
+def best_of(reranker, candidates: np.ndarray, captions: Sequence[str],
+            text_embeddings: np.ndarray | None = None):
+    """(uint8 [N, H, W, 3]: for each caption the candidate [N, K, H, W, 3] whose image embedding
+    has the highest cosine with the caption's, and those cosines [N, K]). `text_embeddings`:
+    the reranker's of `captions`, when the caller already has them."""
+    count, per_caption = candidates.shape[:2]
+    if text_embeddings is None:
+        text_embeddings = reranker.encode_text(list(captions))
+    images = metrics.l2_normalize(reranker.encode_image(
+        candidates.reshape(count * per_caption, *candidates.shape[2:])))
+    scores = np.einsum("nkd,nd->nk", images.reshape(count, per_caption, -1),
+                       metrics.l2_normalize(text_embeddings))
+    return candidates[np.arange(count), scores.argmax(axis=1)], scores
+
+
+def keep_one(candidates: np.ndarray, captions: Sequence[str], rerank_with: str | None):
+    """uint8 [N, H, W, 3] from [N, K, H, W, 3]: the only candidate, or the best of K by the run
+    at rerank_with."""
+    if candidates.shape[1] == 1:
+        return candidates[:, 0]
+    return best_of(load_reranker(rerank_with), candidates, captions)[0]

@@ -19,10 +19,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from mmjax import checkpoint, paths, preflight
-from mmjax.evaluation import EvalSuite
-from mmjax.metric_writers import MetricWriter
-from mmjax.trainer import Trainer
+from input_pipeline import pipeline
+from mmjax import paths, preflight
+from mmjax.evaluation.suite import EvalSuite
+from mmjax.training import checkpoint
+from mmjax.training.metric_writers import MetricWriter
+from mmjax.training.trainer import Trainer
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,32 +150,19 @@ class PreemptionHandler:
             signal.signal(signum, handler)
 
 
-def write_config_snapshot(config, workdir: str) -> None:
-    """config.json, and a copy of the tokenizer's vocabulary, so the workdir stands alone."""
-    if jax.process_index() == 0:
-        paths.makedirs(workdir)
-        paths.write_text(paths.join(workdir, "config.json"),
-                         config.to_json_best_effort(indent=2, sort_keys=True))
-        vocabulary = config.tokenizer.get("vocabulary_file")
-        copy = paths.join(workdir, "vocabulary.txt")
-        if vocabulary and not paths.same(vocabulary, copy):
-            paths.copy(vocabulary, copy)
-
-
 def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
     """Trains from the workdir's latest checkpoint (or from scratch) to config.total_steps, on
     `mesh` (default: config.mesh over all devices).
 
     Returns the final evaluation metrics.
     """
-    from input_pipeline import pipeline  # TensorFlow stays out of the model and trainer modules
 
     plan = preflight.check(config, mesh=mesh, data=pipeline,
                            workdir=workdir)
     plan.print_notes()
     trainer = Trainer(config, mesh=mesh, plan=plan)
     config = trainer.config  # the snapshot: what was checked is what runs
-    write_config_snapshot(config, workdir)
+    checkpoint.write_config_snapshot(config, workdir)
     manager = checkpoint.create_manager(workdir, keep=config.keep_checkpoints,
                                         best_by=config.get("keep_best_by"),
                                         best_mode=config.keep_best_mode)

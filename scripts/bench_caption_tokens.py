@@ -70,8 +70,8 @@ def captions_per_second(directory: str, tokenizer, stored: bool) -> float:
 
 def main(argv):
     del argv
-    from input_pipeline import make_shards
-    from mmjax import tokenizers
+    from input_pipeline.convert import make_shards
+    from mmjax import text_tokenizers
 
     os.makedirs(FLAGS.workdir, exist_ok=True)
     parquet = os.path.join(FLAGS.workdir, f"captions_{FLAGS.captions}.parquet")
@@ -79,7 +79,7 @@ def main(argv):
         write_input(parquet, FLAGS.captions)
     config = {"name": "clip_bpe", "context_length": FLAGS.context_length,
               "vocabulary_file": MERGES}
-    tokenizer = tokenizers.build_tokenizer(config)
+    tokenizer = text_tokenizers.build_tokenizer(config)
     plain, tokenized = (os.path.join(FLAGS.workdir, n) for n in ("plain", "tokenized"))
     make_shards.make_shards(parquet, plain, quiet=True, check_images=False)
     start = time.perf_counter()

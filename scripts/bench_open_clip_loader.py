@@ -1,8 +1,8 @@
-"""open_clip's own training loader on a CSV or webdataset tars, timed as input_pipeline/bench.py
+"""open_clip's own training loader on a CSV or webdataset tars, timed as input_pipeline/benchmarks/loader.py
 times mmjax's.
 
 Runs in an environment with open_clip_torch (and its training extras: pandas, braceexpand,
-webdataset); input_pipeline/bench.py calls it with --open_clip_python. Prints JSON.
+webdataset); input_pipeline/benchmarks/loader.py calls it with --open_clip_python. Prints JSON.
 """
 
 import argparse

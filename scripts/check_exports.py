@@ -29,7 +29,7 @@ CAPTIONS = ["one small red circle at the top", "three large cyan crosses in the 
 def export(workdir: str, out: str) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from mmjax import inference
-    from mmjax.tools import export_hf, export_open_clip
+    from mmjax.tools.weights import export_hf, export_open_clip
 
     export_open_clip.export_open_clip(workdir, os.path.join(out, "open_clip"))
     export_hf.export_hf(workdir, os.path.join(out, "hf"))

@@ -29,7 +29,7 @@ FLAGS = flags.FLAGS
 CHILD = """
 import resource, sys, time
 sys.path.insert(0, {root!r})
-from input_pipeline import make_shards
+from input_pipeline.convert import make_shards
 start = time.time()
 make_shards.make_shards({csv!r}, {output!r}, examples_per_shard=1000, quiet=True, overwrite=True,
                         {extra})
@@ -42,7 +42,7 @@ def main(argv):
     del argv
     root = os.getcwd()
     sys.path.insert(0, root)
-    from input_pipeline import synthetic
+    from input_pipeline.generated import synthetic
 
     rows = []
     for count in map(int, FLAGS.counts):

@@ -5,7 +5,7 @@ test clips, separately for seen and held-out waveform-register pairs.
 
     python scripts/sounds_logmel_baseline.py --num_train=4000 --num_test=500 --out=/tmp/baseline
 
-The clips are synthesised in memory (input_pipeline/sounds.py, the same as the TFDS build) and
+The clips are synthesised in memory (input_pipeline/generated/sounds.py, the same as the TFDS build) and
 go through the audio front end (decode_wav|log_mel). Prints a table and writes OUT/results.json.
 """
 
@@ -16,6 +16,9 @@ import time
 
 import numpy as np
 from absl import app, flags
+
+from input_pipeline.generated import builder
+from mmjax.evaluation import metrics
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,13 +32,14 @@ def mean_log_mel(split: str, count: int):
     """[count, 80] mean log-mel per clip, labels, held-out flags."""
     import tensorflow as tf
 
-    from input_pipeline import audio, sounds
+    from input_pipeline import audio
+    from input_pipeline.generated import sounds
 
     chain = audio.parse_ops("decode_wav|log_mel", rate=sounds.RATE)
     features, labels, unseen = [], [], []
     for index in range(count):
         example = sounds.render_example(split, index)
-        wav = sounds.encode_wav(example["waveform"])
+        wav = builder.encode_wav(example["waveform"])
         spectrogram = chain(tf.constant(wav), tf.constant([0, index]))["spectrogram"]
         features.append(tf.reduce_mean(spectrogram, axis=0).numpy())
         labels.append(example["label"])
@@ -45,8 +49,7 @@ def mean_log_mel(split: str, count: int):
 
 def main(argv):
     del argv
-    from input_pipeline import sounds
-    from mmjax import evaluators
+    from input_pipeline.generated import sounds
 
     started = time.time()
     train_x, train_y, _ = mean_log_mel("train", FLAGS.num_train)
@@ -55,10 +58,10 @@ def main(argv):
     for name, rows_of in (("all test clips", np.ones_like(test_unseen)),
                           ("seen pairs", ~test_unseen), ("held-out pairs", test_unseen)):
         chosen = rows_of.astype(bool)
-        metrics = evaluators.linear_probe_metrics(train_x, train_y, test_x[chosen],
+        result = metrics.linear_probe_metrics(train_x, train_y, test_x[chosen],
                                                   test_y[chosen])
-        rows[name] = {"clips": int(chosen.sum()), "top1": metrics["linear_probe_top1"],
-                      "C": metrics["linear_probe_c"]}
+        rows[name] = {"clips": int(chosen.sum()), "top1": result["linear_probe_top1"],
+                      "C": result["linear_probe_c"]}
     chance = 1 / len(sounds.CLASS_NAMES)
     print(f"| test clips | count | top-1 (chance {chance:.3f}) |\n| --- | --- | --- |")
     for name, row in rows.items():

@@ -5,7 +5,7 @@ as the evaluation does, and strictly: only the clip's own caption, ties against 
 
     python scripts/sounds_run_analysis.py --workdir=/tmp/sa_final
 
-The test clips are synthesised in memory (input_pipeline/sounds.py, as the TFDS build) and go
+The test clips are synthesised in memory (input_pipeline/generated/sounds.py, as the TFDS build) and go
 through the run's eval audio chain.
 """
 
@@ -15,6 +15,9 @@ import sys
 
 import numpy as np
 from absl import app, flags
+
+from input_pipeline.generated import builder
+from mmjax.evaluation import metrics
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,8 +30,9 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from input_pipeline import audio, sounds
-    from mmjax import conventions, evaluators, inference
+    from input_pipeline import audio
+    from input_pipeline.generated import sounds
+    from mmjax import conventions, inference
 
     model = inference.load(FLAGS.workdir)
     settings = model.config.data.audio
@@ -37,10 +41,10 @@ def main(argv):
                             samples=conventions.audio_samples(settings.frames, settings.hop,
                                                               settings.frame_length))
     examples = [sounds.render_example("test", i) for i in range(FLAGS.num_test)]
-    spectrograms = np.stack([chain(tf.constant(sounds.encode_wav(e["waveform"])),
+    spectrograms = np.stack([chain(tf.constant(builder.encode_wav(e["waveform"])),
                                    tf.constant([0, i]))["spectrogram"].numpy()
                              for i, e in enumerate(examples)])
-    audio_embeddings = evaluators.normalize(model.encode_audio(spectrograms))
+    audio_embeddings = metrics.l2_normalize(model.encode_audio(spectrograms))
     captions = [e["caption"] for e in examples]
     text_embeddings = model.encode_text(captions)
     tokens = np.asarray(model.tokenizer(captions))
@@ -49,10 +53,10 @@ def main(argv):
 
     classes = []
     for name in sounds.CLASS_NAMES:
-        prompts = evaluators.normalize(model.encode_text(
+        prompts = metrics.l2_normalize(model.encode_text(
             [t.format(name) for t in sounds.PROMPT_TEMPLATES]))
         classes.append(prompts.mean(axis=0))
-    predicted = (audio_embeddings @ evaluators.normalize(np.stack(classes)).T).argmax(axis=1)
+    predicted = (audio_embeddings @ metrics.l2_normalize(np.stack(classes)).T).argmax(axis=1)
     correct = predicted == labels
     print(f"zero-shot top-1: all {correct.mean():.3f}, seen pairs {correct[~unseen].mean():.3f}, "
           f"held-out pairs {correct[unseen].mean():.3f}")
@@ -62,10 +66,10 @@ def main(argv):
         print(f"  {count:4d}  {truth} -> {guess}")
 
     for name, chosen in (("all", np.ones_like(unseen)), ("held-out", unseen)):
-        groups = evaluators.caption_groups(tokens[chosen])
-        grouped = evaluators.retrieval_metrics(audio_embeddings[chosen], text_embeddings[chosen],
+        groups = metrics.caption_groups(tokens[chosen])
+        grouped = metrics.retrieval_metrics(audio_embeddings[chosen], text_embeddings[chosen],
                                                pair=("audio", "text"), same_caption=groups)
-        strict = evaluators.retrieval_metrics(audio_embeddings[chosen], text_embeddings[chosen],
+        strict = metrics.retrieval_metrics(audio_embeddings[chosen], text_embeddings[chosen],
                                               pair=("audio", "text"))
         ceiling = np.mean(np.bincount(groups)[groups] == 1)
         print(f"{name} ({chosen.sum()} clips): a2t R@1 {grouped['a2t_recall@1']:.3f} (chance "

@@ -28,8 +28,8 @@ def main(argv):
     del argv
     import jax
 
-    from mmjax import checkpoint
-    from mmjax.trainer import Trainer
+    from mmjax.training import checkpoint
+    from mmjax.training.trainer import Trainer
 
     config = FLAGS.config
     metric = "eval/x/i2t_recall@1"

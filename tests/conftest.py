@@ -32,7 +32,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
     """The `tiny` build of mmjax_shapes (512 train / 128 test), generated once per session."""
-    from input_pipeline import shapes
+    from input_pipeline.generated import shapes
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     shapes.prepare(data_dir, "tiny")
@@ -85,7 +85,9 @@ def user_data(tmp_path_factory):
     them corrupt, converted to shards."""
     import numpy as np
 
-    from input_pipeline import datasets, make_shards, shards, synthetic
+    from input_pipeline import datasets, shards
+    from input_pipeline.convert import make_shards
+    from input_pipeline.generated import synthetic
 
     root = tmp_path_factory.mktemp("user_data")
     written = synthetic.write_captioned_images(str(root / "raw"), USER_IMAGES, image_size=40,

@@ -122,7 +122,7 @@ def test_a_chain_runs_inside_tf_data_as_eagerly_and_rejects_what_does_not_decode
 def beeps_heard(samples: np.ndarray, rate: int) -> list[tuple[float, float, float]]:
     """(onset seconds, peak amplitude, fundamental Hz) of each beep found in a clip: runs of
     10-ms windows well above the noise floor, their spectrum's strongest peak."""
-    from input_pipeline import sounds
+    from input_pipeline.generated import sounds
 
     window = rate // 100
     energy = np.abs(samples[:len(samples) // window * window]).reshape(-1, window).max(axis=1)
@@ -145,7 +145,7 @@ def test_mmjax_sounds_captions_say_what_is_heard():
     """For 200 clips, measured from the samples alone: as many beeps as the caption says, in
     its third of the clip, at its register (the strongest frequency within 7 % of it) and
     loudness; held-out pairs never in training, about a quarter of the test clips."""
-    from input_pipeline import sounds
+    from input_pipeline.generated import sounds
 
     for split in ("train", "test"):
         for index in range(100):
@@ -172,7 +172,7 @@ def test_mmjax_sounds_captions_say_what_is_heard():
 def test_mmjax_sounds_builds_and_decodes_through_the_front_end(tmp_path):
     import tensorflow_datasets as tfds
 
-    from input_pipeline import sounds
+    from input_pipeline.generated import sounds
 
     builder = sounds.prepare(str(tmp_path), "tiny")
     assert builder.info.splits["train"].num_examples == 256
@@ -193,8 +193,9 @@ def test_make_shards_keeps_a_wav_converts_a_flac_and_skips_a_corrupt_sound(tmp_p
     counted, and nothing else is."""
     import soundfile
 
-    from input_pipeline import datasets, make_shards, shards
-    from mmjax import tokenizers
+    from input_pipeline import datasets, shards
+    from input_pipeline.convert import make_shards
+    from mmjax import text_tokenizers
 
     rate, clip = 16_000, tone(440.0, 0.5, 16_000)
     folder = tmp_path / "sounds" / "train"
@@ -223,7 +224,7 @@ def test_make_shards_keeps_a_wav_converts_a_flac_and_skips_a_corrupt_sound(tmp_p
                                               frames=40, hop=160, frame_length=400,
                                               num_mels=32)}
     dataset = datasets.eval_dataset(datasets.open_source(spec, None),
-                                    tokenizers.WordTokenizer(4, str(vocabulary)),
+                                    text_tokenizers.WordTokenizer(4, str(vocabulary)),
                                     global_batch_size=3, image_size=8, media=media)
     batch = next(dataset.as_numpy_iterator())
     spectrograms = batch["audio"].astype(np.float32)
@@ -243,7 +244,7 @@ def test_mmjax_triples_sound_what_the_image_shows():
     """For 100 triples, measured from the samples and pixels: the clip has as many beeps as
     the caption has objects, at the register of its colour, in the third of its position, at
     the loudness of its size; the image is the shapes renderer's; held-out pairs only in test."""
-    from input_pipeline import shapes, sounds, triples
+    from input_pipeline.generated import shapes, sounds, triples
 
     for index in range(100):
         example = triples.render_example("train" if index % 2 else "test", index)
@@ -263,8 +264,9 @@ def test_mmjax_triples_sound_what_the_image_shows():
 
 
 def test_mmjax_triples_builds_with_image_and_sound_through_the_pipeline(tmp_path):
-    from input_pipeline import datasets, preprocess, triples
-    from mmjax import tokenizers
+    from input_pipeline import datasets, preprocess
+    from input_pipeline.generated import triples
+    from mmjax import text_tokenizers
 
     triples.prepare(str(tmp_path), "tiny")
     source = datasets.open_source(datasets.parse_spec("tfds:mmjax_triples/tiny:test", "test"),
@@ -275,10 +277,10 @@ def test_mmjax_triples_builds_with_image_and_sound_through_the_pipeline(tmp_path
                                               frames=64, hop=250, frame_length=400, num_mels=32)}
     vocabulary = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "input_pipeline", "shapes_vocabulary.txt")
-    batch = next(datasets.eval_dataset(source, tokenizers.WordTokenizer(12, vocabulary),
+    batch = next(datasets.eval_dataset(source, text_tokenizers.WordTokenizer(12, vocabulary),
                                        global_batch_size=8, image_size=16,
                                        media=media).as_numpy_iterator())
     assert batch["image"].shape == (8, 16, 16, 3) and batch["audio"].shape == (8, 64, 32)
-    assert batch["valid"].all() and (batch["tokens"][:, 1] != tokenizers.UNK_ID).all()
+    assert batch["valid"].all() and (batch["tokens"][:, 1] != text_tokenizers.UNK_ID).all()
     expected = triples.render_example("test", int(batch["id"][2]))
     assert triples.CLASS_PAIRS[batch["label"][2]] == triples.CLASS_PAIRS[expected["label"]]

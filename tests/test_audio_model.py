@@ -9,9 +9,11 @@ import pytest
 from flax import nnx
 
 from input_pipeline import pipeline
-from mmjax import audio_tower, checkpoint, conventions, inference, preflight, sharding, train
-from mmjax.image_tower import VisionTransformer
-from mmjax.trainer import Trainer
+from mmjax import conventions, inference, preflight, sharding
+from mmjax.models.towers import audio_tower
+from mmjax.models.towers.image_tower import VisionTransformer
+from mmjax.training import checkpoint
+from mmjax.training.trainer import Trainer
 
 TOWER = dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=4, pooling="gap")
 
@@ -153,7 +155,7 @@ def test_a_run_starts_its_audio_tower_from_another_runs_image_tower(tiny_config,
     manager = checkpoint.create_manager(str(tmp_path), keep=1)
     checkpoint.save(manager, 0, state)
     manager.wait_until_finished()
-    train.write_config_snapshot(config, str(tmp_path))
+    checkpoint.write_config_snapshot(config, str(tmp_path))
     spectrograms = np.random.default_rng(0).normal(size=(3, 16, 8)).astype(np.float32)
     expected = trainer.model(state["params"]).encode("audio", jnp.asarray(spectrograms))[0]
     np.testing.assert_allclose(inference.load(str(tmp_path)).encode_audio(spectrograms),

@@ -3,29 +3,29 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 from configs import clip_b16, clip_b32
-from conftest import xla_flags
-from mmjax import bench
+from mmjax.tools import benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_analytic_flops_match_published_counts():
     # ViT-B/16 at 224 px: 17.6 GMACs; open_clip's B/16 text tower: 2.96 GMACs (35.1 / 5.9 GFLOPs).
-    flops = bench.forward_flops_per_example(clip_b16.get_config())
+    flops = benchmark.forward_flops_per_example(clip_b16.get_config())
     assert flops["image"] == pytest.approx(2 * 17.58e9, rel=0.01)
     assert flops["text"] == pytest.approx(2 * 2.96e9, rel=0.02)
     # ViT-B/32: 4.4 GMACs.
-    assert bench.forward_flops_per_example(clip_b32.get_config())["image"] == pytest.approx(
+    assert benchmark.forward_flops_per_example(clip_b32.get_config())["image"] == pytest.approx(
         2 * 4.41e9, rel=0.02)
 
 
 def test_patch_dropout_counts_the_tokens_the_blocks_see():
     config = clip_b16.get_config()
-    full = bench.forward_flops_per_example(config)
+    full = benchmark.forward_flops_per_example(config)
     config.model.image_tower.patch_dropout = 0.5
-    half = bench.forward_flops_per_example(config)
+    half = benchmark.forward_flops_per_example(config)
     # 98 of 196 patches and the class token: a little under half (attention is quadratic, every
     # patch is still embedded); the text tower is untouched.
     assert half["image"] / full["image"] == pytest.approx(0.4956, abs=1e-3)
@@ -34,10 +34,10 @@ def test_patch_dropout_counts_the_tokens_the_blocks_see():
 
 def test_benchmark_runs_without_tensorflow(tmp_path):
     """The benchmark (and the trainer it uses) must run where TensorFlow is not installed."""
-    out = tmp_path / "bench.json"
+    out = tmp_path / "benchmark.json"
     script = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['tensorflow_datasets'] = None\n"
-        "import runpy; runpy.run_module('mmjax.bench', run_name='__main__')\n"
+        "import runpy; runpy.run_module('mmjax.tools.benchmark', run_name='__main__')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, f"--config={REPO_ROOT}/tests/tiny_config.py", "--steps=2",
@@ -57,13 +57,14 @@ def test_benchmark_lowers_a_distillation_step_with_its_teacher(finished_run, tin
     teacher, _ = finished_run
     tiny_config.losses = {"clip": 1.0, "distill": 1.0}
     tiny_config.distill.teacher = teacher
-    result = bench.run(tiny_config, steps=1, warmup_steps=0)
+    result = benchmark.run(tiny_config, steps=1, warmup_steps=0)
     assert result["step_seconds"] > 0 and result["final_loss"] > 0
 
 
 def test_the_step_profile_attributes_operations_to_model_parts(tiny_config):
     from conftest import one_device_mesh
-    from mmjax import profile_step
+
+    from mmjax.tools import profile_step
 
     # The tool's default 5 traced steps: over 2, one stalled operation outside the model's parts
     # under the suite's load once read as 28 % of the step (it is about 5 %).

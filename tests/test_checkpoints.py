@@ -11,10 +11,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import copy_run, one_device_mesh, xla_flags
-from mmjax import checkpoint, evaluation, sharding, train
-from mmjax.trainer import Trainer
+
+from mmjax import sharding, train
+from mmjax.evaluation import suite
+from mmjax.training import checkpoint
+from mmjax.training.trainer import Trainer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +159,7 @@ def fsdp_run(tfds_dir, tmp_path_factory):
 def test_checkpoint_from_8_fsdp_devices_restores_on_fewer(fsdp_run, tiny_config, num_devices):
     workdir, saved_metrics = fsdp_run
     mesh = sharding.create_mesh({"data": num_devices}, jax.devices()[:num_devices])
-    metrics = evaluation.evaluate_checkpoint(tiny_config, workdir, mesh=mesh)
+    metrics = suite.evaluate_checkpoint(tiny_config, workdir, mesh=mesh)
     for name, value in saved_metrics.items():
         if name != "eval/seconds":
             assert metrics[name] == pytest.approx(value, abs=1e-5), name
@@ -168,12 +170,12 @@ def test_a_checkpoint_that_does_not_fit_the_config_names_the_fix(fsdp_run, tiny_
     tiny_config.model.text_tower.width = 48
     with pytest.raises(ValueError, match=r"holds checkpoints of another model.*text_tower.*"
                        r"from_workdir.py"):
-        evaluation.evaluate_checkpoint(tiny_config, workdir)
+        suite.evaluate_checkpoint(tiny_config, workdir)
 
 
 def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(finished_run, tiny_config,
                                                                    tmp_path):
-    from mmjax import checkpoint
+    from mmjax.training import checkpoint
 
     pretrained, _ = finished_run
     tiny_config.init_from.checkpoint = pretrained
@@ -195,18 +197,19 @@ def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(finished_run
 
 
 def test_inference_api_matches_the_trainer(finished_run, tiny_config):
-    from input_pipeline import shapes
-    from mmjax import checkpoint, inference
+    from input_pipeline.generated import shapes
+    from mmjax import inference
+    from mmjax.training import checkpoint
 
     workdir, _ = finished_run
     model = inference.load(workdir)
     trainer = Trainer(tiny_config, mesh=one_device_mesh())
     state = trainer.restore(checkpoint.create_manager(workdir, keep=None), 8)
-    evaluator = evaluation.Evaluation(trainer)
-    batch = next(evaluation.open_eval_data(evaluator).batches())
+    evaluator = suite.Evaluation(trainer)
+    batch = next(suite.open_eval_data(evaluator).batches())
     expected = jax.device_get(evaluator.encode_step(
         state["params"], trainer.global_batch(batch, keys=tuple(
-            evaluation.eval_inputs(trainer.config)))))
+            suite.eval_inputs(trainer.config)))))
     np.testing.assert_allclose(model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5)
 
@@ -253,7 +256,7 @@ def test_eval_writes_a_report_and_numbers_a_brute_force_recount_confirms(finishe
     by plain loops over the saved embeddings and captions equal the reported ones."""
     workdir = copy_run(finished_run, tmp_path / "run")
     tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
-    metrics = evaluation.evaluate_checkpoint(tiny_config, workdir)
+    metrics = suite.evaluate_checkpoint(tiny_config, workdir)
     # 512 probe images of 32 classes after 8 steps: above the 1/32 chance, not yet good.
     assert 1 / 32 < metrics["eval/mmjax_shapes/linear_probe_top1"] < 0.9
     with open(os.path.join(workdir, "eval_results.json")) as f:

@@ -11,8 +11,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT
+
 from mmjax import paths
 
 BUCKET = "mmjax-test"
@@ -90,7 +90,8 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     the bucket: checkpoints, metrics, TensorBoard events and the config snapshot land there, the
     losses equal the local run's bitwise; with its last checkpoint gone, the run resumes from
     the bucket and ends with the same losses and evaluation."""
-    from mmjax import evaluation, train
+    from mmjax import train
+    from mmjax.evaluation import suite
 
     monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would land here
     reference, reference_eval = finished_run
@@ -115,7 +116,7 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     # --mode=eval there, its tokenizer reading the workdir's vocabulary copy from the bucket:
     # the numbers, the embeddings and the report with its figures land in the bucket.
     tiny_config.tokenizer.vocabulary_file = f"{workdir}/vocabulary.txt"
-    evaluated = evaluation.evaluate_checkpoint(tiny_config, workdir)
+    evaluated = suite.evaluate_checkpoint(tiny_config, workdir)
     assert {k: v for k, v in evaluated.items() if k != "eval/seconds"} == pytest.approx(
         reference_eval, abs=1e-6)
     assert {"eval_report.md", "eval_embeddings.npz", "report"} <= set(paths.listdir(workdir))
@@ -126,7 +127,8 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
 def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, monkeypatch):
     """make_shards into gs://, then the records read through a `shards:gs://...` spec are the
     local shards' records; make_vocab reads them and writes its model there."""
-    from input_pipeline import datasets, make_shards
+    from input_pipeline import datasets
+    from input_pipeline.convert import make_shards
 
     monkeypatch.chdir(tmp_path)
     output = f"{bucket}/shards/user"
@@ -144,13 +146,13 @@ def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, m
     assert list(source.fetch(indices)) == list(user_data["source"].fetch(indices))
 
     # A SentencePiece vocabulary trained on the bucket's shards, written there and used from there.
-    from input_pipeline import make_vocab
-    from mmjax import tokenizers
+    from input_pipeline.convert import make_vocab
+    from mmjax import text_tokenizers
 
     model = make_vocab.train_vocabulary(f"shards:{output}:train", f"{bucket}/vocab/user",
                                         vocab_size=120)
     assert model == f"{bucket}/vocab/user.model" and paths.exists(f"{bucket}/vocab/user.vocab")
-    tokenizer = tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
+    tokenizer = text_tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
                                                 vocabulary_file=model))
     assert tokenizer.vocab_size <= 120 and tokenizer(["two red circles"]).shape == (1, 24)
     assert not _local_gs_folders(str(tmp_path), REPO_ROOT)

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import datasets, preprocess, shapes, text
-from mmjax import tokenizers
+from input_pipeline import datasets, preprocess, text
+from input_pipeline.generated import builder, shapes
+from mmjax import text_tokenizers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
@@ -45,7 +46,7 @@ def test_held_out_pairs_appear_only_in_test():
 def test_rendering_is_deterministic_and_png_round_trips():
     a, b = shapes.render_example("test", 7), shapes.render_example("test", 7)
     np.testing.assert_array_equal(a["image"], b["image"])
-    decoded = preprocess.decode_rgb(shapes.encode_png(a["image"])).numpy()
+    decoded = preprocess.decode_rgb(builder.encode_png(a["image"])).numpy()
     np.testing.assert_array_equal(decoded, a["image"])
 
 
@@ -57,18 +58,18 @@ def test_builder_writes_splits_with_labels(tfds_dir):
 
 
 def test_vocabulary_covers_every_caption_and_prompt():
-    tokenizer = tokenizers.WordTokenizer(16, VOCABULARY)
+    tokenizer = text_tokenizers.WordTokenizer(16, VOCABULARY)
     texts = [shapes.render_example("train", i)["caption"] for i in range(300)]
     texts += [t.format(n) for n in shapes.CLASS_NAMES for t in shapes.PROMPT_TEMPLATES]
-    assert not (tokenizer(texts) == tokenizers.UNK_ID).any()
+    assert not (tokenizer(texts) == text_tokenizers.UNK_ID).any()
 
 
 CLIP_BPE = os.path.join(REPO_ROOT, "tests", "fixtures", "bpe_simple_vocab_16e6.txt.gz")
 
 
-@pytest.mark.parametrize("tokenizer", [tokenizers.WordTokenizer(8, VOCABULARY),
-                                       tokenizers.ByteTokenizer(12),
-                                       tokenizers.ClipBpeTokenizer(12, CLIP_BPE)],
+@pytest.mark.parametrize("tokenizer", [text_tokenizers.WordTokenizer(8, VOCABULARY),
+                                       text_tokenizers.ByteTokenizer(12),
+                                       text_tokenizers.ClipBpeTokenizer(12, CLIP_BPE)],
                          ids=["words", "bytes", "clip_bpe"])
 def test_in_graph_tokenizer_equals_python(tokenizer):
     texts = ["two large red circles on the left", "One SMALL Cyan square, in the center!",
@@ -79,8 +80,8 @@ def test_in_graph_tokenizer_equals_python(tokenizer):
 
 
 def test_truncation_keeps_end_of_text():
-    ids = tokenizers.ByteTokenizer(6)(["abcdefgh"])[0]
-    assert list(ids) == [tokenizers.BOS_ID, 101, 102, 103, 104, tokenizers.EOT_ID]
+    ids = text_tokenizers.ByteTokenizer(6)(["abcdefgh"])[0]
+    assert list(ids) == [text_tokenizers.BOS_ID, 101, 102, 103, 104, text_tokenizers.EOT_ID]
 
 
 def test_bad_dataset_specs_are_explained():
@@ -99,7 +100,7 @@ def _ids(source, tokenizer, steps, **kwargs):
 def test_train_order_is_seeded_split_by_process_and_resumable(tfds_dir):
     source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes/tiny:train", "train"),
                                          tfds_dir)
-    tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
+    tokenizer = text_tokenizers.WordTokenizer(12, VOCABULARY)
     one_process = _ids(source, tokenizer, 40)
     np.testing.assert_array_equal(np.stack(one_process), np.stack(_ids(source, tokenizer, 40)))
     # 40 steps x 16 = 640 positions > 512 examples: the first epoch is a permutation.
@@ -115,7 +116,7 @@ def test_train_order_is_seeded_split_by_process_and_resumable(tfds_dir):
 def test_eval_pass_pads_the_last_batch(tfds_dir):
     source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes/tiny:test", "test"),
                                          tfds_dir)
-    tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
+    tokenizer = text_tokenizers.WordTokenizer(12, VOCABULARY)
     batches = list(datasets.eval_dataset(source, tokenizer, global_batch_size=48,
                                          image_size=16).as_numpy_iterator())
     assert len(batches) == 3  # 128 examples -> 48 + 48 + 32 real, 16 padding
@@ -126,8 +127,9 @@ def test_eval_pass_pads_the_last_batch(tfds_dir):
 
 def test_vqa_view_asks_questions_the_image_answers(tfds_dir):
     """mmjax_shapes_vqa: the same records, one question per image, its answer as the label."""
-    from input_pipeline import datasets, shapes
-    from mmjax import tokenizers
+    from input_pipeline import datasets
+    from input_pipeline.generated import shapes
+    from mmjax import text_tokenizers
 
     source = datasets.open_source(datasets.parse_spec("tfds:mmjax_shapes_vqa/tiny:test",
                                                              "test"), tfds_dir)
@@ -146,8 +148,8 @@ def test_vqa_view_asks_questions_the_image_answers(tfds_dir):
                     3: " ".join(words[4:]), 4: words[1]}[kind]
         assert shapes.VQA_ANSWERS[int(vqa["label"])] == expected
     assert kinds_seen == set(range(5))
-    vocabulary = tokenizers.WordTokenizer(12, os.path.join(
+    vocabulary = text_tokenizers.WordTokenizer(12, os.path.join(
         os.path.dirname(datasets.__file__), "shapes_vocabulary.txt"))
-    assert not (vocabulary(list(shapes.VQA_QUESTIONS)) == tokenizers.UNK_ID).any()
+    assert not (vocabulary(list(shapes.VQA_QUESTIONS)) == text_tokenizers.UNK_ID).any()
     from configs import smoke_vqa
     assert smoke_vqa.NUM_ANSWERS == len(shapes.VQA_ANSWERS)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from conftest import copy_run, make_tiny_config, one_device_mesh
 
-from mmjax import eval_sets, evaluation, evaluators, preflight
+from mmjax import preflight
+from mmjax.evaluation import eval_sets, evaluators, suite
 
 
 @pytest.fixture(scope="module")
 def standin_tfds(tfds_dir, tmp_path_factory):
     """The tiny mmjax_shapes beside the imagenet2012 and coco_captions stand-ins."""
-    from input_pipeline import standins
+    from input_pipeline.generated import standins
 
     data_dir = str(tmp_path_factory.mktemp("standins") / "tfds")
     shutil.copytree(tfds_dir, data_dir)
@@ -66,7 +67,7 @@ def test_one_evaluation_of_imagenet_and_coco_writes_both(finished_run, standin_t
         return original(context, class_names)
 
     monkeypatch.setattr(evaluators, "class_embeddings", spy)
-    metrics = evaluation.evaluate_checkpoint(two_set_config(standin_tfds), workdir,
+    metrics = suite.evaluate_checkpoint(two_set_config(standin_tfds), workdir,
                                              mesh=one_device_mesh())
     # Zero-shot prompts are made from the real class names, not the WordNet ids.
     assert seen["names"][0] == "tench" and len(seen["names"]) == 1000

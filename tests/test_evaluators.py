@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mmjax import evaluators
+from mmjax.evaluation import evaluators, metrics
 
 
 def test_recall_on_hand_built_similarity():
@@ -12,28 +12,28 @@ def test_recall_on_hand_built_similarity():
         [0.5, 0.6, 0.1, 0.7],
         [0.0, 0.0, 0.0, 1.0],
     ])
-    recall = evaluators.recall_at_k(similarity, ks=(1, 2, 4))
+    recall = metrics.recall_at_k(similarity, ks=(1, 2, 4))
     assert recall == {1: 0.5, 2: 0.75, 4: 1.0}
     # Columns: col 0's best row is 0 (0.9 > 0.8); col 1's match 0.7 is beaten by none;
     # col 2's match 0.1 is beaten by 0.2; col 3 best.
-    assert evaluators.recall_at_k(similarity.T, ks=(1,)) == {1: 0.75}
+    assert metrics.recall_at_k(similarity.T, ks=(1,)) == {1: 0.75}
 
 
 def test_ties_count_against_the_query():
-    assert evaluators.recall_at_k(np.ones((3, 3)), ks=(1, 3)) == {1: 0.0, 3: 1.0}
+    assert metrics.recall_at_k(np.ones((3, 3)), ks=(1, 3)) == {1: 0.0, 3: 1.0}
     similarity = np.array([[1.0, 1.0], [0.0, 1.0]])
-    assert evaluators.recall_at_k(similarity, ks=(1,)) == {1: 0.5}
+    assert metrics.recall_at_k(similarity, ks=(1,)) == {1: 0.5}
 
 
 def test_retrieval_metrics_names_and_candidates():
     embeddings = np.eye(5)
-    metrics = evaluators.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]])
-    assert metrics["i2t_recall@1"] == pytest.approx(0.6)
-    assert metrics["t2i_recall@1"] == pytest.approx(0.6)
-    assert metrics["i2t_recall@5"] == 1.0 and metrics["t2i_recall@10"] == 1.0
-    audio = evaluators.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]],
+    result = metrics.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]])
+    assert result["i2t_recall@1"] == pytest.approx(0.6)
+    assert result["t2i_recall@1"] == pytest.approx(0.6)
+    assert result["i2t_recall@5"] == 1.0 and result["t2i_recall@10"] == 1.0
+    audio = metrics.retrieval_metrics(embeddings, embeddings[[0, 1, 2, 4, 3]],
                                          pair=("audio", "text"))
-    assert audio == {k.replace("i2t", "a2t").replace("t2i", "t2a"): v for k, v in metrics.items()}
+    assert audio == {k.replace("i2t", "a2t").replace("t2i", "t2a"): v for k, v in result.items()}
 
 
 def test_zeroshot_with_prompt_ensemble():
@@ -73,7 +73,7 @@ def test_bleu_and_cider_equal_pycocoevalcap_on_a_fixture():
     import json
     import os
 
-    from mmjax import caption_metrics
+    from mmjax.evaluation import caption_metrics
 
     with open(os.path.join(os.path.dirname(__file__), "fixtures", "caption_metrics.json")) as f:
         fixture = json.load(f)
@@ -96,13 +96,13 @@ def test_retrieval_with_several_captions_per_image():
                       [1.0, 0.3],    # image 0's
                       [0.9, 0.5],    # image 1's, but closer to image 0
                       [0.0, 1.0]])   # image 1's
-    metrics = evaluators.retrieval_metrics(images, texts, ks=(1, 2),
+    result = metrics.retrieval_metrics(images, texts, ks=(1, 2),
                                            text_image=np.array([0, 0, 0, 1, 1]))
     # Image 0's best text is text 1 (its own); image 1's best is text 4 (its own).
-    assert metrics["i2t_recall@1"] == 1.0
+    assert result["i2t_recall@1"] == 1.0
     # Texts 1, 2, 4 find their image first; texts 0 and 3 find the other image first.
-    assert metrics["t2i_recall@1"] == pytest.approx(3 / 5)
-    assert metrics["t2i_recall@2"] == 1.0
+    assert result["t2i_recall@1"] == pytest.approx(3 / 5)
+    assert result["t2i_recall@2"] == 1.0
 
 
 def test_identical_captions_are_right_answers_for_each_other():
@@ -111,14 +111,14 @@ def test_identical_captions_are_right_answers_for_each_other():
     the query, as it would with only the diagonal)."""
     audio = np.array([[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.0, 0.0, 1.0]])
     texts = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    strict = evaluators.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"))
+    strict = metrics.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"))
     assert strict["a2t_recall@1"] == pytest.approx(1 / 3)  # the copies tie: 0 and 1 miss
-    groups = evaluators.caption_groups(np.array([[5, 6, 0], [5, 6, 0], [7, 0, 0]]))
+    groups = metrics.caption_groups(np.array([[5, 6, 0], [5, 6, 0], [7, 0, 0]]))
     assert groups[0] == groups[1] != groups[2]
-    metrics = evaluators.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"),
+    result = metrics.retrieval_metrics(audio, texts, ks=(1,), pair=("audio", "text"),
                                            same_caption=groups)
-    assert metrics["a2t_recall@1"] == 1.0 and metrics["t2a_recall@1"] == 1.0
-    assert metrics["caption_chance@1"] == pytest.approx((2 + 2 + 1) / 9)
+    assert result["a2t_recall@1"] == 1.0 and result["t2a_recall@1"] == 1.0
+    assert result["caption_chance@1"] == pytest.approx((2 + 2 + 1) / 9)
 
 
 def test_itm_accuracy_counts_positives_and_negatives_of_images_that_have_one():

@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax import decoding, fusion, losses, models, tokenizers
+from mmjax import losses, models, text_tokenizers
+from mmjax.models import cross_attention, decoding
 
 VOCAB, CONTEXT = 23, 7
 
@@ -25,7 +26,7 @@ def tiny_model(name: str, **extra):
     run = ml_collections.ConfigDict(dict(model=config, seed=0, data=dict(
         image_size=8, normalization="minus_one_one", audio=dict(frames=16, num_mels=8))))
     tokenizer = types.SimpleNamespace(vocab_size=VOCAB, context_length=CONTEXT,
-                                      pad_id=tokenizers.PAD_ID, eot_id=tokenizers.EOT_ID)
+                                      pad_id=text_tokenizers.PAD_ID, eot_id=text_tokenizers.EOT_ID)
     return models.build_model(run, tokenizer)
 
 
@@ -52,15 +53,15 @@ def test_cached_decoding_equals_the_full_pass(coca, images):
 
 
 def test_greedy_with_and_without_cache_and_beam_of_one_agree(coca, images):
-    ids = dict(max_length=CONTEXT, bos_id=tokenizers.BOS_ID, eot_id=tokenizers.EOT_ID,
-               pad_id=tokenizers.PAD_ID)
+    ids = dict(max_length=CONTEXT, bos_id=text_tokenizers.BOS_ID, eot_id=text_tokenizers.EOT_ID,
+               pad_id=text_tokenizers.PAD_ID)
     run = lambda fn, **kw: jax.jit(lambda m, x: fn(m, x, **ids, **kw))(coca, images)
     cached = run(decoding.greedy)
     uncached = run(decoding.greedy, use_cache=False)
     beam_one, _ = run(decoding.beam_search, beam_size=1)
     np.testing.assert_array_equal(cached, uncached)
     np.testing.assert_array_equal(beam_one, cached)
-    assert (cached[:, 0] == tokenizers.BOS_ID).all()
+    assert (cached[:, 0] == text_tokenizers.BOS_ID).all()
 
 
 def test_beam_search_finds_the_best_sequence_of_a_known_model(images):
@@ -69,10 +70,10 @@ def test_beam_search_finds_the_best_sequence_of_a_known_model(images):
     # Token 4 then anything is likely first; but after 4 every continuation is flat, while
     # after 5 the end-of-text is near certain.
     table = np.full((VOCAB, VOCAB), -9.0)
-    table[tokenizers.BOS_ID, 4], table[tokenizers.BOS_ID, 5] = 0.0, -0.3
+    table[text_tokenizers.BOS_ID, 4], table[text_tokenizers.BOS_ID, 5] = 0.0, -0.3
     table[4, 6:16] = 0.0
-    table[5, tokenizers.EOT_ID] = 5.0
-    table[6:16, tokenizers.EOT_ID] = 5.0
+    table[5, text_tokenizers.EOT_ID] = 5.0
+    table[6:16, text_tokenizers.EOT_ID] = 5.0
     table = jnp.asarray(table)
 
     class TableModel:
@@ -82,20 +83,20 @@ def test_beam_search_finds_the_best_sequence_of_a_known_model(images):
         def decode_step(self, token, position, state):
             return table[token], state
 
-    ids = dict(max_length=4, bos_id=tokenizers.BOS_ID, eot_id=tokenizers.EOT_ID,
-               pad_id=tokenizers.PAD_ID)
+    ids = dict(max_length=4, bos_id=text_tokenizers.BOS_ID, eot_id=text_tokenizers.EOT_ID,
+               pad_id=text_tokenizers.PAD_ID)
     greedy = decoding.greedy(TableModel(), images[:1], **ids)
     best, score = decoding.beam_search(TableModel(), images[:1], beam_size=2, **ids)
     log_probs = jax.nn.log_softmax(table)
-    assert list(greedy[0, :2]) == [tokenizers.BOS_ID, 4]
-    assert list(best[0, :3]) == [tokenizers.BOS_ID, 5, tokenizers.EOT_ID]
-    expected = log_probs[tokenizers.BOS_ID, 5] + log_probs[5, tokenizers.EOT_ID]
+    assert list(greedy[0, :2]) == [text_tokenizers.BOS_ID, 4]
+    assert list(best[0, :3]) == [text_tokenizers.BOS_ID, 5, text_tokenizers.EOT_ID]
+    expected = log_probs[text_tokenizers.BOS_ID, 5] + log_probs[5, text_tokenizers.EOT_ID]
     np.testing.assert_allclose(score[0], expected, rtol=1e-6)
     # Brute force over every continuation of 3 tokens (a finished sequence costs nothing more).
     lp = np.asarray(log_probs)
-    eot = tokenizers.EOT_ID
+    eot = text_tokenizers.EOT_ID
     a, b, c = np.meshgrid(*[np.arange(VOCAB)] * 3, indexing="ij")
-    total = lp[tokenizers.BOS_ID, a] + np.where(
+    total = lp[text_tokenizers.BOS_ID, a] + np.where(
         a == eot, 0.0, lp[a, b] + np.where(b == eot, 0.0, lp[b, c]))
     np.testing.assert_allclose(score[0], total.max(), rtol=1e-6)
 
@@ -144,10 +145,10 @@ def test_itm_and_mlm_losses_match_references():
 
 def test_masking_follows_bert_80_10_10():
     tokens = jnp.asarray(np.random.default_rng(2).integers(4, 100, size=(400, 50)))
-    tokens = tokens.at[:, 0].set(tokenizers.BOS_ID).at[:, 40].set(tokenizers.EOT_ID)
-    tokens = tokens.at[:, 41:].set(tokenizers.PAD_ID)
-    masked, selected = fusion.mask_tokens(jax.random.key(0), tokens, 100, 0.15, mask_id=3,
-                                          pad_id=tokenizers.PAD_ID, eot_id=tokenizers.EOT_ID)
+    tokens = tokens.at[:, 0].set(text_tokenizers.BOS_ID).at[:, 40].set(text_tokenizers.EOT_ID)
+    tokens = tokens.at[:, 41:].set(text_tokenizers.PAD_ID)
+    masked, selected = cross_attention.mask_tokens(jax.random.key(0), tokens, 100, 0.15, mask_id=3,
+                                          pad_id=text_tokenizers.PAD_ID, eot_id=text_tokenizers.EOT_ID)
     masked, selected, tokens = map(np.asarray, (masked, selected, tokens))
     chosen = selected.astype(bool)
     assert not chosen[:, 0].any() and not chosen[:, 40:].any()  # BOS, EOT, padding never
@@ -167,7 +168,7 @@ def test_hard_negatives_follow_the_similarities_and_skip_identical_captions():
                               [0.3, 0.3, 0.3, 1.0]])
     # Examples 0 and 3 share a caption: 3 is never a negative for 0, nor 0 for 3.
     excluded = jnp.eye(4, dtype=bool).at[0, 3].set(True).at[3, 0].set(True)
-    draws = jax.vmap(lambda key: fusion.sample_hard_negatives(
+    draws = jax.vmap(lambda key: cross_attention.sample_hard_negatives(
         key, similarity, excluded, jnp.asarray(20.0)))(jax.random.split(jax.random.key(0), 2000))
     draws = np.asarray(draws)
     assert set(np.unique(draws[:, 0])) == {1}  # 2 is possible but e^-38 unlikely
@@ -175,7 +176,7 @@ def test_hard_negatives_follow_the_similarities_and_skip_identical_captions():
     # Row 1: candidates 0 (0.2), 2 (0.8), 3 (-1): p(2) = 1 / (1 + e^-12 + e^-36).
     assert (draws[:, 1] == 2).mean() > 0.99
     # With no hard share, the allowed columns are drawn uniformly: row 0 takes 1 or 2 evenly.
-    uniform = np.asarray(jax.vmap(lambda key: fusion.sample_hard_negatives(
+    uniform = np.asarray(jax.vmap(lambda key: cross_attention.sample_hard_negatives(
         key, similarity, excluded, jnp.asarray(20.0), hard_fraction=0.0))(
             jax.random.split(jax.random.key(1), 2000)))
     assert abs((uniform[:, 0] == 2).mean() - 0.5) < 0.05
@@ -202,9 +203,9 @@ def test_the_mask_token_is_no_text_token():
     assert model.mask_token_id == VOCAB
     assert model.text_tower.token_embedding.shape[0] == VOCAB + 1
     tokens = jnp.asarray(np.random.default_rng(0).integers(4, VOCAB, size=(64, CONTEXT)))
-    masked, selected = fusion.mask_tokens(
+    masked, selected = cross_attention.mask_tokens(
         jax.random.key(1), tokens, model.vocab_size, 0.5, mask_id=model.mask_token_id,
-        pad_id=tokenizers.PAD_ID, eot_id=tokenizers.EOT_ID)
+        pad_id=text_tokenizers.PAD_ID, eot_id=text_tokenizers.EOT_ID)
     assert int((masked == VOCAB).sum()) > 0 and bool(jnp.all((masked == VOCAB) <= (selected > 0)))
     assert int(masked.max()) == VOCAB and int(jnp.where(masked == VOCAB, 0, masked).max()) < VOCAB
 
@@ -231,10 +232,10 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     import json
 
     from conftest import one_device_mesh
-    from mmjax import evaluation, train
 
-    from mmjax import caption_metrics as bleu_and_cider
-    from mmjax import evaluators
+    from mmjax import train
+    from mmjax.evaluation import caption_metrics as bleu_and_cider
+    from mmjax.evaluation import evaluators, suite
 
     config = _tiny_cross_modal_config(tiny_config, "coca")
     metrics = train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh())
@@ -247,7 +248,7 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert all("train/caption_loss" in row for row in history if "train/loss" in row)
 
-    caption_metrics = evaluation.caption_checkpoint(config, str(tmp_path), mesh=one_device_mesh())
+    caption_metrics = suite.caption_checkpoint(config, str(tmp_path), mesh=one_device_mesh())
     assert caption_metrics["caption_token_accuracy"] == pytest.approx(
         metrics["eval/mmjax_shapes/caption_token_accuracy"])
     rows = [json.loads(line) for line in open(tmp_path / "captions.jsonl")]
@@ -262,8 +263,9 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
 
 def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path):
     from conftest import one_device_mesh
+
     from mmjax import train
-    from mmjax.trainer import Trainer
+    from mmjax.training.trainer import Trainer
 
     config = _tiny_cross_modal_config(tiny_config, "fusion")
     pretrained = tmp_path / "fusion"
@@ -273,8 +275,8 @@ def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path
 
     # Fine-tuning a VQA-style answer head from that checkpoint: towers and fusion encoder load,
     # the head starts fresh, and the answers' accuracy is evaluated.
-    from input_pipeline import shapes
-    from mmjax import checkpoint
+    from input_pipeline.generated import shapes
+    from mmjax.training import checkpoint
 
     config.model.name = "fusion_classifier"
     config.model.num_classes = len(shapes.VQA_ANSWERS)
@@ -302,6 +304,7 @@ def test_distillation_from_a_trained_teacher_checkpoint(finished_run, tfds_dir, 
     import json
 
     from conftest import make_tiny_config, one_device_mesh
+
     from mmjax import train
 
     student_dir = tmp_path / "student"
@@ -331,7 +334,7 @@ def test_fusion_memory_of_image_and_audio_with_modality_dropout():
     images = jax.random.normal(jax.random.key(1), (16, 8, 8, 3))
     spectrograms = jax.random.normal(jax.random.key(2), (16, 16, 8))  # 8 tokens; images 4
     tokens = jax.random.randint(jax.random.key(3), (16, CONTEXT), 4, VOCAB).at[:, -1].set(
-        tokenizers.EOT_ID)
+        text_tokenizers.EOT_ID)
     aux = {"image": model.image_tower(images)[1], "audio": model.audio_tower(spectrograms)[1]}
     memory, lengths = model.memory(aux, jax.random.key(4))
     image_tokens = aux["image"]["tokens"].shape[1]

@@ -9,7 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from mmjax import image_generator, losses
+from mmjax import losses
+from mmjax.models import image_generator
 
 CODES, TOKENS, CONTEXT, CONTEXT_WIDTH = 12, 16, 4, 8
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mmjax import image_tokenizer
+from mmjax.models import image_tokenizer
 
 
 # Two levels (a binary channel) once made the even-level shift arctanh(> 1): NaN codes.
@@ -38,7 +38,7 @@ def test_fsq_rounds_to_its_grid_and_indexes_every_code_once(levels):
 
 
 def test_unpatchify_undoes_the_image_towers_patchify():
-    from mmjax.image_tower import VisionTransformer
+    from mmjax.models.towers.image_tower import VisionTransformer
 
     tower = VisionTransformer(image_size=(8, 12), width=16, depth=1, mlp_dim=32, num_heads=2,
                               patch_size=4, rngs=nnx.Rngs(0))
@@ -194,6 +194,7 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
     import json
 
     from conftest import one_device_mesh
+
     from configs import common
     from input_pipeline import pipeline
     from mmjax import inference, train
@@ -208,9 +209,10 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
               if "train/loss" in line]
     assert len(losses) == 8 and losses[-1] < 0.7 * losses[0], losses
 
-    from mmjax import eval_sets, tokenizers
+    from mmjax import text_tokenizers
+    from mmjax.evaluation import eval_sets
 
-    data = pipeline.eval_data(config, tokenizers.build_tokenizer(config.tokenizer),
+    data = pipeline.eval_data(config, text_tokenizers.build_tokenizer(config.tokenizer),
                               eval_sets.eval_sets(config)[0], global_batch_size=128)
     images = np.concatenate([b["image"][b["valid"].astype(bool)] for b in data.batches()])
     assert len(images) == 128
@@ -232,16 +234,17 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
 
 @pytest.mark.parametrize("pixel_channels,pixel_blocks", [(0, 0), (16, 0), (16, 2)])
 def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels, pixel_blocks):
-    """mmjax.bench's analytic count (its MFU's numerator) for either pixel head."""
+    """mmjax.tools.benchmark's analytic count (its MFU's numerator) for either pixel head."""
     from configs import smoke_image_tokenizer
-    from mmjax import bench, models, tokenizers
+    from mmjax import models, text_tokenizers
+    from mmjax.tools import benchmark
 
     config = smoke_image_tokenizer.get_config()
     config.model.image_decoder.pixel_channels = pixel_channels
     config.model.image_decoder.pixel_blocks = pixel_blocks
-    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
     codes = jnp.zeros((1, model.num_tokens, len(config.model.fsq_levels)))
     counted = jax.jit(model.decode).lower(codes).compile().cost_analysis()
     counted = counted[0] if isinstance(counted, list) else counted
-    analytic = bench.forward_flops_per_example(config)["image_decoder"]
+    analytic = benchmark.forward_flops_per_example(config)["image_decoder"]
     assert analytic == pytest.approx(counted["flops"], rel=0.05)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmjax import inference
-from mmjax.tools import export_open_clip, import_open_clip, weight_files
+from mmjax.tools.weights import export_open_clip, import_open_clip, weight_files
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -65,11 +65,11 @@ def test_safetensors_reader_and_clear_errors(tmp_path):
 def test_clip_bpe_tokenizer_equals_open_clips():
     import json
 
-    from mmjax import tokenizers
+    from mmjax import text_tokenizers
 
     with open(os.path.join(FIXTURES, "clip_bpe_captions.json")) as f:
         fixture = json.load(f)
-    tokenizer = tokenizers.build_tokenizer(dict(
+    tokenizer = text_tokenizers.build_tokenizer(dict(
         name="clip_bpe", context_length=fixture["context_length"],
         vocabulary_file=os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz")))
     assert tokenizer.vocab_size == 49408 and tokenizer.eot_id == 49407

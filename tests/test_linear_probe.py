@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mmjax import evaluators, linear_probe
+from mmjax.evaluation import linear_probe, metrics
 
 
 def overlapping_classes(num_classes=6, dim=24, per_class=90, seed=0):
@@ -44,13 +44,13 @@ def test_sweep_picks_a_c_that_scikit_learn_agrees_with(split):
     from sklearn.linear_model import LogisticRegression
 
     train_x, train_y, test_x, test_y = split
-    metrics = evaluators.linear_probe_metrics(train_x, train_y, test_x, test_y)
-    c = metrics["linear_probe_c"]
+    result = metrics.linear_probe_metrics(train_x, train_y, test_x, test_y)
+    c = result["linear_probe_c"]
     reference = LogisticRegression(C=c, max_iter=5000, tol=1e-8).fit(train_x, train_y)
-    assert abs(metrics["linear_probe_top1"] - reference.score(test_x, test_y)) <= 0.01
+    assert abs(result["linear_probe_top1"] - reference.score(test_x, test_y)) <= 0.01
     weakest = LogisticRegression(C=1e-6, max_iter=5000).fit(train_x, train_y)
-    assert metrics["linear_probe_top1"] > weakest.score(test_x, test_y) + 0.1
-    assert set(metrics) == {"linear_probe_top1", "linear_probe_top5",
+    assert result["linear_probe_top1"] > weakest.score(test_x, test_y) + 0.1
+    assert set(result) == {"linear_probe_top1", "linear_probe_top5",
                             "linear_probe_mean_per_class", "linear_probe_c"}
 
 
@@ -60,12 +60,12 @@ def test_linear_probe_separates_what_is_separable_and_picks_c_on_held_out_data()
     train_labels, test_labels = rng.integers(0, 3, 300), rng.integers(0, 3, 100)
     train = centers[train_labels] + rng.normal(size=(300, 8))
     test = centers[test_labels] + rng.normal(size=(100, 8))
-    metrics = evaluators.linear_probe_metrics(train, train_labels, test, test_labels)
+    result = metrics.linear_probe_metrics(train, train_labels, test, test_labels)
     # The Bayes rule on these clusters; the probe must be as good within a few errors.
     bayes = np.argmin(((test[:, None] - centers[None]) ** 2).sum(-1), axis=1)
-    assert metrics["linear_probe_top1"] >= (bayes == test_labels).mean() - 0.03
-    assert 1e-6 <= metrics["linear_probe_c"] <= 1e6
-    shuffled = evaluators.linear_probe_metrics(train, rng.permutation(train_labels), test,
+    assert result["linear_probe_top1"] >= (bayes == test_labels).mean() - 0.03
+    assert 1e-6 <= result["linear_probe_c"] <= 1e6
+    shuffled = metrics.linear_probe_metrics(train, rng.permutation(train_labels), test,
                                                test_labels)
     assert shuffled["linear_probe_top1"] < 0.6  # labels unrelated to features: near chance
 

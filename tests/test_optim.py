@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mmjax import optim
+from mmjax.training import optim
 
 
 def optimizer_config(lr_mults=(), frozen=()):

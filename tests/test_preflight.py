@@ -7,11 +7,11 @@ import re
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO_ROOT, copy_run
+
 from input_pipeline import pipeline
 from mmjax import preflight, sharding
-from mmjax.trainer import Trainer
+from mmjax.training.trainer import Trainer
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
 
@@ -286,7 +286,7 @@ def test_a_workdir_of_the_older_checkpoint_layout_is_refused_its_parameters_load
     parameters still load (init_from, a teacher, inference)."""
     import orbax.checkpoint as ocp
 
-    from mmjax import checkpoint
+    from mmjax.training import checkpoint
 
     directory, step = checkpoint.find_checkpoint(finished_run[0])
     with ocp.CheckpointManager(directory, item_handlers={
@@ -312,14 +312,14 @@ def test_a_workdir_of_the_older_checkpoint_layout_is_refused_its_parameters_load
 
 
 def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatch):
-    from mmjax import evaluation
+    from mmjax.evaluation import suite
 
     with pytest.raises(preflight.ConfigError, match=r"--workdir = .*empty': holds no checkpoint "
                        r"to evaluate\. Fix: train first"):
-        evaluation.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
+        suite.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
     # A folder this user cannot write to (made so by the check's view of it: root writes
     # anywhere a real permission would forbid).
-    from mmjax import path_checks
+    from mmjax.preflight import path_checks
 
     locked = str(tmp_path / "locked")
     os.mkdir(locked)
@@ -331,12 +331,12 @@ def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatc
 
 
 def test_captions_of_a_model_that_cannot_caption(finished_run, tiny_config):
-    from mmjax import evaluation
+    from mmjax.evaluation import suite
 
     with pytest.raises(preflight.ConfigError, match=r"config\.model\.name = 'clip': this mode "
                        r"runs the 'captioning' evaluator, which needs a model that has "
                        r"\['start_decoding', 'decode_step'\]"):
-        evaluation.caption_checkpoint(tiny_config, finished_run[0])
+        suite.caption_checkpoint(tiny_config, finished_run[0])
 
 
 def test_a_warmup_longer_than_the_run_is_noted(tiny_config):

@@ -213,30 +213,30 @@ def test_multi_caption_tfds_dataset(other_tfds):
 
 
 def test_classification_tfds_dataset_gets_class_names_and_prompts(other_tfds):
-    from mmjax import tokenizers
+    from mmjax import text_tokenizers
 
     source = datasets.open_source(datasets.parse_spec("tfds:fake_flowers:test", "test"),
                                   other_tfds)
     names, templates = source.adapter.class_names, source.adapter.prompt_templates
     assert names == ("pink primrose", "globe thistle")
     assert templates[0] == "a photo of a {}."
-    batches = list(datasets.eval_dataset(source, tokenizers.ByteTokenizer(40),
+    batches = list(datasets.eval_dataset(source, text_tokenizers.ByteTokenizer(40),
                                          global_batch_size=4, image_size=8).as_numpy_iterator())
     # Records come in TFDS's stored order; example i is a flat image of value 50 * i, label i % 2.
     batch = batches[0]
     example_index = batch["image"][:, 0, 0, 0].astype(int) // 50
     assert sorted(example_index) == [0, 1, 2, 3]
     assert batch["label"].tolist() == [i % 2 for i in example_index]
-    texts = [tokenizers.ByteTokenizer(40).decode(t) for t in batch["tokens"]]
+    texts = [text_tokenizers.ByteTokenizer(40).decode(t) for t in batch["tokens"]]
     assert texts == [f"a photo of a {names[label]}." for label in batch["label"]]
 
 
 def test_eval_batches_carry_every_caption_up_to_k(other_tfds):
-    from mmjax import tokenizers
+    from mmjax import text_tokenizers
 
     source = datasets.open_source(datasets.parse_spec("tfds:fake_coco_captions:val", "val"),
                                   other_tfds)
-    tokenizer = tokenizers.ByteTokenizer(16)
+    tokenizer = text_tokenizers.ByteTokenizer(16)
     batch = next(datasets.eval_dataset(source, tokenizer, global_batch_size=6, image_size=8,
                                        captions_per_image=5).as_numpy_iterator())
     assert batch["all_tokens"].shape == (6, 5, 16)

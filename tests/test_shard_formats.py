@@ -9,10 +9,12 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import one_device_mesh
 from PIL import Image
 
-from conftest import one_device_mesh
-from input_pipeline import datasets, make_shards, shapes, shards
+from input_pipeline import datasets, shards
+from input_pipeline.convert import make_shards
+from input_pipeline.generated import shapes
 
 SAMPLES_PER_TAR = 20
 TRUNCATED_AT = 14  # the image of this sample of the second tar is cut short
@@ -148,20 +150,20 @@ def test_shards_tokenized_at_conversion_feed_the_same_ids_and_refuse_another_tok
     pipelines read them (no tokenizer in the loop) and give exactly the batches that tokenizing
     gives; a run with another tokenizer is refused before compiling, naming the fix."""
     from input_pipeline import pipeline
-    from mmjax import preflight, tokenizers
+    from mmjax import preflight, text_tokenizers
 
     tars = str(img2dataset_output / "tars")
     tokenizer_config = {"name": "clip_bpe", "context_length": 24, "vocabulary_file": CLIP_BPE}
-    tokenizer = tokenizers.build_tokenizer(tokenizer_config)
+    tokenizer = text_tokenizers.build_tokenizer(tokenizer_config)
     stored = make_shards.make_shards(tars, str(tmp_path / "tokenized"), examples_per_shard=10,
                                      quiet=True, tokenizer=tokenizer_config)
     make_shards.make_shards(tars, str(tmp_path / "plain"), examples_per_shard=10, quiet=True)
-    assert stored["tokenizer"] == tokenizers.identity(tokenizer)
+    assert stored["tokenizer"] == text_tokenizers.identity(tokenizer)
     sources_ = {name: datasets.open_source(datasets.parse_spec(
         f"shards:{tmp_path / name}:train", "train"), None) for name in ("tokenized", "plain")}
     assert sources_["tokenized"].stored_tokens(tokenizer)
     assert not sources_["plain"].stored_tokens(tokenizer)
-    assert not sources_["tokenized"].stored_tokens(tokenizers.build_tokenizer(
+    assert not sources_["tokenized"].stored_tokens(text_tokenizers.build_tokenizer(
         dict(tokenizer_config, context_length=32)))
 
     def batches(source, make):
@@ -191,12 +193,12 @@ def test_shards_tokenized_at_conversion_feed_the_same_ids_and_refuse_another_tok
 
 
 def test_the_loader_benchmark_reads_its_webdataset_tars_both_ways(tmp_path):
-    """input_pipeline.bench --source=webdataset: img2dataset-style tars of 341x256 JPEGs (with
+    """input_pipeline.benchmarks.loader --source=webdataset: img2dataset-style tars of 341x256 JPEGs (with
     img2dataset's NNNNN_stats.json beside them, which make_shards skips), converted with and
     without stored tokens, both fed through the training pipeline."""
-    from input_pipeline import bench
+    from input_pipeline.benchmarks import loader
 
-    shard_dirs, pattern = bench.prepare_webdataset(str(tmp_path), 12, per_tar=5)
+    shard_dirs, pattern = loader.prepare_webdataset(str(tmp_path), 12, per_tar=5)
     assert pattern == str(tmp_path / "tars" / "{00000..00002}.tar")
     with tarfile.open(tmp_path / "tars" / "00002.tar") as tar:
         names = tar.getnames()
@@ -209,7 +211,7 @@ def test_the_loader_benchmark_reads_its_webdataset_tars_both_ways(tmp_path):
             metadata = json.load(f)
         assert metadata["splits"]["train"]["num_examples"] == 12, label
         assert ("tokenizer" in json.dumps(metadata)) == (label == "tokens stored by make_shards")
-        assert bench.time_mmjax(directory, bench.FAST, batch_size=4, batches=1, warmup=0) > 0
+        assert loader.time_mmjax(directory, loader.FAST, batch_size=4, batches=1, warmup=0) > 0
 
 
 BEAM_IN_PROCESS = "--direct_running_mode=multi_threading --direct_num_workers={}"
@@ -241,10 +243,10 @@ def test_an_interrupted_beam_conversion_redoes_nothing_it_finished(img2dataset_o
     is what tells)."""
     import glob
 
-    from input_pipeline import beam_shards
+    from input_pipeline.convert import beam
 
     tars = str(img2dataset_output / "tars")
-    write_shard = beam_shards.write_shard
+    write_shard = beam.write_shard
 
     def killed_at_the_third(plan, **kwargs):
         if plan[0] == 2:
@@ -252,7 +254,7 @@ def test_an_interrupted_beam_conversion_redoes_nothing_it_finished(img2dataset_o
         write_shard(plan, **kwargs)
 
     options = BEAM_IN_PROCESS.format(1)
-    monkeypatch.setattr(beam_shards, "write_shard", killed_at_the_third)
+    monkeypatch.setattr(beam, "write_shard", killed_at_the_third)
     with pytest.raises(RuntimeError, match="killed while writing shard 2"):
         make_shards.make_shards(tars, str(tmp_path / "resumed"), examples_per_shard=10,
                                 quiet=True, engine="beam", beam_options=options)
@@ -260,8 +262,8 @@ def test_an_interrupted_beam_conversion_redoes_nothing_it_finished(img2dataset_o
                 for p in glob.glob(str(tmp_path / "resumed" / ".partial-*" / "train-*"))}
     assert finished and "train-00002" not in finished and not os.path.exists(
         tmp_path / "resumed" / "metadata.json")
-    monkeypatch.setattr(beam_shards, "write_shard", write_shard)
-    monkeypatch.setattr(beam_shards, "convert_unit", lambda *a, **k: pytest.fail("redone"))
+    monkeypatch.setattr(beam, "write_shard", write_shard)
+    monkeypatch.setattr(beam, "convert_unit", lambda *a, **k: pytest.fail("redone"))
     make_shards.make_shards(tars, str(tmp_path / "resumed"), examples_per_shard=10, quiet=True,
                             engine="beam", beam_options=options)
     for stem, inode in finished.items():

@@ -5,8 +5,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from input_pipeline import pipeline
-from mmjax.trainer import Trainer
 from mmjax import sharding
+from mmjax.training.trainer import Trainer
 
 
 def test_mesh_sizes_fill_in_minus_one_and_explain_errors():

@@ -6,12 +6,17 @@ import os
 import numpy as np
 import pytest
 
-from input_pipeline import datasets, make_shards, pipeline, shards, synthetic
-from mmjax import checkpoint, tokenizers
+from input_pipeline import datasets, pipeline, shards
+from input_pipeline.convert import make_shards
+from input_pipeline.generated import synthetic
+from mmjax import text_tokenizers
+from mmjax.training import checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
-from conftest import USER_CORRUPT as NUM_CORRUPT, USER_IMAGES as NUM_IMAGES, USER_TEST as NUM_TEST
+from conftest import USER_CORRUPT as NUM_CORRUPT
+from conftest import USER_IMAGES as NUM_IMAGES
+from conftest import USER_TEST as NUM_TEST
 
 
 def test_make_shards_writes_every_image_with_all_its_captions(user_data):
@@ -85,7 +90,7 @@ def test_bad_inputs_are_explained(tmp_path):
 
 
 def _epoch(source, steps, batch_size=16, **kwargs):
-    tokenizer = tokenizers.WordTokenizer(12, VOCABULARY)
+    tokenizer = text_tokenizers.WordTokenizer(12, VOCABULARY)
     dataset = datasets.train_dataset(source, tokenizer, global_batch_size=batch_size,
                                      image_size=24, seed=5, **kwargs)
     return [batch for batch, _ in zip(dataset.as_numpy_iterator(), range(steps))]
@@ -128,7 +133,7 @@ def test_one_and_two_processes_read_the_same_global_batches_and_resume_at_the_ne
 
 def test_too_many_bad_examples_stop_the_run_naming_them(user_data, tiny_config):
     tiny_config.data.train = f"shards:{user_data['output']}:train"
-    batches = pipeline.train_batches(tiny_config, tokenizers.build_tokenizer(tiny_config.tokenizer))
+    batches = pipeline.train_batches(tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer))
     for _ in range(18):
         next(batches)
     assert batches.skipped == NUM_CORRUPT and batches.position == 288
@@ -144,6 +149,7 @@ def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data
     """README's "Your own data" command, shrunk: a user's captions with the bytes tokenizer and
     the default evaluators; the ones unlabeled data cannot feed are skipped, saying why."""
     from conftest import one_device_mesh
+
     from mmjax import train
 
     tiny_config.data.train = f"shards:{user_data['output']}:train"
@@ -167,7 +173,7 @@ def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = {r["step"]: r["data/skipped"] for r in map(json.loads, f) if "data/skipped" in r}
     # The same pipeline read on its own: what it skipped by steps 9 and 18.
-    batches = pipeline.train_batches(tiny_config, tokenizers.build_tokenizer(tiny_config.tokenizer))
+    batches = pipeline.train_batches(tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer))
     expected = {}
     for step in range(1, 19):
         next(batches)
@@ -192,11 +198,12 @@ def _varied_captions(count, seed=0):
 def test_make_vocab_and_in_graph_sentencepiece_equal_python_on_1000_captions(user_data, tmp_path):
     import tensorflow as tf
 
-    from input_pipeline import make_vocab, text
+    from input_pipeline import text
+    from input_pipeline.convert import make_vocab
 
     path = make_vocab.train_vocabulary(f"shards:{user_data['output']}:train",
                                        str(tmp_path / "vocab"), vocab_size=120)
-    tokenizer = tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
+    tokenizer = text_tokenizers.build_tokenizer(dict(name="sentencepiece", context_length=24,
                                                 vocabulary_file=path))
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eot_id) == (0, 1, 2)
     assert tokenizer.vocab_size <= 120

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from configs import common
-from mmjax import checkpoint, judge, preflight, sharding, train
-from mmjax.trainer import Trainer
+from input_pipeline.generated import builder
+from mmjax import preflight, sharding, train
+from mmjax.evaluation import judge
+from mmjax.training import checkpoint
+from mmjax.training.trainer import Trainer
 
 TINY = dict(width=32, depth=1, mlp_dim=64, num_heads=2)
 
@@ -68,7 +71,7 @@ def test_the_generator_trains_over_the_frozen_tokenizer_it_loaded(runs):
 
 def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished_run,
                                                                   monkeypatch):
-    from mmjax import inference, reranking
+    from mmjax import inference
 
     model = inference.load(runs[1])
     texts = ["one small red circle on the left", "three large blue squares at the top"]
@@ -92,7 +95,7 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished
                                                 r"read from .*candidates=1"):
         model.generate(texts, seed=0, candidates=3, **settings)
     model.config.generation.rerank_with = finished_run[0]
-    clip, shown = reranking.load_reranker(finished_run[0]), []
+    clip, shown = inference.load_reranker(finished_run[0]), []
 
     class Recording:  # the CLIP run, keeping the candidates it is shown
         encode_text = clip.encode_text
@@ -100,7 +103,7 @@ def test_inference_generates_images_from_text_the_same_for_a_seed(runs, finished
         def encode_image(self, candidates):
             shown.append(candidates)
             return clip.encode_image(candidates)
-    monkeypatch.setattr(reranking, "load_reranker", lambda workdir: Recording())
+    monkeypatch.setattr(inference, "load_reranker", lambda workdir: Recording())
     chosen = model.generate(texts, seed=0, candidates=3, **settings)
     assert chosen.shape == images.shape
     drawn = shown[0].reshape(2, 3, *images.shape[1:])
@@ -142,7 +145,7 @@ def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
 def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path, monkeypatch):
     """Two candidates a caption, the one the reranker finds closest kept (here a stand-in that
     prefers the brighter)."""
-    from mmjax import generation, reranking
+    from mmjax import generate, inference
 
     shown = []
 
@@ -153,11 +156,11 @@ def test_mode_generate_writes_the_images_and_grids(runs, finished_run, tmp_path,
         def encode_image(self, candidates):
             shown.append(candidates)
             return np.stack([candidates.mean(axis=(1, 2, 3)), np.ones(len(candidates))], 1)
-    monkeypatch.setattr(reranking, "load_reranker", lambda workdir: PrefersBrighter())
+    monkeypatch.setattr(inference, "load_reranker", lambda workdir: PrefersBrighter())
     workdir = shutil.copytree(runs[1], tmp_path / "run")
     config = runs[2].copy_and_resolve_references()
     config.generation.update(candidates=2, rerank_with=finished_run[0])
-    result = generation.generate_checkpoint(config, str(workdir))
+    result = generate.generate_checkpoint(config, str(workdir))
     saved = np.load(workdir / "generated" / "images.npz")
     assert saved["images"].shape == saved["real_images"].shape == (len(result["captions"]), 16,
                                                                     16, 3)
@@ -257,7 +260,7 @@ def test_the_preflight_refuses_a_reranker_that_cannot_or_must_not_choose(runs, f
 
 
 def test_best_of_keeps_the_candidate_the_reranker_finds_closest_to_its_caption():
-    from mmjax import reranking
+    from mmjax import inference
 
     class ColourReranker:  # texts say red or blue; an image's embedding is its mean colour
         def encode_text(self, texts):
@@ -271,7 +274,7 @@ def test_best_of_keeps_the_candidate_the_reranker_finds_closest_to_its_caption()
     for row, drawn in enumerate(colours):
         for k, colour in enumerate(drawn):
             candidates[row, k] = colour
-    chosen, scores = reranking.best_of(ColourReranker(), candidates,
+    chosen, scores = inference.best_of(ColourReranker(), candidates,
                                        ["one red circle", "two blue squares"])
     np.testing.assert_array_equal(chosen, candidates[[0, 1], [1, 2]])
     assert scores.shape == (2, 3)
@@ -285,17 +288,17 @@ def test_the_generator_models_every_token_of_a_patch(tiny_config, mode, tokens_p
     """With tokens_per_patch = 2 the generator trains on and draws both tokens of each patch
     (the autoregressive one a patch a step unless told otherwise), and the tokenizer decodes
     them."""
-    from mmjax import models, tokenizers
+    from mmjax import models, text_tokenizers
 
     config = t2i_config(tiny_config, None)
     config.model.generator.mode = mode
     config.model.generator.tokens_per_step = tokens_per_step
     config.model.tokens_per_patch = 2
-    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
     patches = model.grid[0] * model.grid[1]
     assert model.generator.num_tokens == 2 * patches
     assert model.generator.tokens_per_step == steps_by
-    text = jnp.asarray(tokenizers.build_tokenizer(config.tokenizer)(["one red circle"] * 2))
+    text = jnp.asarray(text_tokenizers.build_tokenizer(config.tokenizer)(["one red circle"] * 2))
     images = jnp.zeros((2, config.data.image_size, config.data.image_size, 3), jnp.uint8)
     outputs = model({"image": images, "tokens": text}, jax.random.key(0))
     assert outputs["image_token_targets"].shape == (2, 2 * patches)
@@ -362,7 +365,7 @@ def test_frechet_distance_kid_and_r_precision_on_known_features():
 
 
 def test_the_judge_learns_from_real_images_of_every_pair_never_the_datasets_own():
-    from input_pipeline import shapes
+    from input_pipeline.generated import shapes
 
     examples = [shapes.render_any_pair(i) for i in range(400)]
     pairs = {shapes.CLASS_PAIRS[e["label"]] for e in examples}
@@ -419,8 +422,9 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     import importlib
     import shutil
 
-    from input_pipeline import shapes
-    from mmjax import evaluation, inference
+    from input_pipeline.generated import shapes
+    from mmjax import inference
+    from mmjax.evaluation import suite
     from mmjax.tools import judge_reconstructions
 
     importlib.import_module("mmjax.tools.fit_judge")  # both tools' flags load in one process
@@ -456,7 +460,7 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     # Two candidates a caption, chosen by a CLIP run other than the judge's.
     config.generation.update(candidates=2, rerank_with=str(shutil.copytree(
         finished_run[0], tmp_path / "chooser")))
-    metrics = evaluation.evaluate_checkpoint(config, str(workdir))
+    metrics = suite.evaluate_checkpoint(config, str(workdir))
     prefix = "eval/mmjax_shapes/"
     for source in ("real", "reconstructed", "nearest_training", "unconditional",
                    "generated_g1", "reranked_unconditional", "reranked_g1",
@@ -469,12 +473,12 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     report = (workdir / "eval_report.md").read_text()
     assert "## generation" in report and "| nearest_training |" in report
     assert "| reranked_g1 |" in report
-    assert (workdir / "report" / "generation.png").stat().st_size > 1000
+    assert (workdir / "report" / "generate.png").stat().st_size > 1000
 
 
 def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, tmp_path):
     """fit_judge --classifier_variant: a judge of another ViT shape loads as that shape."""
-    from input_pipeline import shapes
+    from input_pipeline.generated import shapes
 
     images, captions = shapes.preprocessed_any_pairs(64, preprocess="decode|resize",
                                                      image_size=16, normalization="minus_one_one")
@@ -490,9 +494,9 @@ def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, t
 
 def smoke_generator_logits(config):
     """smoke_t2i's generator logits for one caption and their arguments (no tokenizer run)."""
-    from mmjax import models, tokenizers
+    from mmjax import models, text_tokenizers
 
-    model = models.build_model(config, tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
     context_length = config.tokenizer.context_length
     return model.generator.logits, (jnp.zeros((1, model.num_tokens), jnp.int32),
                                     jnp.zeros((1, context_length, model.text_tower.width)),
@@ -518,19 +522,19 @@ def matmul_flops(jaxpr) -> float:
 @pytest.mark.parametrize("tokens_per_patch,tokens_per_step",
                          [(1, 1), (2, 1), (2, 2), (4, None), (4, 1)])
 def test_the_benchmarks_generator_flops_are_its_matmuls(tokens_per_patch, tokens_per_step):
-    """mmjax.bench's analytic count of the generator's forward pass (its MFU's numerator) is
+    """mmjax.tools.benchmark's analytic count of the generator's forward pass (its MFU's numerator) is
     the matrix multiplications the model's program does, with a patch's tokens in the sequence
     or drawn a group a step (unset: a patch a step). XLA's own count is 3 to 5 % higher: it
     adds the elementwise work, which MFU leaves out."""
     from configs import smoke_t2i
-    from mmjax import bench
+    from mmjax.tools import benchmark
 
     config = smoke_t2i.get_config()
     config.model.tokens_per_patch = tokens_per_patch
     config.model.generator.tokens_per_step = tokens_per_step
     logits, arguments = smoke_generator_logits(config)
     counted = matmul_flops(jax.make_jaxpr(logits)(*arguments).jaxpr)
-    analytic = bench.forward_flops_per_example(config)["generator"]
+    analytic = benchmark.forward_flops_per_example(config)["generator"]
     assert analytic == pytest.approx(counted, rel=1e-6)
 
 
@@ -538,7 +542,7 @@ def test_the_step_profile_names_the_generators_own_operations():
     """The codebook head and the within-patch MLP are most of a smoke generator's step: the
     profile must name them, not leave them to the train step's frames (read as the optimizer)."""
     from configs import smoke_t2i
-    from mmjax import profile_step
+    from mmjax.tools import profile_step
 
     logits, arguments = smoke_generator_logits(smoke_t2i.get_config())
     hlo = jax.jit(logits).lower(*arguments).compile().as_text()
@@ -551,7 +555,8 @@ def test_the_step_profile_names_the_generators_own_operations():
 def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_path):
     """The judge's CLIP learns from the classifier's images (held-out pairs too), as shards a
     `shards:` spec reads: each record is the rendered image, as a PNG, with its caption."""
-    from input_pipeline import datasets, judge_data, shapes, shards
+    from input_pipeline import datasets, shards
+    from input_pipeline.generated import judge_data, shapes
 
     metadata = judge_data.write_judge_data(str(tmp_path), 60, quiet=True)
     assert metadata["splits"]["train"]["num_examples"] == 60
@@ -561,7 +566,7 @@ def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_
     rendered = [shapes.render_any_pair(i) for i in range(60)]
     assert [r["captions"].numpy()[0].decode() for r in records] == [e["caption"]
                                                                    for e in rendered]
-    assert records[7]["image"].numpy() == shapes.encode_png(rendered[7]["image"])
+    assert records[7]["image"].numpy() == builder.encode_png(rendered[7]["image"])
     pairs = {(a["color"], a["shape"])
              for a in (judge.caption_attributes(e["caption"]) for e in rendered)}
     assert pairs & set(shapes.HELD_OUT_PAIRS)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax import image_tower, layer_norm, layers, text_tower
-from mmjax.tokenizers import EOT_ID, PAD_ID
+from mmjax.models import layer_norm, layers
+from mmjax.models.towers import image_tower, text_tower
+from mmjax.text_tokenizers import EOT_ID, PAD_ID
 
 
 def small_vit(pooling):

@@ -6,11 +6,12 @@ import time
 import jax
 import numpy as np
 import pytest
-
 from conftest import copy_run, one_device_mesh
+
 from input_pipeline import pipeline
-from mmjax import evaluation, train
-from mmjax.trainer import Trainer
+from mmjax import train
+from mmjax.evaluation import suite
+from mmjax.training.trainer import Trainer
 
 
 def read_metrics(workdir):
@@ -86,7 +87,7 @@ def test_a_resumed_run_matches_the_uninterrupted_one(finished_run, tiny_config, 
         final_metrics, abs=1e-6)
 
     # --mode=eval on the finished run reproduces the final evaluation.
-    evaluated = evaluation.evaluate_checkpoint(tiny_config, crashed)
+    evaluated = suite.evaluate_checkpoint(tiny_config, crashed)
     assert evaluated == pytest.approx(final_metrics, abs=1e-6)
 
 
@@ -215,7 +216,7 @@ def test_the_wandb_writer_logs_what_metrics_jsonl_gets(tiny_config, tmp_path):
     the run file is read back), with a run id that a resumed run shares."""
     import glob
 
-    from mmjax.metric_writers import MetricWriter
+    from mmjax.training.metric_writers import MetricWriter
 
     tiny_config.wandb.update(project="mmjax-tests", mode="offline")
     workdir = str(tmp_path / "run")

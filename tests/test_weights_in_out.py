@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 
 from mmjax import inference
-from mmjax.tools import (big_vision_layout, export_hf, export_open_clip, hf_layout, import_hf,
-                         weight_files)
+from mmjax.tools.weights import (
+    big_vision_layout,
+    export_hf,
+    export_open_clip,
+    hf_layout,
+    import_hf,
+    weight_files,
+)
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -165,9 +171,9 @@ def test_exports_refuse_what_the_target_cannot_represent(imported, tmp_path):
 def test_clip_bpe_tokenizer_written_for_transformers(tmp_path):
     """transformers' CLIPTokenizer files of CLIP's BPE: its vocabulary with transformers' names
     for the two special tokens, the merges in rank order, mmjax's padding id."""
-    from mmjax import tokenizers
+    from mmjax import text_tokenizers
 
-    tokenizer = tokenizers.build_tokenizer(dict(
+    tokenizer = text_tokenizers.build_tokenizer(dict(
         name="clip_bpe", context_length=16,
         vocabulary_file=os.path.join(FIXTURES, "bpe_simple_vocab_16e6.txt.gz")))
     export_hf.write_clip_tokenizer(tokenizer, str(tmp_path))

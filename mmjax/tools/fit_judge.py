@@ -1,13 +1,13 @@
-"""Fit a judge of generated mmjax_shapes images (mmjax/judge.py).
+"""Fit a judge of generated mmjax_shapes images (mmjax/evaluation/judge.py).
 
-    python -m input_pipeline.judge_data --out=/tmp/judge_clip_data
+    python -m input_pipeline.generated.judge_data --out=/tmp/judge_clip_data
     python main.py --config=configs/smoke.py --workdir=/tmp/judge_clip --config.seed=1 \
         --config.data.train=shards:/tmp/judge_clip_data/shards:train
     python -m mmjax.tools.fit_judge --clip_workdir=/tmp/judge_clip --out=/tmp/judge
 
 The attribute classifier (a head each for colour, shape, count, size and position, read from the
 captions) trains on --rendered real images of every colour-shape pair, held-out ones included,
-drawn under a seed apart from the dataset's splits (input_pipeline.shapes.render_any_pair) and
+drawn under a seed apart from the dataset's splits (input_pipeline.generated.shapes.render_any_pair) and
 put through the CLIP run's own eval preprocessing, so at its image size: a judge must read the
 pairs the judged model never saw. Half of each batch is softened by a random blur (up to
 --max_blur), so that a shape drawn a little soft is still read as that shape (judge.degraded).
@@ -17,15 +17,20 @@ nearest-training-image baseline draws from, and say which pairs count as seen. W
 OUT/judge.json (the CLIP for R-precision, the check's accuracies) and OUT/judge.npz. Point a
 text-to-image run at it with --config.judge.workdir=OUT. The CLIP should be trained with another
 seed than anything it judges, on real images only: those the classifier learns from
-(input_pipeline.judge_data), so that it too knows the held-out pairs.
+(input_pipeline.generated.judge_data), so that it too knows the held-out pairs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from absl import app, flags
 
-from mmjax import judge
+from input_pipeline import pipeline
+from input_pipeline.generated import shapes
+from mmjax import inference
+from mmjax.evaluation import eval_sets, judge
 
 flags.DEFINE_string("clip_workdir", None, "A CLIP run's workdir (trained with its own seed).")
 flags.DEFINE_string("out", None, "Where the judge goes (a folder; gs:// works).")
@@ -44,8 +49,6 @@ FLAGS = flags.FLAGS
 
 def main(argv) -> None:
     del argv
-    from input_pipeline import shapes  # TensorFlow: only the pipeline imports it
-    from mmjax import inference
 
     clip = inference.load(FLAGS.clip_workdir)
     config = clip.config
@@ -74,3 +77,17 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     app.run(main)
+
+
+def real_images(config, tokenizer, data: str, examples: int):
+    """(uint8 images, captions) of a split, as the run's eval pipeline reads them."""
+
+    eval_set = dataclasses.replace(eval_sets.eval_sets(config)[0], data=data, name="judge",
+                                   max_examples=examples, where=None, captions_per_image=1)
+    batches = pipeline.eval_data(config, tokenizer, eval_set, global_batch_size=250).batches()
+    images, tokens = [], []
+    for batch in batches:
+        keep = batch["valid"].astype(bool)
+        images.append(batch["image"][keep])
+        tokens.append(batch["tokens"][keep])
+    return np.concatenate(images), [tokenizer.decode(row) for row in np.concatenate(tokens)]

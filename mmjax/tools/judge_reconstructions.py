@@ -4,7 +4,7 @@
         --judge=/tmp/mmjax_judge
 
 Reads the first --count images of --images with the tokenizer run's eval preprocessing,
-reconstructs them (tokenize, then detokenize) and has the judge (mmjax/judge.py, fitted by
+reconstructs them (tokenize, then detokenize) and has the judge (mmjax/evaluation/judge.py, fitted by
 mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images,
 on the reconstructions and on the real images blurred by [w, 1 - 2w, w] along each axis for
 each --blur w (how much blur the judge itself tolerates). Prints a table and writes it to
@@ -18,6 +18,9 @@ import json
 
 import numpy as np
 from absl import app, flags
+
+from mmjax import inference, paths
+from mmjax.evaluation import judge
 
 flags.DEFINE_string("tokenizer_workdir", None, "An image tokenizer run's workdir.")
 flags.DEFINE_string("judge", None, "A judge written by mmjax.tools.fit_judge.")
@@ -34,7 +37,6 @@ def measure(tokenizer_workdir: str, judge_dir: str, data: str, count: int,
             blur_weights=(0.2, 0.333)) -> dict:
     """{"accuracy": {row: {attribute: accuracy, "pixel_mse": ...}}, "kept": {attribute:
     reconstructed / real}} for the first `count` images of `data`."""
-    from mmjax import inference, judge
 
     tokenizer = inference.load(tokenizer_workdir)
     images, captions = judge.real_images(tokenizer.config, tokenizer.tokenizer, data, count)
@@ -55,7 +57,6 @@ def measure(tokenizer_workdir: str, judge_dir: str, data: str, count: int,
 
 def main(argv) -> None:
     del argv
-    from mmjax import paths
 
     result = measure(FLAGS.tokenizer_workdir, FLAGS.judge, FLAGS.images, FLAGS.count,
                      [float(w) for w in FLAGS.blur])

@@ -1,0 +1,1 @@
+"""Conversion of users' data into mmjax shards (make_shards, Beam) and vocabularies."""

@@ -1,0 +1,1 @@
+"""Datasets generated on the machine (nothing downloaded) and stand-ins for tests."""

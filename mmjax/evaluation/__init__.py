@@ -1,0 +1,1 @@
+"""Evaluation: eval sets, evaluators and their metrics, the report."""

@@ -1,0 +1,82 @@
+"""The models a config names (config.model.name), and how a run's config builds one.
+
+The two-tower and captioning models are in mmjax/models/clip.py, the fusion models in
+mmjax/models/fusion.py, the image tokenizer and text-to-image models in their own modules;
+adding a model means one class and one entry in `MODELS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from mmjax import conventions
+from mmjax.conventions import image_normalization
+from mmjax.models.clip import CLIP, DTYPES, TOWERS, CoCa, lookup
+from mmjax.models.fusion import FusionClassifier, FusionModel
+from mmjax.models.image_tokenizer import ImageTokenizer
+from mmjax.models.text_to_image import TextToImage
+
+__all__ = ["DTYPES", "MODELS", "TOWERS", "build_model", "example_inputs", "pretrained_sources",
+           "spectrogram_shape", "text_tower_ids"]
+
+MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
+          "fusion_classifier": FusionClassifier, "image_tokenizer": ImageTokenizer,
+          "text_to_image": TextToImage}
+
+
+def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
+    """Builds the model `config.model` names for a run's config and tokenizer; parameters come
+    from `seed` (default config.seed). The text tower's context length and pad / end-of-text ids
+    are the tokenizer's unless config.model.text_tower sets them; uint8 images are normalised on
+    the device with config.data.normalization."""
+    kwargs = dict(config.model)
+    model_cls = lookup(MODELS, kwargs.pop("name"), "model")
+    # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
+    vocab_size = kwargs.pop("vocab_size", None) or tokenizer.vocab_size
+    if kwargs.get("text_tower"):
+        kwargs["text_tower"] = dict(text_tower_ids(tokenizer), **dict(kwargs["text_tower"]))
+    normalization = config.data.get("normalization", "minus_one_one")
+    image_normalization(normalization)  # an unknown name fails here, before compiling
+    model = model_cls(vocab_size=vocab_size, image_size=config.data.image_size,
+                      spectrogram_shape=(spectrogram_shape(config) if kwargs.get("audio_tower")
+                                         else None),
+                      rngs=nnx.Rngs(config.seed if seed is None else seed), **kwargs)
+    if "image" in model.modalities:
+        model.image_tower.input_normalization = normalization
+    return model
+
+
+def example_inputs(config, context_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """(shape, dtype) of one example's entry for each of the model's towers, as the input
+    pipeline gives them: uint8 images, bfloat16 spectrograms, int32 token rows."""
+    size = config.data.image_size
+    inputs = {"image": ((size, size, 3), jnp.uint8),
+              "audio": (spectrogram_shape(config), jnp.bfloat16),
+              "text": ((context_length,), jnp.int32)}
+    return {conventions.BATCH_KEYS[m]: inputs[m]
+            for m in conventions.model_modalities(config.model)}
+
+
+def spectrogram_shape(config) -> tuple[int, int]:
+    """(frames, mel bins) of the pipeline's spectrograms: what the audio tower takes."""
+    return int(config.data.audio.frames), int(config.data.audio.num_mels)
+
+
+def text_tower_ids(tokenizer) -> dict[str, int]:
+    """What the text tower takes from the tokenizer when its config leaves it unset."""
+    return {"context_length": tokenizer.context_length, "pad_id": tokenizer.pad_id,
+            "eot_id": tokenizer.eot_id}
+
+
+def pretrained_sources(config) -> list[tuple[str, str | None, tuple[str, ...], tuple[str, ...]]]:
+    """(config field, workdir, parameter prefixes (none: all), settings that must equal the
+    workdir's config) of each run a new run starts parameters from: config.init_from, then what
+    the model declares (a text-to-image model's tokenizer); a declared workdir may be unset."""
+    init_from = config.init_from.get("checkpoint")
+    declared = getattr(MODELS.get(config.model.name), "pretrained_parts", None)
+    return ([("config.init_from.checkpoint", init_from,
+              tuple(config.init_from.get("params", ())), ())] if init_from else []) + (
+        declared(config) if declared else [])

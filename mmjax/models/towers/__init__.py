@@ -1,0 +1,1 @@
+"""Encoders of one modality each: image (ViT), text (Transformer), audio (AST)."""

@@ -1,0 +1,1 @@
+"""The run's plumbing: the trainer, optimizer, checkpoints and metric writers."""
