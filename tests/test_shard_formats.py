@@ -223,7 +223,7 @@ def test_beam_writes_the_threaded_converters_shards(img2dataset_output, user_dat
     """Beam's local runner with 1 and 4 workers: byte for byte the threaded converter's shards
     and metadata, for tars (a unit per file) and a table (a unit per run of rows, its left-out
     images named in order)."""
-    monkeypatch.setattr(make_shards.sources.ListedSource, "ITEMS_PER_UNIT", 50)
+    monkeypatch.setattr(make_shards.readers.ListedSource, "ITEMS_PER_UNIT", 50)
     for name, source in (("tars", str(img2dataset_output / "tars")),
                          ("table", user_data["csv"])):
         threads = make_shards.make_shards(source, str(tmp_path / f"{name}_threads"),

@@ -70,18 +70,18 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
     captions are word for word the same are right answers for each other in every pair (an
     image and a sound described identically are as interchangeable as the two captions)."""
     present = [m for m in conventions.MODALITIES if m in context.embeddings]
-    metrics = {"num_candidates": float(len(next(iter(context.embeddings.values()))))}
+    results = {"num_candidates": float(len(next(iter(context.embeddings.values()))))}
     groups = metrics.caption_groups(context.tokens)
     for i, first in enumerate(present):
         for second in present[i + 1:]:
             pair = (first, second)
             if second == "text" and context.all_text_embeddings is not None:
-                metrics.update(metrics.retrieval_metrics(
+                results.update(metrics.retrieval_metrics(
                     context.embeddings[first], context.all_text_embeddings,
                     text_image=context.all_text_image, pair=pair))
-                metrics["num_texts"] = float(len(context.all_text_image))
+                results["num_texts"] = float(len(context.all_text_image))
             else:
-                metrics.update(metrics.retrieval_metrics(
+                results.update(metrics.retrieval_metrics(
                     context.embeddings[first], context.embeddings[second], pair=pair,
                     same_caption=groups))
     if "image" in context.embeddings and "text" in context.embeddings:  # the report's figures
@@ -91,7 +91,7 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
             "similarity": similarity[:32, :32], "queries": queries,
             "i2t_top5": np.argsort(-similarity[queries], axis=1, kind="stable")[:, :5],
             "t2i_top5": np.argsort(-similarity.T[queries], axis=1, kind="stable")[:, :5]}
-    return metrics
+    return results
 
 
 def class_embeddings(context: EvalContext, class_names=None) -> np.ndarray:
@@ -111,7 +111,7 @@ def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
         present = np.unique(labels)
         names, labels = [names[c] for c in present], np.searchsorted(present, labels)
     classes = class_embeddings(context, names)
-    metrics = {}
+    results = {}
     for modality in context.classified:
         prefix = conventions.METRIC_PREFIXES[modality]
         embeddings = context.embeddings[modality]
@@ -121,9 +121,9 @@ def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
             "per_class_accuracy": [float((predicted[labels == c] == c).mean())
                                    if (labels == c).any() else float("nan")
                                    for c in range(len(names))]}
-        metrics.update({prefix + k: v for k, v in metrics.zeroshot_metrics(embeddings, classes,
+        results.update({prefix + k: v for k, v in metrics.zeroshot_metrics(embeddings, classes,
                                                                    labels).items()})
-    return metrics
+    return results
 
 
 def evaluate_captioning(context: EvalContext) -> dict[str, float]:
@@ -156,12 +156,12 @@ def evaluate_itm(context: EvalContext) -> dict[str, float]:
     extra = context.extra
     has_negative = extra["itm_has_negative"].astype(bool)
     positives_right = extra["itm_positive"].argmax(1) == 1
-    metrics = {}
+    results = {}
     for name, key in (("itm_accuracy", "itm_negative"), ("itm_hard_accuracy", "itm_hard_negative")):
         negatives_right = (extra[key].argmax(1) == 0)[has_negative]
-        metrics[name] = float((positives_right.sum() + negatives_right.sum())
+        results[name] = float((positives_right.sum() + negatives_right.sum())
                               / (len(positives_right) + len(negatives_right)))
-    return metrics
+    return results
 
 
 def evaluate_classification(context: EvalContext) -> dict[str, float]:
@@ -172,14 +172,14 @@ def evaluate_classification(context: EvalContext) -> dict[str, float]:
 
 def evaluate_linear_probe(context: EvalContext) -> dict[str, float]:
     """A linear probe per classified modality, trained on the probe data's embeddings of it."""
-    metrics = {}
+    results = {}
     for modality in context.classified:
         prefix = conventions.METRIC_PREFIXES[modality]
         probe = metrics.linear_probe_metrics(context.extra[f"probe_{modality}"],
                                      context.extra["probe_labels"],
                                      context.embeddings[modality], context.labels)
-        metrics.update({prefix + k: v for k, v in probe.items()})
-    return metrics
+        results.update({prefix + k: v for k, v in probe.items()})
+    return results
 
 
 def matching_logits(model, batch, encoded) -> dict:

@@ -307,16 +307,16 @@ def judge_images(judge: Judge, images: np.ndarray, captions: list[str],
     features, right = read_as_captioned(judge, images, captions)
     held_out = np.asarray([(w["color"], w["shape"]) not in judge.seen_pairs
                            for w in map(caption_attributes, captions)])
-    metrics = {}
+    results = {}
     for split, rows in (("seen", ~held_out), ("held_out", held_out)):
         for attribute in JUDGED:
-            metrics[f"{attribute}_{split}"] = (float(right[attribute][rows].mean()) if rows.any()
+            results[f"{attribute}_{split}"] = (float(right[attribute][rows].mean()) if rows.any()
                                                else float("nan"))
-    metrics["r_precision"] = r_precision(judge.clip.encode_image(images), text_features,
+    results["r_precision"] = r_precision(judge.clip.encode_image(images), text_features,
                                          captions)
-    metrics["frechet_distance"] = frechet_distance(features, reference_features)
-    metrics["kid"] = kernel_inception_distance(features, reference_features)
-    return metrics
+    results["frechet_distance"] = frechet_distance(features, reference_features)
+    results["kid"] = kernel_inception_distance(features, reference_features)
+    return results
 
 
 MEASURES = tuple(f"{a}_{split}" for split in ("seen", "held_out") for a in JUDGED) + (
@@ -367,11 +367,11 @@ def evaluate_generation(context) -> dict[str, float]:
         sources[source_name(scale)] = candidates[:, 0]
         if reranker is not None:
             sources[source_name(scale, True)] = choose(candidates)
-    metrics = {}
+    results = {}
     for source, images in sources.items():
         for name, value in judge_images(judge, images, captions, reference,
                                         text_features).items():
-            metrics[f"{source}_{name}"] = value
+            results[f"{source}_{name}"] = value
     context.details["generation"] = {"captions": captions[:16],
                                      "images": {s: i[:16] for s, i in sources.items()}}
-    return metrics
+    return results
