@@ -17,9 +17,12 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "caption", "generate"],
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
-flags.DEFINE_bool("distributed_auto", False,
-                  "Call jax.distributed.initialize() with no arguments: the cluster (TPU pod slice, "
-                  "SLURM job) is detected by JAX.")
+flags.DEFINE_bool(
+    "distributed_auto",
+    False,
+    "Call jax.distributed.initialize() with no arguments: the cluster (TPU pod slice, "
+    "SLURM job) is detected by JAX.",
+)
 config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS

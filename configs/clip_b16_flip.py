@@ -4,7 +4,8 @@ The blocks see 98 of 196 patches (and the class token), so a step costs about ha
 tower's FLOPs and memory; evaluation sees every patch. Finish with the unmasked phase,
 configs/clip_b16_flip_unmasked.py, which starts from this run's checkpoint.
 
-Benchmark: python -m mmjax.tools.benchmark --config=configs/clip_b16_flip.py --config.batch_size=512 \
+Benchmark: python -m mmjax.tools.benchmark --config=configs/clip_b16_flip.py --config.batch_size=512
+\
                --config.model.attention_implementation=cudnn
 Train:     python main.py --config=configs/clip_b16_flip.py --workdir=workdir/clip_b16_flip \
                --config.data.train=shards:/data/laion:train

@@ -109,7 +109,8 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     # unconditional model; --mode=generate and inference use guidance_scale.
     config.generation.update(steps=12, temperature=0.5, guidance_scale=3.0,
                              guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0))
-    # config.judge.workdir: the judge of the generated images (mmjax/evaluation/judge.py: an attribute
+    # config.judge.workdir: the judge of the generated images (mmjax/evaluation/judge.py: an
+    # attribute
     # classifier and a CLIP of another seed, by mmjax.tools.fit_judge), which the generation
     # evaluator needs.
     config.evals = ("generation",)

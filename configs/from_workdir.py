@@ -21,7 +21,9 @@ def _with_placeholders(value):
 def get_config(workdir: str) -> ml_collections.ConfigDict:
     path = paths.join(workdir, "config.json")
     if not paths.exists(path):
-        raise FileNotFoundError(f"{path} is missing: configs/from_workdir.py reads the config "
-                                "snapshot a run (or mmjax.tools.weights.import_open_clip) wrote there.")
+        raise FileNotFoundError(
+            f"{path} is missing: configs/from_workdir.py reads the config "
+            "snapshot a run (or mmjax.tools.weights.import_open_clip) wrote there."
+        )
     return ml_collections.ConfigDict(_with_placeholders(defaults.fill_missing(
         json.loads(paths.read_text(path)))))

@@ -4,7 +4,8 @@ decoder.
 
 Benchmark: python -m mmjax.tools.benchmark --config=configs/image_tokenizer_256.py
 Train:     python main.py --config=configs/image_tokenizer_256.py --workdir=DIR \
-               --config.data.train=shards:/data/images:train --config.data.eval=shards:/data/images:test
+               --config.data.train=shards:/data/images:train
+               --config.data.eval=shards:/data/images:test
 """
 
 from configs import common

@@ -1,11 +1,12 @@
 """How a dataset's stored features become mmjax's example: `image` or `audio` (encoded),
-`captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters; other TFDS
+`captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters; other
+TFDS
 datasets get one inferred from their features (captions, a caption, or class labels)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -69,17 +70,21 @@ def infer_adapter(name: str, features: tfds.features.FeaturesDict) -> Adapter:
       report, WordNet-id labels read as ImageNet class names).
     """
     if "image" not in features:
-        raise ValueError(f"TFDS dataset {name!r} has no `image` feature (it has "
-                         f"{sorted(features.keys())}); add an adapter in input_pipeline/adapters.py.")
+        raise ValueError(
+            f"TFDS dataset {name!r} has no `image` feature (it has "
+            f"{sorted(features.keys())}); add an adapter in input_pipeline/adapters.py."
+        )
     label = features["label"] if "label" in features else None
     class_names = prompts.class_names(label.names) if isinstance(
         label, tfds.features.ClassLabel) else ()
     zeroshot = prompts.zeroshot(name)
 
     def common(f, index):
-        return {"image": f["image"],
-                "label": tf.cast(f["label"], tf.int64) if class_names else tf.constant(-1, tf.int64),
-                "id": tf.cast(index, tf.int64)}
+        return {
+            "image": f["image"],
+            "label": tf.cast(f["label"], tf.int64) if class_names else tf.constant(-1, tf.int64),
+            "id": tf.cast(index, tf.int64),
+        }
 
     captions = features["captions"] if "captions" in features else None
     if isinstance(captions, tfds.features.Sequence) and "text" in getattr(captions, "feature", {}):

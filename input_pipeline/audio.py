@@ -14,7 +14,7 @@ pipeline skips that example as it does images.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 

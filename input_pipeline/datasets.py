@@ -215,7 +215,9 @@ def _permute(offsets, seed: int, epoch, num_examples: int, alternative: int = 0)
         max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
 
 
-def _robust_map(source: RecordSource, dataset: tf.data.Dataset, process_fn, fallback_fn) -> tf.data.Dataset:
+def _robust_map(
+    source: RecordSource, dataset: tf.data.Dataset, process_fn, fallback_fn
+) -> tf.data.Dataset:
     """(positions [b], candidates [b, K]) -> one processed example per position, in order.
 
     `process_fn(example, position, attempt, candidates)` builds the output; a record whose
@@ -259,11 +261,21 @@ def _caption_ids(source: RecordSource, tokenizer):
     return lambda example, index: tokenize(example["captions"][index])
 
 
-def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int, seed: int,
-                  start_position: int = 0, process_index: int = 0, process_count: int = 1,
-                  normalization: str = "minus_one_one", preprocess_ops: str = "decode|resize",
-                  max_attempts: int = MAX_ATTEMPTS,
-                  media: dict[str, preprocess.Media] | None = None) -> tf.data.Dataset:
+def train_dataset(
+    source: RecordSource,
+    tokenizer,
+    *,
+    global_batch_size: int,
+    image_size: int,
+    seed: int,
+    start_position: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    normalization: str = "minus_one_one",
+    preprocess_ops: str = "decode|resize",
+    max_attempts: int = MAX_ATTEMPTS,
+    media: dict[str, preprocess.Media] | None = None,
+) -> tf.data.Dataset:
     """Endless batches of positions start_position + s * B, ...; this process's slice of each.
 
     Besides the model inputs (tokens, label, id and each of `media`'s entries: by default the
@@ -324,7 +336,8 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
                  preprocess_ops: str = "decode|resize", captions_per_image: int = 1,
                  media: dict[str, preprocess.Media] | None = None):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
-    padded. `media`: as for train_dataset. `valid` is False for padding and for bad examples (`skipped` True), which are left
+    padded. `media`: as for train_dataset. `valid` is False for padding and for bad examples
+    (`skipped` True), which are left
     out of the metrics. `tokens` is an image's first caption; with `captions_per_image` K > 1,
     also `all_tokens` [K, L] (its first K captions) and `all_valid` [K]."""
     local_batch_size = global_batch_size // process_count
@@ -370,13 +383,24 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
                 "all_valid": tf.strings.length(tf.strings.strip(captions)) > 0}
 
     def stand_in(position, candidates):
-        return {**{key: entry.stand_in() for key, entry in media.items()},
-                "tokens": tf.zeros([tokenizer.context_length], tf.int32),
-                "label": tf.constant(-1), "id": candidates[0], "valid": False,
-                "skipped": position < num_examples,
-                **({} if captions_per_image == 1 else {
-                    "all_tokens": tf.zeros([captions_per_image, tokenizer.context_length], tf.int32),
-                    "all_valid": tf.zeros([captions_per_image], tf.bool)})}
+        return {
+            **{key: entry.stand_in() for key, entry in media.items()},
+            "tokens": tf.zeros([tokenizer.context_length], tf.int32),
+            "label": tf.constant(-1),
+            "id": candidates[0],
+            "valid": False,
+            "skipped": position < num_examples,
+            **(
+                {}
+                if captions_per_image == 1
+                else {
+                    "all_tokens": tf.zeros(
+                        [captions_per_image, tokenizer.context_length], tf.int32
+                    ),
+                    "all_valid": tf.zeros([captions_per_image], tf.bool),
+                }
+            ),
+        }
 
     batches = tf.data.Dataset.range(num_batches).map(local_positions)
     dataset = _robust_map(source, batches, process, stand_in)

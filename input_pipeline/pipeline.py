@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -119,7 +119,7 @@ class EvalData:
     prompt_templates: tuple[str, ...]
     num_examples: int
     # Labelled training examples, for evaluators that need them (the linear probe).
-    probe: "EvalData | None" = None
+    probe: EvalData | None = None
     # Zero-shot among the classes present in the split only (ImageNet-A, -R).
     present_classes_only: bool = False
     # The dataset's name in clip_benchmark-style results ("imagenet1k", "mscoco_captions").
@@ -152,7 +152,8 @@ def _split(config, tokenizer, spec: str, default_split: str, *, global_batch_siz
 
 def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
               with_probe: bool = False) -> EvalData:
-    """An eval set's split (mmjax.evaluation.eval_sets.EvalSet) in global batches of `global_batch_size`
+    """An eval set's split (mmjax.evaluation.eval_sets.EvalSet) in global batches of
+    `global_batch_size`
     (the preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe`
     adds the first probe_examples of its probe data (the linear probe's training features)."""
     data = _split(config, tokenizer, eval_set.data, "test", global_batch_size=global_batch_size,

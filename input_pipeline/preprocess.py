@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -59,7 +59,9 @@ def resize(image: tf.Tensor, size: int) -> tf.Tensor:
 def normalize_pixels(image: tf.Tensor, normalization: str = "minus_one_one") -> tf.Tensor:
     """[0, 255] -> the model's input range: a name in mmjax.conventions.IMAGE_NORMALIZATIONS."""
     mean, std = image_normalization(normalization)
-    return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return (tf.cast(image, tf.float32) - tf.constant(mean, tf.float32)) / tf.constant(
+        std, tf.float32
+    )
 
 
 def caption_choice(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -74,7 +76,9 @@ def caption_choice(captions: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return non_empty[index]
 
 
-def _crop_window(image_shape: tf.Tensor, seed: tf.Tensor, scale, ratio) -> tuple[tf.Tensor, tf.Tensor]:
+def _crop_window(
+    image_shape: tf.Tensor, seed: tf.Tensor, scale, ratio
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Inception-style random crop (area fraction in `scale`, aspect ratio in `ratio`): offset and
     size [2] each; the whole image when no window fits."""
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -151,7 +155,11 @@ def _decode_jpeg_and_inception_crop(size: int, scale=(0.08, 1.0), ratio=(3 / 4, 
             image = tf.switch_case(branch, [decode_scaled(r) for r in (1, 2, 4, 8)])
             image = _check_size(tf.ensure_shape(image, [None, None, 3]))
             return tf.image.resize(tf.cast(image, tf.float32), [size, size])
-        return tf.cond(tf.io.is_jpeg(encoded), jpeg, lambda: crop_decoded(decode_rgb(encoded), seed))
+
+        return tf.cond(
+            tf.io.is_jpeg(encoded), jpeg, lambda: crop_decoded(decode_rgb(encoded), seed)
+        )
+
     return op
 
 
@@ -178,8 +186,10 @@ def parse_chain(spec: str, ops: dict, defaults: dict) -> list[tuple[str, Callabl
             args = [ast.literal_eval(a) for a in call.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
         except (SyntaxError, ValueError):
-            raise ValueError(f"Preprocessing op {text!r} in {spec!r} is not of the form "
-                             "name or name(literal arguments), e.g. inception_crop(scale=(0.5, 1.0)).")
+            raise ValueError(
+                f"Preprocessing op {text!r} in {spec!r} is not of the form "
+                "name or name(literal arguments), e.g. inception_crop(scale=(0.5, 1.0))."
+            ) from None
         name = call.func.id
         if name not in ops:
             raise ValueError(f"Unknown preprocessing op {name!r} in {spec!r}; valid names: "

@@ -84,7 +84,9 @@ def read_metadata(directory: str) -> dict:
     if not paths.exists(path):
         raise FileNotFoundError(
             f"{directory} holds no mmjax shards ({METADATA} is missing). Write them with "
-            f"`python -m input_pipeline.convert.make_shards --input=FILE_OR_DIR --output_dir={directory}`.")
+            "`python -m input_pipeline.convert.make_shards --input=FILE_OR_DIR "
+            f"--output_dir={directory}`."
+        )
     metadata = json.loads(paths.read_text(path))
     if metadata.get("format") != FORMAT or metadata.get("version", 0) > VERSION:
         raise ValueError(f"{path} is not mmjax shards metadata of version <= {VERSION}.")

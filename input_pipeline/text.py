@@ -1,4 +1,4 @@
-"""In-graph tokenisation with the same rules as `mmjax.text_tokenizers` (a test keeps them equal)."""
+"""In-graph tokenisation with the rules of `mmjax.text_tokenizers` (a test keeps them equal)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import tensorflow as tf
 from mmjax import text_tokenizers
 
 
-def _layout(ids: tf.Tensor, context_length: int, bos_id: int | None = text_tokenizers.BOS_ID,
-            eot_id: int = text_tokenizers.EOT_ID, pad_id: int = text_tokenizers.PAD_ID) -> tf.Tensor:
+def _layout(
+    ids: tf.Tensor,
+    context_length: int,
+    bos_id: int | None = text_tokenizers.BOS_ID,
+    eot_id: int = text_tokenizers.EOT_ID,
+    pad_id: int = text_tokenizers.PAD_ID,
+) -> tf.Tensor:
     start = [] if bos_id is None else [bos_id]
     ids = tf.cast(ids[: context_length - 1 - len(start)], tf.int32)
     ids = tf.concat([tf.constant(start, tf.int32), ids, [eot_id]], axis=0)
@@ -22,7 +27,10 @@ def make_tokenize_fn(tokenizer):
     length = tokenizer.context_length
     if isinstance(tokenizer, text_tokenizers.ByteTokenizer):
         def tokenize_bytes(text):
-            ids = tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32) + text_tokenizers.NUM_SPECIAL_IDS
+            ids = (
+                tf.cast(tf.io.decode_raw(text, tf.uint8), tf.int32)
+                + text_tokenizers.NUM_SPECIAL_IDS
+            )
             return _layout(ids, length)
         return tokenize_bytes
     if isinstance(tokenizer, text_tokenizers.WordTokenizer):
@@ -33,7 +41,9 @@ def make_tokenize_fn(tokenizer):
             default_value=text_tokenizers.UNK_ID)
 
         def tokenize_words(text):
-            text = tf.strings.regex_replace(tf.strings.lower(text), text_tokenizers.WORD_PATTERN, " ")
+            text = tf.strings.regex_replace(
+                tf.strings.lower(text), text_tokenizers.WORD_PATTERN, " "
+            )
             words = tf.strings.split(tf.strings.strip(text))
             return _layout(table.lookup(words), length)
         return tokenize_words

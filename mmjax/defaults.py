@@ -1,7 +1,8 @@
 """The base config every run derives from: each field, its meaning and a general default.
 
 `configs/*.py` start here and override what their run changes (the smoke run shrinks the model,
-ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.weights.import_open_clip) start here
+ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.weights.import_open_clip) start
+here
 too, so the library never imports `configs/`.
 """
 
@@ -36,7 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.skip_nonfinite_steps = False
     # Split each batch into this many micro-batches (less memory, same update: GradCache).
     config.grad_accum_steps = 1
-    # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the end.
+    # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the
+    # end.
     config.eval_every_steps = 5_000
     # Save a checkpoint every this many steps (and always at the end).
     config.checkpoint_every_steps = 2_000
@@ -60,7 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is
-    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m input_pipeline.convert.make_shards).
+    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m
+    # input_pipeline.convert.make_shards).
     config.data.train = "tfds:mmjax_shapes:train"
     config.data.eval = "tfds:mmjax_shapes:test"
     # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -98,7 +101,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.tokenizer = ml_collections.ConfigDict()
     # 'bytes' (no file), 'words' (a word list), 'sentencepiece' (a .model file, e.g. from
-    # python -m input_pipeline.convert.make_vocab) or 'clip_bpe' (CLIP's bpe_simple_vocab_16e6.txt.gz).
+    # python -m input_pipeline.convert.make_vocab) or 'clip_bpe' (CLIP's
+    # bpe_simple_vocab_16e6.txt.gz).
     config.tokenizer.name = "bytes"
     # Tokens per text, including begin- and end-of-text; the text tower's context length.
     config.tokenizer.context_length = 77
@@ -155,7 +159,8 @@ def base_config() -> ml_collections.ConfigDict:
     # evals=("retrieval",), captions_per_image=5, every_steps=1000); metrics log as
     # eval/<set name>/<metric>. Empty: config.data.eval with config.evals.
     config.eval_sets = ml_collections.ConfigDict()
-    # Caption generation (captioning evaluator and --mode=caption): 1 is greedy, more is beam search.
+    # Caption generation (captioning evaluator and --mode=caption): 1 is greedy, more is beam
+    # search.
     config.caption = ml_collections.ConfigDict(dict(beam_size=1))
     # Knowledge distillation (the `distill` loss): a trained model's workdir (or checkpoints/STEP)
     # whose tokenizer and image size match, and the softmax temperature of both similarities.
@@ -163,7 +168,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Text-to-image decoding (--mode=generate, inference.generate, the generation evaluator):
     # parallel steps, sampling temperature, seed, the guidance scale (1: none, 0: unconditional)
-    # and the scales the evaluation samples at; the judge (mmjax/evaluation/judge.py) it scores them with.
+    # and the scales the evaluation samples at; the judge (mmjax/evaluation/judge.py) it scores them
+    # with.
     # candidates > 1 draws that many images a caption and keeps the one the contrastive run at
     # rerank_with (a CLIP, SigLIP or CoCa workdir, never the judge's) finds closest to it.
     config.generation = ml_collections.ConfigDict(dict(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -194,7 +194,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         paths.read_text(config_path))))
     vocabulary_copy = paths.join(workdir, "vocabulary.txt")
     if config.tokenizer.get("vocabulary_file") and paths.exists(vocabulary_copy):
-        config.tokenizer.vocabulary_file = vocabulary_copy  # the workdir travels with its vocabulary
+        config.tokenizer.vocabulary_file = (
+            vocabulary_copy  # the workdir travels with its vocabulary
+        )
     return config
 
 

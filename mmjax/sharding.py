@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -93,9 +94,9 @@ def create_mesh(mesh_config: dict[str, int], devices: Sequence[jax.Device] | Non
     per_process = len(devices) // num_processes
     if sizes["data"] % num_processes or (sizes["fsdp"] * sizes["tensor"]) > per_process:
         raise ValueError(
-            f"config.mesh {sizes} over {num_processes} processes: the `data` axis must be divisible "
-            "by the number of processes and `fsdp` x `tensor` must fit inside one process, so "
-            "that only data-parallel traffic crosses hosts."
+            f"config.mesh {sizes} over {num_processes} processes: the `data` axis must be "
+            "divisible by the number of processes and `fsdp` x `tensor` must fit inside one "
+            "process, so that only data-parallel traffic crosses hosts."
         )
     # Process-major order with `data` outermost: fsdp and tensor neighbours share a host.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))

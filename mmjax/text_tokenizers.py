@@ -14,7 +14,7 @@ import hashlib
 import html
 import inspect
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

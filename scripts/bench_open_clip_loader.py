@@ -1,4 +1,5 @@
-"""open_clip's own training loader on a CSV or webdataset tars, timed as input_pipeline/benchmarks/loader.py
+"""open_clip's own training loader on a CSV or webdataset tars, timed as
+input_pipeline/benchmarks/loader.py
 times mmjax's.
 
 Runs in an environment with open_clip_torch (and its training extras: pandas, braceexpand,

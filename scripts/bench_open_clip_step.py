@@ -1,4 +1,5 @@
-"""open_clip's own CLIP training step on synthetic batches, timed as mmjax.tools.benchmark times mmjax's.
+"""open_clip's own CLIP training step on synthetic batches, timed as mmjax.tools.benchmark times
+mmjax's.
 
 Runs in an environment with torch and open_clip_torch (not needed by mmjax); prints JSON.
 scripts/cpu_step_side_by_side.py calls it for the CPU comparison; on a GPU:

@@ -2,7 +2,8 @@
 
     python scripts/cpu_step_side_by_side.py --open_clip_python=OPEN_CLIP_VENV/bin/python
 
-Each run is a fresh process: `python -m mmjax.tools.benchmark --config=configs/bench_cpu_clip.py` (with
+Each run is a fresh process: `python -m mmjax.tools.benchmark --config=configs/bench_cpu_clip.py`
+(with
 and without reuse_host_memory) and scripts/bench_open_clip_step.py (its defaults are the same
 shapes), one after the other, `--runs` times. Prints a table and writes the results as JSON.
 OPEN_CLIP_VENV: `python3 -m venv V && V/bin/pip install torch torchvision open_clip_torch`.
@@ -30,10 +31,21 @@ args = parser.parse_args()
 def mmjax_step(reuse_host_memory: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
-        subprocess.run([sys.executable, "-m", "mmjax.tools.benchmark", "--config=configs/bench_cpu_clip.py",
-                        f"--config.reuse_host_memory={reuse_host_memory}",
-                        f"--steps={args.steps}", f"--warmup_steps={args.warmup}", f"--out={out}"],
-                       cwd=REPO_ROOT, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mmjax.tools.benchmark",
+                "--config=configs/bench_cpu_clip.py",
+                f"--config.reuse_host_memory={reuse_host_memory}",
+                f"--steps={args.steps}",
+                f"--warmup_steps={args.warmup}",
+                f"--out={out}",
+            ],
+            cwd=REPO_ROOT,
+            check=True,
+            capture_output=True,
+        )
         with open(out) as f:
             return json.load(f)
 

@@ -101,7 +101,9 @@ def big_vision_layout(state):
             dense(f"{o}/MlpBlock_0/Dense_1", f"{t}.mlp.fc2")
 
     v, t = "vision_model", "text_model"
-    out["params/img/embedding/kernel"] = s[f"{v}.embeddings.patch_embedding.weight"].transpose(2, 3, 1, 0)
+    out["params/img/embedding/kernel"] = s[f"{v}.embeddings.patch_embedding.weight"].transpose(
+        2, 3, 1, 0
+    )
     out["params/img/embedding/bias"] = s[f"{v}.embeddings.patch_embedding.bias"]
     out["params/img/pos_embedding"] = s[f"{v}.embeddings.position_embedding.weight"][None]
     blocks("params/img/Transformer", f"{v}.encoder.layers")
@@ -127,11 +129,22 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    clip = perturb(CLIPModel(CLIPConfig(
-        text_config=tower(vocab_size=VOCAB, max_position_embeddings=CONTEXT, hidden_act="quick_gelu",
-                          eos_token_id=VOCAB - 1, bos_token_id=VOCAB - 2, pad_token_id=0),
-        vision_config=tower(image_size=IMAGE, patch_size=PATCH, hidden_act="quick_gelu"),
-        projection_dim=16)))
+    clip = perturb(
+        CLIPModel(
+            CLIPConfig(
+                text_config=tower(
+                    vocab_size=VOCAB,
+                    max_position_embeddings=CONTEXT,
+                    hidden_act="quick_gelu",
+                    eos_token_id=VOCAB - 1,
+                    bos_token_id=VOCAB - 2,
+                    pad_token_id=0,
+                ),
+                vision_config=tower(image_size=IMAGE, patch_size=PATCH, hidden_act="quick_gelu"),
+                projection_dim=16,
+            )
+        )
+    )
     images, tokens = inputs(eos_id=VOCAB - 1, pad_id=0, bos_id=VOCAB - 2)
     save(clip, images, tokens, os.path.join(args.out, "hf_tiny_clip"), "hf_tiny_clip")
 

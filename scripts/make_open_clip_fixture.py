@@ -76,9 +76,14 @@ def write_tokenizer_fixture(out_dir):
 
     shutil.copyfile(default_bpe(), os.path.join(out_dir, "bpe_simple_vocab_16e6.txt.gz"))
     tokenizer = SimpleTokenizer(context_length=77)
-    captions = CAPTIONS + [f"{n} {s} {c} {shape} {p}" for n in ("one", "three")
-                           for s in ("small", "large") for c in ("red", "cyan")
-                           for shape in ("circle", "crosses") for p in ("at the top", "in the center")]
+    captions = CAPTIONS + [
+        f"{n} {s} {c} {shape} {p}"
+        for n in ("one", "three")
+        for s in ("small", "large")
+        for c in ("red", "cyan")
+        for shape in ("circle", "crosses")
+        for p in ("at the top", "in the center")
+    ]
     tokens = tokenizer(captions).numpy().tolist()
     with open(os.path.join(out_dir, "clip_bpe_captions.json"), "w") as f:
         json.dump({"context_length": 77, "captions": captions, "tokens": tokens}, f,

@@ -5,7 +5,8 @@ test clips, separately for seen and held-out waveform-register pairs.
 
     python scripts/sounds_logmel_baseline.py --num_train=4000 --num_test=500 --out=/tmp/baseline
 
-The clips are synthesised in memory (input_pipeline/generated/sounds.py, the same as the TFDS build) and
+The clips are synthesised in memory (input_pipeline/generated/sounds.py, the same as the TFDS build)
+and
 go through the audio front end (decode_wav|log_mel). Prints a table and writes OUT/results.json.
 """
 

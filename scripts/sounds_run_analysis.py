@@ -5,7 +5,8 @@ as the evaluation does, and strictly: only the clip's own caption, ties against 
 
     python scripts/sounds_run_analysis.py --workdir=/tmp/sa_final
 
-The test clips are synthesised in memory (input_pipeline/generated/sounds.py, as the TFDS build) and go
+The test clips are synthesised in memory (input_pipeline/generated/sounds.py, as the TFDS build) and
+go
 through the run's eval audio chain.
 """
 

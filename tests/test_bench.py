@@ -3,9 +3,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import xla_flags
 
 from configs import clip_b16, clip_b32
+from conftest import xla_flags
 from mmjax.tools import benchmark
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,6 @@ def test_benchmark_lowers_a_distillation_step_with_its_teacher(finished_run, tin
 
 def test_the_step_profile_attributes_operations_to_model_parts(tiny_config):
     from conftest import one_device_mesh
-
     from mmjax.tools import profile_step
 
     # The tool's default 5 traced steps: over 2, one stalled operation outside the model's parts

@@ -1,4 +1,4 @@
-"""Crash, preemption and divergence: a run resumes exactly and never loses or corrupts saved work."""
+"""Crash, preemption and divergence: a run resumes exactly and never loses saved work."""
 
 import json
 import os
@@ -11,8 +11,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import copy_run, one_device_mesh, xla_flags
 
+from conftest import copy_run, one_device_mesh, xla_flags
 from mmjax import sharding, train
 from mmjax.evaluation import suite
 from mmjax.training import checkpoint
@@ -210,11 +210,17 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
     expected = jax.device_get(evaluator.encode_step(
         state["params"], trainer.global_batch(batch, keys=tuple(
             suite.eval_inputs(trainer.config)))))
-    np.testing.assert_allclose(model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.encode_image(batch["image"]), expected["image"], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.encode_text(batch["tokens"]), expected["text"], rtol=1e-5, atol=1e-5
+    )
 
     # Strings and uint8 images of any size go through the model's own tokenizer and preprocessing.
-    examples = [shapes.render_example("test", int(i)) for i in batch["id"][:4]]  # records are shuffled
+    examples = [
+        shapes.render_example("test", int(i)) for i in batch["id"][:4]
+    ]  # records are shuffled
     captions = [e["caption"] for e in examples]
     np.testing.assert_array_equal(model.encode_text(captions),
                                   model.encode_text(trainer.tokenizer(captions)))

@@ -11,8 +11,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from mmjax import paths
 
 BUCKET = "mmjax-test"

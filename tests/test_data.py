@@ -35,7 +35,9 @@ def test_rendered_image_shows_what_the_caption_says():
 
 
 def test_held_out_pairs_appear_only_in_test():
-    train_pairs = {shapes.CLASS_PAIRS[shapes.render_example("train", i)["label"]] for i in range(2000)}
+    train_pairs = {
+        shapes.CLASS_PAIRS[shapes.render_example("train", i)["label"]] for i in range(2000)
+    }
     test_examples = [shapes.render_example("test", i) for i in range(400)]
     assert not train_pairs & set(shapes.HELD_OUT_PAIRS)
     unseen = [e for e in test_examples if e["unseen_combination"]]
@@ -107,8 +109,9 @@ def test_train_order_is_seeded_split_by_process_and_resumable(tfds_dir):
     first_epoch = np.concatenate(one_process)[:512]
     assert sorted(first_epoch) == list(range(512))
     halves = [_ids(source, tokenizer, 40, process_index=p, process_count=2) for p in (0, 1)]
-    np.testing.assert_array_equal(np.stack(one_process),
-                                  np.concatenate([np.stack(halves[0]), np.stack(halves[1])], axis=1))
+    np.testing.assert_array_equal(
+        np.stack(one_process), np.concatenate([np.stack(halves[0]), np.stack(halves[1])], axis=1)
+    )
     resumed = _ids(source, tokenizer, 5, start_position=35 * 16)
     np.testing.assert_array_equal(np.stack(resumed), np.stack(one_process[35:]))
 

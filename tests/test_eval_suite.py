@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import copy_run, make_tiny_config, one_device_mesh
 
+from conftest import copy_run, make_tiny_config, one_device_mesh
 from mmjax import preflight
 from mmjax.evaluation import eval_sets, evaluators, suite
 
@@ -132,7 +132,10 @@ def test_preflight_names_each_bad_eval_set(tiny_config):
     with pytest.raises(preflight.ConfigError) as error:
         preflight.check(tiny_config)
     message = str(error.value)
-    assert "config.eval_sets.coco = " in message and "fields no eval set has: ['every_step']" in message
+    assert (
+        "config.eval_sets.coco = " in message
+        and "fields no eval set has: ['every_step']" in message
+    )
     assert "config.eval_sets.coco" in message and "names no dataset" in message
     assert "'bleu' is not an evaluator" in message
     assert "captions_per_image = 0 must be an integer of at least 1" in message
@@ -147,7 +150,11 @@ def test_prompt_tables_by_dataset_name():
     assert prompts.zeroshot("imagenet_r").present_classes_only
     assert not prompts.zeroshot("imagenet2012/5.1.0").present_classes_only
     cifar = prompts.zeroshot("cifar100").templates
-    assert len(cifar) == 18 and cifar[0] == "a photo of a {}." and cifar[-1] == "a photo of the big {}."
+    assert (
+        len(cifar) == 18
+        and cifar[0] == "a photo of a {}."
+        and cifar[-1] == "a photo of the big {}."
+    )
     assert prompts.zeroshot("food101").templates == ("a photo of {}, a type of food.",)
     assert prompts.zeroshot("oxford_iiit_pet").clip_benchmark_name == "pets"
     assert prompts.zeroshot("my_dataset").templates == prompts.GENERAL_TEMPLATES

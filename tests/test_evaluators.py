@@ -39,7 +39,10 @@ def test_retrieval_metrics_names_and_candidates():
 def test_zeroshot_with_prompt_ensemble():
     classes = ["cat", "dog"]
     def encode_texts(texts):  # "a cat" / "the cat" -> near e0; dog -> e1
-        return np.array([[1.0, 0.1 * i] if "cat" in t else [0.1 * i, 1.0] for i, t in enumerate(texts)])
+        return np.array(
+            [[1.0, 0.1 * i] if "cat" in t else [0.1 * i, 1.0] for i, t in enumerate(texts)]
+        )
+
     context = evaluators.EvalContext(
         embeddings={"image": np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 0.2]]),
                     "text": np.zeros((3, 2))}, labels=np.array([0, 1, 1]), class_names=classes,

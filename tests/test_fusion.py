@@ -147,8 +147,15 @@ def test_masking_follows_bert_80_10_10():
     tokens = jnp.asarray(np.random.default_rng(2).integers(4, 100, size=(400, 50)))
     tokens = tokens.at[:, 0].set(text_tokenizers.BOS_ID).at[:, 40].set(text_tokenizers.EOT_ID)
     tokens = tokens.at[:, 41:].set(text_tokenizers.PAD_ID)
-    masked, selected = cross_attention.mask_tokens(jax.random.key(0), tokens, 100, 0.15, mask_id=3,
-                                          pad_id=text_tokenizers.PAD_ID, eot_id=text_tokenizers.EOT_ID)
+    masked, selected = cross_attention.mask_tokens(
+        jax.random.key(0),
+        tokens,
+        100,
+        0.15,
+        mask_id=3,
+        pad_id=text_tokenizers.PAD_ID,
+        eot_id=text_tokenizers.EOT_ID,
+    )
     masked, selected, tokens = map(np.asarray, (masked, selected, tokens))
     chosen = selected.astype(bool)
     assert not chosen[:, 0].any() and not chosen[:, 40:].any()  # BOS, EOT, padding never
@@ -232,7 +239,6 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     import json
 
     from conftest import one_device_mesh
-
     from mmjax import train
     from mmjax.evaluation import caption_metrics as bleu_and_cider
     from mmjax.evaluation import evaluators, suite
@@ -263,7 +269,6 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
 
 def test_fusion_model_trains_and_reports_matching_accuracy(tiny_config, tmp_path):
     from conftest import one_device_mesh
-
     from mmjax import train
     from mmjax.training.trainer import Trainer
 
@@ -304,7 +309,6 @@ def test_distillation_from_a_trained_teacher_checkpoint(finished_run, tfds_dir, 
     import json
 
     from conftest import make_tiny_config, one_device_mesh
-
     from mmjax import train
 
     student_dir = tmp_path / "student"

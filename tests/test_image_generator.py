@@ -52,14 +52,14 @@ def test_masked_token_loss_counts_only_the_masked_positions():
 def test_decoding_is_one_loop_seeded_and_fills_every_token():
     model = tiny_generator()
     context, lengths = contexts(3, 0)
-    generate = nnx.jit(lambda m, c, l, r: m.generate(c, l, r, steps=6, guidance_scale=2.0))
+    generate = nnx.jit(lambda m, c, n, r: m.generate(c, n, r, steps=6, guidance_scale=2.0))
     first = np.asarray(generate(model, context, lengths, jax.random.key(5)))
     again = np.asarray(generate(model, context, lengths, jax.random.key(5)))
     other = np.asarray(generate(model, context, lengths, jax.random.key(6)))
     np.testing.assert_array_equal(first, again)
     assert (first != other).any()
     assert first.shape == (3, TOKENS) and 0 <= first.min() and first.max() < CODES
-    jaxpr = jax.make_jaxpr(lambda c, l, r: model.generate(c, l, r, steps=6))(
+    jaxpr = jax.make_jaxpr(lambda c, n, r: model.generate(c, n, r, steps=6))(
         context, lengths, jax.random.key(5))
     # The steps are one loop (fori_loop: a scan over the step index), not unrolled.
     assert str(jaxpr).count("scan[") + str(jaxpr).count("while[") == 1

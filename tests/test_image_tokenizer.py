@@ -193,9 +193,8 @@ def test_the_tokenizer_trains_through_the_trainer_and_its_evaluation_recounts(ti
     falls, and the evaluation's pixel error is what the saved model's reconstructions give."""
     import json
 
-    from conftest import one_device_mesh
-
     from configs import common
+    from conftest import one_device_mesh
     from input_pipeline import pipeline
     from mmjax import inference, train
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import xla_flags
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,8 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import REPO_ROOT, copy_run
 
+from conftest import REPO_ROOT, copy_run
 from input_pipeline import pipeline
 from mmjax import preflight, sharding
 from mmjax.training.trainer import Trainer

@@ -60,7 +60,8 @@ def test_gif_first_frame_grayscale_rgba_cmyk_become_rgb():
     assert np.abs(both_ways(preprocess.decode_rgb, cmyk).astype(int) - reference).mean() < 3
 
 
-@pytest.mark.parametrize("data", [b"", b"not an image", encode(Image.fromarray(PIXELS), "JPEG")[:200]],
+@pytest.mark.parametrize("data", [b"", b"not an image",
+                                  encode(Image.fromarray(PIXELS), "JPEG")[:200]],
                          ids=["empty", "garbage", "truncated_jpeg"])
 def test_bad_images_raise_eagerly_and_in_graph(data):
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -123,7 +124,9 @@ def test_fused_jpeg_crop_matches_decode_then_crop():
     # A crop under twice the output size is decoded at full size: then the same pixels as
     # decoding whole, cropping the window and resizing (bilinear) exactly.
     small = encode(Image.fromarray(PIXELS), "JPEG", quality=95)
-    begin, size = preprocess._crop_window(tf.constant([30, 40, 3]), SEED, (0.08, 1.0), (3 / 4, 4 / 3))
+    begin, size = preprocess._crop_window(
+        tf.constant([30, 40, 3]), SEED, (0.08, 1.0), (3 / 4, 4 / 3)
+    )
     window = preprocess.decode_rgb(small)[begin[0]:begin[0] + size[0], begin[1]:begin[1] + size[1]]
     np.testing.assert_allclose(both_ways(fused, small, SEED),
                                tf.image.resize(window, [24, 24]).numpy(), atol=1e-3)
@@ -176,7 +179,7 @@ class FakeCocoCaptions(tfds.core.GeneratorBasedBuilder):
 
 
 class FakeFlowers(tfds.core.GeneratorBasedBuilder):
-    """An image classification dataset: image + ClassLabel, like oxford_flowers102 or imagenet2012."""
+    """An image classification dataset (image + ClassLabel), as oxford_flowers102 or imagenet."""
 
     VERSION = tfds.core.Version("1.0.0")
 

@@ -7,8 +7,8 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import copy_run, one_device_mesh
 
+from conftest import copy_run, one_device_mesh
 from mmjax import losses, preflight, train
 from mmjax.evaluation import evaluators, suite
 

@@ -9,9 +9,9 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import one_device_mesh
 from PIL import Image
 
+from conftest import one_device_mesh
 from input_pipeline import datasets, shards
 from input_pipeline.convert import make_shards
 from input_pipeline.generated import shapes
@@ -53,7 +53,9 @@ def img2dataset_output(tmp_path_factory):
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             for i in range(SAMPLES_PER_TAR):
                 index, key = shard * SAMPLES_PER_TAR + i, f"{shard:05d}{i:04d}"
-                image = np.random.default_rng(i).bytes(900) if (shard, i) == (0, 3) else _jpeg(index)
+                image = (
+                    np.random.default_rng(i).bytes(900) if (shard, i) == (0, 3) else _jpeg(index)
+                )
                 if (shard, i) == (1, TRUNCATED_AT):
                     cut = buffer.tell() + 512 + len(image) // 2  # the header, half the image
                 _add(tar, f"{key}.jpg", image)
@@ -82,7 +84,9 @@ def test_webdataset_tars_convert_with_exact_counts_and_the_same_bytes_on_any_wor
     expected_examples = SAMPLES_PER_TAR - 1 + TRUNCATED_AT
     assert one["splits"]["train"]["num_examples"] == expected_examples  # 19 + 14
     assert one["splits"]["train"]["files"] == [shards.shard_name("train", i, 4) for i in range(4)]
-    assert [name.split(":")[0] for name in one["left_out"]["undecodable"]] == ["00000.tar/000000003"]
+    assert [name.split(":")[0] for name in one["left_out"]["undecodable"]] == [
+        "00000.tar/000000003"
+    ]
     (unreadable,) = one["left_out"]["unreadable"]
     assert unreadable.startswith("00001.tar: ") and f"00001{TRUNCATED_AT:04d}" in unreadable
     four = make_shards.make_shards(f"{tars}/*.tar", str(tmp_path / "four"), examples_per_shard=10,
@@ -193,7 +197,8 @@ def test_shards_tokenized_at_conversion_feed_the_same_ids_and_refuse_another_tok
 
 
 def test_the_loader_benchmark_reads_its_webdataset_tars_both_ways(tmp_path):
-    """input_pipeline.benchmarks.loader --source=webdataset: img2dataset-style tars of 341x256 JPEGs (with
+    """input_pipeline.benchmarks.loader --source=webdataset: img2dataset-style tars of 341x256 JPEGs
+    (with
     img2dataset's NNNNN_stats.json beside them, which make_shards skips), converted with and
     without stored tokens, both fed through the training pipeline."""
     from input_pipeline.benchmarks import loader

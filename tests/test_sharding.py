@@ -10,7 +10,11 @@ from mmjax.training.trainer import Trainer
 
 
 def test_mesh_sizes_fill_in_minus_one_and_explain_errors():
-    assert sharding.resolve_mesh_shape({"data": -1, "fsdp": 2}, 8) == {"data": 4, "fsdp": 2, "tensor": 1}
+    assert sharding.resolve_mesh_shape({"data": -1, "fsdp": 2}, 8) == {
+        "data": 4,
+        "fsdp": 2,
+        "tensor": 1,
+    }
     with pytest.raises(ValueError, match="needs 6 devices but 8"):
         sharding.resolve_mesh_shape({"data": 3, "fsdp": 2}, 8)
     with pytest.raises(ValueError, match="unknown axes \\['model'\\]"):

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import USER_CORRUPT, USER_IMAGES, USER_TEST
 from input_pipeline import datasets, pipeline, shards
 from input_pipeline.convert import make_shards
 from input_pipeline.generated import synthetic
@@ -14,9 +15,7 @@ from mmjax.training import checkpoint
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCABULARY = os.path.join(REPO_ROOT, "input_pipeline", "shapes_vocabulary.txt")
-from conftest import USER_CORRUPT as NUM_CORRUPT
-from conftest import USER_IMAGES as NUM_IMAGES
-from conftest import USER_TEST as NUM_TEST
+NUM_CORRUPT, NUM_IMAGES, NUM_TEST = USER_CORRUPT, USER_IMAGES, USER_TEST
 
 
 def test_make_shards_writes_every_image_with_all_its_captions(user_data):
@@ -133,7 +132,9 @@ def test_one_and_two_processes_read_the_same_global_batches_and_resume_at_the_ne
 
 def test_too_many_bad_examples_stop_the_run_naming_them(user_data, tiny_config):
     tiny_config.data.train = f"shards:{user_data['output']}:train"
-    batches = pipeline.train_batches(tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer))
+    batches = pipeline.train_batches(
+        tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer)
+    )
     for _ in range(18):
         next(batches)
     assert batches.skipped == NUM_CORRUPT and batches.position == 288
@@ -149,7 +150,6 @@ def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data
     """README's "Your own data" command, shrunk: a user's captions with the bytes tokenizer and
     the default evaluators; the ones unlabeled data cannot feed are skipped, saying why."""
     from conftest import one_device_mesh
-
     from mmjax import train
 
     tiny_config.data.train = f"shards:{user_data['output']}:train"
@@ -173,7 +173,9 @@ def test_training_on_own_unlabeled_shards_logs_the_exact_skipped_count(user_data
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         logged = {r["step"]: r["data/skipped"] for r in map(json.loads, f) if "data/skipped" in r}
     # The same pipeline read on its own: what it skipped by steps 9 and 18.
-    batches = pipeline.train_batches(tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer))
+    batches = pipeline.train_batches(
+        tiny_config, text_tokenizers.build_tokenizer(tiny_config.tokenizer)
+    )
     expected = {}
     for step in range(1, 19):
         next(batches)

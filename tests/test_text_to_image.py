@@ -56,8 +56,11 @@ def runs(tfds_dir, tmp_path_factory):
 
 def test_the_generator_trains_over_the_frozen_tokenizer_it_loaded(runs):
     tokenizer_dir, t2i_dir, _ = runs
-    losses = [json.loads(line)["train/image_token_loss"] for line in open(f"{t2i_dir}/metrics.jsonl")
-              if "train/image_token_loss" in line]
+    losses = [
+        json.loads(line)["train/image_token_loss"]
+        for line in open(f"{t2i_dir}/metrics.jsonl")
+        if "train/image_token_loss" in line
+    ]
     assert len(losses) == 8 and losses[-1] < losses[0] - 0.3, losses
     tokenizer, generator = (checkpoint.load_params(d) for d in (tokenizer_dir, t2i_dir))
     tokenizer_names = [n for n in generator if n.split("/")[0] in
@@ -121,7 +124,6 @@ def test_an_autoregressive_run_generates_through_inference(runs, tmp_path):
     """The autoregressive mode through the trainer, a checkpoint and inference.load: seeded
     images, and scale 0 the unconditional model."""
     from conftest import one_device_mesh
-
     from mmjax import inference
 
     config = runs[2].copy_and_resolve_references()
@@ -430,7 +432,7 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     importlib.import_module("mmjax.tools.fit_judge")  # both tools' flags load in one process
 
     clip = inference.load(finished_run[0])
-    bank, bank_captions = judge.real_images(clip.config, clip.tokenizer,
+    bank, bank_captions = suite.real_images(clip.config, clip.tokenizer,
                                             "tfds:mmjax_shapes/tiny:train", 256)
     images, captions = shapes.preprocessed_any_pairs(
         512, preprocess=clip.config.data.eval_preprocess, image_size=clip.config.data.image_size,
@@ -473,7 +475,7 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     report = (workdir / "eval_report.md").read_text()
     assert "## generation" in report and "| nearest_training |" in report
     assert "| reranked_g1 |" in report
-    assert (workdir / "report" / "generate.png").stat().st_size > 1000
+    assert (workdir / "report" / "generation.png").stat().st_size > 1000
 
 
 def test_a_judge_keeps_the_classifier_variant_it_was_fitted_with(finished_run, tmp_path):
@@ -522,7 +524,8 @@ def matmul_flops(jaxpr) -> float:
 @pytest.mark.parametrize("tokens_per_patch,tokens_per_step",
                          [(1, 1), (2, 1), (2, 2), (4, None), (4, 1)])
 def test_the_benchmarks_generator_flops_are_its_matmuls(tokens_per_patch, tokens_per_step):
-    """mmjax.tools.benchmark's analytic count of the generator's forward pass (its MFU's numerator) is
+    """mmjax.tools.benchmark's analytic count of the generator's forward pass (its MFU's numerator)
+    is
     the matrix multiplications the model's program does, with a patch's tokens in the sequence
     or drawn a group a step (unset: a patch a step). XLA's own count is 3 to 5 % higher: it
     adds the elementwise work, which MFU leaves out."""

@@ -168,8 +168,12 @@ def test_layer_norm_gradient_equals_autodiff():
         return (x - mean) * jax.lax.rsqrt(variance + 1e-6) * scale + bias
 
     loss = lambda norm: lambda *args: jnp.sum(jnp.sin(norm(*args)) * probe)
-    np.testing.assert_array_equal(layer_norm.layer_norm(x, scale, bias, 1e-6), plain(x, scale, bias))
-    got = jax.grad(loss(lambda *a: layer_norm.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(x, scale, bias)
+    np.testing.assert_array_equal(
+        layer_norm.layer_norm(x, scale, bias, 1e-6), plain(x, scale, bias)
+    )
+    got = jax.grad(loss(lambda *a: layer_norm.layer_norm(*a, 1e-6)), argnums=(0, 1, 2))(
+        x, scale, bias
+    )
     expected = jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)

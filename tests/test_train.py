@@ -6,8 +6,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import copy_run, one_device_mesh
 
+from conftest import copy_run, one_device_mesh
 from input_pipeline import pipeline
 from mmjax import train
 from mmjax.evaluation import suite

@@ -74,9 +74,17 @@ def test_big_vision_siglip_tokenizes_as_siglip_without_begin_of_text(imported, t
     np.testing.assert_allclose(model.encode_text(CAPTIONS), model.encode_text(expected),
                                rtol=1e-6, atol=1e-6)
     other = tmp_path / "other"
-    sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(CAPTIONS * 20), model_prefix=str(other),
-                                   vocab_size=48, pad_id=0, eos_id=2, unk_id=1, bos_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CAPTIONS * 20),
+        model_prefix=str(other),
+        vocab_size=48,
+        pad_id=0,
+        eos_id=2,
+        unk_id=1,
+        bos_id=-1,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
     with pytest.raises(ValueError, match="end-of-text id 2, the model 300 ids and end-of-text 1"):
         import_hf.import_hf(os.path.join(FIXTURES, "big_vision_tiny_siglip.npz"),
                             str(tmp_path / "refused"), vocab=str(other) + ".model")
@@ -118,7 +126,9 @@ def test_export_to_transformers_reproduces_the_fixture(imported, kind, original,
         np.testing.assert_array_equal(written[name], value, err_msg=name)
     with open(os.path.join(out, "config.json")) as f:
         config = json.load(f)
-    assert config["architectures"] == [hf_layout.ARCHITECTURES["clip" if kind == "clip" else "siglip"]]
+    assert config["architectures"] == [
+        hf_layout.ARCHITECTURES["clip" if kind == "clip" else "siglip"]
+    ]
 
 
 def test_big_vision_scanned_layout_reads_as_per_block(tmp_path):

@@ -30,7 +30,7 @@ from input_pipeline.convert import make_shards
 from input_pipeline.generated import shapes
 from mmjax import text_tokenizers
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLIP_BPE = os.path.join(REPO_ROOT, "tests", "fixtures", "bpe_simple_vocab_16e6.txt.gz")
 
 
@@ -82,7 +82,7 @@ def prepare_webdataset(workdir: str, count: int, per_tar: int = 250) -> tuple[di
 
     tars = os.path.join(workdir, "tars")
     num_tars = -(-count // per_tar)
-    pattern = os.path.join(tars, "{%05d..%05d}.tar" % (0, num_tars - 1))
+    pattern = os.path.join(tars, f"{{{0:05d}..{num_tars - 1:05d}}}.tar")
     stats = lambda shard: os.path.join(tars, f"{shard:05d}_stats.json")
     if not os.path.exists(stats(num_tars - 1)):
         os.makedirs(tars, exist_ok=True)

@@ -1,10 +1,12 @@
 """Converts users' captioned images and sounds into mmjax shards (see input_pipeline/shards.py).
 
     python -m input_pipeline.convert.make_shards --input=captions.csv --output_dir=/data/my_shards
-    python -m input_pipeline.convert.make_shards --input='/data/laion/*.tar' --output_dir=/data/laion \
+    python -m input_pipeline.convert.make_shards --input='/data/laion/*.tar'
+    --output_dir=/data/laion \
         --beam_options='--direct_num_workers=16'
 
-Inputs (input_pipeline/convert/readers.py): a CSV or JSONL table, a folder of images or sounds with .txt
+Inputs (input_pipeline/convert/readers.py): a CSV or JSONL table, a folder of images or sounds with
+.txt
 captions, webdataset .tar shards as img2dataset writes them, or parquet files. Sounds are
 stored as 16-bit PCM WAV, which tf.data decodes: FLAC, OGG, MP3 and other WAV encodings are
 converted here, once; a sound that does not decode is left out and counted as undecodable.
@@ -119,7 +121,9 @@ def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, wi
         if not chunk:
             break
         examples = [item for item in chunk if isinstance(item, readers.Example)]
-        loaded = iter(pool.map(lambda e: readers.load_example(e, check_images), examples, chunksize=4))
+        loaded = iter(
+            pool.map(lambda e: readers.load_example(e, check_images), examples, chunksize=4)
+        )
         for item in chunk:
             state["consumed"] += 1  # before add(): a shard finished here includes this item
             if isinstance(item, readers.LeftOut):
@@ -202,9 +206,17 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     progress = None if quiet else Progress(total)
     with ThreadPool(workers or 2 * (os.cpu_count() or 1)) as pool:
         for split in source.splits():
-            state = states.setdefault(split, {"consumed": 0, "written": 0, "captions": 0,
-                                              "shards": [], "left_out": {k: [] for k in readers.LEFT_OUT},
-                                              "done": False})
+            state = states.setdefault(
+                split,
+                {
+                    "consumed": 0,
+                    "written": 0,
+                    "captions": 0,
+                    "shards": [],
+                    "left_out": {k: [] for k in readers.LEFT_OUT},
+                    "done": False,
+                },
+            )
             if state["done"]:
                 continue
             if engine == "beam":

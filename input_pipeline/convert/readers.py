@@ -30,7 +30,7 @@ import json
 import os
 import re
 import tarfile
-from typing import Iterator
+from collections.abc import Iterator
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")

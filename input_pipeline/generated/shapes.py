@@ -153,7 +153,7 @@ class MmjaxShapes(builder.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
-    """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
+    """Generates the dataset into `data_dir` once (ArrayRecord, for random access); its builder."""
     return builder.prepare_generated(MmjaxShapes, data_dir, config)
 
 

@@ -16,7 +16,13 @@ from PIL import Image
 
 from input_pipeline.generated import shapes
 
-PHRASINGS = ("{}", "a picture of {}", "there are {}", "an image with {}", "{}, on a plain background")
+PHRASINGS = (
+    "{}",
+    "a picture of {}",
+    "there are {}",
+    "an image with {}",
+    "{}, on a plain background",
+)
 
 
 def write_captioned_images(directory: str, count: int, *, image_size: int = 64,

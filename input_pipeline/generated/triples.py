@@ -66,5 +66,5 @@ class MmjaxTriples(builder.GeneratedSplits, tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str | None = None, config: str = "default") -> tfds.core.DatasetBuilder:
-    """Generates the dataset into `data_dir` once (ArrayRecord, for random access) and returns it."""
+    """Generates the dataset into `data_dir` once (ArrayRecord, for random access); its builder."""
     return builder.prepare_generated(MmjaxTriples, data_dir, config)

@@ -43,8 +43,13 @@ def write(workdir: str, eval_sets: list[tuple[str, str]], metrics: dict[str, flo
     directory = paths.join(workdir, "clip_benchmark")
     written = []
     for set_name, benchmark_name in eval_sets:
-        for task, record in records(set_name, benchmark_name, metrics, model=model,
-                                    pretrained=paths.join(workdir, "checkpoints", str(step))).items():
+        for task, record in records(
+            set_name,
+            benchmark_name,
+            metrics,
+            model=model,
+            pretrained=paths.join(workdir, "checkpoints", str(step)),
+        ).items():
             paths.makedirs(directory)
             path = paths.join(directory, f"{set_name}_{task}.json")
             paths.write_text(path, json.dumps(record, indent=2))

@@ -12,7 +12,7 @@ so that they can be checked by hand.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -85,7 +85,10 @@ def evaluate_retrieval(context: EvalContext) -> dict[str, float]:
                     context.embeddings[first], context.embeddings[second], pair=pair,
                     same_caption=groups))
     if "image" in context.embeddings and "text" in context.embeddings:  # the report's figures
-        similarity = metrics.l2_normalize(context.image_embeddings) @ metrics.l2_normalize(context.text_embeddings).T
+        similarity = (
+            metrics.l2_normalize(context.image_embeddings)
+            @ metrics.l2_normalize(context.text_embeddings).T
+        )
         queries = example_queries(len(similarity))
         context.details["retrieval"] = {
             "similarity": similarity[:32, :32], "queries": queries,
@@ -100,7 +103,9 @@ def class_embeddings(context: EvalContext, class_names=None) -> np.ndarray:
     templates = list(context.prompt_templates) or ["{}"]
     prompts = [template.format(name) for name in class_names for template in templates]
     embeddings = metrics.l2_normalize(context.encode_texts(prompts))
-    return metrics.l2_normalize(embeddings.reshape(len(class_names), len(templates), -1).mean(axis=1))
+    return metrics.l2_normalize(
+        embeddings.reshape(len(class_names), len(templates), -1).mean(axis=1)
+    )
 
 
 def evaluate_zeroshot(context: EvalContext) -> dict[str, float]:
@@ -131,7 +136,9 @@ def evaluate_captioning(context: EvalContext) -> dict[str, float]:
     CIDEr), and the same for the constant-caption baseline: the eval split's most frequent
     caption predicted for every image."""
     references, eot_id = context.tokens, context.tokenizer.eot_id
-    accuracy, exact = metrics.caption_token_accuracy(context.extra["caption_tokens"], references, eot_id)
+    accuracy, exact = metrics.caption_token_accuracy(
+        context.extra["caption_tokens"], references, eot_id
+    )
     rows, counts = np.unique(references, axis=0, return_counts=True)
     constant = np.broadcast_to(rows[counts.argmax()], references.shape)
     baseline, baseline_exact = metrics.caption_token_accuracy(constant, references, eot_id)
@@ -212,7 +219,7 @@ class EvalSettings:
     judge_workdir: str | None = None
 
     @classmethod
-    def from_config(cls, config, tokenizer) -> "EvalSettings":
+    def from_config(cls, config, tokenizer) -> EvalSettings:
         return cls(tokenizer=tokenizer, beam_size=int(config.caption.beam_size),
                    generation=config.generation.to_dict(), judge_workdir=config.judge.workdir)
 

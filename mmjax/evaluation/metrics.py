@@ -4,7 +4,7 @@ token accuracy."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -91,7 +91,8 @@ def zeroshot_metrics(image_embeddings: np.ndarray, class_embeddings: np.ndarray,
 
 def linear_probe_metrics(train_features: np.ndarray, train_labels: np.ndarray,
                          test_features: np.ndarray, test_labels: np.ndarray) -> dict[str, float]:
-    """The CLIP paper's linear probe (mmjax.evaluation.linear_probe) tested on the eval features, and the
+    """The CLIP paper's linear probe (mmjax.evaluation.linear_probe) tested on the eval features,
+    and the
     C its sweep chose."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     scores, c = linear_probe.fit_and_score(train_features, train_labels, test_features,

@@ -175,8 +175,14 @@ def per_class_figure(plt, path: str, class_names: list, accuracy: list, shown: i
 
 def curves_figure(plt, path: str, history: list[dict]) -> bool:
     train = [(row["step"], row["train/loss"]) for row in history if "train/loss" in row]
-    eval_names = sorted({k for row in history for k in row
-                         if k.startswith("eval/") and not k.endswith(("seconds", "num_candidates"))})
+    eval_names = sorted(
+        {
+            k
+            for row in history
+            for k in row
+            if k.startswith("eval/") and not k.endswith(("seconds", "num_candidates"))
+        }
+    )
     if not train:
         return False
     panels = 1 + (1 if eval_names else 0)
@@ -222,12 +228,15 @@ def write_report(workdir: str, *, step: int, metrics: dict, details: dict,
     for group, rows in groups.items():
         lines += [f"## {group}", ""]
         if group == "generation":
-            lines += ["Judged by a CLIP of another seed and attribute probes fitted on real "
-                      "training images (mmjax/evaluation/judge.py); seen / held_out: captions whose "
-                      "colour-shape pair training has / lacks; r_precision among 100 captions "
-                      "(chance 0.01); frechet_distance and kid on the judge's embeddings "
-                      "against real training images (not Inception FID; `real` is the "
-                      "real-vs-real baseline).", ""]
+            lines += [
+                "Judged by a CLIP of another seed and attribute probes fitted on real "
+                "training images (mmjax/evaluation/judge.py); seen / held_out: captions whose "
+                "colour-shape pair training has / lacks; r_precision among 100 captions "
+                "(chance 0.01); frechet_distance and kid on the judge's embeddings "
+                "against real training images (not Inception FID; `real` is the "
+                "real-vs-real baseline).",
+                "",
+            ]
             lines += generation_table(dict(rows)) + [""]
             if "generation" in evaluator_details:
                 shown = evaluator_details["generation"]

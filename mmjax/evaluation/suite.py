@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from input_pipeline import pipeline
 from mmjax import conventions, paths, preflight, sharding
-from mmjax.evaluation import benchmark_results, evaluators, report
+from mmjax.evaluation import benchmark_results, eval_sets, evaluators, report
 from mmjax.evaluation.eval_sets import EvalSet
 from mmjax.models import decoding
 from mmjax.training import checkpoint
@@ -187,7 +187,7 @@ class Evaluation:
             context.all_text_image = np.nonzero(present)[0]
             context.all_text_embeddings = self.encode_token_rows(params, tokens[present])
         metrics = {}
-        for name, evaluator in self.evaluators.items():
+        for evaluator in self.evaluators.values():
             for metric, value in evaluator.compute(context).items():
                 metrics[f"eval/{eval_data.name}/{metric}"] = value
         if report is not None:
@@ -293,7 +293,7 @@ class EvalSuite:
 
     def write_benchmark_results(self, config, workdir: str, step: int,
                                 metrics: dict[str, float]) -> list[str]:
-        """clip_benchmark-style files of the sets evaluated so far (mmjax.evaluation.benchmark_results)."""
+        """clip_benchmark-style files of the sets evaluated so far (benchmark_results.py)."""
         named = [(data.name, data.benchmark_name) for data in self.data.values()]
         return benchmark_results.write(workdir, named, metrics, model=config.get("name", ""),
                                        step=step)
@@ -336,3 +336,17 @@ def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
             print(f"Report: {path}")
     manager.close()
     return metrics
+
+
+def real_images(config, tokenizer, data: str, examples: int):
+    """(uint8 images, captions) of a split, as the run's eval pipeline reads them."""
+
+    eval_set = dataclasses.replace(eval_sets.eval_sets(config)[0], data=data, name="judge",
+                                   max_examples=examples, where=None, captions_per_image=1)
+    batches = pipeline.eval_data(config, tokenizer, eval_set, global_batch_size=250).batches()
+    images, tokens = [], []
+    for batch in batches:
+        keep = batch["valid"].astype(bool)
+        images.append(batch["image"][keep])
+        tokens.append(batch["tokens"][keep])
+    return np.concatenate(images), [tokenizer.decode(row) for row in np.concatenate(tokens)]

@@ -15,7 +15,7 @@ smoke_image_tokenizer.py); the text-to-image generator over its tokens is issue 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

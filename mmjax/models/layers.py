@@ -7,7 +7,7 @@ softmax statistics and logits in float32.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +35,15 @@ class Dense(nnx.Module):
 
     def __init__(self, in_features: int, out_features: int, logical_axes: tuple, *, rngs: nnx.Rngs,
                  use_bias: bool = True, dtype=jnp.float32, kernel_init: Callable = xavier_uniform):
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32),
-                                logical_axes=logical_axes)
-        self.bias = (nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=logical_axes[-1:])
-                     if use_bias else None)
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (in_features, out_features), jnp.float32),
+            logical_axes=logical_axes,
+        )
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), jnp.float32), logical_axes=logical_axes[-1:])
+            if use_bias
+            else None
+        )
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -69,7 +74,9 @@ class MultiHeadAttention(nnx.Module):
         context_width = context_width or width
 
         def projection(in_features):
-            init = lambda key, shape, dtype: xavier_uniform(key, (in_features, width), dtype).reshape(shape)
+            init = lambda key, shape, dtype: xavier_uniform(
+                key, (in_features, width), dtype
+            ).reshape(shape)
             return nnx.Param(init(rngs.params(), (in_features, num_heads, head_dim), jnp.float32),
                              logical_axes=("embed", "heads", "kv"))
 

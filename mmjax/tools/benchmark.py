@@ -247,7 +247,7 @@ def format_table(result: dict) -> str:
 
 
 def define_config_flag() -> None:
-    """--config, for the programs that measure a config's step (this one, mmjax.tools.profile_step)."""
+    """--config, for the programs that measure a config's step (this one, tools.profile_step)."""
     config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py).",
                                     lock_config=True)
     flags.mark_flags_as_required(["config"])

@@ -7,7 +7,8 @@
 
 The attribute classifier (a head each for colour, shape, count, size and position, read from the
 captions) trains on --rendered real images of every colour-shape pair, held-out ones included,
-drawn under a seed apart from the dataset's splits (input_pipeline.generated.shapes.render_any_pair) and
+drawn under a seed apart from the dataset's splits (input_pipeline.generated.shapes.render_any_pair)
+and
 put through the CLIP run's own eval preprocessing, so at its image size: a judge must read the
 pairs the judged model never saw. Half of each batch is softened by a random blur (up to
 --max_blur), so that a shape drawn a little soft is still read as that shape (judge.degraded).
@@ -22,15 +23,12 @@ seed than anything it judges, on real images only: those the classifier learns f
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from absl import app, flags
 
-from input_pipeline import pipeline
 from input_pipeline.generated import shapes
 from mmjax import inference
-from mmjax.evaluation import eval_sets, judge
+from mmjax.evaluation import judge, suite
 
 flags.DEFINE_string("clip_workdir", None, "A CLIP run's workdir (trained with its own seed).")
 flags.DEFINE_string("out", None, "Where the judge goes (a folder; gs:// works).")
@@ -54,7 +52,7 @@ def main(argv) -> None:
     config = clip.config
     if FLAGS.tfds_data_dir:
         config.data.tfds_data_dir = FLAGS.tfds_data_dir
-    bank_images, bank_captions = judge.real_images(config, clip.tokenizer, FLAGS.data,
+    bank_images, bank_captions = suite.real_images(config, clip.tokenizer, FLAGS.data,
                                                    FLAGS.examples)
     if bank_images.dtype != np.uint8:
         raise ValueError(f"{FLAGS.data} gives {bank_images.dtype} images; the judge keeps uint8 "
@@ -78,16 +76,3 @@ def main(argv) -> None:
 if __name__ == "__main__":
     app.run(main)
 
-
-def real_images(config, tokenizer, data: str, examples: int):
-    """(uint8 images, captions) of a split, as the run's eval pipeline reads them."""
-
-    eval_set = dataclasses.replace(eval_sets.eval_sets(config)[0], data=data, name="judge",
-                                   max_examples=examples, where=None, captions_per_image=1)
-    batches = pipeline.eval_data(config, tokenizer, eval_set, global_batch_size=250).batches()
-    images, tokens = [], []
-    for batch in batches:
-        keep = batch["valid"].astype(bool)
-        images.append(batch["image"][keep])
-        tokens.append(batch["tokens"][keep])
-    return np.concatenate(images), [tokenizer.decode(row) for row in np.concatenate(tokens)]

@@ -4,7 +4,8 @@
         --judge=/tmp/mmjax_judge
 
 Reads the first --count images of --images with the tokenizer run's eval preprocessing,
-reconstructs them (tokenize, then detokenize) and has the judge (mmjax/evaluation/judge.py, fitted by
+reconstructs them (tokenize, then detokenize) and has the judge (mmjax/evaluation/judge.py, fitted
+by
 mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images,
 on the reconstructions and on the real images blurred by [w, 1 - 2w, w] along each axis for
 each --blur w (how much blur the judge itself tolerates). Prints a table and writes it to
@@ -20,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from mmjax import inference, paths
-from mmjax.evaluation import judge
+from mmjax.evaluation import judge, suite
 
 flags.DEFINE_string("tokenizer_workdir", None, "An image tokenizer run's workdir.")
 flags.DEFINE_string("judge", None, "A judge written by mmjax.tools.fit_judge.")
@@ -39,7 +40,7 @@ def measure(tokenizer_workdir: str, judge_dir: str, data: str, count: int,
     reconstructed / real}} for the first `count` images of `data`."""
 
     tokenizer = inference.load(tokenizer_workdir)
-    images, captions = judge.real_images(tokenizer.config, tokenizer.tokenizer, data, count)
+    images, captions = suite.real_images(tokenizer.config, tokenizer.tokenizer, data, count)
     judge_model = judge.load(judge_dir)
     rows = {"real": images,
             **{f"real blurred w={w:g}": judge.blurred(images, w) for w in blur_weights},

@@ -1,6 +1,7 @@
 """Where a training step's time goes: one compiled step traced with jax.profiler, by category.
 
-python -m mmjax.tools.profile_step --config=configs/bench_cpu_clip.py [--steps=5] [--out=profile.json]
+python -m mmjax.tools.profile_step --config=configs/bench_cpu_clip.py [--steps=5]
+[--out=profile.json]
 
 Each operation of the optimised program is attributed to the model part whose Python code made
 it (the innermost known function of its source stack: layer norm, attention, MLP, embeddings,
@@ -34,7 +35,7 @@ PARTS = (
                    "dot_product_attention")),
     ("mlp", ("layers.py:Mlp.",)),
     ("metrics", ("trainer.py:global_norm",)),
-    ("loss", ("losses.py:", "optax/losses/")),
+    ("loss", ("mmjax/losses/", "optax/losses/")),
     # Text-to-image: the generator's own embeddings and codebook heads with the model's
     # conditioning around them (dropped captions), and the tokenizer's quantiser; without these
     # they fall to the train step's frames and read as the optimizer update.
@@ -43,7 +44,7 @@ PARTS = (
     ("optimizer update", ("optax/", "trainer.py:Trainer._train_step")),
     ("image embedding", ("image_tower.py:",)),
     ("text embedding", ("text_tower.py:",)),
-    ("projections", ("models.py:",)),
+    ("projections", ("mmjax/models/clip.py:", "mmjax/models/fusion.py:")),
 )
 MATMUL = re.compile(r"\b(dot|convolution)\(|custom_call_target=\"[^\"]*(gemm|matmul|cublas)",
                     re.IGNORECASE)
@@ -68,9 +69,10 @@ def attribute(hlo: str) -> dict[str, tuple[str, str]]:
     for k, v in _tables(hlo, "FileLocations").items():
         file_id, function_id = (int(x) for x in re.findall(r"_id=(\d+)", v)[:2])
         path = files.get(file_id, "")
-        # The path from the package on ("optax/_src/alias.py"), or the file name ("layers.py").
-        short = path.split("site-packages/")[-1] if "site-packages/" in path else \
-            os.path.basename(path)
+        # The path from the package on ("optax/_src/alias.py", "mmjax/models/layers.py").
+        short = (path.split("site-packages/")[-1] if "site-packages/" in path else
+                 "mmjax/" + path.rsplit("/mmjax/", 1)[-1] if "/mmjax/" in path else
+                 os.path.basename(path))
         locations[k] = f"{short}:{functions.get(function_id, '')}"
     frames = {k: tuple(int(x) for x in re.findall(r"=(\d+)", v)[:2])
               for k, v in _tables(hlo, "StackFrames").items()}

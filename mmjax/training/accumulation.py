@@ -9,7 +9,7 @@ one-batch update, at the cost of a second forward pass.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

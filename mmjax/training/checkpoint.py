@@ -89,7 +89,7 @@ def abstract_with_shardings(abstract_state, shardings):
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:
-    """(checkpoints directory, step) for a workdir, its `checkpoints/` folder or one step's folder."""
+    """(checkpoints directory, step) of a workdir, its `checkpoints/` folder or a step's folder."""
     path = paths.absolute(path).rstrip("/")
     candidates = [(paths.join(path, "checkpoints"), None), (path, None),
                   (paths.dirname(path), paths.basename(path))]
@@ -180,8 +180,10 @@ def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str,
     flat = _flat(pure)
     wanted = [name for name in flat if not prefixes or under_prefixes(name, prefixes)]
     if not wanted:
-        raise ValueError(f"config.init_from.params {list(prefixes)} selects no parameter; top-level "
-                         f"names are {sorted({n.split('/')[0] for n in flat})}.")
+        raise ValueError(
+            f"config.init_from.params {list(prefixes)} selects no parameter; top-level "
+            f"names are {sorted({n.split('/')[0] for n in flat})}."
+        )
     missing = [n for n in wanted if n not in loaded]
     unused = sorted(set(loaded) - set(flat)) if require_all_used else []
     if unused:
@@ -192,7 +194,11 @@ def merge_params(params, loaded: dict[str, np.ndarray], prefixes, source: str,
     if missing or mismatched:
         raise ValueError(
             f"Cannot initialise from {source}: "
-            + (f"{len(missing)} parameters are not in it (first: {missing[:3]}); " if missing else "")
+            + (
+                f"{len(missing)} parameters are not in it (first: {missing[:3]}); "
+                if missing
+                else ""
+            )
             + (f"shapes differ: {mismatched[:3]}; " if mismatched else "")
             + "check config.init_from.params and that the model config matches the checkpoint's."
         )

@@ -48,7 +48,8 @@ def devices_will_be_cpus() -> bool:
 
 def configure(config) -> bool:
     """keep_freed_memory() when config.reuse_host_memory is set and the devices will be CPUs;
-    main.py, mmjax.tools.benchmark and mmjax.tools.profile_step call it first, before JAX starts its CPU
+    main.py, mmjax.tools.benchmark and mmjax.tools.profile_step call it first, before JAX starts its
+    CPU
     threads. Returns whether it was set."""
     return bool(config.get("reuse_host_memory")) and devices_will_be_cpus() and \
         keep_freed_memory()

@@ -137,11 +137,20 @@ class VisionTransformer(nnx.Module):
                                           key_bias=key_bias)
         self.pre_norm = (LayerNorm(width, dtype=dtype, epsilon=norm_epsilon)
                          if pre_norm else None)
-        self.attention_pool = (layers.AttentionPool(width, shape["num_heads"], shape["mlp_dim"],
-                                                    rngs=rngs, dtype=dtype, norm_epsilon=norm_epsilon,
-                                                    attention_implementation=attention_implementation,
-                                                    key_bias=key_bias)
-                               if pooling == "map" else None)
+        self.attention_pool = (
+            layers.AttentionPool(
+                width,
+                shape["num_heads"],
+                shape["mlp_dim"],
+                rngs=rngs,
+                dtype=dtype,
+                norm_epsilon=norm_epsilon,
+                attention_implementation=attention_implementation,
+                key_bias=key_bias,
+            )
+            if pooling == "map"
+            else None
+        )
         self.pooling = pooling
         self.dtype = dtype
 

@@ -28,16 +28,27 @@ def rules(kind: str, vision_depth: int, vision_heads: int, text_depth: int,
           text_heads: int) -> list[Rule]:
     block = layouts.TRANSFORMERS_BLOCK
     vision, text = "vision_model", "text_model"
-    table = [Rule("image_tower/patch_embedding/kernel", f"{vision}.embeddings.patch_embedding.weight",
-                  "patch"),
-             Rule("image_tower/position_embedding",
-                  f"{vision}.embeddings.position_embedding.weight", "same")]
+    table = [
+        Rule(
+            "image_tower/patch_embedding/kernel",
+            f"{vision}.embeddings.patch_embedding.weight",
+            "patch",
+        ),
+        Rule(
+            "image_tower/position_embedding",
+            f"{vision}.embeddings.position_embedding.weight",
+            "same",
+        ),
+    ]
     table += layouts.blocks("image_tower/encoder", f"{vision}.encoder.layers", vision_depth,
                             vision_heads, block)
     table += layouts.norm("image_tower/encoder/final_norm", f"{vision}.post_layernorm")
-    table += [Rule("text_tower/token_embedding", f"{text}.embeddings.token_embedding.weight", "same"),
-              Rule("text_tower/position_embedding", f"{text}.embeddings.position_embedding.weight",
-                   "same")]
+    table += [
+        Rule("text_tower/token_embedding", f"{text}.embeddings.token_embedding.weight", "same"),
+        Rule(
+            "text_tower/position_embedding", f"{text}.embeddings.position_embedding.weight", "same"
+        ),
+    ]
     table += layouts.blocks("text_tower/encoder", f"{text}.encoder.layers", text_depth, text_heads,
                             block)
     table += layouts.norm("text_tower/encoder/final_norm", f"{text}.final_layer_norm")
@@ -50,15 +61,19 @@ def rules(kind: str, vision_depth: int, vision_heads: int, text_depth: int,
             *layouts.dense("text_projection", "text_projection", bias=False)]
     head = f"{vision}.head"
     return table + [
-        Rule("image_tower/patch_embedding/bias", f"{vision}.embeddings.patch_embedding.bias", "same"),
+        Rule(
+            "image_tower/patch_embedding/bias", f"{vision}.embeddings.patch_embedding.bias", "same"
+        ),
         Rule("image_tower/attention_pool/probe", f"{head}.probe", "same"),  # [1, 1, w] outside
-        *layouts.attention("image_tower/attention_pool/attention", f"{head}.attention",
-                           vision_heads),
+        *layouts.attention(
+            "image_tower/attention_pool/attention", f"{head}.attention", vision_heads
+        ),
         *layouts.norm("image_tower/attention_pool/norm", f"{head}.layernorm"),
         *layouts.dense("image_tower/attention_pool/mlp/up", f"{head}.mlp.fc1"),
         *layouts.dense("image_tower/attention_pool/mlp/down", f"{head}.mlp.fc2"),
         *layouts.dense("text_projection", f"{text}.head"),
-        Rule("logit_bias", "logit_bias", "scalar")]
+        Rule("logit_bias", "logit_bias", "scalar"),
+    ]
 
 
 def model_kind(hf_config: dict) -> str:
@@ -173,8 +188,10 @@ def to_hf(params: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
     on SigLIP's patch embedding and text head)."""
     params = layouts.fill_exact(params)
     if kind == "siglip":
-        for name, rows in (("image_tower/patch_embedding/bias", "image_tower/patch_embedding/kernel"),
-                           ("text_projection/bias", "text_projection/kernel")):
+        for name, rows in (
+            ("image_tower/patch_embedding/bias", "image_tower/patch_embedding/kernel"),
+            ("text_projection/bias", "text_projection/kernel"),
+        ):
             params.setdefault(name, np.zeros(params[rows].shape[1], np.float32))
     vision, text = (layouts.tower_shape(params, t) for t in ("image_tower", "text_tower"))
     table = rules(kind, vision["depth"], vision["num_heads"], text["depth"], text["num_heads"])

@@ -64,8 +64,10 @@ def import_hf(folder: str, out_dir: str, vocab: str | None = None) -> str:
     fields = hf_layout.mmjax_fields(hf_config)
     found = [paths.join(folder, n) for n in WEIGHT_FILES if paths.exists(paths.join(folder, n))]
     if not found:
-        raise FileNotFoundError(f"{folder} has none of {list(WEIGHT_FILES)} (sharded checkpoints "
-                                "are not read; save with max_shard_size large enough for one file).")
+        raise FileNotFoundError(
+            f"{folder} has none of {list(WEIGHT_FILES)} (sharded checkpoints "
+            "are not read; save with max_shard_size large enough for one file)."
+        )
     params = hf_layout.from_hf(weight_files.read_weights(found[0]), hf_config, found[0])
 
     config = weight_files.imported_config(f"hf_{hf_config['model_type']}", fields)

@@ -38,8 +38,17 @@ ARCHITECTURES = {
 def convert(weights: dict[str, np.ndarray], vision_heads: int, text_heads: int,
             quick_gelu: bool) -> tuple[dict, dict[str, np.ndarray]]:
     """(model and data config fields, {mmjax parameter name: array}) for an open_clip state dict."""
-    missing = [k for k in ("visual.conv1.weight", "visual.class_embedding", "token_embedding.weight",
-                           "text_projection", "visual.proj") if k not in weights]
+    missing = [
+        k
+        for k in (
+            "visual.conv1.weight",
+            "visual.class_embedding",
+            "token_embedding.weight",
+            "text_projection",
+            "visual.proj",
+        )
+        if k not in weights
+    ]
     if missing:
         raise ValueError(f"Not an open_clip / OpenAI CLIP ViT state dict: missing {missing}. "
                          "ModifiedResNet and timm image towers are not supported.")
@@ -59,16 +68,35 @@ def convert(weights: dict[str, np.ndarray], vision_heads: int, text_heads: int,
     # open_clip's architecture exactly: no patch bias, a class position, key biases.
     exact = dict(norm_epsilon=1e-5, activation=activation, key_bias=True)
     model = dict(
-        embed_dim=int(weights["text_projection"].shape[1]), vocab_size=int(vocab_size),
-        image_tower=dict(name="vit", variant=None, width=int(vision_width), depth=vision_depth,
-                         mlp_dim=int(weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-                         num_heads=vision_heads, patch_size=int(patch), pooling="cls",
-                         pre_norm=pre_norm, patch_bias=False, class_position=True, **exact),
-        text_tower=dict(name="transformer", variant=None, width=int(text_width), depth=text_depth,
-                        mlp_dim=int(weights["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-                        num_heads=text_heads, context_length=int(context_length), causal=True,
-                        pad_id=0, eot_id=int(vocab_size) - 1,  # open_clip: end-of-text is the last id
-                        **exact),
+        embed_dim=int(weights["text_projection"].shape[1]),
+        vocab_size=int(vocab_size),
+        image_tower=dict(
+            name="vit",
+            variant=None,
+            width=int(vision_width),
+            depth=vision_depth,
+            mlp_dim=int(weights["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+            num_heads=vision_heads,
+            patch_size=int(patch),
+            pooling="cls",
+            pre_norm=pre_norm,
+            patch_bias=False,
+            class_position=True,
+            **exact,
+        ),
+        text_tower=dict(
+            name="transformer",
+            variant=None,
+            width=int(text_width),
+            depth=text_depth,
+            mlp_dim=int(weights["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+            num_heads=text_heads,
+            context_length=int(context_length),
+            causal=True,
+            pad_id=0,
+            eot_id=int(vocab_size) - 1,  # open_clip: end-of-text is the last id
+            **exact,
+        ),
     )
     if "logit_bias" in weights:
         model["logit_bias_init"] = float(weights["logit_bias"].reshape(()))
@@ -93,8 +121,10 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     text_heads = text_heads or table[1]
     quick_gelu = table[2] if quick_gelu is None else quick_gelu
     if vision_heads is None or text_heads is None or quick_gelu is None:
-        raise ValueError("Give --arch, or --vision_heads, --text_heads and --quick_gelu: head counts "
-                         "and the activation are not recorded in the weights.")
+        raise ValueError(
+            "Give --arch, or --vision_heads, --text_heads and --quick_gelu: head counts "
+            "and the activation are not recorded in the weights."
+        )
     weight_files.require_new_workdir(out_dir)
 
     fields, params = convert(weight_files.read_weights(weights_path), vision_heads, text_heads,

@@ -139,7 +139,10 @@ def fill_exact(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for name in [n for n in params if n.endswith("/value_bias")]:
         params.setdefault(name[:-len("value_bias")] + "key_bias", np.zeros_like(params[name]))
     positions = params["image_tower/position_embedding"]
-    if "image_tower/cls_token" in params and round(positions.shape[0] ** 0.5) ** 2 == positions.shape[0]:
+    if (
+        "image_tower/cls_token" in params
+        and round(positions.shape[0] ** 0.5) ** 2 == positions.shape[0]
+    ):
         params["image_tower/position_embedding"] = np.concatenate(
             [np.zeros_like(positions[:1]), positions])
     return params
