@@ -54,7 +54,8 @@ def with_benchmark_evals(config, every_steps: int = 5_000, probe_examples: int =
 
 
 def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ...]):
-    """Any config made an image tokenizer (issue 16, stage 1): a ViT autoencoder whose patch
+    """Any config made an image tokenizer (text-to-image's first stage): a ViT autoencoder whose
+    patch
     latents are FSQ-quantised (`levels` per channel: prod(levels) codes), trained to
     reconstruct its images; no text tower. `encoder` and `decoder` are ViT variants (SIZE/PATCH;
     the decoder's patch size is the encoder's)."""
@@ -62,7 +63,7 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
     config.model.image_tower.update(variant=encoder, pooling="gap")
     config.model.text_tower = None
     # pixel_channels: 0, a linear patch head; C, C features per pixel and two 3x3 convolutions
-    # (sharper small shapes, slower: BENCHMARKS.md), with pixel_blocks residual ones between.
+    # (sharper small shapes, slower), with pixel_blocks residual ones between.
     config.model.image_decoder = ml_collections.ConfigDict(dict(variant=decoder,
                                                                 pixel_channels=0,
                                                                 pixel_blocks=0))
@@ -72,7 +73,7 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
     config.model.tokens_per_patch = 1
     config.losses = {"reconstruction": 1.0}
     # Each pixel's squared error weighted 1 + edge_weight * (its distance from its 3x3
-    # neighbourhood's mean): 0 is the plain mean (mmjax/losses.py, reconstruction_loss).
+    # neighbourhood's mean): 0 is the plain mean (mmjax/losses/reconstruction.py).
     config.reconstruction = ml_collections.ConfigDict(dict(edge_weight=0.0, noise_floor=0.0))
     config.evals = ("reconstruction",)
     # Flips and crops would only teach the autoencoder what it already sees.
@@ -84,8 +85,8 @@ def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ..
 
 
 def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float = 0.1):
-    """An image tokenizer's config made a text-to-image model over its tokens (issue 16, stage
-    2): the same tokenizer fields, loaded frozen from a run of that config
+    """An image tokenizer's config made a text-to-image model over its tokens (text-to-image's
+    second stage): the same tokenizer fields, loaded frozen from a run of that config
     (`--config.image_tokenizer.workdir=DIR`), with the text tower kept and a masked-token
     generator (`generator`: a text-tower variant) that cross-attends to it, trained on masked
     image tokens with a share of captions dropped for classifier-free guidance."""
@@ -110,8 +111,7 @@ def as_text_to_image(tokenizer_config, generator: str, condition_dropout: float 
     config.generation.update(steps=12, temperature=0.5, guidance_scale=3.0,
                              guidance_scales=(0.0, 1.0, 2.0, 3.0, 4.0))
     # config.judge.workdir: the judge of the generated images (mmjax/evaluation/judge.py: an
-    # attribute
-    # classifier and a CLIP of another seed, by mmjax.tools.fit_judge), which the generation
-    # evaluator needs.
+    # attribute classifier and a CLIP of another seed, by mmjax.tools.fit_judge), which the
+    # generation evaluator needs.
     config.evals = ("generation",)
     return config

@@ -1,4 +1,5 @@
-"""The full-size image tokenizer (issue 16, stage 1): 256 px images -> a 16x16 grid of tokens
+"""The full-size image tokenizer (text-to-image's first stage): 256 px images -> a 16x16 grid of
+tokens
 from 64,000 FSQ codes (levels 8,8,8,5,5,5, as FSQ's MaskGIT setting), ViT-B/16 encoder and
 decoder.
 

@@ -1,4 +1,4 @@
-"""Full-size text-to-image (issue 16): a masked-token generator (ViT-B-sized: width 768, 12
+"""Full-size text-to-image: a masked-token generator (ViT-B-sized: width 768, 12
 blocks, cross-attending to a CLIP text tower) over configs/image_tokenizer_256.py's 16x16 grid
 of tokens from 64,000 codes, 256 px images.
 

@@ -1,5 +1,5 @@
 """Audio front end: named ops from encoded audio to a log-mel spectrogram, usable eagerly and
-inside tf.data (the first part of the audio modality, issue 17).
+inside tf.data.
 
 A config names a chain as a string, as for images (input_pipeline/preprocess.py):
 

@@ -1,4 +1,4 @@
-"""The bar an audio model must clear on mmjax_sounds (issue 17): logistic regression on each
+"""The bar an audio model must clear on mmjax_sounds: logistic regression on each
 clip's mean log-mel spectrogram (80 numbers), fitted on the training clips' waveform-register
 labels with mmjax's linear probe (L-BFGS, C swept on held-out training clips), tested on the
 test clips, separately for seen and held-out waveform-register pairs.

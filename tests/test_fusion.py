@@ -9,7 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax import losses, models, text_tokenizers
+from mmjax import models, text_tokenizers
+from mmjax.losses import classification
 from mmjax.models import cross_attention, decoding
 
 VOCAB, CONTEXT = 23, 7
@@ -107,7 +108,7 @@ def test_caption_loss_masks_the_tokenizers_padding_and_matches_a_reference(pad_i
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 5, 9)).astype(np.float32)
     tokens = np.array([[1, 5, 0 if pad_id else 6, 2, pad_id], [1, 7, 2, pad_id, pad_id]])
-    loss, metrics = losses.caption_loss({"caption_logits": jnp.asarray(logits)},
+    loss, metrics = classification.caption_loss({"caption_logits": jnp.asarray(logits)},
                                         {"tokens": jnp.asarray(tokens)}, pad_id=pad_id)
     terms, hits = [], []
     for b in range(2):
@@ -126,7 +127,7 @@ def test_itm_and_mlm_losses_match_references():
     rng = np.random.default_rng(1)
     itm_logits = rng.normal(size=(6, 2)).astype(np.float32)
     itm_labels = np.array([1, 1, 0, 0, 0, 0])
-    loss, metrics = losses.itm_loss({"itm_logits": jnp.asarray(itm_logits),
+    loss, metrics = classification.itm_loss({"itm_logits": jnp.asarray(itm_logits),
                                      "itm_labels": jnp.asarray(itm_labels)}, {})
     log_probs = itm_logits - np.log(np.exp(itm_logits).sum(1, keepdims=True))
     np.testing.assert_allclose(float(loss), -log_probs[np.arange(6), itm_labels].mean(), rtol=1e-5)
@@ -136,7 +137,7 @@ def test_itm_and_mlm_losses_match_references():
     mlm_logits = rng.normal(size=(2, 4, 7)).astype(np.float32)
     tokens = np.array([[1, 5, 6, 2], [1, 4, 2, 0]])
     mask = np.array([[0, 1, 0, 0], [0, 1, 0, 0]], np.float32)
-    loss, _ = losses.mlm_loss({"mlm_logits": jnp.asarray(mlm_logits), "mlm_mask": mask},
+    loss, _ = classification.mlm_loss({"mlm_logits": jnp.asarray(mlm_logits), "mlm_mask": mask},
                               {"tokens": jnp.asarray(tokens)})
     log_probs = mlm_logits - np.log(np.exp(mlm_logits).sum(-1, keepdims=True))
     expected = -(log_probs[0, 1, 5] + log_probs[1, 1, 4]) / 2

@@ -1,4 +1,5 @@
-"""The text-to-image generator's core (issue 16, stage 2): masking for training, the masked-token
+"""The text-to-image generator's core (text-to-image's second stage): masking for training, the
+masked-token
 loss, guided parallel decoding in one compiled loop; the autoregressive generator's cached
 decoding."""
 
@@ -9,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from mmjax import losses
+from mmjax.losses import classification
 from mmjax.models import image_generator
 
 CODES, TOKENS, CONTEXT, CONTEXT_WIDTH = 12, 16, 4, 8
@@ -44,7 +45,7 @@ def test_masked_token_loss_counts_only_the_masked_positions():
     logits = jax.random.normal(jax.random.key(1), (2, TOKENS, CODES))
     targets = jax.random.randint(jax.random.key(2), (2, TOKENS), 0, CODES)
     masked = jnp.arange(TOKENS)[None].repeat(2, 0) < jnp.asarray([[3], [5]])
-    loss, _ = losses.masked_token_cross_entropy(logits, targets, masked.astype(jnp.float32))
+    loss, _ = classification.masked_token_cross_entropy(logits, targets, masked.astype(jnp.float32))
     each = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     assert float(loss) == pytest.approx(float(each[np.asarray(masked)].mean()), rel=1e-5)
 
@@ -146,7 +147,7 @@ def test_a_trained_generator_draws_the_image_its_text_asks_for(kind, tokens_per_
             context, context_lengths = model.condition(context, lengths[pick], dropped)
             logits, counted = model.training_outputs(mask_rng, targets, context,
                                                      context_lengths)
-            return losses.masked_token_cross_entropy(logits, targets,
+            return classification.masked_token_cross_entropy(logits, targets,
                                                      counted.astype(jnp.float32))[0]
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)

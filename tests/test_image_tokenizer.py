@@ -1,4 +1,4 @@
-"""The image tokenizer's pieces (issue 16, stage 1): FSQ and the ViT autoencoder around it."""
+"""The image tokenizer's pieces: FSQ and the ViT autoencoder around it."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from mmjax.losses import reconstruction
 from mmjax.models import image_tokenizer
 
 
@@ -141,7 +142,7 @@ def test_the_noise_floor_forgives_errors_below_it_and_counts_the_excess(tiny_con
 
     def loss(error):
         outputs = {"reconstruction": jnp.asarray(target + error), "target": jnp.asarray(target)}
-        return losses.reconstruction_loss(outputs, {}, noise_floor=settings["noise_floor"])
+        return reconstruction.reconstruction_loss(outputs, {}, noise_floor=settings["noise_floor"])
 
     below, metrics = loss(0.08)
     assert below == 0 and np.isclose(metrics["reconstruction_mse"], 0.08 ** 2)
@@ -151,11 +152,10 @@ def test_the_noise_floor_forgives_errors_below_it_and_counts_the_excess(tiny_con
 
 
 def test_the_edge_weight_weighs_errors_along_shapes_edges_and_nowhere_else():
-    from mmjax import losses
 
     target = np.full((1, 8, 8, 3), -0.8, np.float32)
     target[0, 2:5, 2:5] = 0.9  # a 3x3 square on a flat background
-    edges = np.asarray(losses.edge_map(jnp.asarray(target)))[0, :, :, 0]
+    edges = np.asarray(reconstruction.edge_map(jnp.asarray(target)))[0, :, :, 0]
     np.testing.assert_allclose(edges[[0, 7, 3], [0, 7, 6]], 0, atol=1e-6)  # flat: no edge
     assert edges[2, 2] > edges[3, 3] > 0 and edges[1, 1] > 0  # corners, centre, outside corner
 
@@ -163,7 +163,7 @@ def test_the_edge_weight_weighs_errors_along_shapes_edges_and_nowhere_else():
         reconstruction = target.copy()
         reconstruction[(0, *where)] += 0.5
         outputs = {"reconstruction": jnp.asarray(reconstruction), "target": jnp.asarray(target)}
-        return losses.reconstruction_loss(outputs, {}, edge_weight=edge_weight)
+        return reconstruction.reconstruction_loss(outputs, {}, edge_weight=edge_weight)
 
     plain_edge, metrics = loss((2, 2), 0.0)
     plain_background, _ = loss((7, 7), 0.0)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mmjax import losses, sharding
+from mmjax.losses import classification, contrastive
 
 
 def numpy_clip_loss(image, text, scale):
@@ -26,7 +27,7 @@ def test_clip_loss_matches_numpy(batch, scale):
     outputs = {"image_embedding": jnp.asarray(image, jnp.float32),
                "text_embedding": jnp.asarray(text, jnp.float32),
                "logit_scale": jnp.asarray(scale, jnp.float32)}
-    loss, metrics = losses.clip_contrastive_loss(outputs, {})
+    loss, metrics = contrastive.clip_contrastive_loss(outputs, {})
     np.testing.assert_allclose(float(loss), numpy_clip_loss(image, text, scale), rtol=1e-5)
     assert float(metrics["clip_loss"]) == float(loss)
 
@@ -35,8 +36,8 @@ def test_clip_loss_is_low_for_matching_pairs_and_high_for_shuffled():
     embeddings = jnp.eye(8)
     matched = {"image_embedding": embeddings, "text_embedding": embeddings, "logit_scale": 50.0}
     shuffled = dict(matched, text_embedding=embeddings[::-1])
-    assert float(losses.clip_contrastive_loss(matched, {})[0]) < 1e-3
-    assert float(losses.clip_contrastive_loss(shuffled, {})[0]) > 10.0
+    assert float(contrastive.clip_contrastive_loss(matched, {})[0]) < 1e-3
+    assert float(contrastive.clip_contrastive_loss(shuffled, {})[0]) > 10.0
 
 
 
@@ -55,7 +56,7 @@ def test_siglip_loss_matches_numpy():
     outputs = {"image_embedding": jnp.asarray(image, jnp.float32),
                "text_embedding": jnp.asarray(text, jnp.float32),
                "logit_scale": jnp.asarray(10.0), "logit_bias": jnp.asarray(-10.0)}
-    loss, _ = losses.siglip_loss(outputs, {})
+    loss, _ = contrastive.siglip_loss(outputs, {})
     np.testing.assert_allclose(float(loss), numpy_siglip_loss(image, text, 10.0, -10.0), rtol=1e-5)
 
 
@@ -71,7 +72,7 @@ def test_chunked_siglip_equals_unchunked_on_8_devices(mesh_shape):
     def loss_fn(image, text, scale, bias):
         outputs = {"image_embedding": image, "text_embedding": text,
                    "logit_scale": scale, "logit_bias": bias}
-        return losses.siglip_loss(outputs, {})[0]
+        return contrastive.siglip_loss(outputs, {})[0]
 
     grad_fn = jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3))
     expected_loss, expected_grads = jax.jit(grad_fn)(image, text, scale, bias)
@@ -107,7 +108,7 @@ def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
                "logit_scale": jnp.asarray(10.0), "teacher_image_embedding": jnp.asarray(t_image),
                "teacher_text_embedding": jnp.asarray(t_text),
                "teacher_logit_scale": jnp.asarray(30.0)}
-    loss, _ = losses.distillation_loss(outputs, {}, temperature=temperature)
+    loss, _ = contrastive.distillation_loss(outputs, {}, temperature=temperature)
 
     def logits(image, text, scale):
         image = image / np.linalg.norm(image, axis=1, keepdims=True)
@@ -125,13 +126,13 @@ def test_distillation_loss_matches_numpy_and_vanishes_for_the_teacher_itself():
 
     same = dict(outputs, image_embedding=outputs["teacher_image_embedding"],
                 text_embedding=outputs["teacher_text_embedding"], logit_scale=jnp.asarray(30.0))
-    assert abs(float(losses.distillation_loss(same, {}, temperature=temperature)[0])) < 1e-6
+    assert abs(float(contrastive.distillation_loss(same, {}, temperature=temperature)[0])) < 1e-6
 
 
 def test_classification_loss_matches_numpy():
     rng = np.random.default_rng(4)
     logits, labels = rng.normal(size=(6, 5)), np.array([0, 4, 2, 2, 1, 3])
-    loss, metrics = losses.classification_loss({"class_logits": jnp.asarray(logits)},
+    loss, metrics = classification.classification_loss({"class_logits": jnp.asarray(logits)},
                                                {"label": jnp.asarray(labels)})
     log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(float(loss), -log_probs[np.arange(6), labels].mean(), rtol=1e-5)
@@ -144,19 +145,21 @@ def test_identical_captions_can_be_right_answers_for_each_other():
     each clip of the two must beat the other's copy of its own caption, which no model can; as
     matches the target is split between them: both losses equal hand-computed cross-entropies."""
     tokens = jnp.array([[1, 5, 6, 2], [1, 5, 6, 2], [1, 7, 2, 0]])
-    assert (losses.same_caption(tokens) == jnp.array(
+    assert (contrastive.same_caption(tokens) == jnp.array(
         [[1, 1, 0], [1, 1, 0], [0, 0, 1]], bool)).all()
     # Many rows, many copies and permutations of each other: exactly the identical ones.
     rows = np.random.default_rng(0).integers(3, 7, size=(400, 5))
-    np.testing.assert_array_equal(losses.same_caption(jnp.asarray(rows)),
+    np.testing.assert_array_equal(contrastive.same_caption(jnp.asarray(rows)),
                                   (rows[:, None] == rows[None, :]).all(-1))
     audio = jnp.array([[1.0, 0.3], [1.0, -0.3], [0.0, 1.0]])
     text = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     outputs = {"audio_embedding": audio, "text_embedding": text,
                "logit_scale": jnp.float32(10.0)}
     pair = (("audio", "text"),)
-    strict, strict_metrics = losses.clip_contrastive_loss(outputs, {"tokens": tokens}, pairs=pair)
-    loss, metrics = losses.clip_contrastive_loss(outputs, {"tokens": tokens}, pairs=pair,
+    strict, strict_metrics = contrastive.clip_contrastive_loss(
+        outputs, {"tokens": tokens}, pairs=pair
+    )
+    loss, metrics = contrastive.clip_contrastive_loss(outputs, {"tokens": tokens}, pairs=pair,
                                                  identical_captions_match=True)
     logits = 10.0 * np.asarray(losses.l2_normalize(audio) @ text.T)
     rows, columns = jax.nn.log_softmax(logits, axis=1), jax.nn.log_softmax(logits, axis=0)

@@ -1,4 +1,4 @@
-"""Text-to-image through the one trainer (issue 16, stage 2): a generator over a frozen
+"""Text-to-image through the one trainer (text-to-image's second stage): a generator over a frozen
 tokenizer's tokens, sharded training, inference and --mode=generate, and the judge."""
 
 import collections

@@ -1,4 +1,4 @@
-"""How audio should leave the input pipeline (issue 17): as the log-mel spectrogram in bfloat16
+"""How audio should leave the input pipeline: as the log-mel spectrogram in bfloat16
 (what the pipeline does), as that spectrogram quantised to uint8, or as the int16 waveform with
 the log-mel computed on the device. Measured end to end on this host: tf.data decodes 16 kHz WAV
 clips, crops them and makes the batch entry; the consumer puts each batch on the device and

@@ -1,4 +1,4 @@
-"""`mmjax_sounds`: the embedded sound-caption dataset (issue 17), generated locally with no
+"""`mmjax_sounds`: the embedded sound-caption dataset, generated locally with no
 download, as `mmjax_shapes` is for images.
 
 Each one-second 16 kHz clip holds one to three beeps of one waveform (sine, square, sawtooth,

@@ -1,4 +1,4 @@
-"""`mmjax_triples`: image-audio-text triples for three-modality runs (issue 17), generated
+"""`mmjax_triples`: image-audio-text triples for three-modality runs, generated
 locally from the two embedded datasets' renderers, never downloaded.
 
 Each example is one scene seen and heard: an `mmjax_shapes` image and an `mmjax_sounds` clip

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from mmjax import conventions, losses
+from mmjax import conventions
 from mmjax.evaluation import caption_metrics, judge, metrics
+from mmjax.losses import contrastive
 from mmjax.models import decoding, image_tokenizer, text_to_image
 
 
@@ -195,12 +196,12 @@ def matching_logits(model, batch, encoded) -> dict:
     import jax.numpy as jnp
 
     tokens, valid = batch["tokens"], batch["valid"].astype(bool)
-    excluded = losses.same_caption(tokens) | ~valid[None, :]
+    excluded = contrastive.same_caption(tokens) | ~valid[None, :]
     size = tokens.shape[0]
     # "Next differing": the first allowed column after the row's own, cyclically.
     offsets = (jnp.arange(size)[None, :] - jnp.arange(size)[:, None]) % size
     next_other = jnp.argmin(jnp.where(excluded, size, offsets), axis=1)
-    similarity = model.memory_embedding(encoded) @ losses.l2_normalize(encoded["text"]).T
+    similarity = model.memory_embedding(encoded) @ contrastive.l2_normalize(encoded["text"]).T
     hardest = jnp.argmax(jnp.where(excluded, -jnp.inf, similarity), axis=1)
     return {"itm_positive": model.match_logits(batch),
             "itm_negative": model.match_logits(batch, tokens[next_other]),

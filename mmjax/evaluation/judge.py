@@ -1,4 +1,4 @@
-"""Judging generated images with models trained on real images only (issue 16).
+"""Judging generated images with models trained on real images only.
 
 A judge is an attribute classifier for mmjax_shapes images (a small ViT with a head for each of
 colour, shape, count, size and position, trained on real images of every colour-shape pair,

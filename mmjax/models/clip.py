@@ -5,7 +5,7 @@ shared embedding and a learned temperature (stored as a log scale, as in CLIP); 
 multimodal caption decoder. Towers are chosen by name from `TOWERS`; adding a tower means one
 class and one registry entry. The fusion models build on CLIP (mmjax/models/cross_attention.py);
 every
-model is chosen by name in mmjax/models.py.
+model is chosen by name in mmjax/models/__init__.py.
 """
 
 from __future__ import annotations

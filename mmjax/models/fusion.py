@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mmjax import conventions, losses
+from mmjax import conventions
+from mmjax.losses import contrastive
 from mmjax.models import cross_attention, layers
 from mmjax.models.clip import CLIP, DTYPES, cross_modal_kwargs, lookup
 
@@ -71,7 +72,7 @@ class FusionModel(CLIP):
     def memory_embedding(self, embeddings: dict) -> jax.Array:
         """The memory modalities' normalised embeddings, averaged: what a text is compared with
         to find hard negatives."""
-        return sum(losses.l2_normalize(embeddings[m]) for m in self.memory_modalities) / len(
+        return sum(contrastive.l2_normalize(embeddings[m]) for m in self.memory_modalities) / len(
             self.memory_modalities)
 
     def fuse(self, batch: dict, tokens: jax.Array | None = None) -> jax.Array:
@@ -102,8 +103,8 @@ class FusionModel(CLIP):
         # and each text with a hard negative memory, drawn in proportion to exp(similarity)
         # among the examples whose caption differs (an identical caption is not a negative).
         similarity = jax.lax.stop_gradient(
-            self.memory_embedding(embeddings) @ losses.l2_normalize(embeddings["text"]).T)
-        same_caption = losses.same_caption(tokens)
+            self.memory_embedding(embeddings) @ contrastive.l2_normalize(embeddings["text"]).T)
+        same_caption = contrastive.same_caption(tokens)
         text_rng, memory_negative_rng = jax.random.split(negatives_rng)
         negative_text = cross_attention.sample_hard_negatives(
             text_rng, similarity, same_caption, outputs["logit_scale"],

@@ -1,10 +1,11 @@
-"""Text-to-image generator core (issue 16, stage 2): a masked-token transformer over an image
+"""Text-to-image generator core (text-to-image's second stage): a masked-token transformer over an
+image
 tokenizer's tokens whose blocks cross-attend to the text tower's token states (MaskGIT, Muse).
 
 Training masks a share cos(pi/2 * u) of each image's tokens (u uniform: most steps see many
 masks, some few) and predicts them. Condition dropout replaces the text states with a learned
 null context of the same shape, so one model is both conditional and unconditional and the
-shapes never change. The loss is losses.masked_token_cross_entropy over the masked
+shapes never change. The loss is classification.masked_token_cross_entropy over the masked
 positions. Decoding starts from all masks and, over `steps` parallel steps in one
 compiled loop, samples every masked token, keeps the most confident ones and masks the rest
 again, fewer each step by the cosine schedule; classifier-free guidance mixes the conditional and

@@ -1,4 +1,5 @@
-"""Image tokenizer (issue 16, stage 1): a ViT autoencoder whose latent grid is quantised by
+"""Image tokenizer (text-to-image's first stage): a ViT autoencoder whose latent grid is quantised
+by
 finite scalar quantisation (FSQ: Mentzer et al. 2023), so an image becomes a grid of integer
 tokens a generator can model, and tokens become an image again.
 
@@ -9,7 +10,7 @@ gradient straight through.
 
 It trains through the one trainer as config.model.name='image_tokenizer' with the
 `reconstruction` loss and is evaluated by the `reconstruction` evaluator (configs/
-smoke_image_tokenizer.py); the text-to-image generator over its tokens is issue 16's stage 2.
+smoke_image_tokenizer.py); the text-to-image generator over its tokens is the second stage.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Text-to-image (issue 16, stage 2): a frozen image tokenizer, a text tower, and a masked-token
+"""Text-to-image (text-to-image's second stage): a frozen image tokenizer, a text tower, and a
+masked-token
 generator over the tokenizer's tokens that cross-attends to the text's token states.
 
 The model *is* the tokenizer with two parts added, so its tokenizer parameters keep their names
