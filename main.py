@@ -45,13 +45,13 @@ def main(argv):
                                    FLAGS.process_id)
     elif FLAGS.distributed_auto:
         jax.distributed.initialize()  # TPU pods, SLURM, GKE: JAX finds the cluster itself
-    from mmjax import generate, preflight, train
-    from mmjax.evaluation import suite
+    # The jobs import JAX's backends: only now, after the host memory and the cluster are set.
+    from mmjax import evaluate, generate, preflight, train
 
     logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                  jax.process_count())
-    run = {"train": train.train_and_evaluate, "eval": suite.evaluate_checkpoint,
-           "caption": suite.caption_checkpoint,
+    run = {"train": train.train_and_evaluate, "eval": evaluate.evaluate_checkpoint,
+           "caption": evaluate.caption_checkpoint,
            "generate": generate.generate_checkpoint}[FLAGS.mode]
     try:
         run(FLAGS.config, FLAGS.workdir)

@@ -50,9 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_best_by = placeholder(str)
     # "max" or "min".
     config.keep_best_mode = "max"
-    # Weights & Biases, beside metrics.jsonl and TensorBoard: set project to log there
-    # (pip install wandb). mode "offline" writes locally for `wandb sync`; run_id None: one
-    # derived from the workdir, so a resumed run logs into the same W&B run.
+    # Weights & Biases, beside metrics.jsonl and TensorBoard: set project (with entity, name) to
+    # log there (pip install wandb). mode "offline" writes locally for `wandb sync`; run_id
+    # None: one derived from the workdir, so a resumed run logs into the same W&B run.
     config.wandb = ml_collections.ConfigDict()
     config.wandb.project = placeholder(str)
     config.wandb.entity = placeholder(str)
@@ -61,9 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.wandb.run_id = placeholder(str)
 
     config.data = ml_collections.ConfigDict()
-    # Dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the embedded mmjax_shapes is
-    # generated locally on first use) or 'shards:DIR[:SPLIT]' (python -m
-    # input_pipeline.convert.make_shards).
+    # The train and eval dataset specs: 'tfds:NAME[:SPLIT]' (TFDS, never downloaded; the
+    # embedded mmjax_shapes is generated locally on first use) or 'shards:DIR[:SPLIT]'
+    # (python -m input_pipeline.convert.make_shards).
     config.data.train = "tfds:mmjax_shapes:train"
     config.data.eval = "tfds:mmjax_shapes:test"
     # Where TFDS datasets live; None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
@@ -73,8 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Pixel normalisation the model applies (on the device) to the pipeline's uint8 images:
     # "minus_one_one" or "clip" (OpenAI's mean and std).
     config.data.normalization = "minus_one_one"
-    # Image preprocessing ops (input_pipeline/preprocess.py OPS), big_vision style; `size`
-    # defaults to image_size.
+    # Image preprocessing ops of train_preprocess and eval_preprocess (input_pipeline/preprocess.py
+    # OPS), big_vision style; `size` defaults to image_size.
     config.data.train_preprocess = "decode_jpeg_and_inception_crop(scale=(0.9, 1.0))"
     config.data.eval_preprocess = "decode|resize_shorter|center_crop"
     # Bad examples (undecodable images, no caption) are skipped and counted (data/skipped); the
@@ -177,7 +177,8 @@ def base_config() -> ml_collections.ConfigDict:
         candidates=1, rerank_with=placeholder(str)))
     config.judge = ml_collections.ConfigDict(dict(workdir=placeholder(str)))
 
-    # Peak learning rate after linear warmup, then cosine decay to end_learning_rate_factor x it.
+    # Peak learning rate after warmup_steps of linear warmup, then cosine decay to
+    # end_learning_rate_factor x it.
     config.learning_rate = 5e-4
     config.warmup_steps = 2_000
     config.end_learning_rate_factor = 0.01

@@ -10,9 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from mmjax import inference, paths, sharding
-from mmjax.evaluation import report
-from mmjax.evaluation import suite as evaluation_lib
+from mmjax import evaluate, inference, paths, sharding
+from mmjax.evaluation import report, suite
 
 
 def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, object]:
@@ -27,11 +26,11 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
     config = copy.deepcopy(config)
     with config.unlocked():
         config.evals = ()  # generating needs no judge
-    trainer = evaluation_lib._planned_trainer(config, workdir, mesh)
-    evaluation = evaluation_lib.Evaluation(
+    trainer = evaluate.planned_trainer(config, workdir, mesh)
+    evaluation = suite.Evaluation(
         trainer, dataclasses.replace(trainer.plan.eval_sets[0], evals=()))
     settings = config.generation
-    manager, step, state = evaluation_lib._restore_latest(trainer, workdir)
+    manager, step, state = evaluate.restore_latest(trainer, workdir)
     candidates = int(settings.get("candidates", 1))
 
     def generate(params, tokens):
@@ -41,14 +40,14 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
                 tokens, jax.random.key(int(settings.seed)), candidates, steps=int(settings.steps),
                 guidance_scale=float(settings.guidance_scale),
                 temperature=float(settings.temperature)))
-    generate_step = evaluation._jit(generate, 2)
+    generate_step = evaluation.compile_over_batch(generate, 2)
     generated, real, tokens = [], [], []
-    for local_batch in evaluation_lib.open_eval_data(evaluation).batches():
+    for local_batch in suite.open_eval_data(evaluation).batches():
         batch = trainer.global_batch(local_batch, keys=("tokens",))
-        keep = evaluation_lib.all_rows(local_batch["valid"]).astype(bool)
+        keep = suite.all_rows(local_batch["valid"]).astype(bool)
         generated.append(jax.device_get(generate_step(state["params"], batch["tokens"]))[keep])
-        real.append(evaluation_lib.all_rows(local_batch["image"])[keep])
-        tokens.append(evaluation_lib.all_rows(local_batch["tokens"])[keep])
+        real.append(suite.all_rows(local_batch["image"])[keep])
+        tokens.append(suite.all_rows(local_batch["tokens"])[keep])
     generated, real = np.concatenate(generated), np.concatenate(real)
     captions = [trainer.tokenizer.decode(row) for row in np.concatenate(tokens)]
     generated = inference.keep_one(generated, captions, settings.get("rerank_with"))

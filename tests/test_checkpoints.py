@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import copy_run, one_device_mesh, xla_flags
-from mmjax import sharding, train
+from mmjax import evaluate, sharding, train
 from mmjax.evaluation import suite
 from mmjax.training import checkpoint
 from mmjax.training.trainer import Trainer
@@ -159,7 +159,7 @@ def fsdp_run(tfds_dir, tmp_path_factory):
 def test_checkpoint_from_8_fsdp_devices_restores_on_fewer(fsdp_run, tiny_config, num_devices):
     workdir, saved_metrics = fsdp_run
     mesh = sharding.create_mesh({"data": num_devices}, jax.devices()[:num_devices])
-    metrics = suite.evaluate_checkpoint(tiny_config, workdir, mesh=mesh)
+    metrics = evaluate.evaluate_checkpoint(tiny_config, workdir, mesh=mesh)
     for name, value in saved_metrics.items():
         if name != "eval/seconds":
             assert metrics[name] == pytest.approx(value, abs=1e-5), name
@@ -170,7 +170,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_names_the_fix(fsdp_run, tiny_
     tiny_config.model.text_tower.width = 48
     with pytest.raises(ValueError, match=r"holds checkpoints of another model.*text_tower.*"
                        r"from_workdir.py"):
-        suite.evaluate_checkpoint(tiny_config, workdir)
+        evaluate.evaluate_checkpoint(tiny_config, workdir)
 
 
 def test_lit_fine_tuning_keeps_the_locked_image_tower_bit_identical(finished_run, tiny_config,
@@ -262,7 +262,7 @@ def test_eval_writes_a_report_and_numbers_a_brute_force_recount_confirms(finishe
     by plain loops over the saved embeddings and captions equal the reported ones."""
     workdir = copy_run(finished_run, tmp_path / "run")
     tiny_config.evals = ("retrieval", "zeroshot", "linear_probe")
-    metrics = suite.evaluate_checkpoint(tiny_config, workdir)
+    metrics = evaluate.evaluate_checkpoint(tiny_config, workdir)
     # 512 probe images of 32 classes after 8 steps: above the 1/32 chance, not yet good.
     assert 1 / 32 < metrics["eval/mmjax_shapes/linear_probe_top1"] < 0.9
     with open(os.path.join(workdir, "eval_results.json")) as f:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
-from mmjax import paths
+from mmjax import evaluate, paths
 
 BUCKET = "mmjax-test"
 
@@ -91,7 +91,6 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     losses equal the local run's bitwise; with its last checkpoint gone, the run resumes from
     the bucket and ends with the same losses and evaluation."""
     from mmjax import train
-    from mmjax.evaluation import suite
 
     monkeypatch.chdir(tmp_path)  # a path mistaken for a local one would land here
     reference, reference_eval = finished_run
@@ -116,7 +115,7 @@ def test_a_run_in_a_bucket_writes_there_and_resumes_exactly(bucket, finished_run
     # --mode=eval there, its tokenizer reading the workdir's vocabulary copy from the bucket:
     # the numbers, the embeddings and the report with its figures land in the bucket.
     tiny_config.tokenizer.vocabulary_file = f"{workdir}/vocabulary.txt"
-    evaluated = suite.evaluate_checkpoint(tiny_config, workdir)
+    evaluated = evaluate.evaluate_checkpoint(tiny_config, workdir)
     assert {k: v for k, v in evaluated.items() if k != "eval/seconds"} == pytest.approx(
         reference_eval, abs=1e-6)
     assert {"eval_report.md", "eval_embeddings.npz", "report"} <= set(paths.listdir(workdir))

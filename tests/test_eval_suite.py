@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import copy_run, make_tiny_config, one_device_mesh
-from mmjax import preflight
-from mmjax.evaluation import eval_sets, evaluators, suite
+from mmjax import evaluate, preflight
+from mmjax.evaluation import eval_sets, evaluators
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_one_evaluation_of_imagenet_and_coco_writes_both(finished_run, standin_t
         return original(context, class_names)
 
     monkeypatch.setattr(evaluators, "class_embeddings", spy)
-    metrics = suite.evaluate_checkpoint(two_set_config(standin_tfds), workdir,
+    metrics = evaluate.evaluate_checkpoint(two_set_config(standin_tfds), workdir,
                                              mesh=one_device_mesh())
     # Zero-shot prompts are made from the real class names, not the WordNet ids.
     assert seen["names"][0] == "tench" and len(seen["names"]) == 1000

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax import models, text_tokenizers
+from mmjax import evaluate, models, text_tokenizers
 from mmjax.losses import classification
 from mmjax.models import cross_attention, decoding
 
@@ -242,7 +242,7 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     from conftest import one_device_mesh
     from mmjax import train
     from mmjax.evaluation import caption_metrics as bleu_and_cider
-    from mmjax.evaluation import evaluators, suite
+    from mmjax.evaluation import evaluators
 
     config = _tiny_cross_modal_config(tiny_config, "coca")
     metrics = train.train_and_evaluate(config, str(tmp_path), mesh=one_device_mesh())
@@ -255,7 +255,7 @@ def test_coca_trains_evaluates_and_captions_a_checkpoint(tiny_config, tmp_path, 
     history = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert all("train/caption_loss" in row for row in history if "train/loss" in row)
 
-    caption_metrics = suite.caption_checkpoint(config, str(tmp_path), mesh=one_device_mesh())
+    caption_metrics = evaluate.caption_checkpoint(config, str(tmp_path), mesh=one_device_mesh())
     assert caption_metrics["caption_token_accuracy"] == pytest.approx(
         metrics["eval/mmjax_shapes/caption_token_accuracy"])
     rows = [json.loads(line) for line in open(tmp_path / "captions.jsonl")]

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT, copy_run
 from input_pipeline import pipeline
-from mmjax import preflight, sharding
+from mmjax import evaluate, preflight, sharding
 from mmjax.training.trainer import Trainer
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
@@ -312,11 +312,10 @@ def test_a_workdir_of_the_older_checkpoint_layout_is_refused_its_parameters_load
 
 
 def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatch):
-    from mmjax.evaluation import suite
 
     with pytest.raises(preflight.ConfigError, match=r"--workdir = .*empty': holds no checkpoint "
                        r"to evaluate\. Fix: train first"):
-        suite.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
+        evaluate.evaluate_checkpoint(tiny_config, str(tmp_path / "empty"))
     # A folder this user cannot write to (made so by the check's view of it: root writes
     # anywhere a real permission would forbid).
     from mmjax.preflight import path_checks
@@ -331,12 +330,11 @@ def test_evaluating_nothing_or_writing_nowhere(tiny_config, tmp_path, monkeypatc
 
 
 def test_captions_of_a_model_that_cannot_caption(finished_run, tiny_config):
-    from mmjax.evaluation import suite
 
     with pytest.raises(preflight.ConfigError, match=r"config\.model\.name = 'clip': this mode "
                        r"runs the 'captioning' evaluator, which needs a model that has "
                        r"\['start_decoding', 'decode_step'\]"):
-        suite.caption_checkpoint(tiny_config, finished_run[0])
+        evaluate.caption_checkpoint(tiny_config, finished_run[0])
 
 
 def test_a_warmup_longer_than_the_run_is_noted(tiny_config):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import copy_run, one_device_mesh
-from mmjax import losses, preflight, train
-from mmjax.evaluation import evaluators, suite
+from mmjax import evaluate, losses, preflight, train
+from mmjax.evaluation import evaluators
 
 
 def test_a_new_loss_is_one_function_and_one_entry(tiny_config, tmp_path, monkeypatch):
@@ -51,7 +51,7 @@ def test_a_new_evaluator_is_one_function_and_one_entry(finished_run, tiny_config
             "text_norm": jnp.linalg.norm(encoded["text"], axis=-1)}))
     tiny_config.evals = ("retrieval", "text_norm")
     workdir = copy_run(finished_run, tmp_path / "run")
-    metrics = suite.evaluate_checkpoint(tiny_config, workdir)
+    metrics = evaluate.evaluate_checkpoint(tiny_config, workdir)
     saved = np.load(os.path.join(workdir, "eval_embeddings.npz"))
     assert metrics["eval/mmjax_shapes/mean_text_norm"] == pytest.approx(
         np.linalg.norm(saved["text"], axis=-1).mean(), rel=1e-5)

@@ -12,7 +12,7 @@ import pytest
 
 from configs import common
 from input_pipeline.generated import builder
-from mmjax import preflight, sharding, train
+from mmjax import evaluate, preflight, sharding, train
 from mmjax.evaluation import judge
 from mmjax.training import checkpoint
 from mmjax.training.trainer import Trainer
@@ -462,7 +462,7 @@ def test_the_generation_evaluator_judges_every_source_and_reports_them(runs, fin
     # Two candidates a caption, chosen by a CLIP run other than the judge's.
     config.generation.update(candidates=2, rerank_with=str(shutil.copytree(
         finished_run[0], tmp_path / "chooser")))
-    metrics = suite.evaluate_checkpoint(config, str(workdir))
+    metrics = evaluate.evaluate_checkpoint(config, str(workdir))
     prefix = "eval/mmjax_shapes/"
     for source in ("real", "reconstructed", "nearest_training", "unconditional",
                    "generated_g1", "reranked_unconditional", "reranked_g1",

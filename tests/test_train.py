@@ -9,8 +9,7 @@ import pytest
 
 from conftest import copy_run, one_device_mesh
 from input_pipeline import pipeline
-from mmjax import train
-from mmjax.evaluation import suite
+from mmjax import evaluate, train
 from mmjax.training.trainer import Trainer
 
 
@@ -87,7 +86,7 @@ def test_a_resumed_run_matches_the_uninterrupted_one(finished_run, tiny_config, 
         final_metrics, abs=1e-6)
 
     # --mode=eval on the finished run reproduces the final evaluation.
-    evaluated = suite.evaluate_checkpoint(tiny_config, crashed)
+    evaluated = evaluate.evaluate_checkpoint(tiny_config, crashed)
     assert evaluated == pytest.approx(final_metrics, abs=1e-6)
 
 

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
 
 from input_pipeline import pipeline
-from mmjax import conventions, paths, preflight, sharding
-from mmjax.evaluation import benchmark_results, eval_sets, evaluators, report
+from mmjax import conventions, sharding
+from mmjax.evaluation import benchmark_results, eval_sets, evaluators
 from mmjax.evaluation.eval_sets import EvalSet
 from mmjax.models import decoding
-from mmjax.training import checkpoint
 from mmjax.training.trainer import Trainer, modality_inputs
 
 
@@ -80,14 +77,14 @@ class Evaluation:
                     encoded.update(evaluator.device_outputs(model, batch, encoded, self.settings))
             return encoded
 
-    def _jit(self, fn: Callable, batch_ndims) -> Callable:
+    def compile_over_batch(self, fn: Callable, batch_ndims) -> Callable:
         trainer = self.trainer
         return jax.jit(fn, in_shardings=(trainer.state_shardings["params"], jax.tree.map(
             trainer.batch_sharding, batch_ndims)), out_shardings=trainer.replicated)
 
     @functools.cached_property
     def encode_step(self) -> Callable:
-        return self._jit(self._encode, eval_inputs(self.trainer.config))
+        return self.compile_over_batch(self._encode, eval_inputs(self.trainer.config))
 
     @functools.cached_property
     def encode_text_step(self) -> Callable:
@@ -107,7 +104,7 @@ class Evaluation:
                 model = self.trainer.model(params)
                 return {m: model.encode(m, batch[conventions.BATCH_KEYS[m]])[0]
                         for m in self.classified}
-        return self._jit(encode, self.classified_inputs)
+        return self.compile_over_batch(encode, self.classified_inputs)
 
     @property
     def classified(self) -> tuple[str, ...]:
@@ -124,7 +121,7 @@ class Evaluation:
             with sharding.use_mesh_rules(self.trainer.mesh, self.trainer.rules):
                 return decoding.caption(self.trainer.model(params), images,
                                         self.settings.tokenizer, self.settings.beam_size)
-        return self._jit(caption, 4)
+        return self.compile_over_batch(caption, 4)
 
     def encode_examples(self, params, data) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Each classified modality's embeddings, and the labels, of one pass over `data` (an
@@ -209,62 +206,6 @@ def open_eval_data(evaluation: Evaluation):
                               with_probe=evaluation.needs_probe)
 
 
-def _restore_latest(trainer: Trainer, workdir: str):
-    manager = checkpoint.create_manager(workdir, keep=None)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"No checkpoint under {manager.directory}: train first, or point "
-                                "--workdir at a run that has one.")
-    return manager, step, trainer.restore(manager, step)
-
-
-def _planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=()) -> Trainer:
-    """A trainer for a finished run: the preflight sees its workdir and the eval data only."""
-
-    plan = preflight.check(config, mesh=mesh, data=pipeline,
-                           roles=("eval",), workdir=workdir, required_evals=required_evals,
-                           needs_checkpoint=True)
-    plan.print_notes()
-    return Trainer(config, mesh=mesh, plan=plan)
-
-
-def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
-    """`--mode=caption`: captions the eval split with the workdir's latest checkpoint.
-
-    Writes WORKDIR/captions.jsonl (reference and generated text per image) and prints the
-    captioning metrics next to the most-frequent-caption baseline's.
-    """
-    trainer = _planned_trainer(config, workdir, mesh, required_evals=("captioning",))
-    captioning = evaluators.EVALUATORS["captioning"]
-    evaluation = Evaluation(trainer, dataclasses.replace(trainer.plan.eval_sets[0],
-                                                         evals=("captioning",)))
-    manager, step, state = _restore_latest(trainer, workdir)
-    generated, references = [], []
-    for local_batch in open_eval_data(evaluation).batches():
-        batch = trainer.global_batch(local_batch, keys=("image",))
-        tokens = jax.device_get(evaluation.caption_step(state["params"], batch["image"]))
-        keep = all_rows(local_batch["valid"]).astype(bool)
-        generated.append(tokens[keep])
-        references.append(all_rows(local_batch["tokens"])[keep])
-    generated, references = np.concatenate(generated), np.concatenate(references)
-    context = evaluators.EvalContext(
-        embeddings={}, labels=None, class_names=(),
-        prompt_templates=(), encode_texts=None, tokens=references,
-        extra={"caption_tokens": generated}, tokenizer=trainer.tokenizer)
-    metrics = {"step": step, **captioning.compute(context)}
-    if jax.process_index() == 0:
-        decode = trainer.tokenizer.decode
-        paths.write_text(paths.join(workdir, "captions.jsonl"), "".join(
-            json.dumps({"reference": decode(reference), "generated": decode(caption_row)}) + "\n"
-            for reference, caption_row in zip(references, generated)))
-        for reference, caption_row in list(zip(references, generated))[:5]:
-            print(f"  {decode(caption_row)!r}  (reference: {decode(reference)!r})")
-        for name, value in metrics.items():
-            print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
-    manager.close()
-    return metrics
-
-
 class EvalSuite:
     """Every eval set of a trainer's plan: each set's evaluation, and its data once opened."""
 
@@ -297,45 +238,6 @@ class EvalSuite:
         named = [(data.name, data.benchmark_name) for data in self.data.values()]
         return benchmark_results.write(workdir, named, metrics, model=config.get("name", ""),
                                        step=step)
-
-
-def evaluate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
-    """`--mode=eval`: evaluates the workdir's latest checkpoint on every eval set; writes
-    eval_results.json, clip_benchmark/*.json, the embeddings (eval_embeddings.npz) and the report
-    (eval_report.md with PNG figures; those of a named eval set have its name:
-    eval_report_coco.md).
-
-    The checkpoint may come from any mesh; it is laid out for this one (`mesh`, or config.mesh).
-    """
-    trainer = _planned_trainer(config, workdir, mesh)
-    manager, step, state = _restore_latest(trainer, workdir)
-    reports: list = []
-    suite = EvalSuite(trainer)
-    metrics = suite.run(state["params"], step, reports=reports)
-    if jax.process_index() == 0:
-        paths.write_text(paths.join(workdir, "eval_results.json"),
-                         json.dumps({"step": step, **metrics}, indent=2))
-        suite.write_benchmark_results(config, workdir, step, metrics)
-        for name, value in metrics.items():
-            print(f"{name}: {value:.4f}")
-
-        for eval_set, data, details in reports:
-            suffix = f"_{eval_set.name}" if eval_set.name else ""
-            zeroshot = next((v for k, v in details["details"].items()
-                             if k.endswith("zeroshot")), {})
-            with paths.Path(paths.join(workdir, f"eval_embeddings{suffix}.npz")).open("wb") as f:
-                np.savez(f, **details["embeddings"], labels=details["labels"],
-                         captions=np.asarray(details.get("captions", ())), **(
-                             {"class_embeddings": zeroshot["class_embeddings"]} if zeroshot
-                             else {}))
-            set_metrics = {k: v for k, v in metrics.items()
-                           if k.startswith(f"eval/{data.name}/")}
-            path = report.write_report(workdir, step=step, metrics=set_metrics, details=details,
-                                       config_name=config.get("name", ""),
-                                       set_name=suffix.lstrip("_"))
-            print(f"Report: {path}")
-    manager.close()
-    return metrics
 
 
 def real_images(config, tokenizer, data: str, examples: int):

@@ -5,9 +5,9 @@ fails when the page is stale or a field has no description.
     python -m mmjax.tools.config_reference > docs/reference/config.md
 
 A field is described by the comment lines directly above the statement that sets it. Statements
-on consecutive lines share the comment above the first (`learning_rate`, `warmup_steps` and
-`end_learning_rate_factor` under one comment); fields set inside one statement
-(`ConfigDict(dict(...))`) share that statement's comment.
+on consecutive lines share the comment above the first where it names them (`learning_rate`,
+`warmup_steps` and `end_learning_rate_factor` under one comment); fields set inside one
+statement (`ConfigDict(dict(...))`) share that statement's comment.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ def _dotted(node: ast.expr) -> str | None:
     return ".".join(reversed(parts)) if isinstance(node, ast.Name) and parts else None
 
 
-def statements() -> list[Statement]:
-    """base_config()'s assignments in source order, each with its description."""
-    source, first_line = inspect.getsourcelines(defaults.base_config)
-    lines = [line.strip() for line in source]
-    function = ast.parse("".join(source)).body[0]
+def statements(source: str | None = None) -> list[Statement]:
+    """base_config()'s assignments in source order (or those of `source`, its text), each with
+    its description."""
+    source = inspect.getsource(defaults.base_config) if source is None else source
+    lines = [line.strip() for line in source.splitlines()]
+    function = ast.parse(source).body[0]
     found, previous_end, previous = [], None, None
     for node in function.body:
         if not isinstance(node, ast.Assign) or (name := _dotted(node.targets[0])) is None:
@@ -62,8 +63,10 @@ def statements() -> list[Statement]:
             comment.insert(0, lines[row].lstrip("# "))
             row -= 1
         description = " ".join(comment)
-        if not description and previous is not None and previous_end == node.lineno - 1:
-            description = previous.description  # a group: one comment over consecutive lines
+        field = name.split(".")[-1]
+        if (not description and previous is not None and previous_end == node.lineno - 1
+                and field in previous.description):
+            description = previous.description  # a group: one comment naming each of its fields
         statement = Statement(name.removeprefix("config.").removeprefix("config"), description)
         found.append(statement)
         previous_end, previous = node.end_lineno, statement
@@ -82,9 +85,10 @@ def leaves(config, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def described() -> tuple[list[Statement], list[str]]:
-    """(the statements with the leaves each sets, the leaves no comment describes)."""
-    found = statements()
+def described(source: str | None = None) -> tuple[list[Statement], list[str]]:
+    """(the statements with the leaves each sets, the leaves no comment describes); `source`:
+    another text of base_config() to read the comments from."""
+    found = statements(source)
     by_field = {s.field: s for s in found}
     undescribed = []
     for leaf in leaves(defaults.base_config()):

@@ -52,9 +52,11 @@ class Trainer:
 
     `plan` is the preflight's result for this config; without one the preflight runs here (on
     the config alone, no data), so a bad config fails before anything is compiled.
+    `with_teacher=False` leaves a distillation teacher unloaded: evaluation never reads it.
     """
 
-    def __init__(self, config, mesh: Mesh | None = None, plan: preflight.Plan | None = None):
+    def __init__(self, config, mesh: Mesh | None = None, plan: preflight.Plan | None = None,
+                 with_teacher: bool = True):
         self.config = config = copy.deepcopy(config)
         self.plan = plan if plan is not None else preflight.check(config, mesh=mesh)
         self.mesh = mesh if mesh is not None else sharding.create_mesh(dict(config.mesh))
@@ -66,7 +68,8 @@ class Trainer:
         self.accum_steps = int(config.grad_accum_steps)
         self.skip_nonfinite_steps = bool(config.skip_nonfinite_steps)
         self.seed = int(config.seed)
-        self.teacher = self._load_teacher() if self.objective.needs_teacher else None
+        self.teacher = (self._load_teacher() if with_teacher and self.objective.needs_teacher
+                        else None)
         abstract_model = nnx.eval_shape(self._build_model)
         self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
         self.abstract_state = jax.eval_shape(self._init_state)
@@ -166,9 +169,6 @@ class Trainer:
             self.abstract_state, self.state_shardings))
 
     # -- batches -----------------------------------------------------------------------------
-    def batch_shards(self) -> int:
-        return sharding.batch_devices(self.mesh.shape, self.rules)
-
     def batch_sharding(self, ndim: int) -> NamedSharding:
         return sharding.batch_sharding(self.mesh, self.rules, ndim)
 
