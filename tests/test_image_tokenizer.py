@@ -160,9 +160,9 @@ def test_the_edge_weight_weighs_errors_along_shapes_edges_and_nowhere_else():
     assert edges[2, 2] > edges[3, 3] > 0 and edges[1, 1] > 0  # corners, centre, outside corner
 
     def loss(where, edge_weight):
-        reconstruction = target.copy()
-        reconstruction[(0, *where)] += 0.5
-        outputs = {"reconstruction": jnp.asarray(reconstruction), "target": jnp.asarray(target)}
+        drawn = target.copy()
+        drawn[(0, *where)] += 0.5
+        outputs = {"reconstruction": jnp.asarray(drawn), "target": jnp.asarray(target)}
         return reconstruction.reconstruction_loss(outputs, {}, edge_weight=edge_weight)
 
     plain_edge, metrics = loss((2, 2), 0.0)
