@@ -573,3 +573,19 @@ def test_the_judges_clip_data_is_every_pair_under_the_judges_seed_as_shards(tmp_
     pairs = {(a["color"], a["shape"])
              for a in (judge.caption_attributes(e["caption"]) for e in rendered)}
     assert pairs & set(shapes.HELD_OUT_PAIRS)
+
+
+def test_the_preflight_refuses_the_judge_on_data_it_was_not_written_for(runs, tiny_config,
+                                                                          user_data, tmp_path):
+    """The judge reads mmjax_shapes' attributes from captions: on other data it would score
+    nonsense, so the generation evaluator is refused there before anything is compiled."""
+    from input_pipeline import pipeline
+
+    config = t2i_config(tiny_config, runs[0])
+    config.evals = ("generation",)
+    (tmp_path / "judge").mkdir()
+    config.judge.workdir = str(tmp_path / "judge")
+    config.data.eval = f"shards:{user_data['output']}:test"
+    with pytest.raises(preflight.ConfigError, match=r"config.evals = .*'generation' evaluator "
+                                                    r"judges mmjax_shapes only, not shards:"):
+        preflight.check(config, workdir=str(tmp_path / "w"), data=pipeline, roles=("eval",))

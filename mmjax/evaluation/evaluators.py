@@ -243,6 +243,9 @@ class Evaluator:
     metrics: tuple[str, ...] = ()
     # Config fields (dotted) naming folders it reads, which must be set and exist, and the fix.
     config_paths: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The only datasets it can evaluate (TFDS names), for an evaluator written for one; empty:
+    # any. The preflight refuses the others.
+    datasets: tuple[str, ...] = ()
 
 
 RECALL = tuple(f"{a}2{b}_recall@{k}" for a in conventions.INITIALS.values()
@@ -286,6 +289,7 @@ EVALUATORS: dict[str, Evaluator] = {
             image_tokenizer.reconstruction_errors(model, batch["image"])),
     "generation": Evaluator(
         judge.evaluate_generation, model_methods=("generate",), metrics=judge.metric_names(),
+        datasets=("mmjax_shapes",),
         config_paths={"judge.workdir": "fit a judge on real images (python -m "
                       "mmjax.tools.fit_judge --clip_workdir=A_CLIP_RUN --out=DIR) and give DIR"},
         device_outputs=lambda model, batch, encoded, settings:
