@@ -4,8 +4,8 @@ hop, 64 x 8 patches) with open_clip's CLIP text tower (12 layers, width 512, con
 Benchmark: python -m mmjax.tools.benchmark --config=configs/audio_ast_b16.py
 Train:     python main.py --config=configs/audio_ast_b16.py --workdir=DIR \
                --config.data.train=shards:/data/audiocaps:train \
-               --config.init_from.audio_tower_from=A_CLIP_B16_WORKDIR  # AST's start from an image
-               tower
+               --config.init_from.audio_tower_from=A_CLIP_B16_WORKDIR
+               # the audio tower starts from an image tower (AST)
 """
 
 import ml_collections

@@ -55,8 +55,7 @@ def with_benchmark_evals(config, every_steps: int = 5_000, probe_examples: int =
 
 def as_image_tokenizer(config, encoder: str, decoder: str, levels: tuple[int, ...]):
     """Any config made an image tokenizer (text-to-image's first stage): a ViT autoencoder whose
-    patch
-    latents are FSQ-quantised (`levels` per channel: prod(levels) codes), trained to
+    patch latents are FSQ-quantised (`levels` per channel: prod(levels) codes), trained to
     reconstruct its images; no text tower. `encoder` and `decoder` are ViT variants (SIZE/PATCH;
     the decoder's patch size is the encoder's)."""
     config.model.name = "image_tokenizer"

@@ -1,7 +1,6 @@
 """The full-size image tokenizer (text-to-image's first stage): 256 px images -> a 16x16 grid of
-tokens
-from 64,000 FSQ codes (levels 8,8,8,5,5,5, as FSQ's MaskGIT setting), ViT-B/16 encoder and
-decoder.
+tokens from 64,000 FSQ codes (levels 8,8,8,5,5,5, as FSQ's MaskGIT setting), ViT-B/16 encoder
+and decoder.
 
 Benchmark: python -m mmjax.tools.benchmark --config=configs/image_tokenizer_256.py
 Train:     python main.py --config=configs/image_tokenizer_256.py --workdir=DIR \

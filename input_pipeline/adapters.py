@@ -1,7 +1,6 @@
 """How a dataset's stored features become mmjax's example: `image` or `audio` (encoded),
-`captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters; other
-TFDS
-datasets get one inferred from their features (captions, a caption, or class labels)."""
+`captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters;
+other TFDS datasets get one inferred from their features (captions, a caption, or class labels)."""
 
 from __future__ import annotations
 

@@ -46,11 +46,14 @@ class DatasetSpec:
     split: str
 
     @property
+    def dataset(self) -> str:
+        """The TFDS name without its config (mmjax_shapes), or the shards' folder name."""
+        return paths.basename(self.name) if self.kind == "shards" else self.name.split("/")[0]
+
+    @property
     def short_name(self) -> str:
         """For metric names: `eval/<short_name>/...`."""
-        base = (paths.basename(self.name) if self.kind == "shards"
-                else self.name.split("/")[0])
-        return base + ("" if self.split in ("test", "validation") else f"_{self.split}")
+        return self.dataset + ("" if self.split in ("test", "validation") else f"_{self.split}")
 
 
 def parse_spec(spec: str, default_split: str) -> DatasetSpec:
@@ -215,9 +218,8 @@ def _permute(offsets, seed: int, epoch, num_examples: int, alternative: int = 0)
         max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
 
 
-def _robust_map(
-    source: RecordSource, dataset: tf.data.Dataset, process_fn, fallback_fn
-) -> tf.data.Dataset:
+def _robust_map(source: RecordSource, dataset: tf.data.Dataset, process_fn,
+                fallback_fn) -> tf.data.Dataset:
     """(positions [b], candidates [b, K]) -> one processed example per position, in order.
 
     `process_fn(example, position, attempt, candidates)` builds the output; a record whose
@@ -261,21 +263,11 @@ def _caption_ids(source: RecordSource, tokenizer):
     return lambda example, index: tokenize(example["captions"][index])
 
 
-def train_dataset(
-    source: RecordSource,
-    tokenizer,
-    *,
-    global_batch_size: int,
-    image_size: int,
-    seed: int,
-    start_position: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    normalization: str = "minus_one_one",
-    preprocess_ops: str = "decode|resize",
-    max_attempts: int = MAX_ATTEMPTS,
-    media: dict[str, preprocess.Media] | None = None,
-) -> tf.data.Dataset:
+def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, image_size: int,
+                  seed: int, start_position: int = 0, process_index: int = 0,
+                  process_count: int = 1, normalization: str = "minus_one_one",
+                  preprocess_ops: str = "decode|resize", max_attempts: int = MAX_ATTEMPTS,
+                  media: dict[str, preprocess.Media] | None = None) -> tf.data.Dataset:
     """Endless batches of positions start_position + s * B, ...; this process's slice of each.
 
     Besides the model inputs (tokens, label, id and each of `media`'s entries: by default the
@@ -337,9 +329,9 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
                  media: dict[str, preprocess.Media] | None = None):
     """One pass in order over the first `max_examples` (all if None); the last global batch is
     padded. `media`: as for train_dataset. `valid` is False for padding and for bad examples
-    (`skipped` True), which are left
-    out of the metrics. `tokens` is an image's first caption; with `captions_per_image` K > 1,
-    also `all_tokens` [K, L] (its first K captions) and `all_valid` [K]."""
+    (`skipped` True), which are left out of the metrics. `tokens` is an image's first caption;
+    with `captions_per_image` K > 1, also `all_tokens` [K, L] (its first K captions) and
+    `all_valid` [K]."""
     local_batch_size = global_batch_size // process_count
     num_examples = min(source.num_examples, max_examples or source.num_examples)
     num_batches = -(-num_examples // global_batch_size)
@@ -383,24 +375,14 @@ def eval_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, ima
                 "all_valid": tf.strings.length(tf.strings.strip(captions)) > 0}
 
     def stand_in(position, candidates):
-        return {
-            **{key: entry.stand_in() for key, entry in media.items()},
-            "tokens": tf.zeros([tokenizer.context_length], tf.int32),
-            "label": tf.constant(-1),
-            "id": candidates[0],
-            "valid": False,
-            "skipped": position < num_examples,
-            **(
-                {}
-                if captions_per_image == 1
-                else {
-                    "all_tokens": tf.zeros(
-                        [captions_per_image, tokenizer.context_length], tf.int32
-                    ),
-                    "all_valid": tf.zeros([captions_per_image], tf.bool),
-                }
-            ),
-        }
+        return {**{key: entry.stand_in() for key, entry in media.items()},
+                "tokens": tf.zeros([tokenizer.context_length], tf.int32),
+                "label": tf.constant(-1), "id": candidates[0], "valid": False,
+                "skipped": position < num_examples,
+                **({} if captions_per_image == 1 else {
+                    "all_tokens": tf.zeros([captions_per_image, tokenizer.context_length],
+                                           tf.int32),
+                    "all_valid": tf.zeros([captions_per_image], tf.bool)})}
 
     batches = tf.data.Dataset.range(num_batches).map(local_positions)
     dataset = _robust_map(source, batches, process, stand_in)

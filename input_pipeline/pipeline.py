@@ -153,9 +153,9 @@ def _split(config, tokenizer, spec: str, default_split: str, *, global_batch_siz
 def eval_data(config, tokenizer, eval_set, *, global_batch_size: int,
               with_probe: bool = False) -> EvalData:
     """An eval set's split (mmjax.evaluation.eval_sets.EvalSet) in global batches of
-    `global_batch_size`
-    (the preflight's plan pads config.data.eval_batch_size to the batch devices); `with_probe`
-    adds the first probe_examples of its probe data (the linear probe's training features)."""
+    `global_batch_size` (the preflight's plan pads config.data.eval_batch_size to the batch
+    devices); `with_probe` adds the first probe_examples of its probe data (the linear probe's
+    training features)."""
     data = _split(config, tokenizer, eval_set.data, "test", global_batch_size=global_batch_size,
                   max_examples=eval_set.max_examples,
                   captions_per_image=eval_set.captions_per_image, name=eval_set.name,
@@ -175,6 +175,7 @@ class DataFacts:
 
     spec: str
     name: str  # as in metric names: eval/<name>/<metric>
+    dataset: str  # DatasetSpec.dataset: for evaluators written for one dataset
     num_examples: int
     has_labels: bool
     class_names: tuple[str, ...]
@@ -202,6 +203,7 @@ def describe_data(config, spec: str, default_split: str,
         media.update(m for m in MEDIA if m in example and len(example[m]))
     return DataFacts(
         spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
+        dataset=parsed.dataset,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
         class_names=source.adapter.class_names, captions=tuple(captions),

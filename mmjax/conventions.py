@@ -5,8 +5,8 @@ Plain Python (no JAX, no TensorFlow), so the input pipeline uses them without im
 
 from __future__ import annotations
 
-# How a model expects pixels: (mean, std) per channel in [0, 255] units; normalised = (x - mean) /
-# std.
+# How a model expects pixels: (mean, std) per channel in [0, 255] units;
+# normalised = (x - mean) / std.
 IMAGE_NORMALIZATIONS = {
     "minus_one_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
     "clip": ((0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),  # OpenAI CLIP / open_clip

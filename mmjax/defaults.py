@@ -2,8 +2,7 @@
 
 `configs/*.py` start here and override what their run changes (the smoke run shrinks the model,
 ViT-B/16 sets its sizes); tools that write a workdir (mmjax.tools.weights.import_open_clip) start
-here
-too, so the library never imports `configs/`.
+here too, so the library never imports `configs/`.
 """
 
 from __future__ import annotations
@@ -37,8 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.skip_nonfinite_steps = False
     # Split each batch into this many micro-batches (less memory, same update: GradCache).
     config.grad_accum_steps = 1
-    # Evaluate on config.data.eval every this many steps (and always at the end); 0: only at the
-    # end.
+    # Evaluate on config.data.eval every this many steps (and always at the end); 0: at the end
+    # only.
     config.eval_every_steps = 5_000
     # Save a checkpoint every this many steps (and always at the end).
     config.checkpoint_every_steps = 2_000
@@ -101,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.tokenizer = ml_collections.ConfigDict()
     # 'bytes' (no file), 'words' (a word list), 'sentencepiece' (a .model file, e.g. from
-    # python -m input_pipeline.convert.make_vocab) or 'clip_bpe' (CLIP's
+    # python -m input_pipeline.convert.make_vocab) or 'clip_bpe' (CLIP's merges file,
     # bpe_simple_vocab_16e6.txt.gz).
     config.tokenizer.name = "bytes"
     # Tokens per text, including begin- and end-of-text; the text tower's context length.
@@ -159,8 +158,8 @@ def base_config() -> ml_collections.ConfigDict:
     # evals=("retrieval",), captions_per_image=5, every_steps=1000); metrics log as
     # eval/<set name>/<metric>. Empty: config.data.eval with config.evals.
     config.eval_sets = ml_collections.ConfigDict()
-    # Caption generation (captioning evaluator and --mode=caption): 1 is greedy, more is beam
-    # search.
+    # Caption generation (the captioning evaluator, --mode=caption): beam size 1 is greedy,
+    # more is beam search.
     config.caption = ml_collections.ConfigDict(dict(beam_size=1))
     # Knowledge distillation (the `distill` loss): a trained model's workdir (or checkpoints/STEP)
     # whose tokenizer and image size match, and the softmax temperature of both similarities.
@@ -168,8 +167,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Text-to-image decoding (--mode=generate, inference.generate, the generation evaluator):
     # parallel steps, sampling temperature, seed, the guidance scale (1: none, 0: unconditional)
-    # and the scales the evaluation samples at; the judge (mmjax/evaluation/judge.py) it scores them
-    # with.
+    # and the scales the evaluation samples at; the judge it scores them with
+    # (mmjax/evaluation/judge.py).
     # candidates > 1 draws that many images a caption and keeps the one the contrastive run at
     # rerank_with (a CLIP, SigLIP or CoCa workdir, never the judge's) finds closest to it.
     config.generation = ml_collections.ConfigDict(dict(

@@ -80,8 +80,7 @@ def write_tokenizer_fixture(out_dir):
         f"{n} {s} {c} {shape} {p}"
         for n in ("one", "three")
         for s in ("small", "large")
-        for c in ("red", "cyan")
-        for shape in ("circle", "crosses")
+        for c in ("red", "cyan") for shape in ("circle", "crosses")
         for p in ("at the top", "in the center")
     ]
     tokens = tokenizer(captions).numpy().tolist()

@@ -5,10 +5,8 @@ clips, crops them and makes the batch entry; the consumer puts each batch on the
 turns it into the float32 spectrogram the audio tower reads (a cast, a dequantisation, or the
 STFT and mel filters in JAX, checked against the pipeline's log-mel).
 
-    python -m input_pipeline.benchmarks.audio_output --frames=1024 --num_mels=128   # AST-B/16's
-    input
-    python -m input_pipeline.benchmarks.audio_output --frames=64 --num_mels=32      # the smoke
-    configs'
+    python -m input_pipeline.benchmarks.audio_output --frames=1024 --num_mels=128  # AST-B/16
+    python -m input_pipeline.benchmarks.audio_output --frames=64 --num_mels=32     # smoke
 
 Prints a table and writes WORKDIR/audio_transport_FRAMESxMELS.json.
 """

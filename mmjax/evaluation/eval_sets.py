@@ -10,10 +10,9 @@ evaluators, its interval and its caption and probe settings, and logs under its 
                                  captions_per_image=5)
 
 logs `eval/imagenet/zeroshot_top1` and `eval/coco/i2t_recall@1`. `where="unseen_combination"`
-evaluates the examples whose boolean feature of that name is true (held-out attribute pairs). Fields
-a set leaves out take
-the run-wide value (config.evals, config.eval_every_steps, config.data.eval_captions_per_image,
-config.data.probe_train and probe_examples).
+evaluates the examples whose boolean feature of that name is true (held-out attribute pairs).
+Fields a set leaves out take the run-wide value (config.evals, config.eval_every_steps,
+config.data.eval_captions_per_image, config.data.probe_train and probe_examples).
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 `CLIP` joins an image tower and a text tower (and an audio tower) with linear projections to a
 shared embedding and a learned temperature (stored as a log scale, as in CLIP); `CoCa` adds a
 multimodal caption decoder. Towers are chosen by name from `TOWERS`; adding a tower means one
-class and one registry entry. The fusion models build on CLIP (mmjax/models/cross_attention.py);
-every
-model is chosen by name in mmjax/models/__init__.py.
+class and one registry entry. The fusion models build on CLIP (mmjax/models/fusion.py);
+every model is chosen by name in mmjax/models/__init__.py.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """Text-to-image generator core (text-to-image's second stage): a masked-token transformer over an
-image
-tokenizer's tokens whose blocks cross-attend to the text tower's token states (MaskGIT, Muse).
+image tokenizer's tokens whose blocks cross-attend to the text tower's token states (MaskGIT, Muse).
 
 Training masks a share cos(pi/2 * u) of each image's tokens (u uniform: most steps see many
 masks, some few) and predicts them. Condition dropout replaces the text states with a learned

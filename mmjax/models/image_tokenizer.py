@@ -1,6 +1,5 @@
 """Image tokenizer (text-to-image's first stage): a ViT autoencoder whose latent grid is quantised
-by
-finite scalar quantisation (FSQ: Mentzer et al. 2023), so an image becomes a grid of integer
+by finite scalar quantisation (FSQ: Mentzer et al. 2023), so an image becomes a grid of integer
 tokens a generator can model, and tokens become an image again.
 
 FSQ needs no codebook: each latent channel is squashed into a bounded range and rounded to one

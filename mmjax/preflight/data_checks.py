@@ -148,8 +148,7 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
         runnable = []
         for name in s.evals:
             evaluator = evaluators.EVALUATORS[name]
-            dataset = facts.spec.split(":")[1].split("/")[0]
-            if evaluator.datasets and dataset not in evaluator.datasets:
+            if evaluator.datasets and facts.dataset not in evaluator.datasets:
                 field = f"config.eval_sets.{s.name}.evals" if s.name else "config.evals"
                 c.add(field, f"the {name!r} evaluator judges {', '.join(evaluator.datasets)} "
                       f"only, not {facts.spec}", f"evaluate {facts.spec} without {name!r}, or "

@@ -8,8 +8,7 @@
 The attribute classifier (a head each for colour, shape, count, size and position, read from the
 captions) trains on --rendered real images of every colour-shape pair, held-out ones included,
 drawn under a seed apart from the dataset's splits (input_pipeline.generated.shapes.render_any_pair)
-and
-put through the CLIP run's own eval preprocessing, so at its image size: a judge must read the
+and put through the CLIP run's own eval preprocessing, so at its image size: a judge must read the
 pairs the judged model never saw. Half of each batch is softened by a random blur (up to
 --max_blur), so that a shape drawn a little soft is still read as that shape (judge.degraded).
 It is checked on a tenth of them kept out, sharp. The first

@@ -6,8 +6,7 @@ reading).
 
 Reads the first --count images of --images with the tokenizer run's eval preprocessing,
 reconstructs them (tokenize, then detokenize) and has the judge (mmjax/evaluation/judge.py, fitted
-by
-mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images,
+by mmjax.tools.fit_judge) read every attribute (and colour-shape: both right) on the real images,
 on the reconstructions and on the real images blurred by [w, 1 - 2w, w] along each axis for
 each --blur w (how much blur the judge itself tolerates). Prints a table and writes it to
 --results as JSON. (Flag names apart from fit_judge's: absl flags are global, and both load in

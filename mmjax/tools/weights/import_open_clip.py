@@ -69,8 +69,7 @@ def convert(weights: dict[str, np.ndarray], vision_heads: int, text_heads: int,
     exact = dict(norm_epsilon=1e-5, activation=activation, key_bias=True)
     model = dict(
         embed_dim=int(weights["text_projection"].shape[1]),
-        vocab_size=int(vocab_size),
-        image_tower=dict(
+        vocab_size=int(vocab_size), image_tower=dict(
             name="vit",
             variant=None,
             width=int(vision_width),
