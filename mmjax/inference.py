@@ -69,7 +69,7 @@ class InferenceModel:
         """Log-mel spectrograms [N, frames, mels] as the input pipeline makes them
         (input_pipeline/audio.py, config.data.audio), for a model with an audio tower."""
         spectrograms = np.asarray(spectrograms, np.float32)
-        expected = models.spectrogram_shape(self.config)
+        expected = models.ModelInputs.from_data(self.config.data).spectrogram_shape
         if spectrograms.ndim != 3 or spectrograms.shape[1:] != expected:
             raise ValueError(f"Spectrograms must be (N, {expected[0]}, {expected[1]}) "
                              f"(frames, mel bins: config.data.audio); got {spectrograms.shape}.")
@@ -204,7 +204,8 @@ def load(path: str) -> InferenceModel:
     """Loads a workdir's (or a checkpoints/STEP folder's) parameters with the run's config."""
     config = load_config(path)
     tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
-    model = models.build_model(config, tokenizer, seed=0)
+    model = models.build_model(config.model, models.ModelInputs.from_data(config.data),
+                               tokenizer, seed=0)
     graphdef, params = nnx.split(model, nnx.Param)
     params = checkpoint.merge_params(params, checkpoint.load_params(path), (), path)
     return InferenceModel(config, params, graphdef, tokenizer)

@@ -28,7 +28,8 @@ def tiny_model(name: str, **extra):
         image_size=8, normalization="minus_one_one", audio=dict(frames=16, num_mels=8))))
     tokenizer = types.SimpleNamespace(vocab_size=VOCAB, context_length=CONTEXT,
                                       pad_id=text_tokenizers.PAD_ID, eot_id=text_tokenizers.EOT_ID)
-    return models.build_model(run, tokenizer)
+    return models.build_model(run.model, models.ModelInputs.from_data(run.data), tokenizer,
+                              seed=run.seed)
 
 
 @pytest.fixture(scope="module")

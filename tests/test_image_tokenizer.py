@@ -241,7 +241,8 @@ def test_the_benchmarks_decoder_flops_are_what_xla_counts(pixel_channels, pixel_
     config = smoke_image_tokenizer.get_config()
     config.model.image_decoder.pixel_channels = pixel_channels
     config.model.image_decoder.pixel_blocks = pixel_blocks
-    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config.model, models.ModelInputs.from_data(config.data),
+                               text_tokenizers.build_tokenizer(config.tokenizer), seed=config.seed)
     codes = jnp.zeros((1, model.num_tokens, len(config.model.fsq_levels)))
     counted = jax.jit(model.decode).lower(codes).compile().cost_analysis()
     counted = counted[0] if isinstance(counted, list) else counted

@@ -19,7 +19,8 @@ def first_updates(config):
               for name in ("text_tower", "generator", "image_tower")}
     grads = {name: {"kernel": jnp.linspace(-1, 1, 6).reshape(2, 3), "bias": jnp.ones((3,))}
              for name in params}
-    tx = optim.build_optimizer(config)
+    tx = optim.build_optimizer(config.optimizer, optim.run_schedule(config),
+                               tuple(config.frozen_params))
     updates, _ = tx.update(grads, tx.init(params), params)
     return updates
 

@@ -296,7 +296,8 @@ def test_the_generator_models_every_token_of_a_patch(tiny_config, mode, tokens_p
     config.model.generator.mode = mode
     config.model.generator.tokens_per_step = tokens_per_step
     config.model.tokens_per_patch = 2
-    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config.model, models.ModelInputs.from_data(config.data),
+                               text_tokenizers.build_tokenizer(config.tokenizer), seed=config.seed)
     patches = model.grid[0] * model.grid[1]
     assert model.generator.num_tokens == 2 * patches
     assert model.generator.tokens_per_step == steps_by
@@ -498,7 +499,8 @@ def smoke_generator_logits(config):
     """smoke_t2i's generator logits for one caption and their arguments (no tokenizer run)."""
     from mmjax import models, text_tokenizers
 
-    model = models.build_model(config, text_tokenizers.build_tokenizer(config.tokenizer))
+    model = models.build_model(config.model, models.ModelInputs.from_data(config.data),
+                               text_tokenizers.build_tokenizer(config.tokenizer), seed=config.seed)
     context_length = config.tokenizer.context_length
     return model.generator.logits, (jnp.zeros((1, model.num_tokens), jnp.int32),
                                     jnp.zeros((1, context_length, model.text_tower.width)),

@@ -153,13 +153,13 @@ TEACHER_OUTPUTS = ("teacher_image_embedding", "teacher_text_embedding", "teacher
 
 
 class Objective:
-    """The weighted sum of the losses a config names, with their settings resolved once."""
+    """The weighted sum of the losses `weights` (config.losses) names, each called with its
+    settings (each Loss.settings of the run's config, which the preflight's plan holds)."""
 
-    def __init__(self, config, tokenizer):
-        self.weights = {name: float(weight) for name, weight in dict(config.losses).items()}
+    def __init__(self, weights, settings: dict[str, dict]):
+        self.weights = {name: float(weight) for name, weight in dict(weights).items()}
         self.losses = {name: LOSSES[name] for name in self.weights}
-        self.settings = {name: loss.settings(config, tokenizer)
-                         for name, loss in self.losses.items()}
+        self.settings = {name: settings[name] for name in self.weights}
 
     @property
     def batch_keys(self) -> tuple[str, ...]:

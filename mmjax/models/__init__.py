@@ -7,6 +7,7 @@ adding a model means one class and one entry in `MODELS`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
@@ -19,50 +20,64 @@ from mmjax.models.fusion import FusionClassifier, FusionModel
 from mmjax.models.image_tokenizer import ImageTokenizer
 from mmjax.models.text_to_image import TextToImage
 
-__all__ = ["DTYPES", "MODELS", "TOWERS", "build_model", "example_inputs", "pretrained_sources",
-           "spectrogram_shape", "text_tower_ids"]
+__all__ = ["DTYPES", "MODELS", "TOWERS", "ModelInputs", "build_model", "example_inputs",
+           "pretrained_sources", "text_tower_ids"]
 
 MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
           "fusion_classifier": FusionClassifier, "image_tokenizer": ImageTokenizer,
           "text_to_image": TextToImage}
 
 
-def build_model(config, tokenizer, *, seed: int | None = None) -> nnx.Module:
-    """Builds the model `config.model` names for a run's config and tokenizer; parameters come
-    from `seed` (default config.seed). The text tower's context length and pad / end-of-text ids
-    are the tokenizer's unless config.model.text_tower sets them; uint8 images are normalised on
-    the device with config.data.normalization."""
-    kwargs = dict(config.model)
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """What the input pipeline hands a model, from config.data: the image size, the pixel
+    normalisation applied on the device to uint8 images, and the spectrograms' (frames, mel
+    bins)."""
+
+    image_size: int
+    normalization: str = "minus_one_one"
+    spectrogram_shape: tuple[int, int] = (96, 80)
+
+    @classmethod
+    def from_data(cls, data_config) -> ModelInputs:
+        audio = data_config.get("audio") or {}
+        return cls(image_size=int(data_config.image_size),
+                   normalization=data_config.get("normalization", "minus_one_one"),
+                   spectrogram_shape=(int(audio.get("frames", 96)),
+                                      int(audio.get("num_mels", 80))))
+
+
+def build_model(model_config, inputs: ModelInputs, tokenizer, *, seed: int) -> nnx.Module:
+    """Builds the model `model_config.name` names, taking the inputs it reads and its text
+    vocabulary from `inputs` and `tokenizer`; parameters come from `seed`. The text tower's
+    context length and pad / end-of-text ids are the tokenizer's unless model_config.text_tower
+    sets them."""
+    kwargs = dict(model_config)
     model_cls = lookup(MODELS, kwargs.pop("name"), "model")
     # A fixed model vocabulary (an imported model's, or a benchmark's) overrides the tokenizer's.
     vocab_size = kwargs.pop("vocab_size", None) or tokenizer.vocab_size
     if kwargs.get("text_tower"):
         kwargs["text_tower"] = dict(text_tower_ids(tokenizer), **dict(kwargs["text_tower"]))
-    normalization = config.data.get("normalization", "minus_one_one")
-    image_normalization(normalization)  # an unknown name fails here, before compiling
-    model = model_cls(vocab_size=vocab_size, image_size=config.data.image_size,
-                      spectrogram_shape=(spectrogram_shape(config) if kwargs.get("audio_tower")
+    image_normalization(inputs.normalization)  # an unknown name fails here, before compiling
+    model = model_cls(vocab_size=vocab_size, image_size=inputs.image_size,
+                      spectrogram_shape=(inputs.spectrogram_shape if kwargs.get("audio_tower")
                                          else None),
-                      rngs=nnx.Rngs(config.seed if seed is None else seed), **kwargs)
+                      rngs=nnx.Rngs(seed), **kwargs)
     if "image" in model.modalities:
-        model.image_tower.input_normalization = normalization
+        model.image_tower.input_normalization = inputs.normalization
     return model
 
 
-def example_inputs(config, context_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+def example_inputs(model_config, inputs: ModelInputs,
+                   context_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """(shape, dtype) of one example's entry for each of the model's towers, as the input
     pipeline gives them: uint8 images, bfloat16 spectrograms, int32 token rows."""
-    size = config.data.image_size
-    inputs = {"image": ((size, size, 3), jnp.uint8),
-              "audio": (spectrogram_shape(config), jnp.bfloat16),
+    size = inputs.image_size
+    shapes = {"image": ((size, size, 3), jnp.uint8),
+              "audio": (inputs.spectrogram_shape, jnp.bfloat16),
               "text": ((context_length,), jnp.int32)}
-    return {conventions.BATCH_KEYS[m]: inputs[m]
-            for m in conventions.model_modalities(config.model)}
-
-
-def spectrogram_shape(config) -> tuple[int, int]:
-    """(frames, mel bins) of the pipeline's spectrograms: what the audio tower takes."""
-    return int(config.data.audio.frames), int(config.data.audio.num_mels)
+    return {conventions.BATCH_KEYS[m]: shapes[m]
+            for m in conventions.model_modalities(model_config)}
 
 
 def text_tower_ids(tokenizer) -> dict[str, int]:

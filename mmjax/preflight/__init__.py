@@ -64,6 +64,8 @@ class Plan:
     notes: list[str] = dataclasses.field(default_factory=list)
     # The eval sets, each with the evaluators its data can feed (mmjax.evaluation.eval_sets).
     eval_sets: tuple[eval_sets.EvalSet, ...] = ()
+    # Each loss of config.losses with the settings it reads (mmjax.losses.Objective takes them).
+    loss_settings: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def print_notes(self) -> None:
         if jax.process_index() == 0:
@@ -260,13 +262,15 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
     """Builds the model abstractly and checks what the losses and evaluators need of it."""
     config = c.config
     try:
-        model = nnx.eval_shape(lambda: models.build_model(config, tokenizer))
+        inputs = models.ModelInputs.from_data(config.data)
+        model = nnx.eval_shape(lambda: models.build_model(
+            config.model, inputs, tokenizer, seed=0))
     except (ValueError, TypeError, KeyError) as e:
         c.add("config.model", str(e).rstrip("."), "see mmjax/defaults.py for the model fields")
         return None
     graphdef, params = nnx.split(model, nnx.Param)
     batch = {key: jax.ShapeDtypeStruct((2, *shape), dtype) for key, (shape, dtype) in
-             models.example_inputs(config, tokenizer.context_length).items()}
+             models.example_inputs(config.model, inputs, tokenizer.context_length).items()}
     try:
         outputs = jax.eval_shape(lambda p, b: nnx.merge(graphdef, p)(
             b, rng=jax.random.key(0)), params, batch)
@@ -276,13 +280,15 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
     shapes = checkpoint.parameter_shapes(params)
     names = list(shapes)
 
+    loss_settings = {}
     for name in config.losses:
         loss = losses.LOSSES.get(name)
         try:
-            needed = loss.outputs(loss.settings(config, tokenizer)) if loss else ()
+            loss_settings[name] = loss.settings(config, tokenizer) if loss else {}
         except losses.SettingError as e:
             c.add(e.field, e.problem, e.fix)
             continue
+        needed = loss.outputs(loss_settings[name]) if loss else ()
         missing = [k for k in needed if k not in outputs]
         if missing:
             c.add("config.losses", f"the {name!r} loss reads {missing}, which the "
@@ -325,7 +331,7 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
         elif lacking:  # the mode itself runs it (--mode=caption)
             c.add("config.model.name", f"this mode runs the {name!r} evaluator, which needs a "
                   f"model that has {lacking}", "give a workdir and config of such a model")
-    return {"outputs": outputs, "shapes": shapes}
+    return {"outputs": outputs, "shapes": shapes, "loss_settings": loss_settings}
 
 
 def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
@@ -391,4 +397,5 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
                        f"{eval_batch_size}, a multiple of the {layout['batch_devices']} batch "
                        "devices (padding rows are not counted).")
     return Plan(evals=tuple(dict.fromkeys(e for s in sets for e in s.evals)),
-                eval_batch_size=eval_batch_size, notes=c.notes, eval_sets=sets)
+                eval_batch_size=eval_batch_size, notes=c.notes, eval_sets=sets,
+                loss_settings=model["loss_settings"])

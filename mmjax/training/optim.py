@@ -13,16 +13,24 @@ NO_DECAY_NAMES = frozenset({"token_embedding", "position_embedding", "cls_token"
                             "logit_scale", "logit_bias"})
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-    """Linear warmup to `config.learning_rate`, then cosine decay to `end_learning_rate_factor`."""
-    warmup_steps = min(config.warmup_steps, config.total_steps)
+def learning_rate_schedule(peak: float, warmup_steps: int, total_steps: int,
+                           end_factor: float) -> optax.Schedule:
+    """Linear warmup to `peak`, then cosine decay to `end_factor` x `peak` at `total_steps`."""
+    warmup_steps = min(warmup_steps, total_steps)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=config.learning_rate,
+        peak_value=peak,
         warmup_steps=warmup_steps,
-        decay_steps=max(config.total_steps, warmup_steps + 1),
-        end_value=config.learning_rate * config.end_learning_rate_factor,
+        decay_steps=max(total_steps, warmup_steps + 1),
+        end_value=peak * end_factor,
     )
+
+
+def run_schedule(config) -> optax.Schedule:
+    """The schedule a run's top-level fields set (learning_rate, warmup_steps, total_steps,
+    end_learning_rate_factor)."""
+    return learning_rate_schedule(config.learning_rate, config.warmup_steps, config.total_steps,
+                                  config.end_learning_rate_factor)
 
 
 def weight_decay_mask(params):
@@ -63,20 +71,21 @@ def scale_by_learning_rate_multipliers(lr_mults) -> optax.GradientTransformation
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def build_optimizer(config) -> optax.GradientTransformation:
-    o = config.optimizer
+def build_optimizer(settings, schedule: optax.Schedule,
+                    frozen_params: tuple[str, ...] = ()) -> optax.GradientTransformation:
+    """AdamW with `settings` (config.optimizer) following `schedule`; parameters under
+    `frozen_params` prefixes get no update at all."""
     adamw = optax.adamw(
-        learning_rate_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-        weight_decay=o.weight_decay, mask=weight_decay_mask,
+        schedule, b1=settings.b1, b2=settings.b2, eps=settings.eps,
+        weight_decay=settings.weight_decay, mask=weight_decay_mask,
     )
-    if o.grad_clip_norm:
-        adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), adamw)
+    if settings.grad_clip_norm:
+        adamw = optax.chain(optax.clip_by_global_norm(settings.grad_clip_norm), adamw)
     # Only when set, so that runs without multipliers keep their optimizer state's structure.
-    if o.get("lr_mults"):
-        adamw = optax.chain(adamw, scale_by_learning_rate_multipliers(tuple(o.lr_mults)))
-    frozen = tuple(config.get("frozen_params", ()))
-    if not frozen:
+    if settings.get("lr_mults"):
+        adamw = optax.chain(adamw, scale_by_learning_rate_multipliers(tuple(settings.lr_mults)))
+    if not frozen_params:
         return adamw
     # Frozen parameters (LiT's locked image tower) get no update at all, not even weight decay.
     return optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()},
-                                 lambda params: frozen_mask(params, frozen))
+                                 lambda params: frozen_mask(params, tuple(frozen_params)))

@@ -62,9 +62,11 @@ class Trainer:
         self.mesh = mesh if mesh is not None else sharding.create_mesh(dict(config.mesh))
         self.rules = sharding.get_rules(config.sharding_rules)
         self.tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
-        self.optimizer = optim.build_optimizer(config)
-        self.schedule = optim.learning_rate_schedule(config)
-        self.objective = losses.Objective(config, self.tokenizer)
+        self.inputs = models.ModelInputs.from_data(config.data)
+        self.schedule = optim.run_schedule(config)
+        self.optimizer = optim.build_optimizer(config.optimizer, self.schedule,
+                                               tuple(config.get("frozen_params", ())))
+        self.objective = losses.Objective(config.losses, self.plan.loss_settings)
         self.accum_steps = int(config.grad_accum_steps)
         self.skip_nonfinite_steps = bool(config.skip_nonfinite_steps)
         self.seed = int(config.seed)
@@ -99,7 +101,8 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------
     def _build_model(self) -> nnx.Module:
-        return models.build_model(self.config, self.tokenizer)
+        return models.build_model(self.config.model, self.inputs, self.tokenizer,
+                                  seed=self.seed)
 
     def _init_state(self) -> dict[str, Any]:
         _, params = nnx.split(self._build_model(), nnx.Param)
