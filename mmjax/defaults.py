@@ -79,6 +79,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Bad examples (undecodable images, no caption) are skipped and counted (data/skipped); the
     # run stops, naming them, when more than this fraction of those read is bad.
     config.data.max_bad_fraction = 0.01
+    # A run resumes over the data, seed and global batch its checkpoint was trained with; True
+    # lets it go on after one of them changed (new training data is read from its beginning,
+    # the change is printed). False stops the run naming the change.
+    config.data.allow_change_on_resume = False
     # Captions per eval image for retrieval (5 for COCO / Flickr30k: any of an image's captions
     # counts); the first caption serves the other evaluators.
     config.data.eval_captions_per_image = 1
@@ -150,6 +154,10 @@ def base_config() -> ml_collections.ConfigDict:
     # The clip loss: examples with word-for-word identical captions are right answers for each
     # other, not negatives (for data with few distinct captions, such as the generated datasets).
     config.identical_captions_match = False
+    # The reconstruction loss (image tokenizers): each pixel's squared error weighted
+    # 1 + edge_weight x its distance from its 3x3 neighbourhood's mean, errors under noise_floor
+    # 8-bit levels not counted (mmjax/losses/reconstruction.py); 0 and 0: the plain mean.
+    config.reconstruction = ml_collections.ConfigDict(dict(edge_weight=0.0, noise_floor=0.0))
     # Evaluators, by name in mmjax.evaluation.evaluators.EVALUATORS; those the eval data cannot feed
     # (zero-shot without class names, the linear probe without labels) are skipped, saying why.
     config.evals = ("retrieval", "zeroshot", "linear_probe")
@@ -175,6 +183,9 @@ def base_config() -> ml_collections.ConfigDict:
         steps=8, temperature=1.0, seed=0, guidance_scale=1.0, guidance_scales=(0.0, 1.0, 2.0),
         candidates=1, rerank_with=placeholder(str)))
     config.judge = ml_collections.ConfigDict(dict(workdir=placeholder(str)))
+    # A text-to-image model's image tokenizer: the workdir of the run that trained it, whose
+    # encoder and decoder it loads frozen.
+    config.image_tokenizer = ml_collections.ConfigDict(dict(workdir=placeholder(str)))
 
     # Peak learning rate after warmup_steps of linear warmup, then cosine decay to
     # end_learning_rate_factor x it.

@@ -10,8 +10,10 @@ Set EPATH_USE_TF=true to send them through tf.io.gfile instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
+import time
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 
@@ -103,6 +105,99 @@ def copy_tree(local_directory: str, destination) -> None:
         makedirs(target)
         for name in names:
             copy(os.path.join(root, name), join(target, name))
+
+
+def rename(source, destination) -> None:
+    """A file or folder moved within one storage (in a bucket: copied, then deleted)."""
+    Path(source).rename(destination)
+
+
+def remove_empty_folder(path) -> None:
+    """Removes a local folder if it holds nothing (a bucket has no empty folders)."""
+    path = os.fspath(path)
+    if not is_cloud(path) and os.path.isdir(path) and not os.listdir(path):
+        os.rmdir(path)
+
+
+def create_new(path, data: bytes) -> bool:
+    """Writes `path` only where nothing is: True if this call created it. Atomic against another
+    writer: O_EXCL on a local disk, the precondition "no generation yet" on gs://."""
+    path = os.fspath(path)
+    if is_cloud(path):
+        try:
+            _gcs_blob(path).upload_from_string(data, if_generation_match=0)
+        except _gcs_exceptions().PreconditionFailed:
+            return False
+        return True
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(data)
+    return True
+
+
+def replace_if_unchanged(path, expected: str | None, data: bytes | None) -> bool:
+    """Replaces `path` by `data` (None: deletes it) only if it still holds `expected` (None:
+    whatever it holds); False, changing nothing, if another writer changed or removed it first.
+    On gs:// the write is conditional on the generation read; on a local disk the file is first
+    renamed to a name of this call's own (only one caller can), then checked."""
+    path = os.fspath(path)
+    if is_cloud(path):
+        blob = _gcs_blob(path)
+        errors = _gcs_exceptions()
+        try:
+            blob.reload()
+            generation = blob.generation
+            held = blob.download_as_bytes(if_generation_match=generation)
+            if expected is not None and held.decode(errors="replace") != expected:
+                return False
+            if data is None:
+                blob.delete(if_generation_match=generation)
+            else:
+                blob.upload_from_string(data, if_generation_match=generation)
+        except (errors.PreconditionFailed, errors.NotFound):
+            return False
+        return True
+    claimed = f"{path}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        os.rename(path, claimed)
+    except FileNotFoundError:
+        return False
+    with open(claimed, "rb") as f:
+        held = f.read()
+    if expected is not None and held.decode(errors="replace") != expected:
+        try:  # put it back, unless someone has written a new one meanwhile
+            os.link(claimed, path)
+        except FileExistsError:
+            pass
+        os.remove(claimed)
+        return False
+    os.remove(claimed)
+    return data is None or create_new(path, data)
+
+
+@functools.cache
+def _gcs_client():
+    # google-cloud-storage is imported only for gs:// preconditions (the locks of cloud
+    # workdirs); everything else goes through epath. It honours STORAGE_EMULATOR_HOST.
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def _gcs_blob(path: str):
+    bucket, _, name = path.removeprefix("gs://").partition("/")
+    if not path.startswith("gs://"):
+        raise ValueError(f"{path}: conditional writes are supported on local disks and gs://")
+    return _gcs_client().bucket(bucket).blob(name)
+
+
+def _gcs_exceptions():
+    from google.api_core import exceptions
+
+    return exceptions
 
 
 def same(a, b) -> bool:

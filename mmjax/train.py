@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from input_pipeline import pipeline
 from mmjax import paths, preflight
 from mmjax.evaluation.suite import EvalSuite
-from mmjax.training import checkpoint
+from mmjax.training import checkpoint, workdir_lock
 from mmjax.training.metric_writers import MetricWriter
 from mmjax.training.trainer import Trainer
 
@@ -150,13 +150,45 @@ class PreemptionHandler:
             signal.signal(signum, handler)
 
 
-def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[str, float]:
+def resumed_input(config, data_state: dict | None) -> dict | None:
+    """The saved input position, where the config changes what it counts (the preflight has
+    refused that unless config.data.allow_change_on_resume): new training data starts at its
+    first example; another seed or global batch goes on from the same example count."""
+    changes = checkpoint.data_changes(config, data_state)
+    if not changes:
+        return data_state
+    if not config.data.get("allow_change_on_resume"):
+        raise preflight.ConfigError([preflight.Problem(
+            field, now, f"differs from the {before!r} the checkpoint was trained with",
+            "resume with that value, or set config.data.allow_change_on_resume=True")
+            for field, (before, now) in changes.items()])
+    if jax.process_index() == 0:
+        for field, (before, now) in changes.items():
+            print(f"Resuming with {field} = {now!r} (the checkpoint's: {before!r}).", flush=True)
+    if "config.data.train" in changes:
+        return {"position": 0, "skipped": 0}
+    return data_state
+
+
+def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None,
+                       take_over_workdir: bool = False) -> dict[str, float]:
     """Trains from the workdir's latest checkpoint (or from scratch) to config.total_steps, on
-    `mesh` (default: config.mesh over all devices).
+    `mesh` (default: config.mesh over all devices), holding the workdir's lock throughout
+    (`take_over_workdir`: even from a job that looks alive; mmjax/training/workdir_lock.py).
 
     Returns the final evaluation metrics.
     """
+    if paths.isfile(workdir):  # the preflight names it
+        return _train_and_evaluate(config, workdir, mesh)
+    lock = workdir_lock.WorkdirLock(workdir)
+    lock.acquire(take_over=take_over_workdir)
+    try:
+        return _train_and_evaluate(config, workdir, mesh)
+    finally:
+        lock.release()
 
+
+def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, float]:
     plan = preflight.check(config, mesh=mesh, data=pipeline,
                            workdir=workdir)
     plan.print_notes()
@@ -171,7 +203,8 @@ def train_and_evaluate(config, workdir: str, mesh: Mesh | None = None) -> dict[s
 
     writer = MetricWriter(workdir, config.total_steps, resume_step=start_step, config=config)
     # A checkpoint without an input position (imported weights) continues the step-based order.
-    data_state = data_state or {"position": start_step * config.batch_size, "skipped": 0}
+    data_state = resumed_input(config, data_state) or {
+        "position": start_step * config.batch_size, "skipped": 0}
     if start_step and jax.process_index() == 0:
         print(f"Input continues at position {data_state['position']}.", flush=True)
     train_batches = pipeline.train_batches(config, trainer.tokenizer,

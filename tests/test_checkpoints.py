@@ -66,7 +66,10 @@ def test_sigkill_at_any_moment_then_restart_matches_an_uninterrupted_run(finishe
     process = start(crashed, tfds_dir, "--config.checkpoint_every_steps=2", devices=8)
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 0, output[-3000:]
+    # The killed job's lock is taken over: its process is gone.
+    assert f"Took over the lock of {crashed}" in output and "its process is gone" in output
     assert re.search(r"Resuming from .* at step [46]\.", output), output[-3000:]
+    assert not os.path.exists(os.path.join(crashed, "job.lock"))  # released at the end
 
     assert train_losses(crashed) == train_losses(reference)  # bitwise
     with open(os.path.join(reference, "eval_results.json")) as f:
@@ -78,15 +81,21 @@ def test_sigkill_at_any_moment_then_restart_matches_an_uninterrupted_run(finishe
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tfds_dir, tmp_path):
+    """And while it runs, a second job on its workdir is refused, naming it."""
     workdir = str(tmp_path / "preempted")
-    process = start(workdir, tfds_dir, "--config.total_steps=1000",
-                    "--config.checkpoint_every_steps=1000")
+    process = start(workdir, tfds_dir, "--config.total_steps=100000",
+                    "--config.checkpoint_every_steps=100000")
     lines = run_until(process, "step      4/")
+    second = start(workdir, tfds_dir)
+    refused = second.communicate(timeout=120)[0]
+    assert second.returncode != 0, refused[-3000:]
+    assert f"is in use by the job that holds {workdir}/job.lock" in refused, refused
+    assert f"process id {process.pid}, started" in refused and "Traceback" not in refused
     process.send_signal(signal.SIGTERM)
     output = "".join(lines) + process.communicate(timeout=120)[0]
     assert process.returncode == 0, output[-3000:]
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
-    assert len(saved) == 1 and 4 <= saved[0] < 1000, (saved, output[-2000:])
+    assert len(saved) == 1 and 4 <= saved[0] < 100000, (saved, output[-2000:])
     assert f"saved step {saved[0]}" in output
 
 

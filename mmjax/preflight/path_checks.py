@@ -82,8 +82,25 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
     if needs_checkpoint and not found:
         c.flag("--workdir", workdir, "holds no checkpoint to evaluate",
                "train first, or give a workdir that has checkpoints/")
-    if found and shapes is not None:
-        differing = _differing(checkpoint.saved_parameter_shapes(*found), shapes, shapes)
+    if not found:
+        return
+    try:
+        saved_shapes = checkpoint.saved_parameter_shapes(*found)
+        saved_data = (checkpoint.saved_data_state(workdir, found[1]) if paths.exists(
+            paths.join(found[0], str(found[1]), checkpoint.DATA)) else None)
+    except Exception as e:  # noqa: BLE001 - a damaged checkpoint: the trainer falls back
+        c.notes.append(f"The checkpoint at step {found[1]} in {found[0]} does not read back "
+                       f"({type(e).__name__}); the run resumes from the newest one that does.")
+        return
+    if not config.data.get("allow_change_on_resume"):
+        for field, (before, _) in checkpoint.data_changes(config, saved_data).items():
+            c.add(field, f"differs from the {before!r} this workdir's checkpoint at step "
+                  f"{found[1]} was trained with (its input position counts that data)",
+                  f"resume with {field}={before!r}, or set "
+                  "config.data.allow_change_on_resume=True to go on with the new value (new "
+                  "training data is then read from its beginning)")
+    if shapes is not None:
+        differing = _differing(saved_shapes, shapes, shapes)
         if differing:
             c.flag("--workdir", workdir, f"holds checkpoints of another model, which this "
                    f"config cannot resume ({len(differing)} parameters differ, first: "

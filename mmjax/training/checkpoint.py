@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from mmjax import paths
@@ -74,13 +75,75 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state
     except ValueError as e:
         if "not compatible with the stored shape" not in str(e):
             raise
-        raise ValueError(
+        raise CheckpointMismatch(
             f"The checkpoint at step {step} in {manager.directory} does not fit this config's "
             f"model ({e}). The model config or the tokenizer's vocabulary (which sets the "
             "embedding size) differs from the run that saved it: run with that run's config "
             "(--config=configs/from_workdir.py:WORKDIR) or its vocabulary "
             "(--config.tokenizer.vocabulary_file=WORKDIR/vocabulary.txt).") from None
     return restored[STATE], (restored[DATA] if has_data else None)
+
+
+class CheckpointMismatch(ValueError):
+    """A whole checkpoint that does not fit this config's model: a config problem, not damage."""
+
+
+def restore_newest_whole(manager: ocp.CheckpointManager, abstract_state
+                         ) -> tuple[int, Any, dict | None] | None:
+    """(step, state, input position) of the newest checkpoint that reads back whole; None when
+    there is none. A damaged one (a bad copy, a failing disk: files cut short after orbax
+    finalised them) is set aside as STEP.unreadable, never deleted, with a line saying why; when
+    every one is damaged the run stops naming them."""
+    damaged = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = restore(manager, step, abstract_state)
+        except CheckpointMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever a damaged file raises, try the next
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+            damaged.append((step, reason))
+            if jax.process_index() == 0:
+                print(f"Checkpoint {step} in {manager.directory} does not read back ({reason}); "
+                      "trying the one before.", flush=True)
+            continue
+        if damaged:
+            set_aside(manager, [s for s, _ in damaged])
+            if jax.process_index() == 0:
+                print(f"Set aside {[s for s, _ in damaged]} as STEP.unreadable; resuming from "
+                      f"step {step}.", flush=True)
+        return (step, *restored)
+    if damaged:
+        raise RuntimeError(
+            f"No checkpoint in {manager.directory} reads back whole: "
+            + "; ".join(f"step {s}: {r}" for s, r in damaged)
+            + ". Restore the folder from a copy, or start a new run in another workdir; "
+            "nothing was changed here.")
+    return None
+
+
+def set_aside(manager: ocp.CheckpointManager, steps) -> None:
+    """Renames damaged steps to STEP.unreadable (kept for inspection, out of orbax's sight), so
+    the run can save those steps again; every process then sees the new list."""
+    if jax.process_index() == 0:
+        for step in steps:
+            folder = paths.join(str(manager.directory), str(step))
+            paths.rename(folder, f"{folder}.unreadable")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("checkpoints set aside")
+    manager.reload()
+
+
+def data_changes(config, saved: dict | None) -> dict[str, tuple[Any, Any]]:
+    """Field -> (saved, configured) for what the saved input position was taken over that the
+    config now changes: the training data, the seed (the data order) and the global batch."""
+    saved = saved or {}
+    now = {"config.data.train": config.data.train, "config.seed": config.seed,
+           "config.batch_size": config.batch_size}
+    keys = {"config.data.train": "train", "config.seed": "seed",
+            "config.batch_size": "global_batch_size"}
+    return {field: (saved[keys[field]], value) for field, value in now.items()
+            if keys[field] in saved and saved[keys[field]] != value}
 
 
 def abstract_with_shardings(abstract_state, shardings):

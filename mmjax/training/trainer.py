@@ -129,13 +129,16 @@ class Trainer:
         return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
     def initial_state(self, manager) -> tuple[dict[str, Any], dict | None]:
-        """The resume order: this workdir's latest checkpoint; else config.init_from; else fresh.
+        """The resume order: this workdir's newest checkpoint that reads back whole; else
+        config.init_from; else fresh.
         Returns the state and the input position saved with it (None when starting)."""
-        latest = manager.latest_step()
-        if latest is not None:
+        restored = checkpoint.restore_newest_whole(manager, checkpoint.abstract_with_shardings(
+            self.abstract_state, self.state_shardings))
+        if restored is not None:
+            step, state, data_state = restored
             if jax.process_index() == 0:
-                print(f"Resuming from {manager.directory} at step {latest}.", flush=True)
-            return self._restore(manager, latest)
+                print(f"Resuming from {manager.directory} at step {step}.", flush=True)
+            return state, data_state
         state = self.create_state()
         for _, source, prefixes, _ in models.pretrained_sources(self.config):
             state["params"] = checkpoint.merge_params(
