@@ -112,6 +112,28 @@ def rename(source, destination) -> None:
     Path(source).rename(destination)
 
 
+def append_bytes(path, data: bytes) -> None:
+    """Adds `data` at the end of a file, creating it if missing. On gs:// only `data` is
+    uploaded, as a part composed onto the object on the server (an object cannot be appended to
+    in place), so a log written in N pieces uploads each byte once, not N/2 times."""
+    path = os.fspath(path)
+    if not is_cloud(path):
+        with open(path, "ab") as f:
+            f.write(data)
+        return
+    if not data:
+        return
+    blob = _gcs_blob(path)
+    if not blob.exists() and create_new(path, data):  # asked first: a refused upload costs bytes
+        return
+    part = blob.bucket.blob(f"{blob.name}.part-{os.getpid()}-{time.monotonic_ns()}")
+    part.upload_from_string(data, if_generation_match=0)
+    try:
+        blob.compose([blob, part])
+    finally:
+        part.delete()
+
+
 def remove_empty_folder(path) -> None:
     """Removes a local folder if it holds nothing (a bucket has no empty folders)."""
     path = os.fspath(path)

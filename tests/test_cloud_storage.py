@@ -93,3 +93,36 @@ def test_shards_written_to_and_read_from_a_bucket(bucket, user_data, tmp_path, m
                                                 vocabulary_file=model))
     assert tokenizer.vocab_size <= 120 and tokenizer(["two red circles"]).shape == (1, 24)
     assert not _local_gs_folders(str(tmp_path), REPO_ROOT)
+
+
+def test_logs_in_a_bucket_upload_each_byte_once(bucket, monkeypatch):
+    """metrics.jsonl and the TensorBoard event files of a cloud workdir grow by appended parts:
+    over N log intervals the bytes uploaded are the bytes the logs hold (linear in N), not the
+    whole files again at every interval (quadratic)."""
+    from google.cloud import storage
+
+    from mmjax.training.metric_writers import MetricWriter
+
+    uploaded = []
+    upload = storage.Blob.upload_from_string
+    monkeypatch.setattr(storage.Blob, "upload_from_string", lambda self, data, *a, **k: (
+        uploaded.append(len(data)), upload(self, data, *a, **k))[1])
+    write_bytes = paths.write_bytes
+    monkeypatch.setattr(paths, "write_bytes", lambda path, data: (
+        uploaded.append(len(data)), write_bytes(path, data))[1])
+
+    workdir = f"{bucket}/logs"
+    writer = MetricWriter(workdir, total_steps=200)
+    for step in range(1, 201):
+        writer.write(step, {"train/loss": 1.0 / step, "train/learning_rate": 1e-3})
+    writer.close()
+    held = {}
+    for folder in (workdir, paths.join(workdir, "tensorboard")):
+        for name in paths.listdir(folder):
+            path = paths.join(folder, name)
+            if paths.isfile(path):
+                held[name] = len(paths.read_bytes(path))
+    assert set(held) >= {"metrics.jsonl"} and len(held) == 2, held  # the log and one event file
+    assert sum(uploaded) == sum(held.values()), (sum(uploaded), held)
+    lines = paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 201))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 
@@ -22,42 +23,34 @@ class JsonlWriter:
     """WORKDIR/metrics.jsonl, a JSON record a line. `resume_step`: records after it (written
     before a crash) are dropped, so the log of a resumed run reads as if it never stopped.
 
-    A cloud object cannot be appended to: there the whole file is uploaded again at each write
-    (one line per log interval keeps that small), and a crash loses at most the last interval,
-    which the resumed run writes again.
+    Each write appends its line (in a bucket, only that line is uploaded: paths.append_bytes),
+    so a run of N log intervals uploads its log once, not N/2 times over.
     """
 
     def __init__(self, workdir: str, resume_step: int = 0):
         self.path = paths.join(workdir, "metrics.jsonl")
-        self.lines = []
+        kept = []
         if paths.exists(self.path):
             for line in paths.read_text(self.path).splitlines(keepends=True):
                 try:
                     if json.loads(line)["step"] <= resume_step:
-                        self.lines.append(line if line.endswith("\n") else line + "\n")
+                        kept.append(line if line.endswith("\n") else line + "\n")
                 except (json.JSONDecodeError, KeyError):
                     pass  # a line cut short by a crash
-        paths.write_text(self.path, "".join(self.lines))
-        self.file = None if paths.is_cloud(self.path) else open(self.path, "a")
+        paths.write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         line = json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n"
-        if self.file is not None:
-            self.file.write(line)
-            self.file.flush()
-        else:
-            self.lines.append(line)
-            paths.write_text(self.path, "".join(self.lines))
+        paths.append_bytes(self.path, line.encode())
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        pass
 
 
 class TensorBoardWriter:
     """WORKDIR/tensorboard/ event files through tensorboardX (no TensorFlow needed). For a cloud
-    workdir they are written locally and uploaded whole at each write (as tensorboardX's own
-    gs:// writer would, which also uploads again whenever it is garbage-collected)."""
+    workdir they are written locally and, at each write, only what each file gained since the
+    last upload goes up (event files only grow), appended to its object."""
 
     def __init__(self, workdir: str):
         from tensorboardX import SummaryWriter
@@ -65,6 +58,7 @@ class TensorBoardWriter:
         self.destination = paths.join(workdir, "tensorboard")
         self.local = (tempfile.mkdtemp(prefix="mmjax_tensorboard_") if paths.is_cloud(workdir)
                       else self.destination)
+        self.uploaded: dict[str, int] = {}  # local file -> bytes already in the bucket
         self.writer = SummaryWriter(self.local)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -73,10 +67,27 @@ class TensorBoardWriter:
             self.writer.add_scalar(name.replace("@", "_at_"), float(value), int(step))
         self.writer.flush()
         if self.local != self.destination:
-            paths.copy_tree(self.local, self.destination)
+            self._upload_new_bytes()
+
+    def _upload_new_bytes(self) -> None:
+        for root, _, names in os.walk(self.local):
+            for name in names:
+                local = os.path.join(root, name)
+                done = self.uploaded.get(local, 0)
+                with open(local, "rb") as f:
+                    f.seek(done)
+                    tail = f.read()
+                if tail:
+                    relative = os.path.relpath(local, self.local)
+                    target = paths.join(self.destination, *relative.split(os.sep))
+                    paths.makedirs(paths.dirname(target))
+                    paths.append_bytes(target, tail)
+                    self.uploaded[local] = done + len(tail)
 
     def close(self) -> None:
         self.writer.close()
+        if self.local != self.destination:
+            self._upload_new_bytes()
 
 
 class WandbWriter:
