@@ -183,6 +183,8 @@ class DataFacts:
     tokenized_with: dict | None = None  # shards tokenized at conversion: text_tokenizers.identity
     # What the sampled examples hold (conventions.MODALITIES); None when none could be read.
     modalities: tuple[str, ...] | None = None
+    # The features a record stores (an eval set's `where` selects by one of them).
+    features: tuple[str, ...] = ()
 
 
 def describe_data(config, spec: str, default_split: str,
@@ -208,7 +210,9 @@ def describe_data(config, spec: str, default_split: str,
         has_labels=any(label >= 0 for label in labels),
         class_names=source.adapter.class_names, captions=tuple(captions),
         tokenized_with=source.tokenized_with,
-        modalities=tuple(sorted(media)) + ("text",) if labels else None)
+        modalities=tuple(sorted(media)) + ("text",) if labels else None,
+        features=tuple(sorted(source.parse(tf.constant(source.fetch(indices[:1])[0])))
+                       if source.num_examples else ()))
 
 
 def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dict]:
@@ -228,11 +232,18 @@ def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dic
     return dataset.ignore_errors().as_numpy_iterator()
 
 
-def preprocess_error(config, chain: str) -> str | None:
-    """What is wrong with an image preprocessing chain, or None (for the preflight)."""
+def preprocess_error(config, chain: str, modality: str = "image") -> str | None:
+    """What is wrong with an image or audio preprocessing chain, or None (for the preflight)."""
     try:
-        preprocess.parse_ops(chain, image_size=config.data.image_size,
-                             normalization=config.data.normalization)
+        if modality == "audio":
+            a = config.data.audio
+            audio.spectrogram_media(chain, rate=a.rate, frames=a.frames, hop=a.hop,
+                                    frame_length=a.frame_length, num_mels=a.num_mels)
+            if "log_mel" not in [op.split("(")[0].strip() for op in chain.split("|")]:
+                return f"Audio chain {chain!r} gives no spectrogram: it needs a log_mel op"
+        else:
+            preprocess.parse_ops(chain, image_size=config.data.image_size,
+                                 normalization=config.data.normalization)
     except (ValueError, TypeError) as e:
         return str(e)
     return None

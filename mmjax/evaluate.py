@@ -31,11 +31,13 @@ def restore_latest(trainer: Trainer, workdir: str):
     return manager, step, trainer.restore(manager, step)
 
 
-def planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=()) -> Trainer:
-    """A trainer for a finished run: the preflight sees its workdir and the eval data only."""
+def planned_trainer(config, workdir: str, mesh: Mesh | None, required_evals=(),
+                    mode_methods=()) -> Trainer:
+    """A trainer for a finished run: the preflight sees its workdir and the eval data only, and
+    whether the model has the `mode_methods` the mode calls."""
     plan = preflight.check(config, mesh=mesh, data=pipeline,
                            roles=("eval",), workdir=workdir, required_evals=required_evals,
-                           needs_checkpoint=True)
+                           mode_methods=mode_methods, needs_checkpoint=True)
     plan.print_notes()
     return Trainer(config, mesh=mesh, plan=plan, with_teacher=False)
 

@@ -26,7 +26,8 @@ def generate_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[
     config = copy.deepcopy(config)
     with config.unlocked():
         config.evals = ()  # generating needs no judge
-    trainer = evaluate.planned_trainer(config, workdir, mesh)
+    trainer = evaluate.planned_trainer(config, workdir, mesh,
+                                       mode_methods=("generate_candidates", "as_uint8"))
     evaluation = suite.Evaluation(
         trainer, dataclasses.replace(trainer.plan.eval_sets[0], evals=()))
     settings = config.generation

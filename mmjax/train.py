@@ -222,11 +222,12 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
     # The latest metrics of each eval set (sets may have their own intervals).
     eval_metrics: dict[str, float] = {}
 
-    def run_eval(step: int, is_last: bool) -> bool:
+    def run_eval(step: int, is_last: bool) -> dict[str, float]:
+        """The metrics of the eval sets due at `step` (none: empty)."""
         eval_started = time.time()
         latest = eval_suite.run(state["params"], step, is_last)
         if not latest:
-            return False
+            return {}
         latest["eval/seconds"] = time.time() - eval_started
         eval_metrics.update(latest)
         writer.write(step, latest)
@@ -237,7 +238,7 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
             print(f"eval at step {step}: " + ", ".join(
                 f"{label(k)} {v:.4f}" for k, v in latest.items() if k != "eval/seconds"),
                 flush=True)
-        return True
+        return latest
 
     throughput = Throughput(start_step)
     profiler = Profiler(config.profile_steps, workdir)
@@ -264,17 +265,20 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
                                                  config.data.max_bad_fraction)
                 throughput.restart(step)
             stop = preemption.requested(step)
-            evaluated = bool(eval_suite) and not stop and run_eval(step, is_last)
-            # With keep_best_by each evaluated step is saved with its metrics: orbax's policy
-            # then keeps the best beside the latest.
+            latest = run_eval(step, is_last) if eval_suite and not stop else {}
+            evaluated = bool(latest)
+            # With keep_best_by each step that evaluates its metric is saved with the metrics:
+            # orbax's policy then keeps the best beside the latest. Steps where only other eval
+            # sets ran are saved without them (orbax's best-by would find no value there).
+            best_by_now = bool(config.get("keep_best_by")) and config.keep_best_by in latest
             saving = (step % config.checkpoint_every_steps == 0 or is_last or stop
-                      or (evaluated and bool(config.get("keep_best_by"))))
+                      or best_by_now)
             if saving:
                 check_finite(trainer, state)
                 checkpoint.save(manager, step, state, data_state={
                     "position": train_batches.position, "skipped": skipped_so_far(),
                     "global_batch_size": config.batch_size, "train": config.data.train,
-                    "seed": config.seed}, eval_metrics=eval_metrics if evaluated else None)
+                    "seed": config.seed}, eval_metrics=eval_metrics if best_by_now else None)
             if evaluated or saving:
                 throughput.restart(step)  # steps/s counts training only
             if stop:

@@ -75,3 +75,10 @@ def test_the_step_profile_attributes_operations_to_model_parts(tiny_config):
         assert sum(v for (p, _), v in time.items() if p == part) > 0, part
     assert sum(v for (p, _), v in time.items() if p == "other") < 0.2 * result["op_ms_per_step"]
     assert "mlp" in profile_step.format_table(result)
+
+
+def test_a_profile_without_a_trace_says_so(tmp_path):
+    from mmjax.tools import benchmark, profile_step
+
+    with pytest.raises(benchmark.CannotMeasure, match="jax.profiler wrote no trace under"):
+        profile_step.breakdown(str(tmp_path), {}, steps=1)

@@ -239,6 +239,23 @@ def test_inference_api_matches_the_trainer(finished_run, tiny_config):
         model.encode_image(np.zeros((1, 20, 20, 3), np.float32))
 
 
+def test_best_by_a_metric_of_one_of_several_eval_sets_at_other_intervals(tiny_config, tmp_path):
+    """Set `b` evaluates at steps 2, 4, 6 and 8, set `a` (the best-by metric's) at 3, 6 and 8:
+    only a's steps are saved with metrics, so orbax's best-by never meets a step without it."""
+    spec = tiny_config.data.eval
+    tiny_config.eval_sets = {"a": dict(data=spec, evals=("retrieval",), every_steps=3),
+                             "b": dict(data=spec, evals=("retrieval",), every_steps=2)}
+    tiny_config.keep_best_by = "eval/a/t2i_recall@5"
+    tiny_config.keep_checkpoints = 1
+    workdir = str(tmp_path / "best")
+    train.train_and_evaluate(tiny_config, workdir, mesh=one_device_mesh())
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records if "eval/a/t2i_recall@5" in r] == [3, 6, 8]
+    with checkpoint.create_manager(workdir, keep=1, best_by=tiny_config.keep_best_by) as manager:
+        assert manager.best_step() in (3, 6, 8)
+
+
 def test_best_checkpoint_by_an_eval_metric_is_kept_beside_the_last(tiny_config, tmp_path):
     """orbax's preservation policy keeps the latest and the best (the earliest among equal
     values); each checkpoint holds its input position and, when evaluated, its metrics."""

@@ -126,3 +126,25 @@ def test_logs_in_a_bucket_upload_each_byte_once(bucket, monkeypatch):
     assert sum(uploaded) == sum(held.values()), (sum(uploaded), held)
     lines = paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines()
     assert [json.loads(line)["step"] for line in lines] == list(range(1, 201))
+
+
+def test_tools_read_and_write_buckets(bucket, tmp_path):
+    """judge_data writes its images and shards to a bucket (rendering on local disk first);
+    import_open_clip reads its --vocab from one."""
+    from input_pipeline.generated import judge_data
+    from mmjax.tools.weights import import_open_clip
+
+    out = f"{bucket}/judge_data"
+    metadata = judge_data.write_judge_data(out, count=12, quiet=True)
+    assert sum(s["num_examples"] for s in metadata["splits"].values()) == 12, metadata
+    assert len(paths.listdir(paths.join(out, "rendered", "images"))) == 12
+    assert paths.exists(paths.join(out, "shards", "metadata.json"))
+
+    fixtures = os.path.join(REPO_ROOT, "tests", "fixtures")
+    vocab = f"{bucket}/vocab/bpe_simple_vocab_16e6.txt.gz"
+    paths.copy(os.path.join(fixtures, "bpe_simple_vocab_16e6.txt.gz"), vocab)
+    # Read from the bucket: its 49408 ids are compared with the fixture model's 300.
+    with pytest.raises(ValueError, match="49408 ids but the model's vocabulary has 300"):
+        import_open_clip.import_open_clip(
+            os.path.join(fixtures, "open_clip_tiny_gelu.safetensors"), str(tmp_path / "w"),
+            vision_heads=2, text_heads=2, quick_gelu=False, vocabulary_file=vocab)

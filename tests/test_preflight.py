@@ -5,12 +5,13 @@ import os
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, copy_run
 from input_pipeline import pipeline
-from mmjax import evaluate, preflight, sharding
+from mmjax import evaluate, generate, preflight, sharding
 from mmjax.training.trainer import Trainer
 
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
@@ -337,6 +338,13 @@ def test_captions_of_a_model_that_cannot_caption(finished_run, tiny_config):
         evaluate.caption_checkpoint(tiny_config, finished_run[0])
 
 
+def test_images_from_a_model_that_cannot_generate(finished_run, tiny_config):
+    with pytest.raises(preflight.ConfigError, match=r"config\.model\.name = 'clip': this mode "
+                       r"calls \['generate_candidates', 'as_uint8'\], which the 'clip' model "
+                       r"has not"):
+        generate.generate_checkpoint(tiny_config, finished_run[0])
+
+
 def test_a_warmup_longer_than_the_run_is_noted(tiny_config):
     tiny_config.warmup_steps = 50
     notes = preflight.check(tiny_config).notes
@@ -414,3 +422,29 @@ def test_every_shipped_config_passes_the_preflight(name, tfds_dir, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     message = problems(config)
     assert message.count("\n  - ") == 1 and f"- {UNTRAINED_PATHS[name]} = 'workdir/" in message
+
+
+def test_evaluating_a_distilled_run_needs_no_teacher(tiny_config):
+    tiny_config.losses = {"clip": 1.0, "distill": 1.0}
+    tiny_config.distill.teacher = "/nowhere/teacher"
+    assert "config.distill.teacher" in problems(tiny_config)  # training reads it
+    preflight.check(tiny_config, roles=("eval",))  # evaluation never loads it
+
+
+def test_eval_set_filters_and_audio_chains_are_checked_against_the_data(tiny_config):
+    tiny_config.eval_sets = {"held_out": dict(data=tiny_config.data.eval, evals=("retrieval",),
+                                              where="not unseen_combo")}
+    message = problems(tiny_config, data=pipeline)
+    assert ("config.eval_sets.held_out.where = 'not unseen_combo': selects by 'unseen_combo', a "
+            "feature" in message and "'unseen_combination'" in message), message
+
+    tiny_config.eval_sets = {}
+    tiny_config.model.audio_tower = ml_collections.ConfigDict(dict(name="ast", variant="mu/16"))
+    tiny_config.data.audio.train_preprocess = "decode_wav|resample|crop_or_pad"
+    tiny_config.data.audio.eval_preprocess = "decode_wav|resample|mel"
+    message = problems(tiny_config, data=pipeline)
+    assert ("config.data.audio.train_preprocess = 'decode_wav|resample|crop_or_pad': Audio chain "
+            "'decode_wav|resample|crop_or_pad' gives no spectrogram: it needs a log_mel op"
+            in message), message
+    assert "config.data.audio.eval_preprocess = " in message
+    assert "Unknown preprocessing op 'mel'" in message

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import tempfile
 
 from absl import app, flags
 
@@ -27,9 +29,11 @@ from mmjax import paths
 
 
 def write_judge_data(out: str, count: int, quiet: bool = False) -> dict:
-    """Renders `count` images of every pair and writes them as shards (OUT/shards); returns
-    make_shards' metadata."""
-    rendered = paths.join(out, "rendered")
+    """Renders `count` images of the pairs and writes them as shards (OUT/shards); returns
+    make_shards' metadata. For a bucket `out` the images are rendered on local disk first (where
+    make_shards reads its input) and copied to OUT/rendered beside the shards."""
+    local = tempfile.mkdtemp(prefix="mmjax_judge_data_") if paths.is_cloud(out) else out
+    rendered = paths.join(local, "rendered")
     paths.makedirs(paths.join(rendered, "images"))
     table = io.StringIO()
     writer = csv.writer(table)
@@ -40,8 +44,12 @@ def write_judge_data(out: str, count: int, quiet: bool = False) -> dict:
         paths.write_bytes(paths.join(rendered, name), builder.encode_png(example["image"]))
         writer.writerow([name, example["caption"], example["label"]])
     paths.write_text(paths.join(rendered, "captions.csv"), table.getvalue())
-    return make_shards.make_shards(paths.join(rendered, "captions.csv"),
-                                   paths.join(out, "shards"), check_images=False, quiet=quiet)
+    metadata = make_shards.make_shards(paths.join(rendered, "captions.csv"),
+                                       paths.join(out, "shards"), check_images=False, quiet=quiet)
+    if local != out:
+        paths.copy_tree(rendered, paths.join(out, "rendered"))
+        shutil.rmtree(local)
+    return metadata
 
 
 def main(argv) -> None:

@@ -13,7 +13,6 @@ padded to the batch devices.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import numbers
 from typing import Any
@@ -32,7 +31,6 @@ from mmjax import (
     text_tokenizers,
 )
 from mmjax.evaluation import eval_sets, evaluators
-from mmjax.models import layers
 from mmjax.preflight import data_checks, field_checks, path_checks
 from mmjax.training import checkpoint
 
@@ -99,62 +97,6 @@ class _Checks:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
             self.add(f"config.{field}", f"must be an integer of at least {minimum}",
                      fix or f"set it to {max(minimum, 1)} or more")
-
-
-def _fields(c: _Checks) -> None:
-    config = c.config
-    for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
-                  "keep_checkpoints", "grad_accum_steps", "data.image_size",
-                  "data.eval_batch_size", "data.eval_captions_per_image", "data.probe_examples",
-                  "caption.beam_size"):
-        c.count(field)
-    for field in ("eval_every_steps", "warmup_steps"):
-        c.count(field, 0, "set it to 0 or more (eval_every_steps 0: evaluate only at the end)")
-    if isinstance(config.warmup_steps, int) and isinstance(config.total_steps, int) and (
-            config.total_steps < config.warmup_steps):
-        c.notes.append(f"config.warmup_steps ({config.warmup_steps}) is more than "
-                       f"config.total_steps ({config.total_steps}): the learning rate never "
-                       f"reaches config.learning_rate.")
-    rate = config.learning_rate
-    if not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate <= 0:
-        c.add("config.learning_rate", "must be a positive number", "for example 5e-4")
-    fraction = config.data.max_bad_fraction
-    if not isinstance(fraction, numbers.Real) or not 0 <= fraction < 1:
-        c.add("config.data.max_bad_fraction", "must be a fraction in [0, 1)",
-              "for example 0.01 (stop when over 1% of the examples read are bad)")
-    modalities = conventions.model_modalities(config.model)
-    for modality in modalities:
-        dropout = config.model[f"{modality}_tower"].get("patch_dropout", 0.0)
-        if not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
-            c.add(f"config.model.{modality}_tower.patch_dropout", "must be a fraction in [0, 1)",
-                  "for example 0.5 (FLIP: half of the patches dropped in training), or 0")
-    if "audio" in modalities:
-        for field in ("rate", "frames", "hop", "frame_length", "num_mels"):
-            c.count(f"data.audio.{field}")
-    for field, valid in (("model.dtype", models.DTYPES), ("model.remat", layers.REMAT_POLICIES)):
-        if c.value(field) not in valid:
-            c.add(f"config.{field}", "is not a valid choice", f"use one of {sorted(valid)}")
-    if config.data.normalization not in conventions.IMAGE_NORMALIZATIONS:
-        c.add("config.data.normalization", "is not a known normalisation",
-              f"use one of {sorted(conventions.IMAGE_NORMALIZATIONS)}")
-    if config.keep_best_mode not in ("max", "min"):
-        c.add("config.keep_best_mode", "must be 'max' or 'min'", "set it to 'max' or 'min'")
-    if config.keep_best_by and not str(config.keep_best_by).startswith("eval/"):
-        c.add("config.keep_best_by", "is not an eval metric name",
-              "name one as logged, e.g. 'eval/mmjax_shapes/i2t_recall@1'")
-    profile = tuple(config.profile_steps)
-    if profile and not (len(profile) == 2 and all(isinstance(s, int) for s in profile)
-                        and 1 <= profile[0] <= profile[1]):
-        c.add("config.profile_steps", "must be (first, last) steps, 1 <= first <= last",
-              "for example '(10, 14)' (five steps), or () for none")
-    if not config.data.train:
-        c.add("config.data.train", "no training data", "give a spec, e.g. 'shards:/data/x:train'")
-    if config.wandb.project:
-        if config.wandb.mode not in ("online", "offline", "disabled"):
-            c.add("config.wandb.mode", "is not a W&B mode", "use 'online', 'offline' or 'disabled'")
-        if importlib.util.find_spec("wandb") is None:
-            c.add("config.wandb.project", "logging to Weights & Biases needs the wandb package, "
-                  "which is not installed", "pip install wandb, or unset config.wandb.project")
 
 
 def _mesh(c: _Checks, mesh) -> dict | None:
@@ -234,13 +176,14 @@ def _tokenizer(c: _Checks):
     config = c.config
     if config.tokenizer.name not in text_tokenizers.TOKENIZERS:
         c.add("config.tokenizer.name", "is not a tokenizer",
-              f"use one of {sorted(text_tokenizers.TOKENIZERS)} (README, Tokenizers)")
+              f"use one of {sorted(text_tokenizers.TOKENIZERS)} (docs/guides/data.md, tokenizers)")
         return None
     try:
         tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
     except (ValueError, TypeError, OSError) as e:  # OSError: a missing or unreadable file
         c.add("config.tokenizer.vocabulary_file", str(e).rstrip("."),
-              f"give the {config.tokenizer.name} tokenizer's vocabulary file (README, Tokenizers)")
+              f"give the {config.tokenizer.name} tokenizer's vocabulary file "
+              "(docs/guides/data.md, tokenizers)")
         return None
     if tokenizer.context_length < 3:
         c.add("config.tokenizer.context_length", "leaves no room for text between the "
@@ -256,7 +199,7 @@ def _tokenizer(c: _Checks):
     return tokenizer
 
 
-def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
+def _model(c: _Checks, tokenizer, evals, sets, mode_methods) -> dict | None:
     """Builds the model abstractly and checks what the losses and evaluators need of it."""
     config = c.config
     try:
@@ -329,22 +272,28 @@ def _model(c: _Checks, tokenizer, evals, sets) -> dict | None:
         elif lacking:  # the mode itself runs it (--mode=caption)
             c.add("config.model.name", f"this mode runs the {name!r} evaluator, which needs a "
                   f"model that has {lacking}", "give a workdir and config of such a model")
+    lacking = [m for m in mode_methods if not hasattr(model, m)]
+    if lacking:
+        c.add("config.model.name", f"this mode calls {lacking}, which the "
+              f"{config.model.name!r} model has not", "give the workdir and config of a model "
+              "that can (--mode=generate: a text-to-image model)")
     return {"outputs": outputs, "shapes": shapes, "loss_settings": loss_settings}
 
 
 def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
           roles=("train", "eval"), workdir: str | None = None, required_evals=(),
-          needs_checkpoint: bool = False) -> Plan:
+          mode_methods=(), needs_checkpoint: bool = False) -> Plan:
     """Every check that needs no compilation; raises ConfigError listing all problems.
 
     `data` (the input_pipeline.pipeline module) adds the data checks for `roles`; without it
     only the config, model and paths are checked.
     `required_evals` are evaluators the mode runs whatever config.evals says (captioning);
+    `mode_methods` the model methods the mode calls itself (generation);
     `needs_checkpoint`: the mode evaluates the workdir's checkpoint, which must be there.
     """
     c = _Checks(config)
     field_checks.check_field_names(c)
-    _fields(c)
+    field_checks.check_field_values(c)
     if config.get("identical_captions_match") and "clip" not in config.losses:
         c.add("config.identical_captions_match", "only the clip loss reads it and config.losses "
               f"has no 'clip' ({sorted(config.losses)})", "add clip, or set it to False")
@@ -367,10 +316,11 @@ def check(config, *, mesh=None, data: data_checks.DataAccess | None = None,
               "set it to True (a model trained with it), or drop 'captioning' from the evals")
     # The model is built only from fields that passed (one problem, one line).
     model_fields_ok = not any(p.field.startswith("config.model") for p in c.problems)
-    model = (_model(c, tokenizer, named_evals, sets) if tokenizer is not None and model_fields_ok
-             else None)
-    needs_teacher = any(losses.LOSSES[n].needs_teacher for n in config.losses
-                        if n in losses.LOSSES)
+    model = (_model(c, tokenizer, named_evals, sets, mode_methods)
+             if tokenizer is not None and model_fields_ok else None)
+    # Only training reads the teacher: evaluating a distilled run needs none.
+    needs_teacher = "train" in roles and any(losses.LOSSES[n].needs_teacher
+                                             for n in config.losses if n in losses.LOSSES)
     path_checks.check_paths(c, workdir, needs_teacher,
                             model["shapes"] if model is not None else None, needs_checkpoint)
     known = lambda names: tuple(e for e in names if e in evaluators.EVALUATORS)

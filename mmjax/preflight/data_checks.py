@@ -28,8 +28,9 @@ class DataAccess(Protocol):
         """A DataFacts (input_pipeline.pipeline) of the dataset `spec`; raises ValueError or
         FileNotFoundError naming what is wrong with it."""
 
-    def preprocess_error(self, config, chain: str) -> str | None:
-        """What is wrong with a preprocessing chain (an unknown op, bad arguments), or None."""
+    def preprocess_error(self, config, chain: str, modality: str = "image") -> str | None:
+        """What is wrong with an image or audio preprocessing chain (an unknown op, bad
+        arguments), or None."""
 
 
 def check_captions(c, tokenizer, facts) -> None:
@@ -76,7 +77,13 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
     for field in ("train_preprocess", "eval_preprocess"):
         error = data.preprocess_error(config, config.data[field])
         if error:
-            c.add(f"config.data.{field}", error.rstrip("."), "see README, Preprocessing")
+            c.add(f"config.data.{field}", error.rstrip("."),
+                  "see the image ops in docs/guides/data.md")
+        if "audio" in conventions.model_modalities(config.model):
+            error = data.preprocess_error(config, config.data.audio[field], "audio")
+            if error:
+                c.add(f"config.data.audio.{field}", error.rstrip("."), "use the audio ops of "
+                      "input_pipeline/audio.py, ending in log_mel (and spec_augment)")
     described: dict[tuple[str, str], object | None] = {}
     fields: dict[tuple[str, str], str] = {}
 
@@ -89,7 +96,7 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
             except (ValueError, FileNotFoundError, OSError) as e:
                 described[spec, split] = None
                 c.add(field, str(e).rstrip("."),
-                      "point it at prepared data (README, Your own data)")
+                      "point it at prepared data (docs/guides/data.md)")
         return described[spec, split]
 
     train = describe("config.data.train", config.data.train, "train") if (
@@ -103,6 +110,13 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
             evaluated[s] = (describe(s.field, s.data, "test"),
                             describe(probe_field, s.probe_train, "train") if needs_probe
                             else None)
+            feature = (s.where or "").removeprefix("not ").strip()
+            facts = evaluated[s][0]
+            if feature and facts is not None and facts.features and (
+                    feature not in facts.features):
+                c.add(f"{s.field}.where", f"selects by {feature!r}, a feature {facts.spec} does "
+                      f"not store (it has {list(facts.features)})", "name a boolean feature it "
+                      "stores (mmjax_shapes: 'unseen_combination'), or unset it")
     wanted = conventions.model_modalities(config.model)
     for key, facts in described.items():
         missing = [m for m in wanted if facts is not None and facts.modalities is not None

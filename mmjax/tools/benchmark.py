@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from mmjax import conventions, text_tokenizers
+from mmjax import conventions, paths, text_tokenizers
 from mmjax.models.text_to_image import generator_tokens_per_step
 from mmjax.models.towers import image_tower, text_tower
 from mmjax.training import host_memory
@@ -253,6 +254,10 @@ def define_config_flag() -> None:
     flags.mark_flags_as_required(["config"])
 
 
+class CannotMeasure(RuntimeError):
+    """What a measurement needs is missing here (its message names what and the way out)."""
+
+
 def program(measure, format_result):
     """main() of such a program: `measure(config)` (after host_memory.configure, before JAX
     starts its CPU threads), its table printed and its result written to --out as JSON."""
@@ -261,10 +266,12 @@ def program(measure, format_result):
         del argv
         config = flags.FLAGS.config
         host_memory.configure(config)
-        result = measure(config)
+        try:
+            result = measure(config)
+        except CannotMeasure as e:
+            sys.exit(str(e))
         print(format_result(result))
-        with open(flags.FLAGS.out, "w") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(flags.FLAGS.out, json.dumps(result, indent=2))
         print(f"results written to {flags.FLAGS.out}")
 
     return main

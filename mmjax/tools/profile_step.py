@@ -106,6 +106,11 @@ def attribute(hlo: str) -> dict[str, tuple[str, str]]:
 def breakdown(trace_dir: str, names: dict[str, tuple[str, str]], steps: int) -> dict:
     """Milliseconds per step by (part, kind) from a jax.profiler trace of `steps` steps."""
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
+    if not files:
+        raise benchmark.CannotMeasure(
+            f"jax.profiler wrote no trace under {trace_dir}: this JAX build or platform records "
+            "none (on GPUs it needs the CUDA profiling tools, CUPTI); the step's time without a "
+            "breakdown is mmjax.tools.benchmark's")
     with gzip.open(files[-1]) as f:
         events = json.load(f)["traceEvents"]
     totals = collections.Counter()

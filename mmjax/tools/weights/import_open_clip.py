@@ -18,13 +18,11 @@ same tensors back.
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 import numpy as np
 from absl import app, flags
 
-from mmjax import text_tokenizers
+from mmjax import paths, text_tokenizers
 from mmjax.tools.weights import layouts, open_clip_layout, weight_files
 
 # name -> (vision heads, text heads, quick_gelu). Shapes come from the weights.
@@ -134,7 +132,7 @@ def import_open_clip(weights_path: str, out_dir: str, arch: str | None = None,
     if vocabulary_file:
         config.tokenizer = ml_collections.ConfigDict(dict(
             name="clip_bpe", context_length=context_length,
-            vocabulary_file=os.path.abspath(vocabulary_file)))
+            vocabulary_file=paths.absolute(vocabulary_file)))
         tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
         if tokenizer.vocab_size != model["vocab_size"]:
             raise ValueError(f"{vocabulary_file} gives {tokenizer.vocab_size} ids but the model's "
