@@ -49,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.keep_best_by = placeholder(str)
     # "max" or "min".
     config.keep_best_mode = "max"
+    # A folder on each host's local disk (a local SSD): a preempted run saves its stopping step
+    # there in seconds, one copy a process, and copies it to WORKDIR/emergency in the
+    # background; a restart on the same hosts resumes from it (mmjax/training/emergency.py).
+    # None: the preempted step is saved as every other checkpoint.
+    config.local_checkpoint_dir = placeholder(str)
     # Weights & Biases, beside metrics.jsonl and TensorBoard: set project (with entity, name) to
     # log there (pip install wandb). mode "offline" writes locally for `wandb sync`; run_id
     # None: one derived from the workdir, so a resumed run logs into the same W&B run.

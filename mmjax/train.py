@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from input_pipeline import pipeline
 from mmjax import paths, preflight
 from mmjax.evaluation.suite import EvalSuite
-from mmjax.training import checkpoint, workdir_lock
+from mmjax.training import checkpoint, emergency, workdir_lock
 from mmjax.training.metric_writers import MetricWriter
 from mmjax.training.trainer import Trainer
 
@@ -198,7 +198,10 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
     manager = checkpoint.create_manager(workdir, keep=config.keep_checkpoints,
                                         best_by=config.get("keep_best_by"),
                                         best_mode=config.keep_best_mode)
-    state, data_state = trainer.initial_state(manager)
+    # A preempted run saves to each host's local disk first (mmjax/training/emergency.py).
+    emergency_saves = (emergency.EmergencyCheckpoints(config.local_checkpoint_dir, workdir)
+                       if config.get("local_checkpoint_dir") else None)
+    state, data_state = trainer.initial_state(manager, emergency_saves)
     start_step = int(jax.device_get(state["step"]))
 
     writer = MetricWriter(workdir, config.total_steps, resume_step=start_step, config=config)
@@ -275,16 +278,23 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
                       or best_by_now)
             if saving:
                 check_finite(trainer, state)
-                checkpoint.save(manager, step, state, data_state={
-                    "position": train_batches.position, "skipped": skipped_so_far(),
-                    "global_batch_size": config.batch_size, "train": config.data.train,
-                    "seed": config.seed}, eval_metrics=eval_metrics if best_by_now else None)
+                position = {"position": train_batches.position, "skipped": skipped_so_far(),
+                            "global_batch_size": config.batch_size, "train": config.data.train,
+                            "seed": config.seed}
+                if stop and emergency_saves is not None:
+                    seconds = emergency_saves.save(step, state, position)
+                    where = (f"to each host's local disk in {seconds:.2f} s "
+                             f"({emergency_saves.local}; copying to {emergency_saves.bucket})")
+                else:
+                    checkpoint.save(manager, step, state, data_state=position,
+                                    eval_metrics=eval_metrics if best_by_now else None)
+                    where = f"to {manager.directory}"
             if evaluated or saving:
                 throughput.restart(step)  # steps/s counts training only
             if stop:
                 if jax.process_index() == 0:
-                    print(f"Stopped by a signal: saved step {step} to {manager.directory}; run the "
-                          "same command to continue.", flush=True)
+                    print(f"Stopped by a signal: saved step {step} {where}; run the same command "
+                          "to continue.", flush=True)
                 break
         if start_step >= config.total_steps and eval_suite:
             run_eval(start_step, is_last=True)
@@ -294,6 +304,8 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
         manager.wait_until_finished()
         manager.close()
         writer.close()
+        if emergency_saves is not None and not emergency_saves.wait_for_copy():
+            print("The copy of the emergency save did not finish.", flush=True)
     if preemption.stopped:
         return {}
     if jax.process_index() == 0 and eval_metrics:

@@ -4,6 +4,7 @@ processes), and a SIGTERM to one of them stops both at the same saved step."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -94,3 +95,50 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both_and_exits_zero(tfds_
     assert len(saved) == 1 and 4 <= saved[0] < 1000, (saved, outputs[0][-2000:])
     assert f"saved step {saved[0]}" in outputs[0]
     assert os.path.exists(os.path.join(workdir, "checkpoints", str(saved[0]), "data"))
+
+
+def finish(processes, timeout=300):
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=timeout)[0])
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            p.kill()
+        pytest.fail(f"the two processes did not finish in {timeout} s")
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    return outputs
+
+
+def test_an_emergency_save_on_preemption_resumes_bitwise_from_local_disk(tfds_dir, tmp_path):
+    """Two processes preempted save their shards to their own local folders, not to the
+    workdir's checkpoints; with the copy to the workdir cut short, a restart on the same hosts
+    resumes from the local copies and logs the losses of an uninterrupted run, bitwise."""
+    run = ("--config.total_steps=60", "--config.checkpoint_every_steps=1000")
+    reference = str(tmp_path / "reference")
+    finish(start_two(reference, tfds_dir, *run))
+
+    workdir, local = str(tmp_path / "preempted"), str(tmp_path / "local")
+    processes = start_two(workdir, tfds_dir, *run, f"--config.local_checkpoint_dir={local}")
+    head = []
+    for line in processes[0].stdout:
+        head.append(line)
+        if line.startswith("step      4/"):
+            break
+    processes[0].send_signal(signal.SIGTERM)
+    outputs = finish(processes)
+    output = "".join(head) + outputs[0]
+    saved = re.search(r"saved step (\d+) to each host's local disk in ([\d.]+) s", output)
+    assert saved, output[-3000:]
+    step = int(saved.group(1))
+    print(f"emergency save of step {step}: {saved.group(2)} s")
+    assert 4 <= step < 60
+    assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+    # The copy of process 1's shards to the workdir cut short, as by a kill.
+    os.remove(os.path.join(workdir, "emergency", str(step), "process_1", "COMPLETE"))
+
+    outputs = finish(start_two(workdir, tfds_dir, *run, f"--config.local_checkpoint_dir={local}"))
+    assert f"Resuming from the emergency save of step {step} in {local}" in outputs[0], (
+        outputs[0][-3000:])
+    assert losses(workdir) == losses(reference)  # bitwise

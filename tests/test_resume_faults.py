@@ -155,3 +155,42 @@ def test_fields_no_part_reads_are_named_in_config_files_too(tiny_config):
     assert "config.eval_sets.held_out.wher = 'x': no such field; did you mean where?" in message
     assert "held_out.where =" not in message  # a documented eval-set field
     assert message.count("no such field") == 2, message
+
+
+def test_an_emergency_save_reads_back_bitwise_from_local_disk_or_the_workdir(tiny_config,
+                                                                              tmp_path):
+    import jax
+    import numpy as np
+
+    from mmjax.training import emergency
+    from mmjax.training.trainer import Trainer
+
+    trainer = Trainer(tiny_config)
+    state = trainer.create_state()
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            trainer.abstract_state, trainer.state_shardings)
+    workdir = str(tmp_path / "run")
+    saves = emergency.EmergencyCheckpoints(str(tmp_path / "local"), workdir)
+    position = {"position": 48, "skipped": 0}
+    saves.save(3, state, position)
+    assert saves.wait_for_copy(timeout=60)
+
+    def same(restored):
+        assert restored[1] == position
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored[0])):
+            assert a.sharding == b.sharding
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    step, folder = saves.newest(after=2)
+    assert step == 3 and folder.startswith(str(tmp_path / "local"))
+    same(saves.restore(folder, abstract))
+    assert saves.newest(after=3) is None  # the orbax checkpoint is as new: it wins
+
+    # Another host: no local copy, the workdir's copy is whole.
+    other_host = emergency.EmergencyCheckpoints(str(tmp_path / "elsewhere"), workdir)
+    step, folder = other_host.newest(after=-1)
+    assert step == 3 and folder.startswith(os.path.join(workdir, "emergency", "3"))
+    same(other_host.restore(folder, abstract))
+    # A copy cut short (no COMPLETE marker) is never read.
+    os.remove(os.path.join(folder, emergency.COMPLETE))
+    assert other_host.newest(after=-1) is None

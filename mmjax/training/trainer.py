@@ -25,6 +25,7 @@ from mmjax import (
     inference,
     losses,
     models,
+    paths,
     preflight,
     sharding,
     text_tokenizers,
@@ -128,12 +129,21 @@ class Trainer:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
         return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
-    def initial_state(self, manager) -> tuple[dict[str, Any], dict | None]:
-        """The resume order: this workdir's newest checkpoint that reads back whole; else
-        config.init_from; else fresh.
+    def initial_state(self, manager, emergency_saves=None) -> tuple[dict[str, Any], dict | None]:
+        """The resume order: the newest of this workdir's checkpoint that reads back whole and
+        a preempted run's emergency save (`emergency_saves`); else config.init_from; else fresh.
         Returns the state and the input position saved with it (None when starting)."""
-        restored = checkpoint.restore_newest_whole(manager, checkpoint.abstract_with_shardings(
-            self.abstract_state, self.state_shardings))
+        abstract = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
+        restored = checkpoint.restore_newest_whole(manager, abstract)
+        newer = emergency_saves.newest(after=restored[0] if restored else -1) if (
+            emergency_saves is not None) else None
+        if newer is not None:
+            from_copy = emergency_saves.restore(newer[1], abstract)
+            if from_copy is not None:
+                if jax.process_index() == 0:
+                    print(f"Resuming from the emergency save of step {newer[0]} in "
+                          f"{paths.dirname(newer[1])} (newer than the checkpoints).", flush=True)
+                return from_copy
         if restored is not None:
             step, state, data_state = restored
             if jax.process_index() == 0:
