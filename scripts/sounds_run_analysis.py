@@ -17,10 +17,11 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from input_pipeline.generated import builder
-from mmjax.evaluation import metrics
-
+# Run as `python scripts/NAME.py` from anywhere: the project is found beside this folder.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from input_pipeline.generated import builder  # noqa: E402
+from mmjax.evaluation import metrics  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "An audio-text run's workdir.", required=True)
 flags.DEFINE_integer("num_test", 500, "Test clips (the default build's).")

@@ -39,3 +39,84 @@ def test_a_field_whose_comment_is_removed_is_named():
     without = "\n".join(line for line in source.splitlines() if not line.startswith(comment))
     _, undescribed = config_reference.described(without)
     assert undescribed == ["seed"]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(page, argv) of every `python ...` command in a code block of README, BENCHMARKS and the
+    docs site (continued lines joined, comments and `cd`/`pip` steps left out)."""
+    import glob
+    import re
+    import shlex
+
+    pages = ["README.md", "BENCHMARKS.md", *glob.glob("docs/**/*.md", recursive=True)]
+    commands = []
+    for page in pages:
+        with open(os.path.join(REPO_ROOT, page)) as f:
+            text = f.read()
+        for block in re.findall(r"```[\w-]*\n(.*?)```", text, re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                for part in line.split("&&"):
+                    try:
+                        argv = shlex.split(part, comments=True)
+                    except ValueError:  # not shell (a Python or text block)
+                        continue
+                    if argv[:1] == ["python"] and argv[1:2] != ["-m"] or (
+                            argv[:2] == ["python", "-m"] and argv[2] not in ("pytest", "venv")):
+                        commands.append((page, argv))
+    return commands
+
+
+def test_every_documented_command_names_a_program_its_flags_and_config_fields():
+    """Each command in the docs runs a program that exists, with flags it defines and config
+    fields its config has: a renamed module, flag or field breaks this test, not a user."""
+    import re
+    import subprocess
+    import sys
+
+    from mmjax.preflight import field_checks
+    from mmjax.training import command_line
+
+    commands = documented_commands()
+    assert len(commands) > 30
+    programs = {tuple(argv[1:3]) if argv[1] == "-m" else (argv[1],) for _, argv in commands}
+    helps = {program: subprocess.Popen(
+        [sys.executable, *program, "--helpfull"], cwd=REPO_ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ,
+                                                                  JAX_PLATFORMS="cpu"))
+        for program in programs}
+    flags = {program: process.communicate(timeout=300)[0] for program, process in helps.items()}
+
+    class Checks:
+        def __init__(self, config):
+            self.config, self.problems = config, []
+
+        def add(self, field, message, fix):
+            self.problems.append(f"{field}: {message}")
+
+    wrong = []
+    for page, argv in commands:
+        program = tuple(argv[1:3]) if argv[1] == "-m" else (argv[1],)
+        named = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
+        for name in named:
+            defined = [re.search(rf"--(\[no\])?{re.escape(n)}(?![\w.-])", flags[program])
+                       for n in (name, name.removeprefix("no"))]
+            if not name.startswith("config.") and not (defined[0] or (
+                    name.startswith("no") and defined[1] and defined[1].group(1))):
+                wrong.append(f"{page}: {' '.join(program)} has no flag --{name}")
+        spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+        if not spec or not spec.startswith("configs/") or ":" in spec:
+            continue  # a placeholder, or a config that reads a workdir
+        config = command_line.load_config_file(os.path.join(REPO_ROOT, spec))
+        for name in (n for n in named if n.startswith("config.")):
+            node, parts = config, name.split(".")[1:]
+            for part in parts[:-1]:
+                node = node.get(part) if hasattr(node, "get") else None
+            if node is None:
+                wrong.append(f"{page}: --{name}: {spec} has no section for it")
+            elif parts[-1] not in node:
+                with node.ignore_type():
+                    node[parts[-1]] = 0
+        checks = Checks(config)
+        field_checks.check_field_names(checks)
+        wrong += [f"{page}: {spec}: {p}" for p in checks.problems]
+    assert not wrong, "\n".join(wrong)
