@@ -221,6 +221,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Logical-to-mesh axis rules: a preset name in mmjax.sharding.RULES_PRESETS or a list of pairs.
     config.sharding_rules = "data_parallel"
+    # A TPU pod the run is meant for ("v5e-256", or libtpu's "v5e:16x16"), over target_slices
+    # slices: main.py compiles the train step for it first (mmjax.tools.aot) and refuses a run
+    # that would not fit its chips' memory, with the figure and what would help. None: no check.
+    config.target_topology = placeholder(str)
+    config.target_slices = 1
     return config
 
 

@@ -87,6 +87,8 @@ def create_mesh(mesh_config: dict[str, int], devices: Sequence[jax.Device] | Non
     devices = list(jax.devices() if devices is None else devices)
     sizes = resolve_mesh_shape(dict(mesh_config), len(devices))
     shape = tuple(sizes[name] for name in MESH_AXES)
+    if devices[0].platform == "tpu":
+        return _tpu_mesh(sizes, devices)
     num_processes = len({d.process_index for d in devices})
     if num_processes == 1:
         # Topology-aware on TPU; a plain reshape elsewhere.
@@ -101,6 +103,21 @@ def create_mesh(mesh_config: dict[str, int], devices: Sequence[jax.Device] | Non
     # Process-major order with `data` outermost: fsdp and tensor neighbours share a host.
     ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(ordered, dtype=object).reshape(shape), MESH_AXES)
+
+
+def _tpu_mesh(sizes: dict[str, int], devices) -> Mesh:
+    """TPU chips of one slice are all joined by ICI, whatever host they sit on: the mesh follows
+    the physical torus. Over several slices (multi-slice, joined by the data-centre network)
+    only `data` spans them, so only data-parallel traffic crosses slices."""
+    shape = tuple(sizes[name] for name in MESH_AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices == 1:
+        return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
+    if sizes["data"] % slices:
+        raise ValueError(f"config.mesh {sizes} over {slices} slices: the `data` axis must be "
+                         "divisible by the number of slices (only it crosses slices)")
+    within = (sizes["data"] // slices, sizes["fsdp"], sizes["tensor"])
+    return Mesh(mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices), MESH_AXES)
 
 
 def get_rules(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from input_pipeline import pipeline
 from mmjax import paths, preflight
 from mmjax.evaluation.suite import EvalSuite
+from mmjax.tools import aot
 from mmjax.training import checkpoint, emergency, workdir_lock
 from mmjax.training.metric_writers import MetricWriter
 from mmjax.training.trainer import Trainer
@@ -192,6 +193,11 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
     plan = preflight.check(config, mesh=mesh, data=pipeline,
                            workdir=workdir)
     plan.print_notes()
+    target = aot.check_target(config)
+    if target is not None and jax.process_index() == 0:
+        print(f"Fits on {target['slices']} x {target['topology']}: "
+              f"{target['bytes_per_device'] / 2**30:.2f} GiB of "
+              f"{target['hbm_bytes_per_device'] / 2**30:.0f} GiB a chip.", flush=True)
     trainer = Trainer(config, mesh=mesh, plan=plan)
     config = trainer.config  # the snapshot: what was checked is what runs
     checkpoint.write_config_snapshot(config, workdir)

@@ -21,6 +21,8 @@ def xla_flags(devices: int) -> str:
 # Must precede the first `import jax` anywhere in the test session.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests run on the CPU, also where libtpu is installed (for compiling for TPU topologies).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session and the processes it starts (main.py runs):
 # the tests compile the same tiny steps many times over. Inside the clone, so a fresh clone
 # starts cold.

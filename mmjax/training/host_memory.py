@@ -13,10 +13,12 @@ whose buffers are not host memory, and nothing is done off glibc.
 from __future__ import annotations
 
 import ctypes
+import glob
 import importlib.metadata
 import importlib.util
 import os
 import platform
+import sys
 
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -35,21 +37,32 @@ def keep_freed_memory() -> bool:
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
 
 
+def tpu_attached() -> bool:
+    """Whether this host has TPU chips (their device files: /dev/accel* or /dev/vfio/N)."""
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
 def devices_will_be_cpus() -> bool:
-    """Whether JAX will run on CPUs, known before it starts: JAX_PLATFORMS says so, or no
-    accelerator plugin (CUDA, ROCm, TPU) is installed."""
+    """Whether JAX will run on CPUs, known before it starts: JAX_PLATFORMS says so, or no GPU
+    plugin is installed and no TPU is attached (libtpu alone, for compiling ahead of time for
+    pods, leaves JAX on the CPU)."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    if importlib.metadata.entry_points(group="jax_plugins"):
+    if importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec(
+            "jax_plugins"):
         return False
-    return not any(importlib.util.find_spec(name) for name in ("jax_plugins", "libtpu"))
+    return not (importlib.util.find_spec("libtpu") and tpu_attached())
 
 
 def configure(config) -> bool:
-    """keep_freed_memory() when config.reuse_host_memory is set and the devices will be CPUs;
-    main.py, mmjax.tools.benchmark and mmjax.tools.profile_step call it first, before JAX starts its
-    CPU
-    threads. Returns whether it was set."""
-    return bool(config.get("reuse_host_memory")) and devices_will_be_cpus() and \
-        keep_freed_memory()
+    """Before JAX starts (main.py, mmjax.tools.benchmark and mmjax.tools.profile_step call it
+    first): on a host whose devices will be CPUs, JAX_PLATFORMS=cpu (libtpu then does not try,
+    and log its failure to find, a TPU), and keep_freed_memory() when config.reuse_host_memory
+    is set. Returns whether that was set."""
+    cpus = devices_will_be_cpus()
+    if cpus and not os.environ.get("JAX_PLATFORMS"):
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        if "jax" in sys.modules:  # imported, but no backend started yet: it reads its config
+            sys.modules["jax"].config.update("jax_platforms", "cpu")
+    return bool(config.get("reuse_host_memory")) and cpus and keep_freed_memory()

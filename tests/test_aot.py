@@ -1,0 +1,67 @@
+"""The run compiled for TPU topologies that are not here (libtpu's compile-only path): names,
+fit, FLOPs and collectives, on one slice and over two."""
+
+import pytest
+
+from mmjax import sharding
+from mmjax.tools import aot
+
+
+@pytest.mark.parametrize("name, libtpu", [("v5e-256", "v5e:16x16"), ("v5p-1024", "v5p:8x8x8"),
+                                          ("v4-2048", "v4:8x8x16"), ("v6e-256", "v6e:16x16"),
+                                          ("v5e:2x2", "v5e:2x2")])
+def test_topology_names_as_users_meet_them(name, libtpu):
+    assert aot.libtpu_topology(name)[1] == libtpu
+
+
+def test_an_unknown_topology_is_named_with_the_sizes_there_are():
+    with pytest.raises(ValueError, match=r"no v5e pod of that size; sizes: v5e-1, v5e-4"):
+        aot.libtpu_topology("v5e-12")
+    with pytest.raises(ValueError, match="give a pod as Cloud TPU names it"):
+        aot.libtpu_topology("tpu-256")
+
+
+def test_a_tiny_run_on_one_and_on_two_slices_of_v5e_2x2(tiny_config):
+    one = aot.compile_for(tiny_config, "v5e:2x2")
+    assert one["devices"] == 4 and one["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert one["compiled"] and one["fits"] and 0 < one["bytes_per_device"] < 2**30
+    assert one["flops_per_step_per_device"] > 0
+    assert one["collectives"]["all-reduce"]["count"] > 0  # the gradients' mean
+    assert not any(c["crossing_slices"] for c in one["collectives"].values())
+
+    two = aot.compile_for(tiny_config, "v5e:2x2", slices=2)
+    assert two["devices"] == 8 and two["mesh"]["data"] == 8 and two["fits"]
+    # Data parallelism spans the slices: the gradients' mean crosses them.
+    assert two["collectives"]["all-reduce"]["crossing_slices"] > 0
+    assert two["collectives"]["all-reduce"]["bytes_crossing_slices"] > 0
+    assert "across slices" in aot.format_report(two)
+
+
+def test_fsdp_over_chips_of_several_hosts_of_one_slice(tiny_config):
+    """A slice's chips are all joined by ICI: FSDP may span its hosts (v5e hosts hold 4)."""
+    _, _, devices = aot.topology_devices("v5e:4x4")
+    assert len({d.process_index for d in devices}) == 4
+    mesh = sharding.create_mesh({"data": 1, "fsdp": 16, "tensor": 1}, devices)
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 16, "tensor": 1}
+
+
+def test_a_batch_too_large_for_the_chips_is_reported_not_crashed(tiny_config):
+    tiny_config.batch_size = 2**20
+    report = aot.compile_for(tiny_config, "v5e:2x2")
+    assert not report["fits"] and not report["compiled"]
+    assert report["bytes_per_device"] > 2**40 and report["over_by_bytes"] > 0  # terabytes a chip
+    assert 15 * 2**30 < report["hbm_bytes_per_device"] <= 16 * 2**30
+    assert any("sharding_rules=fsdp" in knob for knob in report["knobs"])
+    assert "DOES NOT FIT" in aot.format_report(report)
+
+
+def test_the_target_topology_check_refuses_a_run_that_would_not_fit(tiny_config):
+    from mmjax import preflight
+
+    tiny_config.target_topology = "v5e:2x2"
+    assert aot.check_target(tiny_config)["fits"]
+    tiny_config.batch_size = 2**20
+    with pytest.raises(preflight.ConfigError, match=r"config\.target_topology = 'v5e:2x2': the run "
+                       r"needs \d+\.\d+ GiB a chip there and a v5e chip holds 15\.\d+ GiB\. Fix: "
+                       r"--config\.sharding_rules=fsdp"):
+        aot.check_target(tiny_config)
