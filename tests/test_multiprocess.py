@@ -72,25 +72,8 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both_and_exits_zero(tfds_
     """JAX's preemption service shares the notice: both processes stop after the same step,
     save it together and exit 0."""
     workdir = str(tmp_path / "preempted")
-    processes = start_two(workdir, tfds_dir, "--config.total_steps=1000",
-                          "--config.checkpoint_every_steps=1000")
-    head = []
-    for line in processes[0].stdout:
-        head.append(line)
-        if line.startswith("step      4/"):
-            break
-    processes[0].send_signal(signal.SIGTERM)
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=180)[0])
-    except subprocess.TimeoutExpired:
-        for p in processes:
-            p.kill()
-        pytest.fail("the preempted processes did not stop within 3 minutes")
-    outputs[0] = "".join(head) + outputs[0]
-    for process, output in zip(processes, outputs):
-        assert process.returncode == 0, output[-3000:]
+    outputs = preempt_after_step_4(start_two(workdir, tfds_dir, "--config.total_steps=1000",
+                                             "--config.checkpoint_every_steps=1000"))
     saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert len(saved) == 1 and 4 <= saved[0] < 1000, (saved, outputs[0][-2000:])
     assert f"saved step {saved[0]}" in outputs[0]
@@ -111,6 +94,20 @@ def finish(processes, timeout=300):
     return outputs
 
 
+def preempt_after_step_4(processes) -> list[str]:
+    """SIGTERM to process 0 once it has logged step 4; both must then save and exit 0. Returns
+    their whole outputs."""
+    head = []
+    for line in processes[0].stdout:
+        head.append(line)
+        if line.startswith("step      4/"):
+            break
+    processes[0].send_signal(signal.SIGTERM)
+    outputs = finish(processes, timeout=180)
+    outputs[0] = "".join(head) + outputs[0]
+    return outputs
+
+
 def test_an_emergency_save_on_preemption_resumes_bitwise_from_local_disk(tfds_dir, tmp_path):
     """Two processes preempted save their shards to their own local folders, not to the
     workdir's checkpoints; with the copy to the workdir cut short, a restart on the same hosts
@@ -120,19 +117,11 @@ def test_an_emergency_save_on_preemption_resumes_bitwise_from_local_disk(tfds_di
     finish(start_two(reference, tfds_dir, *run))
 
     workdir, local = str(tmp_path / "preempted"), str(tmp_path / "local")
-    processes = start_two(workdir, tfds_dir, *run, f"--config.local_checkpoint_dir={local}")
-    head = []
-    for line in processes[0].stdout:
-        head.append(line)
-        if line.startswith("step      4/"):
-            break
-    processes[0].send_signal(signal.SIGTERM)
-    outputs = finish(processes)
-    output = "".join(head) + outputs[0]
+    output = preempt_after_step_4(start_two(workdir, tfds_dir, *run,
+                                            f"--config.local_checkpoint_dir={local}"))[0]
     saved = re.search(r"saved step (\d+) to each host's local disk in ([\d.]+) s", output)
     assert saved, output[-3000:]
     step = int(saved.group(1))
-    print(f"emergency save of step {step}: {saved.group(2)} s")
     assert 4 <= step < 60
     assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
     # The copy of process 1's shards to the workdir cut short, as by a kill.

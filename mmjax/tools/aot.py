@@ -125,6 +125,9 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
         "mesh": dict(mesh.shape), "sharding_rules": str(config.sharding_rules),
         "global_batch": int(config.batch_size)}
     started = time.perf_counter()
+    # A program for absent chips cannot be read back from the persistent compilation cache.
+    cache = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)
     try:
         compiled = trainer.train_step.lower(state, batch).compile()
     except jax.errors.JaxRuntimeError as e:
@@ -140,6 +143,8 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
                       over_by_bytes=int(held - hbm), compiler_message=str(e).splitlines()[-1],
                       collectives={}, knobs=knobs(config))
         return report
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
     compile_seconds = time.perf_counter() - started
 
     memory = compiled.memory_analysis()
