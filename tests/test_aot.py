@@ -65,3 +65,31 @@ def test_the_target_topology_check_refuses_a_run_that_would_not_fit(tiny_config)
                        r"needs \d+\.\d+ GiB a chip there and a v5e chip holds 15\.\d+ GiB\. Fix: "
                        r"--config\.sharding_rules=fsdp"):
         aot.check_target(tiny_config)
+
+
+# Millions of parameters of open_clip's models (its docs/model_profile.csv), which our configs
+# build in open_clip's shapes; SigLIP So400m/14 is built in big_vision's (its MAP head and text
+# head differ slightly from open_clip's port).
+PUBLISHED = {"clip_b16": (149.62, 0.001), "clip_l14": (427.62, 0.001),
+             "clip_h14": (986.11, 0.001), "clip_g14": (1366.68, 0.001),
+             "siglip_so400m14": (877.36, 0.005)}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_big_configs_have_the_published_parameter_counts(name):
+    import importlib
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from mmjax import models, text_tokenizers
+
+    config = importlib.import_module(f"configs.{name}").get_config()
+    tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
+    model = nnx.eval_shape(lambda: models.build_model(
+        config.model, models.ModelInputs.from_data(config.data), tokenizer, seed=0))
+    _, params = nnx.split(model, nnx.Param)
+    millions = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) / 1e6
+    published, tolerance = PUBLISHED[name]
+    assert millions == pytest.approx(published, rel=tolerance), millions
