@@ -126,7 +126,8 @@ def _mesh(c: _Checks, mesh) -> dict | None:
         lower, upper = max(multiple, batch // multiple * multiple), -(-batch // multiple) * multiple
         c.add("config.batch_size", f"does not split into {accum} micro-batch(es) that each "
               f"divide over the {devices} devices of the batch axes",
-              f"use a multiple of {multiple}, e.g. {lower} or {upper}")
+              f"use a multiple of {multiple}, e.g. "
+              + (f"{lower} or {upper}" if lower != upper else f"{upper}"))
     if config.model.get("attention_implementation") == "cudnn" and (
             platform != "gpu" or config.model.dtype not in ("bfloat16", "float16")):
         c.add("config.model.attention_implementation", f"'cudnn' needs NVIDIA GPUs and a "
