@@ -167,8 +167,7 @@ def test_an_emergency_save_reads_back_bitwise_from_local_disk_or_the_workdir(tin
 
     trainer = Trainer(tiny_config)
     state = trainer.create_state()
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            trainer.abstract_state, trainer.state_shardings)
+    abstract = trainer.sharded_abstract_state
     workdir = str(tmp_path / "run")
     saves = emergency.EmergencyCheckpoints(str(tmp_path / "local"), workdir)
     position = {"position": 48, "skipped": 0}

@@ -28,7 +28,7 @@ from absl import app, flags
 
 from mmjax import paths, preflight, sharding
 from mmjax.tools import benchmark
-from mmjax.training import checkpoint, host_memory
+from mmjax.training import host_memory
 from mmjax.training.trainer import Trainer
 
 
@@ -115,7 +115,7 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
     chip = CHIPS[generation]
     mesh = sharding.create_mesh(dict(config.mesh), devices)
     trainer = Trainer(config, mesh=mesh, with_teacher=False)
-    state = checkpoint.abstract_with_shardings(trainer.abstract_state, trainer.state_shardings)
+    state = trainer.sharded_abstract_state
     batch = jax.eval_shape(lambda: benchmark.synthetic_batch(trainer))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim))
              for k, v in batch.items()}

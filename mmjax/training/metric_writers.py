@@ -80,7 +80,8 @@ class TensorBoardWriter:
                 if tail:
                     relative = os.path.relpath(local, self.local)
                     target = paths.join(self.destination, *relative.split(os.sep))
-                    paths.makedirs(paths.dirname(target))
+                    if not done:  # a new file: its folder once, not at every write
+                        paths.makedirs(paths.dirname(target))
                     paths.append_bytes(target, tail)
                     self.uploaded[local] = done + len(tail)
 

@@ -129,20 +129,25 @@ class Trainer:
         """A fresh state, materialised directly with its shardings (never whole on one device)."""
         return jax.jit(self._init_state, out_shardings=self.state_shardings)()
 
+    @functools.cached_property
+    def sharded_abstract_state(self) -> dict[str, Any]:
+        """The state's shapes and dtypes with this trainer's shardings: what restores target."""
+        return checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
+
     def initial_state(self, manager, emergency_saves=None) -> tuple[dict[str, Any], dict | None]:
         """The resume order: the newest of this workdir's checkpoint that reads back whole and
         a preempted run's emergency save (`emergency_saves`); else config.init_from; else fresh.
         Returns the state and the input position saved with it (None when starting)."""
-        abstract = checkpoint.abstract_with_shardings(self.abstract_state, self.state_shardings)
-        restored = checkpoint.restore_newest_whole(manager, abstract)
-        newer = emergency_saves.newest(after=restored[0] if restored else -1) if (
-            emergency_saves is not None) else None
-        if newer is not None:
-            from_copy = emergency_saves.restore(newer[1], abstract)
+        # An emergency save newer than every checkpoint is read first, so that the checkpoint
+        # (a whole state, from a bucket) is not read for nothing.
+        latest = manager.latest_step()
+        from_copy = self._emergency_save(emergency_saves, -1 if latest is None else latest)
+        if from_copy is not None:
+            return from_copy
+        restored = checkpoint.restore_newest_whole(manager, self.sharded_abstract_state)
+        if restored is not None and restored[0] != latest:  # fell back past damaged ones
+            from_copy = self._emergency_save(emergency_saves, restored[0])
             if from_copy is not None:
-                if jax.process_index() == 0:
-                    print(f"Resuming from the emergency save of step {newer[0]} in "
-                          f"{paths.dirname(newer[1])} (newer than the checkpoints).", flush=True)
                 return from_copy
         if restored is not None:
             step, state, data_state = restored
@@ -176,13 +181,19 @@ class Trainer:
             print(f"Initialised the audio tower from {source}'s image tower.", flush=True)
         return params
 
+    def _emergency_save(self, saves, after: int) -> tuple[dict[str, Any], dict] | None:
+        """(state, input position) of the newest emergency save after step `after`, if any
+        reads back onto this trainer's layout."""
+        newer = saves.newest(after=after) if saves is not None else None
+        from_copy = saves.restore(newer[1], self.sharded_abstract_state) if newer else None
+        if from_copy is not None and jax.process_index() == 0:
+            print(f"Resuming from the emergency save of step {newer[0]} in "
+                  f"{paths.dirname(newer[1])} (newer than the checkpoints).", flush=True)
+        return from_copy
+
     def restore(self, manager, step: int) -> dict[str, Any]:
         """A checkpoint's train state laid out for this trainer's mesh, whatever mesh saved it."""
-        return self._restore(manager, step)[0]
-
-    def _restore(self, manager, step: int):
-        return checkpoint.restore(manager, step, checkpoint.abstract_with_shardings(
-            self.abstract_state, self.state_shardings))
+        return checkpoint.restore(manager, step, self.sharded_abstract_state)[0]
 
     # -- batches -----------------------------------------------------------------------------
     def batch_sharding(self, ndim: int) -> NamedSharding:
