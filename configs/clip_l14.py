@@ -19,5 +19,8 @@ def get_config():
     # Parameters, moments and activations of a large tower exceed a chip's memory at this
     # batch without FSDP and rematerialised blocks.
     config.sharding_rules = "fsdp"
+    # Parameters and optimizer state split over 8 chips: one 8-GPU host, or 8 chips of any pod
+    # (joined by ICI); the rest of the chips hold more of the batch.
+    config.mesh.fsdp = 8
     config.model.remat = "full"
     return config

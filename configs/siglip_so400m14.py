@@ -19,5 +19,8 @@ def get_config():
     config.model.text_tower.update(variant=None, width=1152, depth=27, mlp_dim=4304, num_heads=16)
     config.batch_size = 32_768
     config.sharding_rules = "fsdp"
+    # Parameters and optimizer state split over 8 chips: one 8-GPU host, or 8 chips of any pod
+    # (joined by ICI); the rest of the chips hold more of the batch.
+    config.mesh.fsdp = 8
     config.model.remat = "full"
     return config

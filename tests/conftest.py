@@ -23,6 +23,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The tests run on the CPU, also where libtpu is installed (for compiling for TPU topologies).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CUDA plugin is installed for compiling for absent GPUs; there is no CUDA to check here.
+os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 # One persistent compilation cache for the session and the processes it starts (main.py runs):
 # the tests compile the same tiny steps many times over. Inside the clone, so a fresh clone
 # starts cold.

@@ -1,9 +1,14 @@
 """The run compiled for TPU topologies that are not here (libtpu's compile-only path): names,
 fit, FLOPs and collectives, on one slice and over two."""
 
-import pytest
+import importlib
 
-from mmjax import sharding
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmjax import models, preflight, sharding, text_tokenizers
 from mmjax.tools import aot
 
 
@@ -12,6 +17,14 @@ from mmjax.tools import aot
                                           ("v5e:2x2", "v5e:2x2")])
 def test_topology_names_as_users_meet_them(name, libtpu):
     assert aot.libtpu_topology(name)[1] == libtpu
+
+
+def test_gpu_topology_names():
+    assert aot.gpu_topology("8xh100") == ("h100", 1, 8)
+    assert aot.gpu_topology("4x8xH200") == ("h200", 4, 8)
+    assert aot.gpu_topology("v5e-8") is None
+    with pytest.raises(ValueError, match="name them in the topology"):
+        aot.topology_devices("8xh100", slices=2)
 
 
 def test_an_unknown_topology_is_named_with_the_sizes_there_are():
@@ -37,6 +50,35 @@ def test_a_tiny_run_on_one_and_on_two_slices_of_v5e_2x2(tiny_config):
     assert "across slices" in aot.format_report(two)
 
 
+def test_collectives_are_counted_once_a_channel_with_every_tuple_element():
+    """The TPU compiler copies a collective into each fused computation that overlaps it (the
+    copies share its channel); a long tuple's elements carry /*index=N*/ comments."""
+    hlo = "\n".join([
+        "  %ag.1 = bf16[64,8]{1,0} all-gather(%p.1), channel_id=3, dimensions={0}",
+        "  %ag.2 = bf16[64,8]{1,0} all-gather(%p.2), channel_id=3, dimensions={0}",
+        "  %ar = (f32[4], f32[4], f32[4], f32[4], f32[4], /*index=5*/f32[4], f32[4]) "
+        "all-reduce-start(%a, %b, %c, %d, %e, %f, %g), channel_id=7",
+        "  %rs = f32[2,8]{1,0} reduce-scatter(%x), channel_id=9, dimensions={0}",
+    ])
+    found = aot.collectives(hlo)
+    assert found["all-gather"]["count"] == 1 and found["all-gather"]["bytes"] == 64 * 8 * 2
+    assert found["all-reduce"]["count"] == 1 and found["all-reduce"]["bytes"] == 7 * 4 * 4
+    assert found["reduce-scatter"]["bytes"] == 2 * 8 * 4
+
+
+@pytest.mark.parametrize("topology, hosts", [("8xh100", 1), ("2x8xh100", 2)])
+def test_a_tiny_run_on_gpu_hosts_without_a_gpu(tiny_config, topology, hosts):
+    """XLA's GPU compiler, through the CUDA plugin, for H100s described to it."""
+    report = aot.compile_for(tiny_config, topology)
+    assert report["devices"] == 8 * hosts and report["mesh"]["data"] == 8 * hosts
+    assert report["chip"] == "h100" and report["compiled"] and report["fits"]
+    assert 79 * 2**30 < report["hbm_bytes_per_device"] < 80 * 2**30
+    assert 0 < report["bytes_per_device"] < 2**30
+    assert report["collectives"]["all-reduce"]["count"] > 0
+    _, _, devices = aot.topology_devices(topology)
+    assert len({d.process_index for d in devices}) == hosts
+
+
 def test_fsdp_over_chips_of_several_hosts_of_one_slice(tiny_config):
     """A slice's chips are all joined by ICI: FSDP may span its hosts (v5e hosts hold 4)."""
     _, _, devices = aot.topology_devices("v5e:4x4")
@@ -56,8 +98,6 @@ def test_a_batch_too_large_for_the_chips_is_reported_not_crashed(tiny_config):
 
 
 def test_the_target_topology_check_refuses_a_run_that_would_not_fit(tiny_config):
-    from mmjax import preflight
-
     tiny_config.target_topology = "v5e:2x2"
     assert aot.check_target(tiny_config)["fits"]
     tiny_config.batch_size = 2**20
@@ -77,14 +117,6 @@ PUBLISHED = {"clip_b16": (149.62, 0.001), "clip_l14": (427.62, 0.001),
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_the_big_configs_have_the_published_parameter_counts(name):
-    import importlib
-
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from mmjax import models, text_tokenizers
-
     config = importlib.import_module(f"configs.{name}").get_config()
     tokenizer = text_tokenizers.build_tokenizer(config.tokenizer)
     model = nnx.eval_shape(lambda: models.build_model(

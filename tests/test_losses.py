@@ -169,3 +169,30 @@ def test_identical_captions_can_be_right_answers_for_each_other():
     np.testing.assert_allclose(strict, -0.5 * (np.trace(rows) + np.trace(columns)) / 3,
                                rtol=1e-6)
     assert metrics["clip_batch_accuracy"] == 1.0 and strict_metrics["clip_batch_accuracy"] < 1.0
+
+
+def test_column_argmax_hits_equals_the_gathered_argmax_and_only_reduces_on_a_mesh():
+    """The batch accuracy's column argmax: the same hits as `matches[argmax(0), cols]` (ties
+    included), and on 8 devices the only all-gather is the embeddings' (no [devices, B] gather
+    of every chip's partial argmax)."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.integers(0, 4, size=(32, 32)), jnp.float32)  # many ties
+    matches = jnp.asarray(rng.random((32, 32)) < 0.3) | jnp.eye(32, dtype=bool)
+    expected = matches[logits.argmax(0), jnp.arange(32)]
+    np.testing.assert_array_equal(contrastive.column_argmax_hits(logits, matches), expected)
+
+    mesh = sharding.create_mesh({"data": 8})
+    batch_sharding = sharding.batch_sharding(mesh, sharding.get_rules("data_parallel"), 2)
+    outputs = {"image_embedding": jnp.asarray(rng.normal(size=(32, 16)), jnp.float32),
+               "text_embedding": jnp.asarray(rng.normal(size=(32, 16)), jnp.float32),
+               "logit_scale": jnp.asarray(10.0)}
+    loss_fn = jax.jit(lambda o: contrastive.clip_contrastive_loss(o, {})[1],
+                      in_shardings=({"image_embedding": batch_sharding,
+                                     "text_embedding": batch_sharding, "logit_scale": None},))
+    hlo = loss_fn.lower(outputs).compile().as_text()
+    gathers = [line for line in hlo.splitlines() if " all-gather(" in line]
+    assert len(gathers) == 1, gathers
+    assert "f32[16,32]" in gathers[0] or "f32[32,16]" in gathers[0], gathers
+    sharded = loss_fn(outputs)["clip_batch_accuracy"]
+    assert float(sharded) == float(contrastive.clip_contrastive_loss(outputs, {})[1][
+        "clip_batch_accuracy"])

@@ -32,6 +32,17 @@ def same_caption(tokens: jax.Array) -> jax.Array:
     return (hashes[0][:, None] == hashes[0][None, :]) & (hashes[1][:, None] == hashes[1][None, :])
 
 
+def column_argmax_hits(logits: jax.Array, matches: jax.Array) -> jax.Array:
+    """[B] bool: whether each column's highest row (the first, on ties) is a match; the same as
+    `matches[logits.argmax(0), arange(B)]`. Written as reductions over the rows, which the batch
+    shards, so a mesh combines [B] vectors of all chips' rows (all-reduces) rather than
+    gathering every chip's partial argmax of every column."""
+    rows = jnp.arange(logits.shape[0])[:, None]
+    top = logits == logits.max(axis=0, keepdims=True)
+    first = jnp.where(top, rows, logits.shape[0]).min(axis=0, keepdims=True)
+    return jnp.any(matches & (rows == first), axis=0)
+
+
 def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),),
                           identical_captions_match: bool = False
                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -60,7 +71,7 @@ def clip_contrastive_loss(outputs, batch, *, pairs=(("image", "text"),),
         loss = 0.5 * (cross_entropy(logits).mean() + cross_entropy(logits.T).mean())
         rows = jnp.arange(size)
         accuracy = 0.5 * (matches[rows, logits.argmax(1)].mean()
-                          + matches[logits.argmax(0), rows].mean())
+                          + column_argmax_hits(logits, matches).mean())
         pair_losses.append(loss)
         accuracies.append(accuracy)
         if len(pairs) > 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from jax.experimental import topologies
 
 from mmjax import paths, preflight, sharding
 from mmjax.tools import benchmark
@@ -35,12 +37,14 @@ from mmjax.training.trainer import Trainer
 @dataclasses.dataclass(frozen=True)
 class Chip:
     hbm_gib: float
-    peak_tflops: float  # bf16, per chip
-    cores_per_chip: int  # v4 and v5p pods are named by TensorCores, two a chip
+    peak_tflops: float  # bf16, dense, per chip
+    cores_per_chip: int = 1  # v4 and v5p pods are named by TensorCores, two a chip
 
 
-CHIPS = {"v4": Chip(32, 275.0, 2), "v5p": Chip(95, 459.0, 2), "v5e": Chip(16, 197.0, 1),
-         "v6e": Chip(32, 918.0, 1)}
+CHIPS = {"v4": Chip(32, 275.0, 2), "v5p": Chip(95, 459.0, 2), "v5e": Chip(16, 197.0),
+         "v6e": Chip(32, 918.0),
+         # NVIDIA SXM parts; HBM as CUDA reports it (80 GB and 141 GB less what the driver keeps).
+         "h100": Chip(79.1, 989.0), "h200": Chip(139.7, 989.0)}
 # Chips -> the torus libtpu names: 2D for v5e and v6e, 3D for v4 and v5p.
 GRIDS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
             256: "16x16"}
@@ -49,6 +53,35 @@ GRIDS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: 
 BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+# What XLA's GPU compiler needs to know of a GPU it cannot see (a GpuTargetConfigProto): the
+# SXM parts' published figures. Memory and SM count decide the fit and the kernels' shapes.
+GPU_SPECS = {
+    "h100": dict(name="NVIDIA H100 80GB HBM3", memory=84_942_979_072, bandwidth=3_352_320_000_000,
+                 l2=52_428_800),
+    "h200": dict(name="NVIDIA H200", memory=150_014_656_512, bandwidth=4_800_000_000_000,
+                 l2=52_428_800),
+}
+GPU_TOPOLOGY_HELP = ("a GPU cluster as HOSTSxGPUSxMODEL (8xh100 is one host of 8, 2x8xh100 two); "
+                     "needs the CUDA plugin (pip install -e '.[gpu-compile]'), no GPU")
+
+
+def gpu_target_config(model: str) -> str:
+    """The text of the GpuTargetConfigProto that stands for an absent `model` (Hopper: compute
+    capability 9.0, 132 SMs)."""
+    spec = GPU_SPECS[model]
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 shared_memory_per_block_optin: 232448
+  threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+  memory_bandwidth: {spec["bandwidth"]} l2_cache_size: {spec["l2"]} clock_rate_ghz: 1.98
+  device_memory_size: {spec["memory"]} cuda_compute_capability {{ major: 9 }}
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 }}
+device_description_str: "{spec["name"]}"
+"""
 
 
 def libtpu_topology(name: str) -> tuple[str, str]:
@@ -56,7 +89,8 @@ def libtpu_topology(name: str) -> tuple[str, str]:
     match = re.fullmatch(r"(v4|v5p|v5e|v6e)([-:])([\dx]+)", name.strip().lower())
     if not match:
         raise ValueError(f"--topology={name!r}: give a pod as Cloud TPU names it (v5e-256, "
-                         f"v5p-1024, v4-2048, v6e-256) or as libtpu does (v5e:16x16)")
+                         f"v5p-1024, v4-2048, v6e-256) or as libtpu does (v5e:16x16), or "
+                         + GPU_TOPOLOGY_HELP)
     generation, separator, size = match.groups()
     if separator == ":":
         return generation, f"{generation}:{size}"
@@ -69,14 +103,38 @@ def libtpu_topology(name: str) -> tuple[str, str]:
     return generation, f"{generation}:{grids[chips]}"
 
 
-def topology_devices(name: str, slices: int = 1):
-    """(generation, libtpu name, the devices of `slices` slices of that topology)."""
-    from jax.experimental import topologies  # needs libtpu only when asked for a topology
+def gpu_topology(name: str) -> tuple[str, int, int] | None:
+    """(model, hosts, GPUs a host) of '8xh100' or '2x8xh100'; None for another name."""
+    match = re.fullmatch(r"(?:(\d+)x)?(\d+)x(h100|h200)", name.strip().lower())
+    if not match:
+        return None
+    return match.group(3), int(match.group(1) or 1), int(match.group(2))
 
-    generation, libtpu_name = libtpu_topology(name)
-    description = topologies.get_topology_desc(topology_name=libtpu_name, platform="tpu",
-                                               num_slices=slices)
-    return generation, libtpu_name, list(description.devices)
+
+def topology_devices(name: str, slices: int = 1):
+    """(chip, the topology's name, the devices of `slices` slices of it)."""
+    gpus = gpu_topology(name)
+    if gpus is None:
+        generation, libtpu_name = libtpu_topology(name)
+        # libtpu takes a machine-wide lock meant for the chips; compiling for absent chips
+        # needs none, and two compiles at once (a sweep, test workers) must not refuse each other.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        description = topologies.get_topology_desc(topology_name=libtpu_name, platform="tpu",
+                                                    num_slices=slices)
+        return generation, libtpu_name, list(description.devices)
+    model, hosts, per_host = gpus
+    if slices != 1:
+        raise ValueError(f"--slices={slices}: GPU hosts are joined by their network already; "
+                         f"name them in the topology ({slices * hosts}x{per_host}x{model})")
+    try:
+        description = topologies.get_topology_desc(
+            model, platform="cuda", target_config=gpu_target_config(model),
+            topology=f"1x{hosts}x{per_host}")
+    except NotImplementedError:
+        raise ValueError(f"--topology={name!r}: JAX has no CUDA plugin here; install it with "
+                         "pip install -e '.[gpu-compile]' (and run with "
+                         "JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 on a machine without CUDA)") from None
+    return model, f"{hosts}x{per_host}x{model}", list(description.devices)
 
 
 def collectives(hlo: str) -> dict[str, dict]:
@@ -86,7 +144,16 @@ def collectives(hlo: str) -> dict[str, dict]:
     found = {kind: {"count": 0, "bytes": 0, "crossing_slices": 0, "bytes_crossing_slices": 0}
              for kind in COLLECTIVES}
     within = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+    seen = set()
     for line in hlo.splitlines():
+        line = re.sub(r"/\*index=\d+\*/", "", line)  # a long tuple's element numbers
+        # The TPU compiler copies one collective into each fused computation that overlaps it;
+        # the copies share the collective's channel, which is counted once.
+        channel = re.search(r"channel_id=(\d+)", line)
+        if channel and (" send(" in line, channel.group(1)) in seen:
+            continue
+        if channel:
+            seen.add((" send(" in line, channel.group(1)))
         across = re.search(r'_xla_megascale_transfer_type="(\w+)"', line)
         if across and " send(" in line:
             kind = across.group(1).lower().replace("_", "-")
@@ -129,7 +196,10 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
     cache = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        compiled = trainer.train_step.lower(state, batch).compile()
+        # Compiling for an absent GPU, Triton's GEMM tiling can find no tiles for some dots;
+        # cuBLAS's GEMMs stand in for those kernels.
+        options = {"xla_gpu_enable_triton_gemm": False} if generation in GPU_SPECS else None
+        compiled = trainer.train_step.lower(state, batch).compile(compiler_options=options)
     except jax.errors.JaxRuntimeError as e:
         # The TPU compiler refuses a program whose temporaries exceed HBM, naming both.
         needed = re.search(r"RESOURCE_EXHAUSTED.*?\(([\d.]+)([KMGT])\).*?HBM \(([\d.]+)([KMGT])\)",
@@ -243,6 +313,10 @@ def format_report(report: dict) -> str:
 
 def main(argv) -> None:
     del argv
+    if gpu_topology(flags.FLAGS.topology):
+        # The CUDA plugin checks the CUDA libraries' versions as it loads; compiling for an
+        # absent GPU needs none of them.
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     config = flags.FLAGS.config
     host_memory.configure(config)
     try:
@@ -259,7 +333,8 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     flags.DEFINE_string("topology", None, "A TPU pod: v5e-256, v5p-1024, v4-2048, v6e-256, or "
-                        "libtpu's name (v5e:16x16).", required=True)
+                        "libtpu's name (v5e:16x16); or GPU hosts: 8xh100, 2x8xh100.",
+                        required=True)
     flags.DEFINE_integer("slices", 1, "Slices of that topology, joined by the data-centre "
                          "network (multi-slice); `data` spans them.")
     flags.DEFINE_string("out", None, "Also write the report here (JSON; a path or gs://...).")
