@@ -62,6 +62,9 @@ def parse_spec(spec: str, default_split: str) -> DatasetSpec:
     if not separator:
         scheme, location = "", rest
     name, _, split = location.partition(":")
+    if spec.strip().startswith("mix("):
+        raise ValueError(f"Dataset spec {spec!r}: a mixture is for config.data.train only; "
+                         "evaluate on one dataset.")
     if kind not in ("tfds", "shards") or not name or ":" in split or (scheme and kind != "shards"):
         raise ValueError(
             f"Dataset spec {spec!r} is not of the form 'tfds:NAME[:SPLIT]' or "
@@ -87,6 +90,13 @@ class RecordSource:
 
     def fetch(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(self.records.__getitems__([int(i) for i in indices]), dtype=object)
+
+    def records_at(self, positions: tf.Tensor, seed: int, attempt: int) -> tf.Tensor:
+        """In-graph: the record at each global position (int64 [n]), or its fallback number
+        `attempt`. Each epoch is its own permutation, keyed by (seed, epoch); fallback k of a
+        position is its record in permutation k."""
+        return permute(positions % self.num_examples, seed, positions // self.num_examples,
+                        self.num_examples, attempt)
 
     def decode(self, serialized: tf.Tensor, index: tf.Tensor) -> dict[str, tf.Tensor]:
         # Images stay encoded here: the preprocessing ops decode them (and can reject bad ones).
@@ -210,11 +220,16 @@ def open_source(spec: DatasetSpec, data_dir: str | None,
 MAX_ATTEMPTS = 8
 
 
-def _permute(offsets, seed: int, epoch, num_examples: int, alternative: int = 0):
-    # The raw op: TF 2.21's wrapper mis-pads vector seeds.
+def permute(offsets, seed: int, epochs, num_examples: int, alternative: int = 0):
+    """offsets [n] -> their places in the permutation of range(num_examples) keyed by (seed,
+    epoch, alternative), one epoch per offset."""
+    epochs = tf.cast(epochs, tf.int64)
+    # The raw op, with a seed per index: TF 2.21's wrapper mis-pads vector seeds.
     return tf.raw_ops.RandomIndexShuffle(
-        index=offsets, seed=tf.stack([tf.constant(seed, tf.int64), epoch,
-                                      tf.constant(alternative, tf.int64)]),
+        index=offsets, seed=tf.stack([tf.fill(tf.shape(epochs), tf.constant(seed, tf.int64)),
+                                      epochs, tf.fill(tf.shape(epochs),
+                                                      tf.constant(alternative, tf.int64))],
+                                     axis=-1),
         max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)
 
 
@@ -278,10 +293,10 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
                          f"{process_count} processes.")
     local_batch_size = global_batch_size // process_count
-    num_examples = source.num_examples
-    if local_batch_size > num_examples:
+    if local_batch_size > source.num_examples:
         raise ValueError(f"The per-process batch ({local_batch_size}) is larger than the dataset "
-                         f"{source.spec.name}:{source.spec.split} ({num_examples} examples).")
+                         f"{source.spec.name}:{source.spec.split} ({source.num_examples} "
+                         "examples).")
     caption_ids = _caption_ids(source, tokenizer)
     media = media if media is not None else {"image": preprocess.image_media(
         preprocess_ops, image_size=image_size, normalization=normalization)}
@@ -290,13 +305,8 @@ def train_dataset(source: RecordSource, tokenizer, *, global_batch_size: int, im
         first = start_position + step * global_batch_size + process_index * local_batch_size
         positions = tf.ensure_shape(tf.range(first, first + local_batch_size, dtype=tf.int64),
                                     [local_batch_size])
-        epochs, offsets = positions // num_examples, positions % num_examples
-        # Each epoch is its own permutation, keyed by (seed, epoch); a local batch spans at most
-        # two epochs (checked above). Fallback k of a position is its record in permutation k.
-        candidates = tf.stack([
-            tf.where(epochs == epochs[0], _permute(offsets, seed, epochs[0], num_examples, k),
-                     _permute(offsets, seed, epochs[0] + 1, num_examples, k))
-            for k in range(max_attempts)], axis=1)
+        candidates = tf.stack([source.records_at(positions, seed, k)
+                               for k in range(max_attempts)], axis=1)
         return positions, candidates
 
     def process(example, position, attempt, candidates):

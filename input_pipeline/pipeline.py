@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import audio, datasets, preprocess, prompts
+from input_pipeline import audio, datasets, mixture, preprocess, prompts
 from mmjax import conventions
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
@@ -57,8 +57,8 @@ class TrainBatches:
     """
 
     def __init__(self, config, tokenizer, *, start_position: int):
-        self.source = datasets.open_source(datasets.parse_spec(config.data.train, "train"),
-                                           _data_dir(config))
+        self.source = mixture.open_train_source(config.data.train, _data_dir(config))
+        self.seed = config.seed
         self.global_batch_size = config.batch_size
         self.max_attempts = datasets.MAX_ATTEMPTS
         dataset = datasets.train_dataset(
@@ -88,6 +88,13 @@ class TrainBatches:
                 f"data at {self.source.spec.name} is mostly unreadable. Check it (for shards, "
                 "run make_shards again from the original files).")
         return batch
+
+    def source_counts(self) -> dict[str, int]:
+        """A mixture's examples so far from each source (the same on every process); {} for
+        one source."""
+        if not isinstance(self.source, mixture.MixtureSource):
+            return {}
+        return self.source.counts_before(self.position, self.seed)
 
     def describe(self, records) -> str:
         return ", ".join(self.source.describe(int(i)) for i in records)
@@ -193,8 +200,12 @@ def describe_data(config, spec: str, default_split: str,
     labels, class names, every caption of the sampled examples and what they hold (images,
     sounds). Bad records are left out
     (the pipeline skips them too)."""
-    parsed = datasets.parse_spec(spec, default_split)
-    source = datasets.open_source(parsed, _data_dir(config))
+    if mixture.is_mixture(spec):
+        source = mixture.open_mixture(spec, _data_dir(config))
+        parsed = source.spec
+    else:
+        parsed = datasets.parse_spec(spec, default_split)
+        source = datasets.open_source(parsed, _data_dir(config))
     indices = np.unique(np.linspace(0, source.num_examples - 1, min(sample_size,
                                                                      source.num_examples))
                         .astype(np.int64))
@@ -204,15 +215,17 @@ def describe_data(config, spec: str, default_split: str,
         labels.append(int(example["label"]))
         media.update(m for m in MEDIA if m in example and len(example[m]))
     return DataFacts(
-        spec=f"{parsed.kind}:{parsed.name}:{parsed.split}", name=parsed.short_name,
+        spec=parsed.name if parsed.kind == "mix" else f"{parsed.kind}:{parsed.name}:{parsed.split}",
+        name=parsed.short_name,
         dataset=parsed.dataset,
         num_examples=source.num_examples,
         has_labels=any(label >= 0 for label in labels),
         class_names=source.adapter.class_names, captions=tuple(captions),
         tokenized_with=source.tokenized_with,
         modalities=tuple(sorted(media)) + ("text",) if labels else None,
+        # The stored features select eval examples (`where`); a mixture only trains.
         features=tuple(sorted(source.parse(tf.constant(source.fetch(indices[:1])[0])))
-                       if source.num_examples else ()))
+                       if source.num_examples and not mixture.is_mixture(spec) else ()))
 
 
 def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dict]:

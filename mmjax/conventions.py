@@ -1,9 +1,13 @@
-"""Conventions both packages share: pixel normalisation and parameter names.
+"""Conventions both packages share: pixel normalisation, parameter names and how a mixture of
+training sources is written.
 
 Plain Python (no JAX, no TensorFlow), so the input pipeline uses them without importing models.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 # How a model expects pixels: (mean, std) per channel in [0, 255] units;
 # normalised = (x - mean) / std.
@@ -66,3 +70,47 @@ def contrastive_pairs(model_config, pairs=()) -> tuple[tuple[str, str], ...]:
 def audio_samples(frames: int, hop: int, frame_length: int) -> int:
     """The clip length (samples) whose spectrogram has exactly `frames` frames."""
     return frame_length + (frames - 1) * hop
+
+
+def is_mixture(spec: str) -> bool:
+    return spec.strip().startswith("mix(")
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+    """(source spec, weight) pairs of `mix(SPEC=WEIGHT, ...)`; ValueError naming what is wrong."""
+    match = re.fullmatch(r"\s*mix\((.*)\)\s*", spec, flags=re.S)
+    example = "mix(tfds:mmjax_shapes:train=0.7, shards:/data/cc12m:train=0.3)"
+    if not match:
+        raise ValueError(f"Mixture {spec!r} is not of the form {example!r}.")
+    parts = []
+    for part in (p.strip() for p in match.group(1).split(",")):
+        source, separator, weight = part.rpartition("=")
+        try:
+            value = float(weight)
+        except ValueError:
+            value = None
+        if "=" in source:
+            raise ValueError(f"Mixture part {part!r} holds two weights; separate the parts with "
+                             f"commas, as in {example!r}.")
+        if not separator or not source.strip() or value is None:
+            raise ValueError(f"Mixture part {part!r} needs a weight: SPEC=WEIGHT, as in "
+                             f"{example!r}.")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"Mixture part {part!r}: weights must be positive; leave a source "
+                             "out instead of giving it 0.")
+        parts.append((source.strip(), value))
+    names = [s for s, _ in parts]
+    if len(parts) < 2 or len(set(names)) < len(names):
+        raise ValueError(f"Mixture {spec!r} needs two or more different sources (a single "
+                         "source is given without mix()).")
+    return parts
+
+
+
+def first_source(spec: str) -> str:
+    """A training spec's first dataset: itself, or a mixture's first source (a malformed
+    mixture as it is, for the preflight to name)."""
+    try:
+        return parse_mixture(spec)[0][0] if is_mixture(spec) else spec
+    except ValueError:
+        return spec

@@ -268,6 +268,8 @@ def _train_and_evaluate(config, workdir: str, mesh: Mesh | None) -> dict[str, fl
                 host_metrics["train/data_wait_seconds"] = throughput.data_wait
                 skipped = skipped_so_far()
                 host_metrics["data/skipped"] = skipped
+                for name, count in train_batches.source_counts().items():
+                    host_metrics[f"data/source/{name}"] = count
                 writer.write(step, host_metrics)
                 writer.progress(step, host_metrics["train/loss"], steps_per_sec, skipped)
                 train_batches.check_bad_fraction(skipped, train_batches.position,

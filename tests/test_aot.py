@@ -10,6 +10,7 @@ from flax import nnx
 
 from mmjax import models, preflight, sharding, text_tokenizers
 from mmjax.tools import aot
+from mmjax.training import host_memory
 
 
 @pytest.mark.parametrize("name, libtpu", [("v5e-256", "v5e:16x16"), ("v5p-1024", "v5p:8x8x8"),
@@ -94,6 +95,10 @@ def test_a_batch_too_large_for_the_chips_is_reported_not_crashed(tiny_config):
     assert report["bytes_per_device"] > 2**40 and report["over_by_bytes"] > 0  # terabytes a chip
     assert 15 * 2**30 < report["hbm_bytes_per_device"] <= 16 * 2**30
     assert any("sharding_rules=fsdp" in knob for knob in report["knobs"])
+    # Micro-batches enough to bring the activations under the chip's memory.
+    accumulate = next(int(k.split("=")[1].split()[0]) for k in report["knobs"]
+                      if "grad_accum_steps" in k)
+    assert accumulate * report["hbm_bytes_per_device"] >= report["bytes_per_device"]
     assert "DOES NOT FIT" in aot.format_report(report)
 
 
@@ -125,3 +130,12 @@ def test_the_big_configs_have_the_published_parameter_counts(name):
     millions = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)) / 1e6
     published, tolerance = PUBLISHED[name]
     assert millions == pytest.approx(published, rel=tolerance), millions
+
+
+def test_the_plugins_installed_for_compiling_leave_jax_on_the_cpu(monkeypatch):
+    """libtpu and the CUDA plugin are here (for the compiles above) but no chip is: main.py
+    sets JAX on the CPU before it starts, so neither plugin tries (and fails loudly) to load."""
+    monkeypatch.delenv("JAX_PLATFORMS")
+    assert host_memory.devices_will_be_cpus()
+    monkeypatch.setattr(host_memory, "gpu_attached", lambda: True)
+    assert not host_memory.devices_will_be_cpus()

@@ -27,11 +27,12 @@ PHRASINGS = (
 
 def write_captioned_images(directory: str, count: int, *, image_size: int = 64,
                            corrupt: int = 0, test_fraction: float = 0.0,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, first: int = 0, phrasings=PHRASINGS) -> dict:
     """Writes `directory`/images/*.{jpg,png} and `directory`/captions.csv (image, caption, split).
 
     Returns {"csv": path, "corrupt": [image paths as in the CSV], "special": {kind: path}}.
-    The corrupt files are the last `corrupt` images of the train split.
+    The corrupt files are the last `corrupt` images of the train split. The images are the
+    embedded dataset's train examples `first`, `first` + 1, ... (beyond its 20,000: new ones).
     """
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(directory, "images"), exist_ok=True)
@@ -39,7 +40,7 @@ def write_captioned_images(directory: str, count: int, *, image_size: int = 64,
     num_test = int(round(count * test_fraction))
     for index in range(count):
         split = "test" if index >= count - num_test else "train"
-        example = shapes.render_example("train", index)
+        example = shapes.render_example("train", first + index)
         image = Image.fromarray(example["image"]).resize((image_size, image_size), Image.BILINEAR)
         kind = {0: "grayscale", 1: "rgba", 2: "cmyk"}.get(index, "jpeg" if index % 2 else "png")
         broken = split == "train" and count - num_test - corrupt <= index < count - num_test
@@ -63,7 +64,8 @@ def write_captioned_images(directory: str, count: int, *, image_size: int = 64,
             special[kind] = key
         with open(os.path.join(directory, key), "wb") as f:
             f.write(data)
-        for phrasing in rng.choice(PHRASINGS, size=rng.integers(1, 6), replace=False):
+        for phrasing in rng.choice(phrasings, size=rng.integers(1, len(phrasings) + 1),
+                                   replace=False):
             rows.append({"image": key, "caption": phrasing.format(example["caption"]),
                          "split": split})
     path = os.path.join(directory, "captions.csv")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from mmjax import conventions
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSet:
@@ -52,7 +54,9 @@ def eval_sets(config) -> tuple[EvalSet, ...]:
     configured = config.get("eval_sets") or {}
     common = dict(evals=tuple(config.evals), every_steps=config.eval_every_steps,
                   captions_per_image=config.data.eval_captions_per_image,
-                  probe_train=config.data.probe_train or config.data.train,
+                  # A mixture trains only: the probe learns on its first source.
+                  probe_train=config.data.probe_train or conventions.first_source(
+                      config.data.train),
                   probe_examples=config.data.probe_examples)
     if not configured:
         return (EvalSet(name=None, data=config.data.eval, **common),) if config.data.eval else ()

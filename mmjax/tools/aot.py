@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import sys
@@ -211,7 +212,7 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
         report.update(compiled=False, compile_seconds=round(time.perf_counter() - started, 2),
                       bytes_per_device=int(held), hbm_bytes_per_device=int(hbm), fits=False,
                       over_by_bytes=int(held - hbm), compiler_message=str(e).splitlines()[-1],
-                      collectives={}, knobs=knobs(config))
+                      collectives={}, knobs=knobs(config, held, hbm))
         return report
     finally:
         jax.config.update("jax_enable_compilation_cache", cache)
@@ -239,7 +240,7 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
         report["xla_estimated_mfu"] = model_flops / (
             report["xla_estimated_step_seconds"] * len(devices) * chip.peak_tflops * 1e12)
     if not report["fits"]:
-        report["knobs"] = knobs(config)
+        report["knobs"] = knobs(config, held, hbm)
     return report
 
 
@@ -264,16 +265,19 @@ def check_target(config) -> dict | None:
     return report
 
 
-def knobs(config) -> list[str]:
-    """What would lower the bytes a chip holds, from what the config does not do yet."""
+def knobs(config, held: float = 0.0, hbm: float = 1.0) -> list[str]:
+    """What would lower the bytes a chip holds (`held` against `hbm`), from what the config
+    does not do yet."""
     found = []
     if config.sharding_rules != "fsdp" or config.mesh.get("fsdp", 1) == 1:
         found.append("--config.sharding_rules=fsdp --config.mesh.fsdp=N --config.mesh.data=-1 "
                      "(parameters and optimizer state split over N chips)")
     if config.model.get("remat", "none") in ("none", None):
         found.append("--config.model.remat=full (activations recomputed in the backward pass)")
-    found.append(f"--config.grad_accum_steps={2 * int(config.grad_accum_steps)} (the batch in "
-                 "more micro-batches: fewer activations at once)")
+    # Activations shrink with the micro-batch: split it by the power of two over the excess.
+    factor = 2 ** max(1, math.ceil(math.log2(max(held / hbm, 1.0))))
+    found.append(f"--config.grad_accum_steps={factor * int(config.grad_accum_steps)} (the batch "
+                 "in more micro-batches: fewer activations at once)")
     found.append("a larger topology (more chips to split the state over)")
     return found
 

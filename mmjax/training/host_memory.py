@@ -42,15 +42,20 @@ def tpu_attached() -> bool:
     return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
+def gpu_attached() -> bool:
+    """Whether this host has GPUs (NVIDIA's device files /dev/nvidiaN, or AMD's /dev/kfd)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd"))
+
+
 def devices_will_be_cpus() -> bool:
-    """Whether JAX will run on CPUs, known before it starts: JAX_PLATFORMS says so, or no GPU
-    plugin is installed and no TPU is attached (libtpu alone, for compiling ahead of time for
-    pods, leaves JAX on the CPU)."""
+    """Whether JAX will run on CPUs, known before it starts: JAX_PLATFORMS says so, or neither
+    a GPU plugin with a GPU nor libtpu with a TPU is here (the plugins alone, installed for
+    compiling ahead of time for absent chips, leave JAX on the CPU)."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    if importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec(
-            "jax_plugins"):
+    if (importlib.metadata.entry_points(group="jax_plugins")
+            or importlib.util.find_spec("jax_plugins")) and gpu_attached():
         return False
     return not (importlib.util.find_spec("libtpu") and tpu_attached())
 
