@@ -111,13 +111,23 @@ def _tpu_mesh(sizes: dict[str, int], devices) -> Mesh:
     only `data` spans them, so only data-parallel traffic crosses slices."""
     shape = tuple(sizes[name] for name in MESH_AXES)
     slices = len({getattr(d, "slice_index", 0) for d in devices})
-    if slices == 1:
-        return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
-    if sizes["data"] % slices:
+    if slices > 1 and sizes["data"] % slices:
         raise ValueError(f"config.mesh {sizes} over {slices} slices: the `data` axis must be "
                          "divisible by the number of slices (only it crosses slices)")
     within = (sizes["data"] // slices, sizes["fsdp"], sizes["tensor"])
-    return Mesh(mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices), MESH_AXES)
+
+    def build(split: bool):
+        if slices == 1:
+            return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=split)
+        return mesh_utils.create_hybrid_device_mesh(within, (slices, 1, 1), devices,
+                                                    allow_split_physical_axes=split)
+
+    try:
+        return Mesh(build(split=False), MESH_AXES)
+    except NotImplementedError:
+        # An axis that is no product of the torus's sides (fsdp=8 on 16x16) takes a run of
+        # chips along one side: still neighbours on the ring.
+        return Mesh(build(split=True), MESH_AXES)
 
 
 def get_rules(rules: Any) -> tuple[tuple[str, Any], ...]:

@@ -139,3 +139,11 @@ def test_the_plugins_installed_for_compiling_leave_jax_on_the_cpu(monkeypatch):
     assert host_memory.devices_will_be_cpus()
     monkeypatch.setattr(host_memory, "gpu_attached", lambda: True)
     assert not host_memory.devices_will_be_cpus()
+
+
+def test_an_axis_that_splits_a_side_of_the_torus():
+    """fsdp=8 on a 4x4 slice (sides of 4): each group of 8 is a run of neighbouring chips."""
+    _, _, devices = aot.topology_devices("v5e:4x4")
+    mesh = sharding.create_mesh({"data": -1, "fsdp": 8, "tensor": 1}, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert len({d.id for d in mesh.devices.ravel()}) == 16
