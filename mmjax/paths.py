@@ -11,6 +11,7 @@ Set EPATH_USE_TF=true to send them through tf.io.gfile instead.
 from __future__ import annotations
 
 import functools
+import glob as globlib
 import os
 import posixpath
 import time
@@ -54,6 +55,64 @@ def exists(path) -> bool:
 def isfile(path) -> bool:
     path = Path(path)
     return path.exists() and not path.is_dir()
+
+
+def isdir(path) -> bool:
+    return Path(path).is_dir()
+
+
+def open_file(path, mode: str = "rb"):
+    """A file object, read or written in place (a bucket's object is streamed: tar members and
+    parquet row groups are read as they are needed)."""
+    return Path(path).open(mode)
+
+
+def glob(pattern) -> list[str]:
+    """Sorted paths matching `pattern`; in a bucket its wildcards must be in the last part
+    (gs://b/laion/*.tar)."""
+    pattern = os.fspath(pattern)
+    if not is_cloud(pattern):
+        return sorted(globlib.glob(pattern))
+    return sorted(os.fspath(p) for p in Path(dirname(pattern)).glob(basename(pattern)))
+
+
+def has_wildcards(path) -> bool:
+    return globlib.has_magic(os.fspath(path))
+
+
+def files_under(directory) -> list[str]:
+    """Every file under a folder, in os.walk's order: a folder's files (sorted) before its
+    sub-folders' (sorted), so a local and a bucket's copy list alike."""
+    directory = os.fspath(directory)
+    if is_cloud(directory):
+        found = [os.fspath(p) for p in Path(directory).rglob("*") if not p.is_dir()]
+    else:
+        found = [os.path.join(root, name) for root, _, names in os.walk(directory)
+                 for name in names]
+    root = directory.rstrip("/")
+
+    def walk_order(path: str):
+        parts = path[len(root):].lstrip("/" + os.sep).replace(os.sep, "/").split("/")
+        return [(1, part) for part in parts[:-1]] + [(0, parts[-1])]
+
+    return sorted(found, key=walk_order)
+
+
+def relative(path, start) -> str:
+    """`path` relative to the folder `start`, with "/" between parts."""
+    path, start = os.fspath(path), os.fspath(start)
+    if not is_cloud(path):
+        return os.path.relpath(path, start).replace(os.sep, "/")
+    return path[len(start.rstrip("/")):].lstrip("/")
+
+
+def signature(path) -> str:
+    """What changes when a file does: its size and modification time (locally in ns)."""
+    if not is_cloud(path):
+        stat = os.stat(path)
+        return f"{stat.st_size}|{stat.st_mtime_ns}"
+    stat = Path(path).stat()
+    return f"{stat.length}|{stat.mtime}"
 
 
 def listdir(path) -> list[str]:

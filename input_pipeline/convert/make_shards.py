@@ -5,9 +5,9 @@
     --output_dir=/data/laion \
         --beam_options='--direct_num_workers=16'
 
-Inputs (input_pipeline/convert/readers.py): a CSV or JSONL table, a folder of images or sounds with
-.txt
-captions, webdataset .tar shards as img2dataset writes them, or parquet files. Sounds are
+Inputs (input_pipeline/convert/readers.py): a CSV or JSONL table, a folder of images or sounds
+with .txt captions, webdataset .tar shards as img2dataset writes them, or parquet files, on a
+local disk or in a bucket (--input='gs://b/laion/*.tar', read through mmjax.paths). Sounds are
 stored as 16-bit PCM WAV, which tf.data decodes: FLAC, OGG, MP3 and other WAV encodings are
 converted here, once; a sound that does not decode is left out and counted as undecodable.
 
@@ -45,11 +45,10 @@ PROGRESS = "progress.json"
 
 def _fingerprint(input_path: str, files: list[str], options: dict) -> str:
     """Changes when the input (the table, or any file it is made of) or an option changes."""
-    digest = hashlib.sha256(json.dumps([os.path.abspath(input_path), options],
+    digest = hashlib.sha256(json.dumps([paths.absolute(input_path), options],
                                        sort_keys=True).encode())
     for path in files:
-        stat = os.stat(path)
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        digest.update(f"{path}|{paths.signature(path)}".encode())
     return digest.hexdigest()
 
 
@@ -255,7 +254,7 @@ def _move_into_place(input_path, output_dir, staging, states, fingerprint, ident
             left_out[reason] += names_left_out
     metadata = {
         "format": shards.FORMAT, "version": shards.VERSION,
-        "input": os.path.abspath(input_path), "input_fingerprint": fingerprint,
+        "input": paths.absolute(input_path), "input_fingerprint": fingerprint,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "splits": split_info, "left_out": left_out,
         **({"tokenizer": identity} if identity else {}),

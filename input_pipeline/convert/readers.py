@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import glob
 import io
 import json
-import os
+import posixpath
 import re
 import tarfile
 from collections.abc import Iterator
+
+from mmjax import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -50,8 +51,7 @@ class Example:
     def load(self) -> bytes:
         if self.data is not None:
             return self.data
-        with open(self.path, "rb") as f:
-            return f.read()
+        return paths.read_bytes(self.path)
 
 
 @dataclasses.dataclass
@@ -128,8 +128,8 @@ class StreamedSource:
 
 def open_input(input_path: str, columns: ParquetColumns | None = None):
     """The source for a table, a folder (of images, of .tar or of .parquet files) or a glob."""
-    files = sorted(glob.glob(input_path)) if glob.has_magic(input_path) else (
-        [input_path] if os.path.isfile(input_path) else _files_under(input_path))
+    files = paths.glob(input_path) if paths.has_wildcards(input_path) else (
+        [input_path] if paths.isfile(input_path) else sorted(paths.files_under(input_path)))
     if not files:
         raise FileNotFoundError(f"--input {input_path} does not exist or matches no file.")
     tars = [f for f in files if f.endswith(".tar")]
@@ -137,7 +137,7 @@ def open_input(input_path: str, columns: ParquetColumns | None = None):
         return StreamedSource(tars, "tar")
     if all(f.endswith(".parquet") for f in files):
         return StreamedSource(files, "parquet", columns or ParquetColumns())
-    if os.path.isdir(input_path):
+    if paths.isdir(input_path):
         examples, uncaptioned = read_folder(input_path)
         return ListedSource(examples, [LeftOut("no_caption_file", k) for k in uncaptioned], files)
     if len(files) == 1 and files[0].endswith((".csv", ".jsonl", ".json")):
@@ -146,16 +146,11 @@ def open_input(input_path: str, columns: ParquetColumns | None = None):
                      "captions, or webdataset .tar / .parquet files (a folder or a glob).")
 
 
-def _files_under(directory: str) -> list[str]:
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(directory)
-                  for name in names)
-
-
 def _add(examples: dict, key, base: str, captions, split: str, label,
          modality: str = "image") -> None:
     split = split or "train"
     example = examples.setdefault((split, key), Example(key, [], split, modality=modality,
-                                                        path=os.path.join(base, key)))
+                                                        path=paths.join(base, key)))
     example.captions.extend(captions)
     if label not in (None, ""):
         example.label = int(label)
@@ -166,10 +161,10 @@ def read_karpathy(path: str, data: dict) -> list[Example]:
     with its `filename` (under `filepath`, for COCO), `split` (train, val, test, restval) and
     `sentences` (their `raw` text: five per image). Image paths are relative to the JSON's
     folder: put it beside flickr30k's images, or above COCO's train2014/ and val2014/."""
-    base = os.path.dirname(os.path.abspath(path))
+    base = paths.dirname(paths.absolute(path))
     examples: dict = {}
     for image in data["images"]:
-        key = os.path.join(image.get("filepath", ""), image["filename"])
+        key = posixpath.join(image.get("filepath", ""), image["filename"])
         captions = [s["raw"].strip() for s in image.get("sentences", []) if s["raw"].strip()]
         _add(examples, key, base, captions, image.get("split"), None)
     return list(examples.values())
@@ -179,10 +174,10 @@ def read_table(path: str) -> list[Example]:
     """Rows of a CSV or JSONL file, merged per (split, file), in first-appearance order; a
     .json of Karpathy's caption splits (Flickr30k, COCO) is read as such. A row names its file
     in `image` or, for a sound, `audio`."""
-    base = os.path.dirname(os.path.abspath(path))
+    base = paths.dirname(paths.absolute(path))
     examples: dict = {}
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
+        with _open_text(path) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError:
@@ -190,7 +185,7 @@ def read_table(path: str) -> list[Example]:
         if isinstance(data, dict) and isinstance(data.get("images"), list):
             return read_karpathy(path, data)
     if path.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as f:
+        with _open_text(path) as f:
             reader = csv.DictReader(f)
             modality = _media_key(reader.fieldnames or ())
             if modality is None or "caption" not in (reader.fieldnames or ()):
@@ -200,7 +195,7 @@ def read_table(path: str) -> list[Example]:
                 _add(examples, row[modality], base, [row["caption"]], row.get("split"),
                      row.get("label"), modality)
     else:
-        with open(path, encoding="utf-8") as f:
+        with _open_text(path) as f:
             for line_number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -216,6 +211,11 @@ def read_table(path: str) -> list[Example]:
     return list(examples.values())
 
 
+def _open_text(path: str):
+    """A table as text (UTF-8, newlines as written: csv needs them untranslated)."""
+    return io.TextIOWrapper(paths.open_file(path, "rb"), encoding="utf-8", newline="")
+
+
 def _media_key(keys) -> str | None:
     """Which of `image` and `audio` a table's rows name their file in (None: neither)."""
     return next((k for k in ("image", "audio") if k in keys), None)
@@ -224,24 +224,22 @@ def _media_key(keys) -> str | None:
 def read_folder(directory: str) -> tuple[list[Example], list[str]]:
     """Images and sounds with a same-named .txt; the second list names those that have none."""
     examples, uncaptioned = [], []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
-        for name in sorted(files):
-            stem, extension = os.path.splitext(name)
-            modality = _modality_of(extension)
-            if modality is None:
-                continue
-            file_path = os.path.join(root, name)
-            key = os.path.relpath(file_path, directory)
-            caption_path = os.path.join(root, stem + ".txt")
-            if not os.path.exists(caption_path):
-                uncaptioned.append(key)
-                continue
-            with open(caption_path, encoding="utf-8") as f:
-                captions = [line.strip() for line in f if line.strip()]
-            top = key.split(os.sep)[0]
-            split = top if top in SPLIT_FOLDERS and top != key else "train"
-            examples.append(Example(key, captions, split, path=file_path, modality=modality))
+    files = paths.files_under(directory)
+    present = set(files)
+    for file_path in files:
+        stem, extension = posixpath.splitext(file_path)
+        modality = _modality_of(extension)
+        if modality is None:
+            continue
+        key = paths.relative(file_path, directory)
+        if stem + ".txt" not in present:
+            uncaptioned.append(key)
+            continue
+        captions = [line.strip() for line in paths.read_bytes(stem + ".txt").decode(
+            "utf-8").splitlines() if line.strip()]
+        top = key.split("/")[0]
+        split = top if top in SPLIT_FOLDERS and top != key else "train"
+        examples.append(Example(key, captions, split, path=file_path, modality=modality))
     return examples, uncaptioned
 
 
@@ -255,16 +253,18 @@ def read_tar(path: str) -> Iterator[Example | LeftOut]:
     """One webdataset shard: members grouped by key (the path up to the basename's first dot),
     as they come. A truncated or corrupt member ends the shard (nothing after it can be found),
     named as unreadable."""
-    name = os.path.basename(path)
+    name = paths.basename(path)
     group_key, group = None, {}
     try:
-        with tarfile.open(path, "r|*") as tar:  # a stream: members are read in order, once
+        # A stream: members are read in order, once (from a bucket as they download).
+        with paths.open_file(path, "rb") as stream, tarfile.open(fileobj=stream,
+                                                                 mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                directory, base = os.path.split(member.name)
+                directory, base = posixpath.split(member.name)
                 stem, _, extension = base.partition(".")
-                key = os.path.join(directory, stem)
+                key = posixpath.join(directory, stem)
                 if key != group_key:
                     yield from _tar_example(name, group_key, group)
                     group_key, group = key, {}
@@ -298,14 +298,14 @@ def _tar_example(tar_name: str, key: str | None, group: dict) -> Iterator[Exampl
 def read_parquet(path: str, columns: ParquetColumns) -> Iterator[Example | LeftOut]:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(paths.open_file(path, "rb"))
     names = parquet.schema_arrow.names
     missing = [c for c in (columns.image, columns.caption) if c not in names]
     if missing:
         raise ValueError(f"{path} has no column(s) {missing}; it has {names}. Name them with "
                          "--image_column / --caption_column.")
     wanted = [columns.image, columns.caption] + ([columns.key] if columns.key in names else [])
-    name, row = os.path.basename(path), 0
+    name, row = paths.basename(path), 0
     for batch in parquet.iter_batches(batch_size=256, columns=wanted):
         table = batch.to_pydict()
         for index in range(batch.num_rows):

@@ -231,7 +231,7 @@ def compile_for(config, topology: str, slices: int = 1) -> dict:
         "bytes_per_device": int(held), "hbm_bytes_per_device": hbm, "fits": held <= hbm,
         "over_by_bytes": max(0, int(held - hbm)),
         # The compiled SPMD program is one chip's: its FLOPs are per device.
-        "flops_per_step_per_device": float(cost.get("flops", 0.0)),
+        "flops_per_step_per_device": float(cost["flops"]) if cost.get("flops") else None,
         "model_flops_per_step_total": float(model_flops),
         "xla_estimated_step_seconds": float(seconds) if seconds and seconds > 0 else None,
         "collectives": collectives(compiled.as_text()),
@@ -285,7 +285,8 @@ def knobs(config, held: float = 0.0, hbm: float = 1.0) -> list[str]:
 def format_report(report: dict) -> str:
     gib = 2**30
     lines = [
-        f"{report['config']} on {report['slices']} x {report['topology']} "
+        f"{report['config']} on "
+        + (f"{report['slices']} x " if report["slices"] > 1 else "") + f"{report['topology']} "
         f"({report['devices']} chips, mesh {report['mesh']}, global batch "
         f"{report['global_batch']}): "
         + (f"compiled in {report['compile_seconds']} s" if report["compiled"] else
@@ -299,7 +300,9 @@ def format_report(report: dict) -> str:
         lines.append(f"  the compiler: {report['compiler_message']}")
     else:
         lines.append(f"  FLOPs per chip    {report['flops_per_step_per_device']:.3e} per step "
-                     "(XLA's count)")
+                     "(XLA's count)" if report["flops_per_step_per_device"] else
+                     "  FLOPs per chip    not counted by this compiler (XLA's GPU compiler "
+                     "reports none)")
     if report.get("xla_estimated_step_seconds"):
         lines.append(f"  step (estimate)   {report['xla_estimated_step_seconds'] * 1e3:.1f} ms, "
                      f"model-FLOPs MFU {report['xla_estimated_mfu']:.1%} (XLA's cost model, not "
