@@ -27,6 +27,7 @@ import io
 import json
 import shutil
 import tempfile
+import time
 from multiprocessing.pool import ThreadPool
 
 import numpy as np
@@ -160,8 +161,10 @@ def filter_shards(input_dir: str, output_dir: str, clip_workdir: str, *, split: 
     identity = hashlib.sha256(json.dumps([paths.absolute(input_dir), split, chunk_size,
                                           paths.absolute(clip_workdir)]).encode()).hexdigest()
     staging = paths.join(tempfile.gettempdir(), f"mmjax_filter_{identity[:16]}")
+    started = time.perf_counter()
     pool = embed_set(source, embed, paths.join(staging, "pool"), workers,
                      chunk_size=chunk_size)
+    seconds = time.perf_counter() - started
     duplicate = np.zeros(len(pool["ok"]), bool)
     near = np.zeros(len(pool["ok"]), bool)
     if duplicate_similarity is not None:
@@ -184,6 +187,8 @@ def filter_shards(input_dir: str, output_dir: str, clip_workdir: str, *, split: 
     shutil.rmtree(staging)
     if not quiet:
         print(json.dumps(metadata["filter"]["counts"]))
+        print(f"scored {len(why)} pairs in {seconds:.1f} s: {len(why) / seconds:.1f} pairs/s "
+              "(chunks saved by an interrupted run are read, not scored)")
     return metadata
 
 
