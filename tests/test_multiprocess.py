@@ -114,12 +114,11 @@ def test_an_emergency_save_on_preemption_resumes_bitwise_from_local_disk(tfds_di
     resumes from the local copies and logs the losses of an uninterrupted run, bitwise."""
     run = ("--config.total_steps=30", "--config.checkpoint_every_steps=1000")
     reference = str(tmp_path / "reference")
-    uninterrupted = start_two(reference, tfds_dir, *run)  # alongside the preempted pair
+    finish(start_two(reference, tfds_dir, *run))
 
     workdir, local = str(tmp_path / "preempted"), str(tmp_path / "local")
     output = preempt_after_step_4(start_two(workdir, tfds_dir, *run,
                                             f"--config.local_checkpoint_dir={local}"))[0]
-    finish(uninterrupted)
     saved = re.search(r"saved step (\d+) to each host's local disk in ([\d.]+) s", output)
     assert saved, output[-3000:]
     step = int(saved.group(1))
