@@ -33,7 +33,7 @@ from input_pipeline.adapters import (
     Adapter,
     infer_adapter,
 )
-from mmjax import paths, text_tokenizers
+from mmjax import conventions, paths, text_tokenizers
 
 # Views of the embedded dataset's records under another name (same files, other examples).
 EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET}
@@ -62,7 +62,7 @@ def parse_spec(spec: str, default_split: str) -> DatasetSpec:
     if not separator:
         scheme, location = "", rest
     name, _, split = location.partition(":")
-    if spec.strip().startswith("mix("):
+    if conventions.is_mixture(spec):
         raise ValueError(f"Dataset spec {spec!r}: a mixture is for config.data.train only; "
                          "evaluate on one dataset.")
     if kind not in ("tfds", "shards") or not name or ":" in split or (scheme and kind != "shards"):

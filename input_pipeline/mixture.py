@@ -46,9 +46,7 @@ class MixtureSource(datasets.RecordSource):
 
     def __init__(self, spec: str, parts: list[tuple[datasets.RecordSource, float]]):
         self.sources = [source for source, _ in parts]
-        self.weights = np.asarray([w for _, w in parts], np.float64)
-        self.weights /= self.weights.sum()
-        self.counts = block_counts(self.weights)
+        self.counts = block_counts([w for _, w in parts])
         self.starts = np.concatenate([[0], np.cumsum(self.counts)])  # slots of each source
         self.offsets = np.concatenate([[0], np.cumsum([s.num_examples for s in self.sources])])
         self.num_examples = int(self.offsets[-1])
@@ -141,8 +139,8 @@ def open_mixture(spec: str, data_dir: str | None) -> MixtureSource:
     return MixtureSource(spec, parts)
 
 
-def open_train_source(spec: str, data_dir: str | None) -> datasets.RecordSource:
-    """The training source of `config.data.train`: one dataset, or a mixture."""
+def open_spec(spec: str, default_split: str, data_dir: str | None) -> datasets.RecordSource:
+    """The source a data spec names: one dataset, or a mixture (config.data.train's only)."""
     if is_mixture(spec):
         return open_mixture(spec, data_dir)
-    return datasets.open_source(datasets.parse_spec(spec, "train"), data_dir)
+    return datasets.open_source(datasets.parse_spec(spec, default_split), data_dir)

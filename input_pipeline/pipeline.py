@@ -57,7 +57,7 @@ class TrainBatches:
     """
 
     def __init__(self, config, tokenizer, *, start_position: int):
-        self.source = mixture.open_train_source(config.data.train, _data_dir(config))
+        self.source = mixture.open_spec(config.data.train, "train", _data_dir(config))
         self.seed = config.seed
         self.global_batch_size = config.batch_size
         self.max_attempts = datasets.MAX_ATTEMPTS
@@ -200,12 +200,8 @@ def describe_data(config, spec: str, default_split: str,
     labels, class names, every caption of the sampled examples and what they hold (images,
     sounds). Bad records are left out
     (the pipeline skips them too)."""
-    if mixture.is_mixture(spec):
-        source = mixture.open_mixture(spec, _data_dir(config))
-        parsed = source.spec
-    else:
-        parsed = datasets.parse_spec(spec, default_split)
-        source = datasets.open_source(parsed, _data_dir(config))
+    source = mixture.open_spec(spec, default_split, _data_dir(config))
+    parsed = source.spec
     indices = np.unique(np.linspace(0, source.num_examples - 1, min(sample_size,
                                                                      source.num_examples))
                         .astype(np.int64))
@@ -225,7 +221,7 @@ def describe_data(config, spec: str, default_split: str,
         modalities=tuple(sorted(media)) + ("text",) if labels else None,
         # The stored features select eval examples (`where`); a mixture only trains.
         features=tuple(sorted(source.parse(tf.constant(source.fetch(indices[:1])[0])))
-                       if source.num_examples and not mixture.is_mixture(spec) else ()))
+                       if source.num_examples and parsed.kind != "mix" else ()))
 
 
 def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dict]:

@@ -106,7 +106,6 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     return parts
 
 
-
 def first_source(spec: str) -> str:
     """A training spec's first dataset: itself, or a mixture's first source (a malformed
     mixture as it is, for the preflight to name)."""

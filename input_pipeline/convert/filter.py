@@ -213,6 +213,7 @@ def _write(source, output_dir: str, pool: dict, why: np.ndarray, examples_per_sh
     count = -(-len(kept) // examples_per_shard) if len(kept) else 0
     names = [shards.shard_name("train", i, count) for i in range(count)]
     paths.makedirs(output_dir)
+    captions = 0
     with tempfile.TemporaryDirectory() as local:
         for i, name in enumerate(names):
             writer = ArrayRecordWriter(f"{local}/{name}", shards.WRITER_OPTIONS)
@@ -221,6 +222,7 @@ def _write(source, output_dir: str, pool: dict, why: np.ndarray, examples_per_sh
                                       source.fetch(part)):
                 example = tf.train.Example.FromString(record)
                 example.features.feature["id"].int64_list.value[:] = [new_id]
+                captions += len(example.features.feature["captions"].bytes_list.value)
                 writer.write(example.SerializeToString(deterministic=True))
             writer.close()
             paths.copy(f"{local}/{name}", paths.join(output_dir, name))
@@ -230,11 +232,6 @@ def _write(source, output_dir: str, pool: dict, why: np.ndarray, examples_per_sh
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     paths.write_bytes(paths.join(output_dir, "scores.parquet"), buffer.getvalue())
-    captions = 0
-    for start in range(0, len(kept), 4096):
-        for record in source.fetch(kept[start:start + 4096]):
-            feature = tf.train.Example.FromString(record).features.feature
-            captions += len(feature["captions"].bytes_list.value)
     metadata = {
         "format": shards.FORMAT, "version": shards.VERSION,
         "splits": {"train": {"num_examples": int(len(kept)), "num_captions": captions,
