@@ -193,6 +193,13 @@ def append_bytes(path, data: bytes) -> None:
         part.delete()
 
 
+def remove_tree(path) -> None:
+    """A folder and all under it, local or in a bucket; nothing if there is none."""
+    path = Path(path)
+    if path.exists():
+        path.rmtree()
+
+
 def remove_empty_folder(path) -> None:
     """Removes a local folder if it holds nothing (a bucket has no empty folders)."""
     path = os.fspath(path)

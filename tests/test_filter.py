@@ -11,8 +11,8 @@ import pytest
 import tensorflow as tf
 
 from input_pipeline import datasets, shards
+from input_pipeline.convert import beam, make_shards
 from input_pipeline.convert import filter as curate
-from input_pipeline.convert import make_shards
 from input_pipeline.generated import shapes, synthetic
 
 DUPLICATES, NEAR_TEST = 12, 6
@@ -81,6 +81,21 @@ def test_filter_removes_copies_keeps_the_best_and_is_the_same_for_any_workers(
     four = curate.filter_shards(pool, str(tmp_path / "four"), workdir, workers=4, **options)
     assert four["filter"]["counts"] == counts
     assert _files(tmp_path / "one") == _files(tmp_path / "four")
+    # Beam's workers embed the chunks (in this process: the runner's mode is what differs).
+    done_by_beam, real_run_each = [], beam.run_each
+
+    def run_each(items, function, options, label):
+        real_run_each(items, function, options, label)
+        done_by_beam.extend(os.path.exists(f"{function.staging}/chunk-{i:06d}.npz")
+                            for i in items)
+
+    monkeypatch.setattr(curate.beam, "run_each", run_each)
+    curate.filter_shards(pool, str(tmp_path / "beam"), workdir, engine="beam",
+                         beam_options="--direct_running_mode=in_memory --direct_num_workers=1",
+                         **options)
+    assert _files(tmp_path / "one") == _files(tmp_path / "beam")
+    assert len(done_by_beam) == -(-counts["input"] // 64) + 2 and all(done_by_beam)
+    monkeypatch.undo()
 
     # Interrupted in its third chunk, then run again: the finished chunks are read back.
     embedded = []

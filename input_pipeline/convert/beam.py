@@ -20,8 +20,10 @@ output folder on a file system every worker sees.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
 
 from input_pipeline import shards
 from input_pipeline.convert import readers
@@ -31,6 +33,33 @@ from mmjax import text_tokenizers
 COPY_CHUNK = 256
 DEFAULT_OPTIONS = ("--runner=DirectRunner", "--direct_running_mode=multi_processing",
                    "--direct_num_workers=0")
+
+
+def pipeline_options(beam_options: str | list[str] | tuple = ()) -> tuple[list[str], str]:
+    """The options given on the command line (one string) or as a list, and the runner they
+    name (DirectRunner, Beam's local runner, unless they name another)."""
+    options = (shlex.split(beam_options) if isinstance(beam_options, str)
+               else list(beam_options))
+    runner = next((o.split("=", 1)[1] for o in options if o.startswith("--runner=")),
+                  "DirectRunner")
+    return options, runner
+
+
+def run_each(items: list, function, beam_options: list[str], label: str) -> None:
+    """`function(item)` for every item, as one Beam pipeline (DEFAULT_OPTIONS, then
+    `beam_options`); what the function returns is dropped: its work is what it writes."""
+    import logging
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    if not items:
+        return
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' chatter
+    options = PipelineOptions(list(DEFAULT_OPTIONS) + list(beam_options))
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (pipeline | f"{label} items" >> beam.Create(items)
+             | label >> beam.Map(function))
 
 
 def _unit_paths(staging: str, split: str, index: int) -> tuple[str, str]:
@@ -129,22 +158,13 @@ def convert_split(source, split: str, staging: str, *, examples_per_shard: int,
                   check_images: bool, tokenizer_config: dict | None,
                   beam_options: list[str]) -> dict:
     """Both passes for one split; returns its state as the threaded converter keeps it."""
-    import logging
-
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its workers' chatter
-    options = PipelineOptions(list(DEFAULT_OPTIONS) + list(beam_options))
     units = list(enumerate(source.units(split)))
     # What an interrupted run finished is not done again.
     todo = [u for u in units if not os.path.exists(_unit_paths(staging, split, u[0])[1])]
-    if todo:
-        with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline | f"{split} units" >> beam.Create(todo)
-                 | "read, check, encode" >> beam.Map(convert_unit, staging=staging, split=split,
-                                                     check_images=check_images,
-                                                     tokenizer_config=tokenizer_config))
+    run_each(todo, functools.partial(convert_unit, staging=staging, split=split,
+                                     check_images=check_images,
+                                     tokenizer_config=tokenizer_config),
+             beam_options, f"{split}: read, check, encode")
     summaries = []
     for index, _ in units:
         with open(_unit_paths(staging, split, index)[1]) as f:
@@ -152,10 +172,8 @@ def convert_split(source, split: str, staging: str, *, examples_per_shard: int,
     counts = [s["written"] for s in summaries]
     plans = shard_plans(counts, examples_per_shard)
     todo = [p for p in plans if not os.path.exists(_shard_path(staging, split, p[0]))]
-    if todo:
-        with beam.Pipeline(options=options) as pipeline:
-            _ = (pipeline | f"{split} shards" >> beam.Create(todo)
-                 | "write shards" >> beam.Map(write_shard, staging=staging, split=split))
+    run_each(todo, functools.partial(write_shard, staging=staging, split=split), beam_options,
+             f"{split}: write shards")
     left_out = {reason: [what for s in summaries for what in s["left_out"][reason]]
                 for reason in summaries[0]["left_out"]} if summaries else {}
     return {"written": sum(counts), "captions": sum(s["captions"] for s in summaries),

@@ -15,9 +15,11 @@ with the highest scores stay (ties: the earlier), or those scoring at least `min
 
 OUT holds the kept records as shards (ids renumbered, all else as it was: any reader of shards
 reads it), `scores.parquet` (every input record: index, key, score, kept, why not) and
-`metadata.json` with the counts removed and why. Records are embedded in chunks of 1,024 by
-`--workers` threads, each chunk saved as it finishes: the output is the same bytes for any
-number of workers, and an interrupted run goes on from the chunks it finished.
+`metadata.json` with the counts removed and why. Records are embedded in chunks of 1,024, each
+saved beside the output as it finishes, by `--workers` threads or, with `--engine=beam`, by an
+Apache Beam pipeline (JAX in each worker; `--beam_options` as make_shards takes them, Dataflow
+included). The output is the same bytes for any engine and number of workers, and an
+interrupted run goes on from the chunks it finished.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tempfile
+import threading
 import time
 from multiprocessing.pool import ThreadPool
 
@@ -38,6 +40,7 @@ from absl import app, flags
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from input_pipeline import datasets, preprocess, shards
+from input_pipeline.convert import beam
 from mmjax import inference, paths
 
 CHUNK = 1024
@@ -84,20 +87,44 @@ def _records(source: datasets.RecordSource, start: int, stop: int):
     return serialized, images, captions, keys
 
 
-def embed_set(source, embed, staging: str, workers: int = 1, with_text: bool = True,
-              chunk_size: int = CHUNK) -> dict:
-    """Every record's embeddings and score, a saved chunk at a time (a chunk saved by an earlier,
-    interrupted run is read back, not computed)."""
-    paths.makedirs(staging)
-    count = source.num_examples
+class ChunkEmbedder:
+    """Embeds and scores one chunk of a source's records and saves it in `staging`; a chunk
+    saved by an earlier, interrupted run is read back, not computed. Holds names only (the run,
+    the data spec), so Beam's workers each build the model and open the source themselves."""
 
-    def chunk(index: int) -> dict:
-        path = paths.join(staging, f"chunk-{index:06d}.npz")
+    def __init__(self, clip_workdir: str, spec: str, default_split: str, data_dir: str | None,
+                 staging: str, *, with_text: bool = True, chunk_size: int = CHUNK):
+        self.clip_workdir, self.spec, self.default_split = clip_workdir, spec, default_split
+        self.data_dir, self.staging = data_dir, staging
+        self.with_text, self.chunk_size = with_text, chunk_size
+        self._opened, self._lock = None, threading.Lock()
+
+    def __getstate__(self):
+        return {k: v for k, v in vars(self).items() if k not in ("_opened", "_lock")}
+
+    def __setstate__(self, state):
+        vars(self).update(state, _opened=None, _lock=threading.Lock())
+
+    def _open(self):
+        with self._lock:
+            if self._opened is None:
+                source = datasets.open_source(datasets.parse_spec(self.spec, self.default_split),
+                                              self.data_dir)
+                source = source if self.with_text else _AsShards(source)
+                self._opened = (source, _embedder(inference.load(self.clip_workdir)))
+            return self._opened
+
+    def num_chunks(self) -> int:
+        return -(-self._open()[0].num_examples // self.chunk_size)
+
+    def __call__(self, index: int) -> dict:
+        path = paths.join(self.staging, f"chunk-{index:06d}.npz")
         if paths.exists(path):
             return dict(np.load(io.BytesIO(paths.read_bytes(path))))
-        _, images, captions, keys = _records(source, index * chunk_size,
-                                             min(count, (index + 1) * chunk_size))
-        image, text, ok = embed(images, captions if with_text else None)
+        source, embed = self._open()
+        stop = min(source.num_examples, (index + 1) * self.chunk_size)
+        _, images, captions, keys = _records(source, index * self.chunk_size, stop)
+        image, text, ok = embed(images, captions if self.with_text else None)
         result = {"image": image, "ok": ok, "keys": np.asarray(keys, dtype=object).astype(str)}
         if text is not None:
             result["score"] = np.where(ok, np.sum(image * text, axis=1), -np.inf)
@@ -106,8 +133,19 @@ def embed_set(source, embed, staging: str, workers: int = 1, with_text: bool = T
         paths.write_bytes(path, buffer.getvalue())
         return result
 
+
+def embed_set(chunks: ChunkEmbedder, workers: int = 1, engine: str = "threads",
+              beam_options: list[str] = ()) -> dict:
+    """Every record's embeddings (and scores), by `workers` threads of this process or, with
+    engine "beam", by a Beam pipeline's workers (what they save is then read back here)."""
+    paths.makedirs(chunks.staging)
+    indices = range(chunks.num_chunks())
+    if engine == "beam":
+        todo = [i for i in indices
+                if not paths.exists(paths.join(chunks.staging, f"chunk-{i:06d}.npz"))]
+        beam.run_each(todo, chunks, list(beam_options), "embed and score")
     with ThreadPool(max(1, workers)) as pool:
-        parts = pool.map(chunk, range(-(-count // chunk_size)))
+        parts = pool.map(chunks, indices)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -150,20 +188,26 @@ def filter_shards(input_dir: str, output_dir: str, clip_workdir: str, *, split: 
                   keep_fraction: float | None = 0.7, min_score: float | None = None,
                   duplicate_similarity: float | None = 0.95, against: tuple[str, ...] = (),
                   data_dir: str | None = None, workers: int = 1, chunk_size: int = CHUNK,
-                  examples_per_shard: int = 10_000, quiet: bool = False) -> dict:
+                  examples_per_shard: int = 10_000, engine: str = "threads",
+                  beam_options: str | list[str] = (), quiet: bool = False) -> dict:
+    """`engine`: "threads" (`workers` threads of this process) or "beam" (an Apache Beam
+    pipeline embeds the chunks: its local runner on every core unless `beam_options` name
+    another, Dataflow included); the output is the same bytes."""
     if (keep_fraction is None) == (min_score is None):
         raise ValueError("Give one of keep_fraction (the best share to keep) and min_score.")
-    model = inference.load(clip_workdir)
-    embed = _embedder(model)
-    source = datasets.open_source(datasets.parse_spec(f"shards:{input_dir}:{split}", split),
-                                  data_dir)
-    # Chunks saved by an interrupted run of the same input, split, scorer and chunking.
+    if engine not in ("threads", "beam"):
+        raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
+    beam_options = beam.pipeline_options(beam_options)[0]
+    # Chunks saved by an interrupted run of the same input, split, scorer and chunking; beside
+    # the output, where every Beam worker sees them (a bucket for Dataflow).
     identity = hashlib.sha256(json.dumps([paths.absolute(input_dir), split, chunk_size,
                                           paths.absolute(clip_workdir)]).encode()).hexdigest()
-    staging = paths.join(tempfile.gettempdir(), f"mmjax_filter_{identity[:16]}")
+    staging = paths.join(output_dir, f".partial-filter-{identity[:16]}")
+    chunking = dict(data_dir=data_dir, chunk_size=chunk_size)
     started = time.perf_counter()
-    pool = embed_set(source, embed, paths.join(staging, "pool"), workers,
-                     chunk_size=chunk_size)
+    pool = embed_set(ChunkEmbedder(clip_workdir, f"shards:{input_dir}:{split}", split,
+                                   staging=paths.join(staging, "pool"), **chunking),
+                     workers, engine, beam_options)
     seconds = time.perf_counter() - started
     duplicate = np.zeros(len(pool["ok"]), bool)
     near = np.zeros(len(pool["ok"]), bool)
@@ -172,19 +216,20 @@ def filter_shards(input_dir: str, output_dir: str, clip_workdir: str, *, split: 
         images = pool["image"] * pool["ok"][:, None]
         duplicate = near_duplicates(images, duplicate_similarity) & pool["ok"]
         for i, spec in enumerate(against):
-            reference = datasets.open_source(datasets.parse_spec(spec, "test"), data_dir)
-            evaluation = embed_set(_AsShards(reference), embed,
-                                   paths.join(staging, f"against-{i}"), workers, with_text=False,
-                                   chunk_size=chunk_size)
+            evaluation = embed_set(ChunkEmbedder(clip_workdir, spec, "test", with_text=False,
+                                                 staging=paths.join(staging, f"against-{i}"),
+                                                 **chunking), workers, engine, beam_options)
             near |= near_duplicates(pool["image"], duplicate_similarity,
                                     against=evaluation["image"][evaluation["ok"]])
     why = decide(pool["score"], pool["ok"], duplicate, near, keep_fraction=keep_fraction,
                  min_score=min_score)
+    source = datasets.open_source(datasets.parse_spec(f"shards:{input_dir}:{split}", split),
+                                  data_dir)
     metadata = _write(source, output_dir, pool, why, examples_per_shard, dict(
         input=paths.absolute(input_dir), split=split, clip_workdir=paths.absolute(clip_workdir),
         keep_fraction=keep_fraction, min_score=min_score,
         duplicate_similarity=duplicate_similarity, against=list(against)))
-    shutil.rmtree(staging)
+    paths.remove_tree(staging)
     if not quiet:
         print(json.dumps(metadata["filter"]["counts"]))
         print(f"scored {len(why)} pairs in {seconds:.1f} s: {len(why) / seconds:.1f} pairs/s "
@@ -253,7 +298,8 @@ def main(argv) -> None:
                   keep_fraction=None if FLAGS.min_score is not None else FLAGS.keep_fraction,
                   min_score=FLAGS.min_score, duplicate_similarity=FLAGS.duplicate_similarity,
                   against=tuple(FLAGS.against), data_dir=FLAGS.data_dir, workers=FLAGS.workers,
-                  examples_per_shard=FLAGS.examples_per_shard)
+                  examples_per_shard=FLAGS.examples_per_shard, engine=FLAGS.engine,
+                  beam_options=FLAGS.beam_options)
 
 
 if __name__ == "__main__":
@@ -270,4 +316,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("data_dir", None, "TFDS data_dir of the evaluation sets.")
     flags.DEFINE_integer("workers", 1, "Threads embedding chunks.")
     flags.DEFINE_integer("examples_per_shard", 10_000, "Records per output shard.")
+    flags.DEFINE_enum("engine", "threads", ["threads", "beam"], "threads: --workers threads of "
+                      "this process embed the records; beam: an Apache Beam pipeline does (its "
+                      "local runner on every core unless --beam_options name another).")
+    flags.DEFINE_string("beam_options", "", "With --engine=beam: Beam pipeline options, e.g. "
+                        "'--runner=DataflowRunner --project=P --region=R "
+                        "--temp_location=gs://b/tmp' (then --output_dir in a bucket).")
     app.run(main)

@@ -29,7 +29,6 @@ import hashlib
 import itertools
 import json
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -153,10 +152,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     name another); the shards are the same."""
     if engine not in ("threads", "beam"):
         raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
-    pipeline_options = (shlex.split(beam_options) if isinstance(beam_options, str)
-                        else list(beam_options))
-    runner = next((o.split("=", 1)[1] for o in pipeline_options if o.startswith("--runner=")),
-                  "DirectRunner")
+    pipeline_options, runner = beam.pipeline_options(beam_options)
     if engine == "beam" and paths.is_cloud(output_dir) and runner != "DirectRunner":
         # A bucket output is staged on local disk, which only the local runner's workers see.
         raise ValueError(f"--beam_options runs {runner}, whose workers share no local disk, and "
