@@ -1,4 +1,4 @@
-"""How a dataset's stored features become mmjax's example: `image` or `audio` (encoded),
+"""How a dataset's stored features become mmjax's example: `image`, `audio` or `video` (encoded),
 `captions` [K], `label`, `id`. The embedded dataset and its VQA view have their own adapters;
 other TFDS datasets get one inferred from their features (captions, a caption, or class labels)."""
 
@@ -11,12 +11,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from input_pipeline import prompts
-from input_pipeline.generated import shapes, sounds, triples
+from input_pipeline.generated import clips, shapes, sounds, triples
 
 EMBEDDED_DATASET = "mmjax_shapes"
 # The datasets generated on first use (never downloaded), by name: their builders' prepare.
 GENERATED_DATASETS = {EMBEDDED_DATASET: shapes.prepare, "mmjax_sounds": sounds.prepare,
-                      "mmjax_triples": triples.prepare}
+                      "mmjax_triples": triples.prepare, "mmjax_clips": clips.prepare}
 
 
 @dataclasses.dataclass
@@ -54,6 +54,19 @@ ADAPTERS = {
                                      "label": f["label"], "id": f["id"]},
         class_names=triples.CLASS_NAMES,
         prompt_templates=triples.PROMPT_TEMPLATES,
+    ),
+    "mmjax_clips": Adapter(
+        to_example=lambda f, index: {"video": f["video"], "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["label"], "id": f["id"]},
+        class_names=clips.CLASS_NAMES,
+        prompt_templates=clips.PROMPT_TEMPLATES,
+    ),
+    # The same clips classified by what is in them instead of what it does.
+    "mmjax_clips_objects": Adapter(
+        to_example=lambda f, index: {"video": f["video"], "captions": tf.reshape(f["caption"], [1]),
+                                     "label": f["object_label"], "id": f["id"]},
+        class_names=clips.OBJECT_NAMES,
+        prompt_templates=clips.OBJECT_PROMPT_TEMPLATES,
     ),
 }
 

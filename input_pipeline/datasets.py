@@ -36,7 +36,7 @@ from input_pipeline.adapters import (
 from mmjax import conventions, paths, text_tokenizers
 
 # Views of the embedded dataset's records under another name (same files, other examples).
-EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET}
+EMBEDDED_VIEWS = {"mmjax_shapes_vqa": EMBEDDED_DATASET, "mmjax_clips_objects": "mmjax_clips"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +165,7 @@ class ShardsSource(RecordSource):
         self.num_examples = len(self.records)
         self.tokenized_with = self.records.tokenized_with
         # Records carry their id (and, tokenized, their captions' ids); no class names.
-        keys = ("image", "audio", "captions", "label", "id") + (
+        keys = ("image", "audio", "video", "captions", "label", "id") + (
             ("caption_tokens",) if self.tokenized_with else ())
         self.adapter = Adapter(to_example=lambda record, index: {k: record[k] for k in keys})
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline import audio, datasets, mixture, preprocess, prompts
+from input_pipeline import audio, datasets, mixture, preprocess, prompts, video
 from mmjax import conventions
 
 # TensorFlow must not take GPU or TPU memory that JAX needs.
@@ -33,8 +33,14 @@ def _audio_media(config, role: str) -> preprocess.Media:
         hop=settings.hop, frame_length=settings.frame_length, num_mels=settings.num_mels)
 
 
+def _video_media(config, role: str) -> preprocess.Media:
+    settings = config.data.video
+    return video.clip_media(settings[f"{role}_preprocess"], frames=settings.frames,
+                            stride=settings.stride, image_size=config.data.image_size)
+
+
 # How each non-text modality's batch entry is made for the train or eval role.
-MEDIA = {"image": _image_media, "audio": _audio_media}
+MEDIA = {"image": _image_media, "audio": _audio_media, "video": _video_media}
 
 
 def media(config, role: str) -> dict[str, preprocess.Media]:
@@ -192,6 +198,8 @@ class DataFacts:
     modalities: tuple[str, ...] | None = None
     # The features a record stores (an eval set's `where` selects by one of them).
     features: tuple[str, ...] = ()
+    # The most frames a sampled video stores (None: no videos).
+    video_frames: int | None = None
 
 
 def describe_data(config, spec: str, default_split: str,
@@ -205,11 +213,13 @@ def describe_data(config, spec: str, default_split: str,
     indices = np.unique(np.linspace(0, source.num_examples - 1, min(sample_size,
                                                                      source.num_examples))
                         .astype(np.int64))
-    captions, labels, media = [], [], set()
+    captions, labels, media, video_frames = [], [], set(), []
     for example in _decoded(source, indices):
         captions += [c.decode("utf-8") for c in example["captions"] if c.strip()]
         labels.append(int(example["label"]))
         media.update(m for m in MEDIA if m in example and len(example[m]))
+        if "video" in example and len(example["video"]):
+            video_frames.append(len(example["video"]))
     return DataFacts(
         spec=parsed.name if parsed.kind == "mix" else f"{parsed.kind}:{parsed.name}:{parsed.split}",
         name=parsed.short_name,
@@ -221,7 +231,8 @@ def describe_data(config, spec: str, default_split: str,
         modalities=tuple(sorted(media)) + ("text",) if labels else None,
         # The stored features select eval examples (`where`); a mixture only trains.
         features=tuple(sorted(source.parse(tf.constant(source.fetch(indices[:1])[0])))
-                       if source.num_examples and parsed.kind != "mix" else ()))
+                       if source.num_examples and parsed.kind != "mix" else ()),
+        video_frames=max(video_frames) if video_frames else None)
 
 
 def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dict]:
@@ -242,9 +253,17 @@ def _decoded(source: datasets.RecordSource, indices: np.ndarray) -> Iterator[dic
 
 
 def preprocess_error(config, chain: str, modality: str = "image") -> str | None:
-    """What is wrong with an image or audio preprocessing chain, or None (for the preflight)."""
+    """What is wrong with an image, audio or video preprocessing chain, or None (for the
+    preflight)."""
     try:
-        if modality == "audio":
+        if modality == "video":
+            v = config.data.video
+            video.clip_media(chain, frames=v.frames, stride=v.stride,
+                             image_size=config.data.image_size)
+            names = [op.split("(")[0].strip() for op in chain.split("|")]
+            if not names or names[0] != "decode_frames":
+                return f"Video chain {chain!r} must start with decode_frames"
+        elif modality == "audio":
             a = config.data.audio
             audio.spectrogram_media(chain, rate=a.rate, frames=a.frames, hop=a.hop,
                                     frame_length=a.frame_length, num_mels=a.num_mels)

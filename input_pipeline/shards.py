@@ -4,7 +4,9 @@
     DIR/train-00000-of-00004.array_record  records in id order: id i is record i of the split
 
 A record holds `image` (the original encoded bytes, never re-encoded) or, for a sound, `audio`
-(16-bit PCM WAV: WAV files as they are, other formats converted), `captions` (one or more),
+(16-bit PCM WAV: WAV files as they are, other formats converted) or, for a video, `video` (its
+sampled frames as JPEGs), `video_timestamps` (seconds) and its soundtrack in `audio`, `captions`
+(one or more),
 `id` (its index in the split), `key` (where it came from: the image path) and `label` (-1 when
 the source has none). `python -m input_pipeline.convert.make_shards` writes them.
 """
@@ -27,6 +29,8 @@ FEATURES = {
     # One of the two per record; the other reads as empty.
     "image": tf.io.FixedLenFeature([], tf.string, default_value=""),
     "audio": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "video": tf.io.VarLenFeature(tf.string),
+    "video_timestamps": tf.io.VarLenFeature(tf.float32),
     "captions": tf.io.VarLenFeature(tf.string),
     "id": tf.io.FixedLenFeature([], tf.int64),
     "key": tf.io.FixedLenFeature([], tf.string, default_value=""),
@@ -41,15 +45,23 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def encode_record(media: bytes, captions: list[str], example_id: int, key: str,
+def encode_record(media, captions: list[str], example_id: int, key: str,
                   label: int = -1, tokens=None, modality: str = "image") -> bytes:
-    """`media`: the encoded image, or WAV bytes with modality="audio"."""
+    """`media`: the encoded image, WAV bytes with modality="audio", or a video clip
+    (convert.video_files.Clip: frames, timestamps, soundtrack) with modality="video"."""
     feature = tf.train.Feature
     extra = {} if tokens is None else {
         "tokens": feature(int64_list=tf.train.Int64List(value=[int(t) for t in tokens.ravel()]))}
+    if modality == "video":
+        extra.update(
+            video=feature(bytes_list=tf.train.BytesList(value=media.frames)),
+            video_timestamps=feature(float_list=tf.train.FloatList(value=media.timestamps)))
+        if media.audio is not None:
+            extra["audio"] = feature(bytes_list=tf.train.BytesList(value=[media.audio]))
+    else:
+        extra[modality] = feature(bytes_list=tf.train.BytesList(value=[media]))
     return tf.train.Example(features=tf.train.Features(feature={
         **extra,
-        modality: feature(bytes_list=tf.train.BytesList(value=[media])),
         "captions": feature(bytes_list=tf.train.BytesList(value=[c.encode("utf-8")
                                                                    for c in captions])),
         "id": feature(int64_list=tf.train.Int64List(value=[example_id])),
@@ -62,11 +74,13 @@ def encode_record(media: bytes, captions: list[str], example_id: int, key: str,
 
 def decode_record(serialized: tf.Tensor, context_length: int | None = None
                   ) -> dict[str, tf.Tensor]:
-    """In-graph: a serialized record -> image (encoded) and audio (WAV; one of them empty),
-    captions [K], id, key, label, and with
+    """In-graph: a serialized record -> image (encoded), audio (WAV) and video (JPEG frames
+    [T], video_timestamps [T]; those the record lacks empty), captions [K], id, key, label, and
+    with
     the shards' `context_length` (tokenized shards), caption_tokens [K, context_length]."""
     parsed = tf.io.parse_single_example(serialized, FEATURES)
-    parsed["captions"] = tf.sparse.to_dense(parsed["captions"], default_value="")
+    for name in ("captions", "video", "video_timestamps"):
+        parsed[name] = tf.sparse.to_dense(parsed[name])
     tokens = tf.sparse.to_dense(parsed.pop("tokens"))
     if context_length:
         parsed["caption_tokens"] = tf.reshape(tf.cast(tokens, tf.int32), [-1, context_length])

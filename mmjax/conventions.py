@@ -38,12 +38,12 @@ def under_prefixes(name: str, prefixes) -> bool:
 # The modalities a model may have, in the order metric names and loss pairs follow, and the
 # batch entry each is fed by. A model has those whose tower its config sets
 # (config.model.<modality>_tower).
-MODALITIES = ("image", "audio", "text")
-BATCH_KEYS = {"image": "image", "audio": "audio", "text": "tokens"}
-# One letter each, for retrieval metrics: i2t, a2t, i2a.
-INITIALS = {"image": "i", "audio": "a", "text": "t"}
+MODALITIES = ("image", "audio", "video", "text")
+BATCH_KEYS = {"image": "image", "audio": "audio", "video": "video", "text": "tokens"}
+# One letter each, for retrieval metrics: i2t, a2t, v2t, i2a.
+INITIALS = {"image": "i", "audio": "a", "video": "v", "text": "t"}
 # Before the names of per-modality metrics (zero-shot, linear probe); images' stay unprefixed.
-METRIC_PREFIXES = {"image": "", "audio": "audio_"}
+METRIC_PREFIXES = {"image": "", "audio": "audio_", "video": "video_"}
 
 
 def model_modalities(model_config) -> tuple[str, ...]:

@@ -99,6 +99,13 @@ def base_config() -> ml_collections.ConfigDict:
         rate=16_000, frames=96, hop=160, frame_length=400, num_mels=80,
         train_preprocess="decode_wav|resample|crop_or_pad(random=True)|log_mel|spec_augment",
         eval_preprocess="decode_wav|resample|crop_or_pad|log_mel"))
+    # Video (models with a video tower): a clip of `frames` frames, every `stride`-th stored
+    # frame from a random start in training and the centred one in evaluation, each frame
+    # image_size square (input_pipeline/video.py names the ops; one crop for the whole clip).
+    config.data.video = ml_collections.ConfigDict(dict(
+        frames=8, stride=1,
+        train_preprocess="decode_frames|sample_clip(random=True)|resize_shorter|random_crop",
+        eval_preprocess="decode_frames|sample_clip|resize_shorter|center_crop"))
     # Global batch size for evaluation; padded up to a multiple of the batch devices, and the
     # last batch is padded, never dropped.
     config.data.eval_batch_size = 512
@@ -150,6 +157,10 @@ def base_config() -> ml_collections.ConfigDict:
     # one-channel image), sized like the image tower; None: no audio. A model has the
     # modalities whose tower is set: image_tower=None and an audio tower make an audio-text model.
     config.model.audio_tower = placeholder(ml_collections.ConfigDict)
+    # A video tower (mmjax.models.TOWERS["video"]: "vivit", a ViT over tubelets of
+    # `tubelet_frames` frames, joint or factorised space-time attention), sized like the image
+    # tower; None: no video.
+    config.model.video_tower = placeholder(ml_collections.ConfigDict)
 
     # Objectives and their weights, by name in mmjax.losses.LOSSES.
     config.losses = ml_collections.ConfigDict(dict(clip=1.0))
@@ -209,8 +220,11 @@ def base_config() -> ml_collections.ConfigDict:
     # the parameters under `params` (all if empty); the rest is initialised fresh.
     # audio_tower_from: a run whose image tower starts the audio tower (AST: patch kernels summed
     # over RGB, position embeddings resampled to the spectrogram's patch grid).
+    # video_tower_from: a run whose image tower starts the video tower (ViViT: the patch kernel
+    # spread over a tubelet's frames, the spatial positions repeated over time).
     config.init_from = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), params=(),
-                                                      audio_tower_from=placeholder(str)))
+                                                      audio_tower_from=placeholder(str),
+                                                      video_tower_from=placeholder(str)))
 
     # On CPUs: keep freed host memory for the next step (mmjax/training/host_memory.py) instead of
     # returning it to the system, so that each step does not page-fault its whole working set

@@ -14,7 +14,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from input_pipeline import pipeline
-from mmjax import paths, preflight
+from mmjax import conventions, paths, preflight
 from mmjax.evaluation import evaluators, report
 from mmjax.evaluation.suite import EvalSuite, Evaluation, all_rows, open_eval_data
 from mmjax.training import checkpoint
@@ -55,8 +55,9 @@ def caption_checkpoint(config, workdir: str, mesh: Mesh | None = None) -> dict[s
     manager, step, state = restore_latest(trainer, workdir)
     generated, references = [], []
     for local_batch in open_eval_data(evaluation).batches():
-        batch = trainer.global_batch(local_batch, keys=("image",))
-        tokens = jax.device_get(evaluation.caption_step(state["params"], batch["image"]))
+        key = conventions.BATCH_KEYS[trainer.model_modalities[0]]  # the captioned modality's
+        batch = trainer.global_batch(local_batch, keys=(key,))
+        tokens = jax.device_get(evaluation.caption_step(state["params"], batch[key]))
         keep = all_rows(local_batch["valid"]).astype(bool)
         generated.append(tokens[keep])
         references.append(all_rows(local_batch["tokens"])[keep])

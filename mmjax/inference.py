@@ -5,6 +5,7 @@
     image_embeddings = model.encode_image(images)      # uint8 (N, H, W, 3) of any size, or float32
     text_embeddings = model.encode_text(["two large red circles on the left"])
     audio_embeddings = model.encode_audio(spectrograms)  # audio models: log-mel [N, frames, mels]
+    video_embeddings = model.encode_video(frames)      # video models: uint8 [N, T, H, W, 3]
     captions = model.caption(images, beam_size=3)     # captioning models (CoCa)
     tokens = model.tokenize(images)                   # image tokenizers: [N, tokens] ints
     reconstructions = model.detokenize(tokens)        # ... and back: uint8 (N, S, S, 3)
@@ -76,6 +77,26 @@ class InferenceModel:
         return np.asarray(self._encode_audio(self.params, jnp.asarray(spectrograms)))
 
     @functools.cached_property
+    def _encode_video(self):
+        return jax.jit(lambda params, x: nnx.merge(self.graphdef, params).encode("video", x)[0])
+
+    def encode_video(self, frames) -> np.ndarray:
+        """Clips uint8 [N, T, H, W, 3] of the model's frame count (config.data.video.frames,
+        already sampled at its stride); each frame gets the eval preprocessing, as images do.
+        float32 clips are taken as preprocessed."""
+        clips = self._prepare_clips(frames)
+        return np.asarray(self._encode_video(self.params, jnp.asarray(clips)))
+
+    def _prepare_clips(self, frames) -> np.ndarray:
+        frames = np.asarray(frames)
+        count = models.ModelInputs.from_data(self.config.data).video_frames
+        if frames.ndim != 5 or frames.shape[1] != count or frames.shape[-1] != 3:
+            raise ValueError(f"Clips must be (N, {count}, H, W, 3) (config.data.video.frames "
+                             f"frames each); got shape {frames.shape}.")
+        images = self._prepare_images(frames.reshape(-1, *frames.shape[2:]))
+        return images.reshape(len(frames), count, *images.shape[1:])
+
+    @functools.cached_property
     def _encode_text(self):
         return jax.jit(lambda params, t: nnx.merge(self.graphdef, params).encode_text(t)[0])
 
@@ -111,11 +132,14 @@ class InferenceModel:
                                 beam_size)
 
     def caption(self, images, beam_size: int = 1) -> list[str]:
-        """Captions (greedy, or beam search with `beam_size` > 1) for a captioning model."""
-        if not hasattr(nnx.merge(self.graphdef, self.params), "start_decoding"):
+        """Captions (greedy, or beam search with `beam_size` > 1) for a captioning model: of
+        images, or of clips [N, T, H, W, 3] for a model that captions video."""
+        model = nnx.merge(self.graphdef, self.params)
+        if not hasattr(model, "start_decoding"):
             raise ValueError(f"This is a {self.config.model.name!r} model, which has no text "
                              "decoder; captions need a 'coca' model.")
-        images = self._prepare_images(images)
+        images = (self._prepare_clips(images) if model.captioned == "video"
+                  else self._prepare_images(images))
         tokens = np.asarray(self._caption(self.params, jnp.asarray(images), beam_size))
         return [self.tokenizer.decode(row) for row in tokens]
 

@@ -78,7 +78,7 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def convert_unit(indexed_unit, *, staging: str, split: str, check_images: bool,
-                 tokenizer_config: dict | None) -> None:
+                 tokenizer_config: dict | None, video) -> None:
     """Pass 1 for one unit: its usable examples as records (ids set in pass 2) and a summary."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -92,7 +92,7 @@ def convert_unit(indexed_unit, *, staging: str, split: str, check_images: bool,
         if isinstance(item, readers.LeftOut):
             summary["left_out"][item.reason].append(item.what)
             continue
-        data, reason, why = readers.load_example(item, check_images)
+        data, reason, why = readers.load_example(item, check_images, video)
         if data is None:
             summary["left_out"][reason].append(why)
             continue
@@ -156,14 +156,14 @@ def write_shard(plan, *, staging: str, split: str) -> None:
 
 def convert_split(source, split: str, staging: str, *, examples_per_shard: int,
                   check_images: bool, tokenizer_config: dict | None,
-                  beam_options: list[str]) -> dict:
+                  beam_options: list[str], video) -> dict:
     """Both passes for one split; returns its state as the threaded converter keeps it."""
     units = list(enumerate(source.units(split)))
     # What an interrupted run finished is not done again.
     todo = [u for u in units if not os.path.exists(_unit_paths(staging, split, u[0])[1])]
     run_each(todo, functools.partial(convert_unit, staging=staging, split=split,
                                      check_images=check_images,
-                                     tokenizer_config=tokenizer_config),
+                                     tokenizer_config=tokenizer_config, video=video),
              beam_options, f"{split}: read, check, encode")
     summaries = []
     for index, _ in units:

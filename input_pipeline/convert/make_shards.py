@@ -25,6 +25,7 @@ never holds a mix. A run whose input has not changed since the last complete one
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -36,7 +37,7 @@ import time
 from multiprocessing.pool import ThreadPool
 
 from input_pipeline import shards
-from input_pipeline.convert import beam, readers
+from input_pipeline.convert import beam, readers, video_files
 from mmjax import paths, text_tokenizers
 
 PROGRESS = "progress.json"
@@ -111,7 +112,8 @@ class SplitWriter:
 
 
 def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, window: int,
-                   check_images: bool, progress: Progress | None) -> None:
+                   check_images: bool, progress: Progress | None,
+                   video: video_files.VideoSettings) -> None:
     state = writer.state
     items = itertools.islice(source.stream(split), state["consumed"], None)
     while True:
@@ -120,7 +122,8 @@ def _convert_split(source, split: str, writer: SplitWriter, pool: ThreadPool, wi
             break
         examples = [item for item in chunk if isinstance(item, readers.Example)]
         loaded = iter(
-            pool.map(lambda e: readers.load_example(e, check_images), examples, chunksize=4)
+            pool.map(lambda e: readers.load_example(e, check_images, video), examples,
+                     chunksize=4)
         )
         for item in chunk:
             state["consumed"] += 1  # before add(): a shard finished here includes this item
@@ -141,7 +144,8 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
                 workers: int | None = None, overwrite: bool = False, quiet: bool = False,
                 check_images: bool = True, columns: readers.ParquetColumns | None = None,
                 tokenizer: dict | None = None, engine: str = "threads",
-                beam_options: str | list[str] = ()) -> dict:
+                beam_options: str | list[str] = (),
+                video: video_files.VideoSettings | None = None) -> dict:
     """Writes the shards and returns the metadata (also in output_dir/metadata.json).
 
     `tokenizer` (a config.tokenizer: name, context_length, vocabulary_file): also store every
@@ -149,7 +153,9 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     recorded; a run with another one is refused by the preflight).
     `engine`: "threads" (this process; the command line's default is "beam") or "beam" (Apache
     Beam, input_pipeline/convert/beam.py: its local runner on every core unless `beam_options`
-    name another); the shards are the same."""
+    name another); the shards are the same.
+    `video`: how videos are sampled (frames a second, how many at most, their size)."""
+    video = video or video_files.VideoSettings()
     if engine not in ("threads", "beam"):
         raise ValueError(f"--engine={engine!r}: use 'threads' or 'beam'.")
     pipeline_options, runner = beam.pipeline_options(beam_options)
@@ -163,6 +169,7 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
     tokenizer = text_tokenizers.build_tokenizer(tokenizer) if tokenizer else None
     identity = text_tokenizers.identity(tokenizer) if tokenizer else None
     options = {"examples_per_shard": examples_per_shard, "check_images": check_images,
+               "video": dataclasses.asdict(video),
                "columns": vars(columns or readers.ParquetColumns()), "tokenizer": identity}
     fingerprint = _fingerprint(input_path, source.files, options)
     metadata_path = paths.join(output_dir, shards.METADATA)
@@ -218,26 +225,26 @@ def make_shards(input_path: str, output_dir: str, *, examples_per_shard: int = 1
 
                 states[split] = beam.convert_split(
                     source, split, staging, examples_per_shard=examples_per_shard,
-                    check_images=check_images, tokenizer_config=tokenizer,
+                    check_images=check_images, tokenizer_config=tokenizer, video=video,
                     beam_options=pipeline_options)
                 save_progress()
                 continue
             writer = SplitWriter(staging, split, examples_per_shard, state, save_progress,
                                  tokenizer)
             _convert_split(source, split, writer, pool, 64 * (workers or os.cpu_count() or 1),
-                           check_images, progress)
+                           check_images, progress, video)
             state["done"] = True
             save_progress()
     if progress:
         progress.close()
     if sum(s["written"] for s in states.values()) == 0:
-        raise ValueError(f"{input_path} has no usable captioned images or sounds.")
+        raise ValueError(f"{input_path} has no usable captioned images, sounds or videos.")
     return _move_into_place(input_path, output_dir, staging, states, fingerprint, identity,
-                            quiet)
+                            quiet, video)
 
 
 def _move_into_place(input_path, output_dir, staging, states, fingerprint, identity,
-                     quiet) -> dict:
+                     quiet, video) -> dict:
     split_info, left_out = {}, {k: [] for k in readers.LEFT_OUT}
     renames = {}
     for split, state in sorted(states.items()):
@@ -254,6 +261,8 @@ def _move_into_place(input_path, output_dir, staging, states, fingerprint, ident
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "splits": split_info, "left_out": left_out,
         **({"tokenizer": identity} if identity else {}),
+        # How videos were sampled (their records' frames are `fps` apart).
+        "video": dataclasses.asdict(video),
     }
     # Swap in: old shard files go, new ones move in, metadata.json last.
     metadata_path = paths.join(output_dir, shards.METADATA)
@@ -289,7 +298,8 @@ def main(argv) -> None:
     make_shards(FLAGS.input, FLAGS.output_dir, examples_per_shard=FLAGS.examples_per_shard,
                 workers=FLAGS.workers, overwrite=FLAGS.overwrite, check_images=FLAGS.check_images,
                 columns=columns, tokenizer=tokenizer, engine=FLAGS.engine,
-                beam_options=FLAGS.beam_options)
+                beam_options=FLAGS.beam_options, video=video_files.VideoSettings(
+                    FLAGS.video_fps, FLAGS.video_max_frames, FLAGS.video_max_side))
 
 
 if __name__ == "__main__":
@@ -311,7 +321,13 @@ if __name__ == "__main__":
                         "--region=R --temp_location=gs://b/tmp'.")
     flags.DEFINE_bool("overwrite", False, "Write again even if the input has not changed.")
     flags.DEFINE_bool("check_images", True, "Leave out images that do not decode.")
-    flags.DEFINE_string("image_column", "jpg", "Parquet: the column of image bytes.")
+    flags.DEFINE_float("video_fps", 8.0, "Videos: frames kept a second (the first frame at or "
+                       "after each instant).")
+    flags.DEFINE_integer("video_max_frames", 64, "Videos: at most this many frames a record.")
+    flags.DEFINE_integer("video_max_side", 256, "Videos: frames scaled so their shorter side is "
+                         "at most this (0: as decoded).")
+    flags.DEFINE_string("image_column", "jpg", "Parquet: the column of image bytes (a column "
+                        "named for a video or sound format, such as mp4, holds those).")
     flags.DEFINE_string("caption_column", "caption", "Parquet: the caption column.")
     flags.DEFINE_string("key_column", "key", "Parquet: the column naming each row (if any).")
     flags.DEFINE_string("tokenizer", None, "Also store the captions' token ids from this "

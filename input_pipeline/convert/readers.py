@@ -1,20 +1,21 @@
-"""What `make_shards` reads: captioned images and sounds in the layouts users and real datasets
-have them.
+"""What `make_shards` reads: captioned images, sounds and videos in the layouts users and real
+datasets have them.
 
-- A CSV table with a header: `image` (a path relative to the file) or `audio` (a sound file's),
-  and `caption`; optional `split` (default "train") and `label` (an integer). Rows naming one
-  file give it several captions.
+- A CSV table with a header: `image` (a path relative to the file), `audio` (a sound file's) or
+  `video` (a video file's), and `caption`; optional `split` (default "train") and `label` (an
+  integer). Rows naming one file give it several captions.
 - JSONL: one object per line with the same keys; `caption` may be a list (or use `captions`).
 - Karpathy's caption splits (`dataset_flickr30k.json`, `dataset_coco.json`): a .json beside
   the images; its splits (train, val, test, restval) and five captions per image come along.
-- A folder: every image (jpg, jpeg, png, gif, bmp, webp) or sound (wav, flac, ogg, mp3) with a
-  same-named .txt beside it, one caption per line; files under a top-level train/, validation/
-  or test/ folder go there.
+- A folder: every image (jpg, jpeg, png, gif, bmp, webp), sound (wav, flac, ogg, mp3) or video
+  (mp4, webm, mkv, mov, avi) with a same-named .txt beside it, one caption per line; files
+  under a top-level train/, validation/ or test/ folder go there.
 - webdataset `.tar` shards as img2dataset writes them (`KEY.jpg|png|webp`, or a sound
-  `KEY.flac|wav|...`, + `KEY.txt`, optional `KEY.json`): a folder of them or a glob. Streamed
-  member by member.
+  `KEY.flac|wav|...`, or a video `KEY.mp4|webm|...`, + `KEY.txt`, optional `KEY.json`): a
+  folder of them or a glob. Streamed member by member.
 - Parquet files (a file, a folder or a glob) with image bytes and caption columns, img2dataset's
-  names by default (`jpg`, `caption`, `key`). Streamed a row group at a time.
+  names by default (`jpg`, `caption`, `key`; a media column named for a video or sound format,
+  such as video2dataset's `mp4`, holds videos or sounds). Streamed a row group at a time.
 
 Each source gives its splits and, per split, a deterministic stream of `Example`s and
 `LeftOut`s (what cannot be used, named), in input order.
@@ -31,6 +32,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 
+from input_pipeline.convert import video_files
 from mmjax import paths
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -46,7 +48,7 @@ class Example:
     label: int = -1
     path: str | None = None  # read when loaded, or
     data: bytes | None = None  # already read (tar members, parquet cells)
-    modality: str = "image"  # or "audio"
+    modality: str = "image"  # or "audio", "video"
 
     def load(self) -> bytes:
         if self.data is not None:
@@ -173,7 +175,7 @@ def read_karpathy(path: str, data: dict) -> list[Example]:
 def read_table(path: str) -> list[Example]:
     """Rows of a CSV or JSONL file, merged per (split, file), in first-appearance order; a
     .json of Karpathy's caption splits (Flickr30k, COCO) is read as such. A row names its file
-    in `image` or, for a sound, `audio`."""
+    in `image` or, for a sound, `audio`, for a video, `video`."""
     base = paths.dirname(paths.absolute(path))
     examples: dict = {}
     if path.endswith(".json"):
@@ -189,8 +191,8 @@ def read_table(path: str) -> list[Example]:
             reader = csv.DictReader(f)
             modality = _media_key(reader.fieldnames or ())
             if modality is None or "caption" not in (reader.fieldnames or ()):
-                raise ValueError(f"{path} needs the columns image (or audio) and caption; it has "
-                                 f"{reader.fieldnames}. Optional: split, label.")
+                raise ValueError(f"{path} needs the columns image (or audio, or video) and "
+                                 f"caption; it has {reader.fieldnames}. Optional: split, label.")
             for row in reader:
                 _add(examples, row[modality], base, [row["caption"]], row.get("split"),
                      row.get("label"), modality)
@@ -203,8 +205,8 @@ def read_table(path: str) -> list[Example]:
                 captions = row.get("captions", row.get("caption"))
                 modality = _media_key(row)
                 if modality is None or captions is None:
-                    raise ValueError(f"{path}:{line_number} needs the keys image (or audio) and "
-                                     f"caption (or captions); it has {sorted(row)}.")
+                    raise ValueError(f"{path}:{line_number} needs the keys image (or audio, or "
+                                     f"video) and caption (or captions); it has {sorted(row)}.")
                 captions = [captions] if isinstance(captions, str) else list(captions)
                 _add(examples, row[modality], base, captions, row.get("split"),
                      row.get("label"), modality)
@@ -217,8 +219,8 @@ def _open_text(path: str):
 
 
 def _media_key(keys) -> str | None:
-    """Which of `image` and `audio` a table's rows name their file in (None: neither)."""
-    return next((k for k in ("image", "audio") if k in keys), None)
+    """Which of `image`, `audio` and `video` a table's rows name their file in (None: none)."""
+    return next((k for k in ("image", "audio", "video") if k in keys), None)
 
 
 def read_folder(directory: str) -> tuple[list[Example], list[str]]:
@@ -246,7 +248,8 @@ def read_folder(directory: str) -> tuple[list[Example], list[str]]:
 def _modality_of(extension: str) -> str | None:
     extension = extension.lower()
     return ("image" if extension in IMAGE_EXTENSIONS else
-            "audio" if extension in AUDIO_EXTENSIONS else None)
+            "audio" if extension in AUDIO_EXTENSIONS else
+            "video" if extension in video_files.VIDEO_EXTENSIONS else None)
 
 
 def read_tar(path: str) -> Iterator[Example | LeftOut]:
@@ -306,6 +309,7 @@ def read_parquet(path: str, columns: ParquetColumns) -> Iterator[Example | LeftO
                          "--image_column / --caption_column.")
     wanted = [columns.image, columns.caption] + ([columns.key] if columns.key in names else [])
     name, row = paths.basename(path), 0
+    modality = _modality_of("." + columns.image) or "image"
     for batch in parquet.iter_batches(batch_size=256, columns=wanted):
         table = batch.to_pydict()
         for index in range(batch.num_rows):
@@ -317,7 +321,7 @@ def read_parquet(path: str, columns: ParquetColumns) -> Iterator[Example | LeftO
             elif not caption:
                 yield LeftOut("no_caption_file", f"{name}/{key}")
             else:
-                yield Example(f"{name}/{key}", [caption], data=bytes(image))
+                yield Example(f"{name}/{key}", [caption], data=bytes(image), modality=modality)
 
 
 def check_decodes(data: bytes) -> str | None:
@@ -362,15 +366,20 @@ def as_wav(data: bytes) -> tuple[bytes | None, str | None]:
 LEFT_OUT = ("unreadable", "undecodable", "no_caption_file")
 
 
-def load_example(example: Example, check_images: bool) -> tuple[bytes | None, str, str]:
-    """(bytes or None, the left_out list it goes to, why). Sounds are always decoded: those
-    that are not 16-bit PCM WAV are converted to it."""
+def load_example(example: Example, check_images: bool,
+                 video: video_files.VideoSettings = video_files.VideoSettings(),
+                 ) -> tuple[bytes | video_files.Clip | None, str, str]:
+    """(what the record stores or None, the left_out list it goes to, why). Sounds are always
+    decoded: those that are not 16-bit PCM WAV are converted to it. Videos are decoded and
+    sampled by `video`, their frames stored as JPEGs (video_files.Clip)."""
     try:
         data = example.load()
     except OSError as e:
         return None, "unreadable", f"{example.key}: {e.strerror or e}"
     if example.modality == "audio":
         data, problem = as_wav(data)
+    elif example.modality == "video":
+        data, problem = video_files.decode_video(data, video)
     else:
         problem = check_decodes(data) if check_images else None
     if problem:

@@ -78,6 +78,8 @@ class GeneratedSplits:
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     MEDIA: dict = {}
+    # Features beyond the common ones (a second label, say).
+    EXTRA_FEATURES: dict = {}
     CLASS_NAMES: tuple[str, ...] = ()
     SUPERVISED_KEYS = None
 
@@ -88,7 +90,7 @@ class GeneratedSplits:
             features=tfds.features.FeaturesDict({
                 "id": np.int64, **self.MEDIA, "caption": tfds.features.Text(),
                 "label": tfds.features.ClassLabel(names=self.CLASS_NAMES),
-                "unseen_combination": np.bool_,
+                "unseen_combination": np.bool_, **self.EXTRA_FEATURES,
             }),
             supervised_keys=self.SUPERVISED_KEYS,
         )
@@ -105,7 +107,11 @@ class GeneratedSplits:
 
     @staticmethod
     def encode(example: dict) -> dict:
-        """Rendered media -> stored bytes: `image` as PNG, `waveform` as `audio` WAV bytes."""
+        """Rendered media -> stored bytes: `image` as PNG, `frames` as `video` PNG bytes each,
+        `waveform` as `audio` WAV bytes."""
+        if "frames" in example:
+            example["video"] = np.asarray([encode_png(f) for f in example.pop("frames")],
+                                          dtype=object)
         if "image" in example:
             example["image"] = io.BytesIO(encode_png(example["image"]))
         if "waveform" in example:

@@ -12,6 +12,7 @@ on every machine.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -63,11 +64,16 @@ def _region(position: str, radius: float) -> tuple[tuple[float, float], tuple[fl
     }[position]
 
 
-_PIXEL_Y, _PIXEL_X = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
+@functools.cache
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) of every pixel's centre of a size x size image."""
+    return tuple(np.mgrid[0:size, 0:size].astype(np.float32) + 0.5)
 
 
-def _shape_mask(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    dx, dy = _PIXEL_X - cx, _PIXEL_Y - cy
+def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """[size, size] bool: the pixels of a `shape` of radius `r` centred at (cx, cy)."""
+    pixel_y, pixel_x = _pixel_centres(size)
+    dx, dy = pixel_x - cx, pixel_y - cy
     if shape == "circle":
         return dx * dx + dy * dy <= r * r
     if shape == "square":
@@ -139,7 +145,7 @@ def render_image(color: str, shape: str, size: str, count: int, position: str,
         centres.append((cx, cy))
     rgb = np.asarray(COLORS[color]) + rng.integers(-20, 21, size=3)
     for cx, cy in centres:
-        image[_shape_mask(shape, cx, cy, radius)] = rgb
+        image[shape_mask(shape, cx, cy, radius)] = rgb
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

@@ -1,8 +1,11 @@
-"""A folder of captioned image files as users have them, for tests and the loader benchmark.
+"""Folders of captioned image and video files as users have them, for tests and the loader
+benchmark.
 
 Images are the embedded dataset's renderings scaled up, saved as JPEG and PNG, with 1-5 captions
 each; among them one grayscale, one RGBA PNG and one CMYK JPEG, and on request broken files
-(truncated JPEG, random bytes, an empty file) and an empty caption.
+(truncated JPEG, random bytes, an empty file) and an empty caption. Videos are mmjax_clips'
+clips encoded by FFmpeg (PyAV) as H.264 mp4 and VP9 webm, some with a soundtrack, and on request
+a truncated one.
 """
 
 from __future__ import annotations
@@ -11,10 +14,11 @@ import csv
 import io
 import os
 
+import av
 import numpy as np
 from PIL import Image
 
-from input_pipeline.generated import shapes
+from input_pipeline.generated import clips, shapes
 
 PHRASINGS = (
     "{}",
@@ -74,3 +78,57 @@ def write_captioned_images(directory: str, count: int, *, image_size: int = 64,
         writer.writeheader()
         writer.writerows(rows)
     return {"csv": path, "corrupt": corrupt_keys, "special": special}
+
+
+def encode_video(frames: np.ndarray, path: str, *, fps: int = 12,
+                 tone_hz: float | None = None) -> None:
+    """uint8 frames [T, H, W, 3] (H and W even) as an H.264 mp4 or VP9 webm (by `path`'s
+    extension) at `fps`, with a soundtrack of a sine at `tone_hz` (AAC or Opus) if given."""
+    webm = path.endswith(".webm")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libvpx-vp9" if webm else "libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = None
+        if tone_hz is not None:
+            audio = container.add_stream("libopus" if webm else "aac", rate=48_000)
+            audio.layout = "mono"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+        if audio is not None:
+            seconds = len(frames) / fps
+            samples = np.sin(2 * np.pi * tone_hz * np.arange(int(48_000 * seconds)) / 48_000)
+            chunk = 960
+            for start in range(0, len(samples), chunk):
+                piece = (0.3 * samples[start:start + chunk]).astype(np.float32)[None]
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 48_000, start
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode())
+
+
+def write_captioned_videos(directory: str, count: int, *, truncated: int = 0,
+                           fps: int = 12) -> dict:
+    """Writes `directory`/videos/*.{mp4,webm}, each with a same-named .txt caption (the folder
+    layout): mmjax_clips' train clips 0, 1, ...; every third a webm, every other one with a
+    soundtrack; the last `truncated` cut to a third of their bytes.
+
+    Returns {"folder": directory, "truncated": [keys], "with_sound": [keys]}."""
+    os.makedirs(os.path.join(directory, "videos"), exist_ok=True)
+    cut, with_sound = [], []
+    for index in range(count):
+        example = clips.render_example("train", index)
+        key = f"videos/{index:04d}.{'webm' if index % 3 == 2 else 'mp4'}"
+        path = os.path.join(directory, key)
+        tone = 440.0 if index % 2 == 0 else None
+        encode_video(example["frames"], path, fps=fps, tone_hz=tone)
+        if index >= count - truncated:
+            data = open(path, "rb").read()
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 3])
+            cut.append(key)
+        elif tone is not None:
+            with_sound.append(key)
+        with open(os.path.splitext(path)[0] + ".txt", "w") as f:
+            f.write(example["caption"] + "\n")
+    return {"folder": directory, "truncated": cut, "with_sound": with_sound}

@@ -271,7 +271,8 @@ EVALUATORS: dict[str, Evaluator] = {
     "captioning": Evaluator(
         evaluate_captioning, model_methods=("start_decoding", "decode_step"), metrics=CAPTIONING,
         device_outputs=lambda model, batch, encoded, settings: {"caption_tokens": decoding.caption(
-            model, batch["image"], settings.tokenizer, settings.beam_size)}),
+            model, batch[conventions.BATCH_KEYS[model.captioned]], settings.tokenizer,
+            settings.beam_size)}),
     "itm": Evaluator(evaluate_itm, model_methods=("match_logits",),
                      metrics=("itm_accuracy", "itm_hard_accuracy"),
                      device_outputs=lambda model, batch, encoded, settings: matching_logits(

@@ -31,12 +31,13 @@ MODELS = {"clip": CLIP, "coca": CoCa, "fusion": FusionModel,
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
     """What the input pipeline hands a model, from config.data: the image size, the pixel
-    normalisation applied on the device to uint8 images, and the spectrograms' (frames, mel
-    bins)."""
+    normalisation applied on the device to uint8 images and clips, the spectrograms' (frames,
+    mel bins) and the clips' frames."""
 
     image_size: int
     normalization: str = "minus_one_one"
     spectrogram_shape: tuple[int, int] = (96, 80)
+    video_frames: int = 8
 
     @classmethod
     def from_data(cls, data_config) -> ModelInputs:
@@ -44,7 +45,8 @@ class ModelInputs:
         return cls(image_size=int(data_config.image_size),
                    normalization=data_config.get("normalization", "minus_one_one"),
                    spectrogram_shape=(int(audio.get("frames", 96)),
-                                      int(audio.get("num_mels", 80))))
+                                      int(audio.get("num_mels", 80))),
+                   video_frames=int((data_config.get("video") or {}).get("frames", 8)))
 
 
 def build_model(model_config, inputs: ModelInputs, tokenizer, *, seed: int) -> nnx.Module:
@@ -62,19 +64,23 @@ def build_model(model_config, inputs: ModelInputs, tokenizer, *, seed: int) -> n
     model = model_cls(vocab_size=vocab_size, image_size=inputs.image_size,
                       spectrogram_shape=(inputs.spectrogram_shape if kwargs.get("audio_tower")
                                          else None),
+                      video_shape=((inputs.video_frames, inputs.image_size)
+                                   if kwargs.get("video_tower") else None),
                       rngs=nnx.Rngs(seed), **kwargs)
-    if "image" in model.modalities:
-        model.image_tower.input_normalization = inputs.normalization
+    for modality in ("image", "video"):
+        if modality in model.modalities:
+            getattr(model, f"{modality}_tower").input_normalization = inputs.normalization
     return model
 
 
 def example_inputs(model_config, inputs: ModelInputs,
                    context_length: int) -> dict[str, tuple[tuple[int, ...], Any]]:
     """(shape, dtype) of one example's entry for each of the model's towers, as the input
-    pipeline gives them: uint8 images, bfloat16 spectrograms, int32 token rows."""
+    pipeline gives them: uint8 images and clips, bfloat16 spectrograms, int32 token rows."""
     size = inputs.image_size
     shapes = {"image": ((size, size, 3), jnp.uint8),
               "audio": (inputs.spectrogram_shape, jnp.bfloat16),
+              "video": ((inputs.video_frames, size, size, 3), jnp.uint8),
               "text": ((context_length,), jnp.int32)}
     return {conventions.BATCH_KEYS[m]: shapes[m]
             for m in conventions.model_modalities(model_config)}

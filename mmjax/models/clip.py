@@ -22,6 +22,7 @@ from mmjax.models import cross_attention, layers
 from mmjax.models.towers.audio_tower import AudioSpectrogramTransformer
 from mmjax.models.towers.image_tower import VisionTransformer
 from mmjax.models.towers.text_tower import TextTransformer
+from mmjax.models.towers.video_tower import VideoTransformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,7 @@ class TowerKind:
 TOWERS = {
     "image": TowerKind({"vit": VisionTransformer}, "image_size", 0x1A6E),
     "audio": TowerKind({"ast": AudioSpectrogramTransformer}, "spectrogram_shape", 0xA0D1),
+    "video": TowerKind({"vivit": VideoTransformer}, "video_shape", 0x71DE),
     "text": TowerKind({"transformer": TextTransformer}, "vocab_size", 0x7E27),
 }
 
@@ -57,12 +59,13 @@ def _tower_kwargs(tower_config) -> dict[str, Any]:
 
 
 class CLIP(nnx.Module):
-    """Towers for two or more modalities (image, audio, text: those whose tower config is set),
-    each projected to one shared embedding, and a learned temperature."""
+    """Towers for two or more modalities (image, audio, video, text: those whose tower config is
+    set), each projected to one shared embedding, and a learned temperature."""
 
-    def __init__(self, *, embed_dim: int, image_tower=None, audio_tower=None, text_tower=None,
-                 vocab_size: int | None = None, image_size: int | None = None,
-                 spectrogram_shape: tuple[int, int] | None = None, dtype: str = "float32",
+    def __init__(self, *, embed_dim: int, image_tower=None, audio_tower=None, video_tower=None,
+                 text_tower=None, vocab_size: int | None = None, image_size: int | None = None,
+                 spectrogram_shape: tuple[int, int] | None = None,
+                 video_shape: tuple[int, int] | None = None, dtype: str = "float32",
                  remat: str = "none", scan_layers: bool = False,
                  attention_implementation: str | None = None,
                  logit_scale_init: float = math.log(1 / 0.07), logit_scale_max: float = 100.0,
@@ -72,9 +75,10 @@ class CLIP(nnx.Module):
         MAP head output; embed_dim must equal the tower's width). `text_projection_bias`: a bias
         on the text projection (SigLIP's text head)."""
         compute_dtype = lookup(DTYPES, dtype, "dtype")
-        configs = {"image": image_tower, "audio": audio_tower, "text": text_tower}
+        configs = {"image": image_tower, "audio": audio_tower, "video": video_tower,
+                   "text": text_tower}
         inputs = {"image_size": image_size, "spectrogram_shape": spectrogram_shape,
-                  "vocab_size": vocab_size}
+                  "video_shape": video_shape, "vocab_size": vocab_size}
         self.modalities = conventions.model_modalities({f"{m}_tower": c
                                                         for m, c in configs.items()})
         if len(self.modalities) < 2:
@@ -156,7 +160,8 @@ class CoCa(CLIP):
     """CLIP plus a multimodal text decoder (CoCa): contrastive and captioning from one pass.
 
     The unimodal text tower (causal) gives the text embedding at its end-of-text token and feeds
-    its states to the decoder, whose blocks cross-attend to the image tower's tokens.
+    its states to the decoder, whose blocks cross-attend to the tokens of the tower it captions:
+    the image tower's, or the first other modality's (a video tower's) when there is no image.
     """
 
     def __init__(self, *, decoder, dtype: str = "float32", remat: str = "none",
@@ -170,24 +175,32 @@ class CoCa(CLIP):
                              "config.model.text_tower.causal=True.")
         shared = dict(remat=remat, scan_layers=scan_layers, rngs=rngs,
                       attention_implementation=attention_implementation)
+        # The modality captioned; its batch entry is what generation starts from.
+        self.captioned = next(m for m in self.modalities if m != "text")
         self.decoder = cross_attention.CaptionDecoder(
             vocab_size=self.text_tower.token_embedding.shape[0],
             **cross_modal_kwargs(self, dict(decoder), lookup(DTYPES, dtype, "dtype"), shared,
-                                  self.image_tower.width))
+                                  self._captioned_tower.width))
+
+    @property
+    def _captioned_tower(self):
+        return getattr(self, f"{self.captioned}_tower")
 
     def __call__(self, batch, rng=None):
         embeddings, aux = self.encode_batch(batch, rng)
         outputs = self._contrastive_outputs(embeddings)
-        outputs["caption_logits"] = self.decoder(aux["text"]["tokens"], aux["image"]["tokens"])
+        outputs["caption_logits"] = self.decoder(aux["text"]["tokens"],
+                                                 aux[self.captioned]["tokens"])
         return outputs
 
     # -- generation --------------------------------------------------------------------------
     def start_decoding(self, images: jax.Array, batch: int) -> dict:
-        """What decoding keeps: the image tokens' cross-attention keys/values and empty caches.
+        """What decoding keeps: the captioned tokens' cross-attention keys/values and empty
+        caches. `images`: the captioned modality's batch entry (images, or clips).
 
         `batch` may exceed the number of images (beams): image rows are repeated to match.
         """
-        _, image_aux = self.image_tower(images)
+        _, image_aux = self._captioned_tower(images)
         image_tokens = jnp.repeat(image_aux["tokens"], batch // images.shape[0], axis=0)
         return {"image_keys_values": self.decoder.image_keys_values(image_tokens),
                 "text_cache": self.text_tower.empty_cache(batch),
@@ -202,7 +215,7 @@ class CoCa(CLIP):
 
     def next_token_logits(self, images: jax.Array, tokens: jax.Array, position) -> jax.Array:
         """Without any cache: the full causal pass over `tokens`, read at `position`."""
-        _, image_aux = self.image_tower(images)
+        _, image_aux = self._captioned_tower(images)
         _, text_aux = self.text_tower(tokens)
         logits = self.decoder(text_aux["tokens"], image_aux["tokens"])
         return jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False)

@@ -84,6 +84,11 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
             if error:
                 c.add(f"config.data.audio.{field}", error.rstrip("."), "use the audio ops of "
                       "input_pipeline/audio.py, ending in log_mel (and spec_augment)")
+        if "video" in conventions.model_modalities(config.model):
+            error = data.preprocess_error(config, config.data.video[field], "video")
+            if error:
+                c.add(f"config.data.video.{field}", error.rstrip("."), "use the video ops of "
+                      "input_pipeline/video.py, starting with decode_frames")
     described: dict[tuple[str, str], object | None] = {}
     fields: dict[tuple[str, str], str] = {}
 
@@ -127,6 +132,16 @@ def check_data(c, data: DataAccess, roles, tokenizer, layout, sets, needs_labels
                   f"give data with {missing[0]} (make_shards takes folders and tables of sounds "
                   "as well as images), or a model without that tower "
                   f"(config.model.{missing[0]}_tower=None)")
+        video = config.data.video
+        span = (video.frames - 1) * video.stride + 1
+        if "video" in wanted and facts is not None and facts.video_frames and (
+                span > facts.video_frames):
+            c.add("config.data.video", f"clips of {video.frames} frames, every "
+                  f"{video.stride}{'st' if video.stride == 1 else 'th'}, span {span} stored "
+                  f"frames, and the longest video sampled from {facts.spec} stores "
+                  f"{facts.video_frames}: every clip would end on a held frame",
+                  f"lower config.data.video.frames or .stride to span at most "
+                  f"{facts.video_frames}, or convert with a higher make_shards --video_fps")
         if tokenizer is not None and facts is not None and facts.tokenized_with and (
                 facts.tokenized_with != text_tokenizers.identity(tokenizer)):
             theirs = facts.tokenized_with

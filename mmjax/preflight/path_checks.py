@@ -43,14 +43,16 @@ def check_paths(c, workdir: str | None, needs_teacher: bool, shapes: dict | None
             _source_settings(c, field, source, settings)
             if shapes is not None:
                 _source_shapes(c, field, source, prefixes, shapes)
-    audio_from = config.init_from.get("audio_tower_from")
-    if audio_from and not _find(audio_from):
-        c.add("config.init_from.audio_tower_from", "holds no mmjax checkpoint",
-              "give a trained run's workdir (its image tower starts the audio tower)")
-    elif audio_from and shapes is not None and not any(n.startswith("audio_tower/")
-                                                       for n in shapes):
-        c.add("config.init_from.audio_tower_from", "the model has no audio tower to start",
-              "set config.model.audio_tower, or unset this")
+    for modality in ("audio", "video"):
+        field, tower_from = f"config.init_from.{modality}_tower_from", config.init_from.get(
+            f"{modality}_tower_from")
+        if tower_from and not _find(tower_from):
+            c.add(field, "holds no mmjax checkpoint", "give a trained run's workdir (its image "
+                  f"tower starts the {modality} tower)")
+        elif tower_from and shapes is not None and not any(
+                n.startswith(f"{modality}_tower/") for n in shapes):
+            c.add(field, f"the model has no {modality} tower to start",
+                  f"set config.model.{modality}_tower, or unset this")
     if needs_teacher:
         teacher = config.distill.get("teacher")
         if not teacher or not _find(teacher):

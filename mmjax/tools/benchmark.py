@@ -75,6 +75,10 @@ def forward_flops_per_example(config) -> dict[str, float]:
         parts["audio"] = vit_flops(model.audio_tower, (config.data.audio.frames,
                                                        config.data.audio.num_mels), 1,
                                    model.embed_dim)
+    if "video" in modalities:  # joint attention: a ViT over (time steps x rows, columns)
+        size, tubelet = config.data.image_size, model.video_tower.get("tubelet_frames", 2)
+        parts["video"] = vit_flops(model.video_tower, (
+            config.data.video.frames // tubelet * size, size), 3 * tubelet, model.embed_dim)
     if "text" in modalities:
         text = text_tower.tower_shape(**{k: model.text_tower.get(k) for k in
                                          ("variant",) + text_tower.SHAPE_FIELDS})
@@ -165,7 +169,9 @@ def synthetic_batch(trainer: Trainer, seed: int = 0) -> dict[str, jax.Array]:
                            jnp.where(positions > lengths, tokenizer.pad_id, tokens))
         made = {"image": images, "tokens": tokens.at[:, 0].set(tokenizer.bos_id),
                 "audio": jax.random.normal(keys[4], (batch, config.data.audio.frames,
-                                                     config.data.audio.num_mels), jnp.bfloat16)}
+                                                     config.data.audio.num_mels), jnp.bfloat16),
+                "video": jax.random.randint(keys[0], (batch, config.data.video.frames, size,
+                                                      size, 3), 0, 256).astype(jnp.uint8)}
         if "label" in trainer.model_inputs:
             made["label"] = jax.random.randint(keys[3], (batch,), 0, 2)
         return {k: made[k] for k in trainer.model_inputs}

@@ -30,12 +30,22 @@ from mmjax import (
     sharding,
     text_tokenizers,
 )
-from mmjax.models.towers import audio_tower
+from mmjax.models.towers import audio_tower, video_tower
 from mmjax.training import accumulation, checkpoint, optim
 
 # Each modality's batch entry and its rank: images [B, H, W, 3], spectrograms [B, frames, mels],
-# token rows [B, L].
-MODALITY_NDIMS = {"image": 4, "audio": 3, "text": 2}
+# clips [B, frames, H, W, 3], token rows [B, L].
+MODALITY_NDIMS = {"image": 4, "audio": 3, "video": 5, "text": 2}
+
+
+# The towers a run may start from another run's image tower (config.init_from.
+# <modality>_tower_from): (image tower parameters, this tower's parameter shapes, this tower)
+# -> its parameters.
+FROM_IMAGE_TOWER = {
+    "audio": lambda image, shapes, tower: audio_tower.from_image_tower(image, shapes, tower.grid),
+    "video": lambda image, shapes, tower: video_tower.from_image_tower(
+        image, shapes, tower.tubelet_frames, tower.steps),
+}
 
 
 def modality_inputs(model_config) -> dict[str, int]:
@@ -161,24 +171,26 @@ class Trainer:
             if jax.process_index() == 0:
                 print(f"Initialised {list(prefixes) or 'all parameters'} from {source}.",
                       flush=True)
-        audio_from = self.config.init_from.get("audio_tower_from")
-        if audio_from:
-            state["params"] = self._audio_tower_from(state["params"], audio_from)
+        for modality in FROM_IMAGE_TOWER:
+            source = self.config.init_from.get(f"{modality}_tower_from")
+            if source:
+                state["params"] = self._tower_from_image(state["params"], modality, source)
         return state, None
 
-    def _audio_tower_from(self, params, source: str):
-        """`params` with the audio tower started from `source`'s image tower (AST)."""
+    def _tower_from_image(self, params, modality: str, source: str):
+        """`params` with the `modality` tower started from `source`'s image tower."""
         loaded = checkpoint.load_params(source)
         image = {n.removeprefix("image_tower/"): v for n, v in loaded.items()
                  if n.startswith("image_tower/")}
-        shapes = {n.removeprefix("audio_tower/"): s for n, s in
-                  checkpoint.parameter_shapes(params).items() if n.startswith("audio_tower/")}
-        grid = nnx.eval_shape(self._build_model).audio_tower.grid
-        converted = audio_tower.from_image_tower(image, shapes, grid)
-        params = checkpoint.merge_params(params, {f"audio_tower/{n}": v for n, v in
-                                                  converted.items()}, ("audio_tower",), source)
+        prefix = f"{modality}_tower"
+        shapes = {n.removeprefix(prefix + "/"): s for n, s in
+                  checkpoint.parameter_shapes(params).items() if n.startswith(prefix + "/")}
+        tower = getattr(nnx.eval_shape(self._build_model), prefix)
+        converted = FROM_IMAGE_TOWER[modality](image, shapes, tower)
+        params = checkpoint.merge_params(params, {f"{prefix}/{n}": v for n, v in
+                                                  converted.items()}, (prefix,), source)
         if jax.process_index() == 0:
-            print(f"Initialised the audio tower from {source}'s image tower.", flush=True)
+            print(f"Initialised the {modality} tower from {source}'s image tower.", flush=True)
         return params
 
     def _emergency_save(self, saves, after: int) -> tuple[dict[str, Any], dict] | None:

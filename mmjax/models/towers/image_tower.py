@@ -161,6 +161,10 @@ class VisionTransformer(nnx.Module):
         patches = patches.transpose(0, 1, 3, 2, 4, 5)
         return patches.reshape(batch, (height // p) * (width // p), p * p * channels)
 
+    def positions(self) -> jax.Array:
+        """[patches (+1 with a class position), width]: what is added to the patch tokens."""
+        return self.position_embedding[...]
+
     # Set by models.build_model from config.data.normalization.
     input_normalization = "minus_one_one"
 
@@ -170,7 +174,7 @@ class VisionTransformer(nnx.Module):
         # are normalised here, where it fuses into the patch embedding.
         images = normalize_pixels(images, self.input_normalization)
         tokens = self.patch_embedding(self.patchify(images))
-        positions = self.position_embedding[...].astype(self.dtype)
+        positions = self.positions().astype(self.dtype)
         tokens = tokens + positions[int(self.class_position):]
         if rng is not None and self.patch_dropout:
             tokens = keep_random_patches(tokens, rng, self.patches_kept)
