@@ -41,8 +41,8 @@ def get_config():
         held_out=dict(data="tfds:mmjax_clips:test", where="unseen_combination"),
         objects=dict(data="tfds:mmjax_clips_objects:test", evals=("zeroshot",))))
 
-    # The dataset's 29 words; 9 tokens hold its longest caption ("two red circles move to the
-    # left", 7 words) with its start and end tokens.
+    # The dataset's 24 words; 9 tokens hold its longest caption ("three red circles moving to
+    # the left", 7 words) with its start and end tokens.
     config.tokenizer.name = "words"
     config.tokenizer.context_length = 9
     config.tokenizer.vocabulary_file = os.path.join(REPO_ROOT, "input_pipeline",

@@ -3,11 +3,11 @@ which one frame is not enough.
 
 Each clip is 12 frames of 32x32 holding one to three shapes of one colour that all do one thing:
 move left, right, up or down, grow, shrink, appear or disappear. Its caption says so: "two red
-circles move to the left". Any single frame is drawn from much the same distribution whatever
+circles moving to the left". Any single frame is drawn from much the same distribution whatever
 the motion (positions, sizes and the moment a shape appears are spread so that the middle frame
 tells little), so classifying the motion needs the frames in order. Eight colour-shape-motion
 combinations, one per motion, never appear in training; a quarter of the `test` split draws
-from them. `label` is the motion (8 classes, "moves to the left") and `object_label` the
+from them. `label` is the motion (8 classes, "moving to the left") and `object_label` the
 colour-shape (12 classes, "red circle"), each for zero-shot classification: the first through
 `mmjax_clips`, the second through its view `mmjax_clips_objects`.
 
@@ -28,34 +28,33 @@ IMAGE_SIZE = 32
 FRAMES = 12
 COLORS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
-MOTIONS = ("moves to the left", "moves to the right", "moves up", "moves down", "grows",
-           "shrinks", "appears", "disappears")
-DIRECTIONS = {"moves to the left": (-1, 0), "moves to the right": (1, 0), "moves up": (0, -1),
-              "moves down": (0, 1)}
+# Participles, the same whatever the count, so a class name fits every prompt.
+MOTIONS = ("moving to the left", "moving to the right", "moving up", "moving down", "growing",
+           "shrinking", "appearing", "disappearing")
+DIRECTIONS = {"moving to the left": (-1, 0), "moving to the right": (1, 0), "moving up": (0, -1),
+              "moving down": (0, 1)}
 SPEED = 1.25  # pixels a frame
 COUNTS = ("one", "two", "three")
 COMBINATIONS = tuple(itertools.product(COLORS, SHAPES, MOTIONS))
-HELD_OUT = (("red", "circle", "moves to the left"), ("green", "square", "moves to the right"),
-            ("blue", "triangle", "moves up"), ("yellow", "circle", "moves down"),
-            ("red", "square", "grows"), ("green", "triangle", "shrinks"),
-            ("blue", "circle", "appears"), ("yellow", "square", "disappears"))
+HELD_OUT = (("red", "circle", "moving to the left"), ("green", "square", "moving to the right"),
+            ("blue", "triangle", "moving up"), ("yellow", "circle", "moving down"),
+            ("red", "square", "growing"), ("green", "triangle", "shrinking"),
+            ("blue", "circle", "appearing"), ("yellow", "square", "disappearing"))
 CLASS_NAMES = MOTIONS
 OBJECT_PAIRS = tuple(itertools.product(COLORS, SHAPES))
 OBJECT_NAMES = tuple(f"{color} {shape}" for color, shape in OBJECT_PAIRS)
-# Zero-shot prompts, averaged: the motion with every colour-shape, the colour-shape with every
-# motion.
-PROMPT_TEMPLATES = tuple(f"one {name} {{}}" for name in OBJECT_NAMES)
+# Zero-shot prompts, averaged: the motion with every count and colour-shape, the colour-shape
+# with every motion.
+PROMPT_TEMPLATES = tuple(f"{count} {color} {shape if count == 'one' else shapes.PLURALS[shape]} "
+                         "{}" for count in COUNTS for color, shape in OBJECT_PAIRS)
 OBJECT_PROMPT_TEMPLATES = tuple(f"one {{}} {motion}" for motion in MOTIONS)
 SPLIT_SEEDS = {"train": 30, "test": 31}
 TEST_UNSEEN_FRACTION = 0.25
 
 
 def caption(color: str, shape: str, motion: str, count: int) -> str:
-    if count == 1:
-        return f"one {color} {shape} {motion}"
-    verb, _, rest = motion.partition(" ")
-    return " ".join(filter(None, [COUNTS[count - 1], color, shapes.PLURALS[shape],
-                                  verb.removesuffix("s"), rest]))
+    noun = shape if count == 1 else shapes.PLURALS[shape]
+    return f"{COUNTS[count - 1]} {color} {noun} {motion}"
 
 
 def render_example(split: str, index: int) -> dict:
@@ -89,11 +88,12 @@ def _paths(motion: str, rng) -> tuple[np.ndarray, np.ndarray]:
         centre = start + np.outer(t * SPEED, [dx, dy])
         return centre, np.full(FRAMES, radius)
     centre = np.tile(rng.uniform(7.0, IMAGE_SIZE - 7.0, size=2), (FRAMES, 1))
-    if motion in ("grows", "shrinks"):
-        small, large = rng.uniform(1.5, 2.5), rng.uniform(5.5, 6.5)
+    if motion in ("growing", "shrinking"):
+        # Never smaller than a shape that appears is, so growing is no appearing.
+        small, large = rng.uniform(2.5, 3.0), rng.uniform(6.0, 7.0)
         radius = small + (large - small) * t / (FRAMES - 1)
-        return centre, radius if motion == "grows" else radius[::-1]
-    return centre, np.full(FRAMES, rng.uniform(3.0, 4.5))  # appears, disappears
+        return centre, radius if motion == "growing" else radius[::-1]
+    return centre, np.full(FRAMES, rng.uniform(3.0, 4.5))  # appearing, disappearing
 
 
 def render_frames(color: str, shape: str, motion: str, count: int,
@@ -104,8 +104,8 @@ def render_frames(color: str, shape: str, motion: str, count: int,
     rgb = np.asarray(shapes.COLORS[color]) + rng.integers(-20, 21, size=3)
     # Every sampled 8-frame clip of the 12 sees the change: it happens at frame 5, 6 or 7.
     switch = int(rng.integers(5, 8))
-    visible = np.arange(FRAMES) >= switch if motion == "appears" else (
-        np.arange(FRAMES) < switch if motion == "disappears" else np.ones(FRAMES, bool))
+    visible = np.arange(FRAMES) >= switch if motion == "appearing" else (
+        np.arange(FRAMES) < switch if motion == "disappearing" else np.ones(FRAMES, bool))
     for _ in range(count):
         centre, radius = _paths(motion, rng)
         for f in np.flatnonzero(visible):
