@@ -34,40 +34,23 @@ class Adapter:
     present_classes_only: bool = False
 
 
+def captioned(*media: str, label: str = "label"):
+    """`to_example` of a generated dataset: its `media` entries, its one caption, the class
+    `label` and its id."""
+    return lambda f, index: {**{m: f[m] for m in media}, "label": f[label], "id": f["id"],
+                             "captions": tf.reshape(f["caption"], [1])}
+
+
 ADAPTERS = {
-    EMBEDDED_DATASET: Adapter(
-        to_example=lambda f, index: {"image": f["image"], "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["label"], "id": f["id"]},
-        class_names=shapes.CLASS_NAMES,
-        prompt_templates=shapes.PROMPT_TEMPLATES,
-    ),
+    EMBEDDED_DATASET: Adapter(captioned("image"), shapes.CLASS_NAMES, shapes.PROMPT_TEMPLATES),
     "mmjax_shapes_vqa": Adapter(to_example=shapes.vqa_example),
-    "mmjax_sounds": Adapter(
-        to_example=lambda f, index: {"audio": f["audio"], "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["label"], "id": f["id"]},
-        class_names=sounds.CLASS_NAMES,
-        prompt_templates=sounds.PROMPT_TEMPLATES,
-    ),
-    "mmjax_triples": Adapter(
-        to_example=lambda f, index: {"image": f["image"], "audio": f["audio"],
-                                     "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["label"], "id": f["id"]},
-        class_names=triples.CLASS_NAMES,
-        prompt_templates=triples.PROMPT_TEMPLATES,
-    ),
-    "mmjax_clips": Adapter(
-        to_example=lambda f, index: {"video": f["video"], "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["label"], "id": f["id"]},
-        class_names=clips.CLASS_NAMES,
-        prompt_templates=clips.PROMPT_TEMPLATES,
-    ),
+    "mmjax_sounds": Adapter(captioned("audio"), sounds.CLASS_NAMES, sounds.PROMPT_TEMPLATES),
+    "mmjax_triples": Adapter(captioned("image", "audio"), triples.CLASS_NAMES,
+                             triples.PROMPT_TEMPLATES),
+    "mmjax_clips": Adapter(captioned("video"), clips.CLASS_NAMES, clips.PROMPT_TEMPLATES),
     # The same clips classified by what is in them instead of what it does.
-    "mmjax_clips_objects": Adapter(
-        to_example=lambda f, index: {"video": f["video"], "captions": tf.reshape(f["caption"], [1]),
-                                     "label": f["object_label"], "id": f["id"]},
-        class_names=clips.OBJECT_NAMES,
-        prompt_templates=clips.OBJECT_PROMPT_TEMPLATES,
-    ),
+    "mmjax_clips_objects": Adapter(captioned("video", label="object_label"), clips.OBJECT_NAMES,
+                                   clips.OBJECT_PROMPT_TEMPLATES),
 }
 
 

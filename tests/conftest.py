@@ -33,7 +33,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from mmjax import sharding  # noqa: E402
+from mmjax.training.trainer import Trainer  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,3 +178,22 @@ def bucket(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def losses_on_one_and_eight_devices(config, batches, caption: str) -> tuple[dict, dict]:
+    """The train step's losses over `batches` (each captioned `caption`) on one device and on
+    8 fake devices (data, fsdp and tensor axes); and the 8-device state, metrics and trainer."""
+    losses = {}
+    for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
+                                       "eight": ({"data": 2, "fsdp": 2, "tensor": 2},
+                                                 "fsdp_tensor")}.items():
+        config.sharding_rules = rules
+        devices = jax.devices()[:1] if name == "one" else None
+        trainer = Trainer(config, mesh=sharding.create_mesh(mesh_config, devices))
+        state, losses[name] = trainer.create_state(), []
+        for batch in batches:
+            batch = dict(batch, tokens=trainer.tokenizer([caption] * len(next(iter(
+                batch.values())))))
+            state, metrics = trainer.train_step(state, trainer.global_batch(batch))
+            losses[name].append(float(metrics["loss"]))
+    return losses, {"state": state, "metrics": metrics, "trainer": trainer}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import losses_on_one_and_eight_devices
 from input_pipeline import pipeline
 from mmjax import conventions, inference, preflight, sharding
 from mmjax.models.towers import audio_tower
@@ -71,14 +72,12 @@ def trimodal_config(tiny_config):
     return config
 
 
-def synthetic_batches(trainer, count: int, batch_size: int):
-    """Random image, spectrogram and token rows, as the pipeline lays them out."""
+def synthetic_batches(batch_size: int, count: int = 2):
+    """Random images and spectrograms, as the pipeline lays them out."""
     rng = np.random.default_rng(0)
-    shapes = {"image": (16, 16, 3), "audio": (16, 8)}
     for _ in range(count):
-        yield {"image": rng.integers(0, 256, (batch_size, *shapes["image"]), np.uint8),
-               "audio": rng.normal(size=(batch_size, *shapes["audio"])).astype(jnp.bfloat16),
-               "tokens": trainer.tokenizer(["one small red circle on the left"] * batch_size)}
+        yield {"image": rng.integers(0, 256, (batch_size, 16, 16, 3), np.uint8),
+               "audio": rng.normal(size=(batch_size, 16, 8)).astype(jnp.bfloat16)}
 
 
 def test_three_towers_train_sharded_as_on_one_device(tiny_config):
@@ -86,20 +85,13 @@ def test_three_towers_train_sharded_as_on_one_device(tiny_config):
     tensor axes) give the one-device losses within 1e-4, and the audio tower's parameters are
     laid out by the same rules as the image tower's."""
     config = trimodal_config(tiny_config)
-    losses = {}
-    for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
-                                       "eight": ({"data": 2, "fsdp": 2, "tensor": 2},
-                                                 "fsdp_tensor")}.items():
-        config.sharding_rules = rules
-        devices = jax.devices()[:1] if name == "one" else None
-        trainer = Trainer(config, mesh=sharding.create_mesh(mesh_config, devices))
-        assert trainer.model_inputs == {"image": 4, "audio": 3, "tokens": 2}
-        state, losses[name] = trainer.create_state(), []
-        for batch in synthetic_batches(trainer, 2, 16):
-            state, metrics = trainer.train_step(state, trainer.global_batch(batch))
-            losses[name].append(float(metrics["loss"]))
-        assert {"clip_loss_image_audio", "clip_loss_image_text", "clip_loss_audio_text"} <= set(
-            metrics)
+    batches = list(synthetic_batches(16))
+    losses, last = losses_on_one_and_eight_devices(config, batches,
+                                                   "one small red circle on the left")
+    state, metrics = last["state"], last["metrics"]
+    assert last["trainer"].model_inputs == {"image": 4, "audio": 3, "tokens": 2}
+    assert {"clip_loss_image_audio", "clip_loss_image_text", "clip_loss_audio_text"} <= set(
+        metrics)
     kernel = state["params"]["audio_tower"]["encoder"]["blocks"][0]["mlp"]["up"]["kernel"]
     assert kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     np.testing.assert_allclose(losses["eight"], losses["one"], atol=1e-4, rtol=0)

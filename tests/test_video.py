@@ -11,14 +11,14 @@ import tensorflow as tf
 from flax import nnx
 
 from configs import smoke_video
+from conftest import losses_on_one_and_eight_devices
 from input_pipeline import datasets, pipeline, shards, video
 from input_pipeline.convert import make_shards, video_files
 from input_pipeline.generated import clips, synthetic
-from mmjax import conventions, inference, preflight, sharding
+from mmjax import conventions, inference, preflight
 from mmjax.models.towers import video_tower
 from mmjax.models.towers.image_tower import VisionTransformer
 from mmjax.training import checkpoint
-from mmjax.training.trainer import Trainer
 
 TOWER = dict(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4)
 
@@ -160,21 +160,11 @@ def test_video_audio_and_text_train_sharded_as_on_one_device(tiny_config, tmp_pa
     rng = np.random.default_rng(0)
     batches = [{"video": rng.integers(0, 256, (16, 4, 16, 16, 3), np.uint8),
                 "audio": rng.normal(size=(16, 16, 8)).astype(jnp.bfloat16)} for _ in range(2)]
-    losses = {}
-    for name, (mesh_config, rules) in {"one": ({"data": 1}, "data_parallel"),
-                                       "eight": ({"data": 2, "fsdp": 2, "tensor": 2},
-                                                 "fsdp_tensor")}.items():
-        config.sharding_rules = rules
-        devices = jax.devices()[:1] if name == "one" else None
-        trainer = Trainer(config, mesh=sharding.create_mesh(mesh_config, devices))
-        assert trainer.model_inputs == {"audio": 3, "video": 5, "tokens": 2}
-        state, losses[name] = trainer.create_state(), []
-        for batch in batches:
-            batch = dict(batch, tokens=trainer.tokenizer(["one small red circle"] * 16))
-            state, metrics = trainer.train_step(state, trainer.global_batch(batch))
-            losses[name].append(float(metrics["loss"]))
-        assert {"clip_loss_audio_video", "clip_loss_audio_text", "clip_loss_video_text"} <= set(
-            metrics)
+    losses, last = losses_on_one_and_eight_devices(config, batches, "one small red circle")
+    state, metrics, trainer = last["state"], last["metrics"], last["trainer"]
+    assert trainer.model_inputs == {"audio": 3, "video": 5, "tokens": 2}
+    assert {"clip_loss_audio_video", "clip_loss_audio_text", "clip_loss_video_text"} <= set(
+        metrics)
     kernel = state["params"]["video_tower"]["encoder"]["blocks"][0]["mlp"]["up"]["kernel"]
     assert kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     np.testing.assert_allclose(losses["eight"], losses["one"], atol=1e-4, rtol=0)
