@@ -2,6 +2,9 @@
 embedded mmjax_clips, video and text towers through the one train step on a mesh, inference,
 and the preflight's video checks."""
 
+import os
+import tarfile
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -225,6 +228,21 @@ def test_make_shards_reads_real_video_files_the_same_for_any_workers(tmp_path):
     metadata = outputs["one"]
     assert metadata["splits"]["train"]["num_examples"] == 5
     assert [w.split(":")[0] for w in metadata["left_out"]["undecodable"]] == written["truncated"]
+
+    # The same files as a webdataset tar (KEY.mp4 + KEY.txt): the same frames.
+    with tarfile.open(tmp_path / "videos.tar", "w") as tar:
+        for name in sorted(os.listdir(tmp_path / "raw" / "videos")):
+            tar.add(tmp_path / "raw" / "videos" / name, arcname=name)
+    from_tar = make_shards.make_shards(str(tmp_path / "videos.tar"), str(tmp_path / "tar"),
+                                       quiet=True, video=settings, workers=1)
+    assert from_tar["splits"]["train"]["num_examples"] == 5
+    assert len(from_tar["left_out"]["undecodable"]) == 1
+
+    def frames_of(directory):
+        reader = shards.ShardsReader(str(directory), "train")
+        return [shards.decode_record(tf.constant(r))["video"].numpy().tolist()
+                for r in reader.__getitems__(list(range(5)))]
+    assert frames_of(tmp_path / "tar") == frames_of(tmp_path / "one")
 
     source = datasets.open_source(datasets.parse_spec(f"shards:{tmp_path / 'one'}:train",
                                                       "train"), None)
