@@ -82,7 +82,8 @@ def test_jsonl_and_folder_inputs(tmp_path):
 
 def test_bad_inputs_are_explained(tmp_path):
     (tmp_path / "bad.csv").write_text("path,text\na.png,hello\n")
-    with pytest.raises(ValueError, match=r"needs the columns image \(or audio\) and caption"):
+    with pytest.raises(ValueError,
+                       match=r"needs the columns image \(or audio, or video\) and caption"):
         make_shards.make_shards(str(tmp_path / "bad.csv"), str(tmp_path / "out"), quiet=True)
     with pytest.raises(FileNotFoundError, match="make_shards"):
         datasets.open_source(datasets.parse_spec(f"shards:{tmp_path}:train", "train"), None)

@@ -145,7 +145,7 @@ def video_config(tiny_config):
     config = tiny_config
     config.model.image_tower = None
     config.model.video_tower = ml_collections.ConfigDict(dict(
-        name="vivit", tubelet_frames=2, pooling="gap", **TOWER))
+        name="vivit", tubelet_frames=2, pooling="gap", **dict(TOWER, depth=1)))
     config.data.image_size = 16
     config.data.video.update(frames=4, stride=2)
     return config
