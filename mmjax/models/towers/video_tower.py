@@ -80,8 +80,9 @@ class VideoTransformer(VisionTransformer):
         if factorised:
             shape = tower_shape(vit_kwargs.get("variant"),
                                 **{k: vit_kwargs.get(k) for k in SHAPE_FIELDS})
-            self.time_embedding_factorised = nnx.Param(jnp.zeros((self.steps, width)),
-                                                       logical_axes=(None, "embed"))
+            # The temporal encoder's positions: one a time step.
+            self.step_embedding = nnx.Param(jnp.zeros((self.steps, width)),
+                                            logical_axes=(None, "embed"))
         self.temporal_encoder = layers.Transformer(
             width, temporal_depth, shape["num_heads"], shape["mlp_dim"], rngs=rngs,
             dtype=vit_kwargs.get("dtype", jnp.float32),
@@ -135,7 +136,7 @@ class VideoTransformer(VisionTransformer):
         tokens = self.encoder(sharding.constrain(tokens, ("batch", "length", "embed")))
         steps = tokens[:, 0] if self.cls_token is not None else tokens.mean(axis=1)
         steps = steps.reshape(batch, self.steps, self.width)
-        steps = steps + self.time_embedding_factorised[...].astype(self.dtype)
+        steps = steps + self.step_embedding[...].astype(self.dtype)
         steps = self.temporal_encoder(sharding.constrain(steps, ("batch", "length", "embed")))
         pooled = steps.mean(axis=1)
         return pooled, {"tokens": steps, "pre_logits": pooled}
@@ -152,7 +153,7 @@ def from_image_tower(image: dict[str, np.ndarray], video: dict[str, tuple],
     converted = {}
     for name, shape in video.items():
         if name not in image:
-            if name.startswith(("temporal_encoder/", "time_embedding")):
+            if name.startswith(("temporal_encoder/", "time_embedding", "step_embedding")):
                 continue
             raise ValueError(f"The image tower has no {name!r}: initialise the video tower from "
                              "an image tower of the same ViT size and pooling.")
