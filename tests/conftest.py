@@ -43,7 +43,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The longest tests (30 s and more on 2 cores), run first: pytest-xdist gives each worker a
 # contiguous share and an idle worker steals from the end of another's, so with these at the
-# front the run ends on short tests instead of one worker waiting on a long one.
+# front the run ends on short tests instead of one worker waiting on a long one. Their modules
+# move whole (a module's fixtures, such as the storage emulator, live while its tests run).
 LONGEST_FIRST = (
     "test_multiprocess.py::test_an_emergency_save_on_preemption_resumes_bitwise_from_local_disk",
     "test_checkpoints.py::test_sigterm_saves_the_current_step_and_exits_zero",
@@ -59,7 +60,11 @@ LONGEST_FIRST = (
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("/")[-1], len(rank)))
+    test_rank = lambda item: rank.get(item.nodeid.split("/")[-1], len(rank))
+    module_rank = {}
+    for item in items:
+        module_rank[item.module] = min(module_rank.get(item.module, len(rank)), test_rank(item))
+    items.sort(key=lambda item: (module_rank[item.module], test_rank(item)))
 
 
 @pytest.fixture(scope="session")
