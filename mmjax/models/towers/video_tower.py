@@ -31,6 +31,7 @@ from mmjax.models.towers.image_tower import (
     VisionTransformer,
     keep_random_patches,
     normalize_pixels,
+    patches_kept,
     tower_shape,
 )
 
@@ -125,8 +126,8 @@ class VideoTransformer(VisionTransformer):
         tokens = tokens + self.positions().astype(self.dtype)[int(self.class_position):]
         tokens = tokens.reshape(batch * self.steps, -1, self.width)
         if rng is not None and self.patch_dropout:
-            keep = max(1, round(tokens.shape[1] * (1.0 - self.patch_dropout)))
-            tokens = keep_random_patches(tokens, rng, keep)
+            tokens = keep_random_patches(tokens, rng,
+                                         patches_kept(tokens.shape[1], self.patch_dropout))
         if self.cls_token is not None:
             cls = jnp.broadcast_to(self.cls_token[...].astype(self.dtype),
                                    (tokens.shape[0], 1, self.width))
